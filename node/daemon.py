@@ -1,0 +1,334 @@
+"""The node daemon: wiring only. Start in dependency order, stop in reverse, never die on a bad frame.
+
+``Node`` joins the key and roster, the store, the lifecycle, the codec, the
+hardware and a radio link. Its entry points are called from any thread (the
+button's, the radio's, the main loop's) and are serialised by one lock:
+
+- ``report()``, ``act()``: this node's own actions (button, captain);
+- ``on_frame(bytes)``: a frame heard on the air;
+- ``tick()``: expiry, re-sends, the outbox and the retention purge, about once a second.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import threading
+import time
+from dataclasses import replace
+from typing import Callable
+
+from node import alerts, wire
+from node.alerts import Alert, Kind, Outcome, State, Transition
+from node.config import Config
+from node.errors import FrameError, RadioError, SilbatoError, StoreError, TransitionError
+from node.hardware import Hardware
+from node.keys import Roster, SigningKey, load_public
+from node.radio import Link, NullLink
+from node.store import Store
+
+log = logging.getLogger(__name__)
+
+# Re-sends of a state this node signed: first after REPEAT_BASE seconds, doubling up to
+# alerts.repeat_max_interval. Active states repeat until they end; ended ones a few times.
+REPEAT_BASE = 15.0
+ENDED_REPEATS = 6
+PURGE_EVERY = 3600.0
+
+
+class Node:
+    """One building's node. Call ``start()`` before use and ``stop()`` after."""
+
+    def __init__(self, config: Config, *, link: Link | None = None, pin_factory=None,
+                 clock: Callable[[], float] = time.time):
+        self.config = config
+        self.clock = clock
+        self.link = link or NullLink()
+        self.pin_factory = pin_factory
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._lock = threading.RLock()
+        self._stack: list[Callable[[], None]] = []
+        self._last_purge = 0.0
+        self.id = 0
+        self.location = 0
+
+    # -- lifecycle of the daemon itself ------------------------------------------------
+
+    def start(self) -> "Node":
+        """Key and roster, then store, then hardware, then radio. Undo what started on failure."""
+        cfg = self.config
+        try:
+            self.key = SigningKey.load(cfg.key_file)
+            self.roster = Roster.load(cfg.roster_file, load_public(cfg["node.organizer_key"]))
+            me = self.roster.find_key(self.key.public_raw)
+            if me is None or me.revoked:
+                raise SilbatoError(f"{cfg.key_file}: this node's key is {'revoked' if me else 'not'} on "
+                                   f"roster v{self.roster.version}; ask the organizers for a roster with it")
+            self.id, self.location = me.id, me.location
+            self.store = Store(cfg.db_file)
+            self._stack.append(self.store.close)
+            self.store.sync_peers(self.roster)
+            self.hardware = Hardware(button_pin=cfg["hardware.button_pin"], siren_pin=cfg["hardware.siren_pin"],
+                                     light_pin=cfg["hardware.light_pin"], hold_time=cfg["hardware.hold_time"],
+                                     on_hold=self.button_held, pin_factory=self.pin_factory)
+            self._stack.append(self.hardware.close)
+            self.link.start(self.on_frame)
+            self._stack.append(self.link.stop)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("node %s (%s) started: roster v%s, %d nodes", self.id, me.name, self.roster.version,
+                 len(self.roster.members))
+        self.tick()
+        return self
+
+    def stop(self) -> None:
+        """Stop subsystems in reverse order; one failing does not keep the others running."""
+        while self._stack:
+            closer = self._stack.pop()
+            try:
+                closer()
+            except Exception:
+                log.exception("stopping %s failed", closer)
+
+    # -- this node's own actions ---------------------------------------------------------
+
+    def button_held(self) -> None:
+        """The panic button was held for hold_time: report a raid at this node's place."""
+        log.info("panic button held")
+        try:
+            self.report(Kind.RAID)
+        except SilbatoError as exc:
+            log.error("could not raise the report: %s", exc)
+            self.hardware.siren.sound("reported_origin")  # the captain still hears it was pressed
+
+    def report(self, kind: Kind = Kind.RAID, location: int | None = None) -> Alert:
+        """Report ``kind`` at ``location`` (default: this node's). Merges into a recent report there."""
+        location = self.location if location is None else location
+        if location not in self.roster.by_location:
+            raise TransitionError(f"location {location} is not on the roster")
+        with self._lock:
+            now = self.clock()
+            target = alerts.merge_target(self.store.active_alerts(), kind, location, now,
+                                         self.config["alerts.merge_window"])
+            if target is not None:
+                return self._act(lambda counter: Transition(target.id, kind, location, target.reporter,
+                                                            State.REPORTED, self.id), now)
+            return self._act(lambda counter: Transition(alerts.alert_id(self.id, counter), kind, location,
+                                                        self.id, State.REPORTED, self.id), now)
+
+    def act(self, action: str, alert_id: str) -> Alert:
+        """A captain's ``confirm``, ``all_clear`` or ``cancel`` on ``alert_id``."""
+        with self._lock:
+            now = self.clock()
+            current = self.store.get_alert(alert_id)
+            try:
+                t = alerts.request(current, action, self.id, alert_id)
+            except TransitionError as exc:
+                self._reject(alert_id, alerts._ACTION_STATE.get(action, State.REPORTED), str(exc), self.id,
+                             "local", None, now)
+                raise
+            return self._act(lambda counter: t, now)
+
+    def _act(self, make: Callable[[int], Transition], now: float) -> Alert:
+        with self.store.transaction():
+            counter = self.store.next_counter()  # persisted before anything is sent
+        t = make(counter)
+        current = self.store.get_alert(t.alert_id)
+        try:
+            alert, outcome = alerts.apply(current, t, now)
+        except TransitionError as exc:
+            self._reject(t.alert_id, t.state, str(exc), self.id, "local", counter, now)
+            raise
+        frame = wire.encode(wire.TransitionFrame(self.id, counter, *alerts.parse_alert_id(alert.id), alert.kind,
+                                                 t.state, alert.location), self.key, self.roster.block)
+        with self.store.transaction():
+            self.store.save_alert(alert)
+            if outcome is not Outcome.STALE:
+                self.store.set_repeat(alert.id, now + REPEAT_BASE, 0)
+            self.store.record_event(alert.id, t.state, outcome.value, signer=self.id, source="local",
+                                    counter=counter, received_at=now)
+            self.store.enqueue(frame, now)
+        log.info("alert %s %s by this node (%s)", alert.id, t.state.word, outcome.value)
+        if outcome.sounds:
+            self.hardware.sound(alert.state, at_origin=True, test=alert.kind is Kind.TEST)
+        else:
+            self.hardware.siren.sound("ack")
+        self._flush(now)
+        self._show()
+        return alert
+
+    # -- frames from the air ---------------------------------------------------------------
+
+    def on_frame(self, data: bytes) -> None:
+        """Verify, apply and sound one frame heard on the air. Never raises."""
+        try:
+            self._on_frame(data)
+        except Exception:
+            self.counts["error"] += 1
+            log.exception("frame handling failed; the node goes on")
+
+    def _on_frame(self, data: bytes) -> None:
+        with self._lock:
+            now = self.clock()
+            try:
+                frame = wire.decode(data, self.roster, seen=self.store.seen)
+            except FrameError as exc:
+                self.counts[exc.reason] += 1
+                level = logging.DEBUG if exc.reason == "replayed" else logging.WARNING
+                log.log(level, "frame refused: %s (header %s)", exc, wire.peek_origin(bytes(data)) if
+                        isinstance(data, (bytes, bytearray)) else None)
+                return
+            self.counts["accepted"] += 1
+            sound: Alert | None = None
+            try:
+                with self.store.transaction():
+                    self.store.mark_seen(frame.origin, frame.counter)
+                    troubles = frame.troubles if isinstance(frame, wire.HeartbeatFrame) else None
+                    self.store.peer_heard(frame.origin, now, troubles)
+                    if isinstance(frame, wire.TransitionFrame):
+                        sound = self._apply_remote(frame, now)
+                self.store.clear_trouble("storage")
+            except StoreError as exc:
+                log.error("storage failed; frame from %s not recorded: %s", frame.origin, exc)
+                self._trouble("storage", f"cannot write the database: {exc}", now)
+                return
+            if sound is not None:
+                self.hardware.sound(sound.state, at_origin=False, test=sound.kind is Kind.TEST)
+            self._show()
+
+    def _apply_remote(self, frame: wire.TransitionFrame, now: float) -> Alert | None:
+        """Apply a verified transition inside the caller's transaction; return the alert to sound."""
+        t = frame.transition()
+        current = self.store.get_alert(t.alert_id)
+        merged = False
+        if current is None and t.state is State.REPORTED:
+            current = alerts.merge_target(self.store.active_alerts(), t.kind, t.location, now,
+                                          self.config["alerts.merge_window"])
+            merged = current is not None
+            if merged:
+                self.store.add_alias(t.alert_id, current.id)
+        if current is not None and current.id != t.alert_id:
+            t = replace(t, alert_id=current.id, reporter=current.reporter)  # speak of the merged incident
+        try:
+            alert, outcome = alerts.apply(current, t, now)
+        except TransitionError as exc:
+            self._reject(t.alert_id, t.state, str(exc), frame.origin, "air", frame.counter, now)
+            return None
+        if merged:
+            outcome = Outcome.MERGED
+        self.store.save_alert(alert)
+        if outcome is Outcome.CHANGED and current is not None and current.signer == self.id:
+            self.store.set_repeat(alert.id, None, 0)  # someone moved it on; stop re-sending ours
+        self.store.record_event(alert.id, t.state, outcome.value, signer=frame.origin, source="air",
+                                counter=frame.counter, received_at=now)
+        if outcome.sounds:
+            log.info("alert %s %s from node %s", alert.id, t.state.word, frame.origin)
+            return alert
+        return None
+
+    def _reject(self, alert_id: str, state: State, reason: str, signer: int, source: str,
+                counter: int | None, now: float) -> None:
+        self.counts["rejected"] += 1
+        log.warning("transition refused: %s", reason)
+        try:
+            with self.store.transaction():
+                self.store.record_event(alert_id, state, "rejected", reason=reason, signer=signer,
+                                        source=source, counter=counter, received_at=now)
+        except StoreError as exc:
+            log.error("could not record the refusal: %s", exc)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Expire quiet alerts, re-send what this node signed, flush the outbox, purge. Never raises."""
+        try:
+            with self._lock:
+                now = self.clock()
+                self._expire(now)
+                self._repeat(now)
+                self._flush(now)
+                if now - self._last_purge >= PURGE_EVERY:
+                    self._last_purge = now
+                    removed = self.store.purge(now, self.config["alerts.retention"])
+                    if removed:
+                        log.info("retention purge removed %d alerts", removed)
+                self._show()
+        except Exception:
+            self.counts["error"] += 1
+            log.exception("housekeeping failed; the node goes on")
+
+    def _expire(self, now: float) -> None:
+        for alert in alerts.expired(self.store.active_alerts(), now, self.config["alerts.expire_after"]):
+            with self.store.transaction():
+                self.store.save_alert(alert)
+                self.store.set_repeat(alert.id, None, 0)
+                self.store.record_event(alert.id, State.EXPIRED, Outcome.CHANGED.value, signer=self.id,
+                                        source="local", counter=None, received_at=now)
+            log.info("alert %s expired after %.0f s without a change", alert.id, self.config["alerts.expire_after"])
+
+    def _repeat(self, now: float) -> None:
+        for alert, done in self.store.due_repeats(now):
+            if alert.signer != self.id or alert.state is State.EXPIRED or (
+                    not alert.active and done >= ENDED_REPEATS):
+                self.store.set_repeat(alert.id, None, done)
+                continue
+            with self.store.transaction():
+                counter = self.store.next_counter()
+                frame = wire.TransitionFrame(self.id, counter, *alerts.parse_alert_id(alert.id), alert.kind,
+                                             alert.state, alert.location)
+                self.store.enqueue(wire.encode(frame, self.key, self.roster.block), now)
+                interval = min(REPEAT_BASE * 2 ** (done + 1), self.config["alerts.repeat_max_interval"])
+                self.store.set_repeat(alert.id, now + interval, done + 1)
+            self.counts["repeat"] += 1
+
+    def _flush(self, now: float) -> None:
+        """Hand queued frames to the radio in order; stop at the first refusal and keep the rest."""
+        for seq, frame in self.store.pending():
+            try:
+                self.link.send(frame)
+            except RadioError as exc:
+                self._trouble("radio", str(exc), now)
+                return
+            self.store.mark_sent(seq, now)
+        if self.link.trouble:
+            self._trouble("radio", self.link.trouble, now)
+        else:
+            self.store.clear_trouble("radio")
+
+    def _trouble(self, subsystem: str, message: str, now: float) -> None:
+        try:
+            if self.store.troubles().get(subsystem) != message:
+                log.warning("TROUBLE %s: %s", subsystem, message)
+            self.store.set_trouble(subsystem, message, now)
+        except Exception:
+            log.exception("could not record TROUBLE %s", subsystem)
+
+    def _show(self) -> None:
+        active = any(a.kind is Kind.RAID for a in self.store.active_alerts())
+        self.hardware.light.show(alarm=active, trouble=bool(self.store.troubles()))
+
+
+def run(config: Config, *, stopping: threading.Event | None = None) -> int:
+    """``silbato run``: the node daemon until SIGTERM or SIGINT. Returns the exit code."""
+    stopping = stopping or threading.Event()
+    link: Link = NullLink()
+    if config["radio.port"]:
+        log.error("radio.port is set, but this release has no Meshtastic serial link yet; running without radio")
+
+    def on_signal(signum, _frame):
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    node = Node(config, link=link).start()
+    try:
+        while not stopping.wait(1.0):
+            node.tick()
+    finally:
+        node.stop()
+        log.info("node stopped")
+    return 0

@@ -1,0 +1,244 @@
+"""Node identity (Ed25519), organizer keys and the signed roster.
+
+Key files hold the raw 32-byte Ed25519 seed, base64-encoded on one line, with
+mode 0600. Public keys travel as base64 of their 32 raw bytes.
+
+A roster file is JSON::
+
+    {"roster": {"block": "elm-st", "version": 3,
+                "nodes": [{"id": 1, "name": "B1", "location": 101,
+                           "place": "Building 1", "public_key": "<base64>",
+                           "revoked": false}, ...]},
+     "signature": "<base64 Ed25519 signature by the organizer key>"}
+
+The signature covers the canonical JSON of ``roster`` (sorted keys, no spaces).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from node.errors import KeyFileError, RosterError
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str, what: str, size: int | None = None) -> bytes:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raise RosterError(f"{what}: not base64") from None
+    if size is not None and len(raw) != size:
+        raise RosterError(f"{what}: expected {size} bytes, got {len(raw)}")
+    return raw
+
+
+def public_bytes(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+class SigningKey:
+    """An Ed25519 private key kept in a 0600 file: a node's identity or the organizers' key."""
+
+    def __init__(self, private: Ed25519PrivateKey):
+        self._private = private
+        self.public = private.public_key()
+        self.public_raw = public_bytes(self.public)
+
+    @property
+    def public_b64(self) -> str:
+        return b64(self.public_raw)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._private.sign(data)
+
+    @classmethod
+    def generate(cls) -> "SigningKey":
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def create(cls, path: Path, *, force: bool = False) -> "SigningKey":
+        """Write a new key to ``path`` with mode 0600; refuse to overwrite unless ``force``."""
+        path = Path(path)
+        if path.exists() and not force:
+            raise KeyFileError(f"{path}: key already exists; refusing to replace a node identity")
+        key = cls.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seed = key._private.private_bytes_raw()
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(b64(seed) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return key
+
+    @classmethod
+    def load(cls, path: Path) -> "SigningKey":
+        path = Path(path)
+        try:
+            mode = path.stat().st_mode & 0o777
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            raise KeyFileError(f"{path}: key file not found (run 'silbato keys init')") from None
+        except OSError as exc:
+            raise KeyFileError(f"{path}: cannot read key: {exc.strerror}") from None
+        if mode & 0o077:
+            raise KeyFileError(f"{path}: key file mode is {mode:04o}; it must be 0600")
+        try:
+            seed = base64.b64decode(text, validate=True)
+            return cls(Ed25519PrivateKey.from_private_bytes(seed))
+        except ValueError:
+            raise KeyFileError(f"{path}: not an Ed25519 key") from None
+
+
+def load_public(path: Path) -> Ed25519PublicKey:
+    """Read a base64 public key file (such as the organizers' ``organizer.pub``)."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read public key: {exc.strerror}") from None
+    try:
+        return Ed25519PublicKey.from_public_bytes(unb64(text, str(path), 32))
+    except RosterError as exc:
+        raise KeyFileError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Member:
+    """One building's node on the roster."""
+
+    id: int           # 1..65535, the node id on air
+    name: str         # short name, such as "B7"
+    location: int     # location code on air, 1..65535
+    place: str        # human-readable place name; never sent on air
+    public_key: Ed25519PublicKey
+    revoked: bool = False
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        try:
+            self.public_key.verify(signature, data)
+            return True
+        except InvalidSignature:
+            return False
+
+
+def _canonical(body: Any) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class Roster:
+    """The verified list of the block's nodes. Build it with :meth:`parse` or :meth:`load`."""
+
+    def __init__(self, block: str, version: int, members: Iterable[Member], document: dict):
+        self.block = block
+        self.version = version
+        self.members = {m.id: m for m in members}
+        self.by_location = {m.location: m for m in self.members.values()}
+        self.document = document  # the signed JSON document, for re-installing elsewhere
+
+    def __contains__(self, node_id: int) -> bool:
+        return node_id in self.members
+
+    def member(self, node_id: int) -> Member | None:
+        return self.members.get(node_id)
+
+    def find_key(self, public_raw: bytes) -> Member | None:
+        for m in self.members.values():
+            if public_bytes(m.public_key) == public_raw:
+                return m
+        return None
+
+    def place(self, location: int) -> str:
+        m = self.by_location.get(location)
+        return m.place if m else f"location {location}"
+
+    @classmethod
+    def parse(cls, document: Any, organizer: Ed25519PublicKey) -> "Roster":
+        """Check the signature and shape of a roster document; raise ``RosterError``."""
+        if not isinstance(document, dict) or not isinstance(document.get("roster"), dict):
+            raise RosterError("roster: expected an object with 'roster' and 'signature'")
+        body = document["roster"]
+        signature = unb64(str(document.get("signature", "")), "roster signature", 64)
+        try:
+            organizer.verify(signature, _canonical(body))
+        except InvalidSignature:
+            raise RosterError("roster: bad signature (not signed by the organizers' key, or altered)") from None
+        return cls(*_parse_body(body), document=document)
+
+    @classmethod
+    def load(cls, path: Path, organizer: Ed25519PublicKey) -> "Roster":
+        try:
+            document = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RosterError(f"{path}: no roster installed (run 'silbato roster install')") from None
+        except (OSError, ValueError) as exc:
+            raise RosterError(f"{path}: cannot read roster: {exc}") from None
+        return cls.parse(document, organizer)
+
+
+def _parse_body(body: dict) -> tuple[str, int, list[Member]]:
+    block, version, nodes = body.get("block"), body.get("version"), body.get("nodes")
+    if not isinstance(block, str) or not block:
+        raise RosterError("roster: 'block' must be a non-empty string")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RosterError("roster: 'version' must be a positive integer")
+    if not isinstance(nodes, list) or not nodes:
+        raise RosterError("roster: 'nodes' must be a non-empty list")
+    members, seen_ids, seen_locations = [], set(), set()
+    for i, entry in enumerate(nodes):
+        where = f"roster: nodes[{i}]"
+        if not isinstance(entry, dict):
+            raise RosterError(f"{where}: expected an object")
+        for field, kind in (("id", int), ("name", str), ("location", int), ("place", str), ("public_key", str)):
+            if not isinstance(entry.get(field), kind) or isinstance(entry.get(field), bool):
+                raise RosterError(f"{where}.{field}: expected {'an integer' if kind is int else 'a string'}")
+        if not (0 < entry["id"] < 2**16 and 0 < entry["location"] < 2**16):
+            raise RosterError(f"{where}: id and location must be 1..65535")
+        if entry["id"] in seen_ids or entry["location"] in seen_locations:
+            raise RosterError(f"{where}: duplicate id or location")
+        seen_ids.add(entry["id"])
+        seen_locations.add(entry["location"])
+        key = Ed25519PublicKey.from_public_bytes(unb64(entry["public_key"], f"{where}.public_key", 32))
+        members.append(Member(entry["id"], entry["name"], entry["location"], entry["place"], key,
+                              bool(entry.get("revoked", False))))
+    return block, version, members
+
+
+def sign_roster(body: dict, organizer: SigningKey) -> dict:
+    """Sign a roster body (``{"block", "version", "nodes"}``) after checking its shape."""
+    _parse_body(body)
+    return {"roster": body, "signature": b64(organizer.sign(_canonical(body)))}
+
+
+def install_roster(document: Any, organizer: Ed25519PublicKey, path: Path) -> Roster:
+    """Verify ``document`` and write it to ``path``, refusing a lower version than the installed one."""
+    roster = Roster.parse(document, organizer)
+    path = Path(path)
+    if path.exists():
+        try:
+            current = Roster.load(path, organizer)
+        except RosterError:
+            current = None  # a damaged installed roster must not block a good one
+        if current is not None:
+            if roster.block != current.block:
+                raise RosterError(f"roster: block {roster.block!r} is not this node's block {current.block!r}")
+            if roster.version < current.version:
+                raise RosterError(f"roster: version {roster.version} is older than installed version {current.version}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return roster

@@ -1,0 +1,209 @@
+"""``silbato sim``: a whole block in one process.
+
+N complete nodes, each with gpiozero mock pins, its own SQLite file, its own key
+on one shared signed roster, and its own web page on ``127.0.0.1:port_base+i``.
+They talk through the simulated air (``node.sim_air``). The control endpoint on
+``127.0.0.1:port_base`` exists only in the sim:
+
+- ``GET /nodes``: the nodes, their page URLs and active alerts;
+- ``POST /nodes/<i>/hold?seconds=S``: hold node i's panic button for S seconds;
+- ``POST /nodes/<i>/confirm|all_clear|cancel?alert=ID``: a captain's action on node i
+  (without ``alert``: the newest active alert that node holds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpiozero.pins.mock import MockFactory
+
+from node import config as config_mod
+from node.daemon import Node
+from node.errors import SilbatoError
+from node.keys import SigningKey, install_roster, sign_roster
+from node.sim_air import Scheduler, SimAir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BlockFiles:
+    """What ``provision`` wrote: the organizer key, and one config per node."""
+
+    root: Path
+    organizer: SigningKey
+    configs: list[config_mod.Config]
+
+
+def provision(root: Path, n: int, *, block: str = "sim-block", hold_time: float = 2.0,
+              overrides: dict[str, Any] | None = None) -> BlockFiles:
+    """Create keys, a signed roster and a config for nodes 1..n under ``root``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    organizer = SigningKey.generate()
+    (root / "organizer.pub").write_text(organizer.public_b64 + "\n")
+    keys = {i: SigningKey.create(root / f"node{i}" / "node.key", force=True) for i in range(1, n + 1)}
+    body = {"block": block, "version": 1, "nodes": [
+        {"id": i, "name": f"B{i}", "location": 100 + i, "place": f"Building {i}",
+         "public_key": keys[i].public_b64} for i in keys]}
+    document = sign_roster(body, organizer)
+    configs = []
+    for i in keys:
+        state = root / f"node{i}"
+        install_roster(document, organizer.public, state / "roster.json")
+        values = {"node.state_dir": str(state), "node.organizer_key": str(root / "organizer.pub"),
+                  "hardware.hold_time": hold_time, **(overrides or {})}
+        configs.append(config_mod.from_mapping(values, source="sim"))
+    return BlockFiles(root, organizer, configs)
+
+
+class Block:
+    """N nodes on one simulated air. ``scale=None`` runs on virtual time (drive it with ``air.scheduler``)."""
+
+    EPOCH = 1_800_000_000.0  # virtual-time runs start here, so tests are repeatable
+
+    def __init__(self, root: Path, n: int = 5, topology: str = "line", *, loss: float = 0.0,
+                 preset: str = "MEDIUM_FAST", seed: int = 1, scale: float | None = None,
+                 hold_time: float = 2.0, overrides: dict[str, Any] | None = None):
+        self.files = provision(root, n, hold_time=hold_time, overrides=overrides)
+        self.scheduler = Scheduler(scale)
+        hop_limit = self.files.configs[0]["radio.hop_limit"]
+        self.air = SimAir(n, topology, loss=loss, preset=preset, seed=seed, hop_limit=hop_limit,
+                          scheduler=self.scheduler)
+        epoch = self.EPOCH if scale is None else time.time()
+        self.clock = lambda: epoch + self.scheduler.now()
+        self.factories = {i: MockFactory() for i in range(1, n + 1)}
+        self.nodes: dict[int, Node] = {}
+        self._servers: list[Any] = []
+
+    def start(self) -> "Block":
+        try:
+            for i, cfg in enumerate(self.files.configs, start=1):
+                node = Node(cfg, link=self.air.radios[i], pin_factory=self.factories[i], clock=self.clock)
+                self.nodes[i] = node.start()
+                self.scheduler.every(1.0, node.tick, offset=i * 0.01)
+            if self.scheduler.scale is not None:
+                self.scheduler.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for server in reversed(self._servers):
+            server.shutdown()
+        self._servers.clear()
+        self.scheduler.stop()
+        for node in reversed(list(self.nodes.values())):
+            node.stop()
+        self.nodes.clear()
+
+    def button_pin(self, i: int):
+        return self.factories[i].pin(self.files.configs[i - 1]["hardware.button_pin"])
+
+    def siren_pin(self, i: int):
+        return self.factories[i].pin(self.files.configs[i - 1]["hardware.siren_pin"])
+
+    def hold(self, i: int, seconds: float) -> None:
+        """Press node i's button now and release it ``seconds`` (wall clock) later. Returns at once."""
+        pin = self.button_pin(i)
+        pin.drive_low()
+        timer = threading.Timer(seconds, pin.drive_high)
+        timer.daemon = True
+        timer.start()
+
+    def newest_active(self, i: int) -> str:
+        active = self.nodes[i].store.active_alerts()
+        if not active:
+            raise SilbatoError(f"node {i} holds no active alert")
+        return active[-1].id
+
+    # -- web pages and the control endpoint ---------------------------------------------
+
+    def serve(self, port_base: int, host: str = "127.0.0.1") -> None:
+        """Node i's page on port_base+i, the control endpoint on port_base."""
+        from werkzeug.serving import make_server
+
+        from web import create_app
+
+        apps = [(port_base, self.control_app(port_base, host))]
+        for i, cfg in enumerate(self.files.configs, start=1):
+            apps.append((port_base + i, create_app({"DATABASE": str(cfg.db_file), "NODE_NAME": f"B{i}"})))
+        for port, app in apps:
+            server = make_server(host, port, app, threaded=True)
+            threading.Thread(target=server.serve_forever, name=f"web-{port}", daemon=True).start()
+            self._servers.append(server)
+
+    def control_app(self, port_base: int, host: str):
+        from flask import Flask, abort, jsonify, request
+
+        app = Flask("silbato-sim")
+
+        def node_or_404(i: int) -> Node:
+            if i not in self.nodes:
+                abort(404, f"no node {i}")
+            return self.nodes[i]
+
+        @app.get("/nodes")
+        def nodes():
+            """The block's nodes, their pages and the alerts each holds."""
+            return jsonify([{"node": i, "name": f"B{i}", "url": f"http://{host}:{port_base + i}/",
+                             "active": [a.id for a in n.store.active_alerts()]}
+                            for i, n in sorted(self.nodes.items())])
+
+        @app.post("/nodes/<int:i>/hold")
+        def hold(i: int):
+            """Hold node i's panic button for ?seconds=S."""
+            node_or_404(i)
+            try:
+                seconds = float(request.args.get("seconds", "3"))
+            except ValueError:
+                abort(400, "seconds must be a number")
+            if not 0 < seconds <= 60:
+                abort(400, "seconds must be between 0 and 60")
+            self.hold(i, seconds)
+            return jsonify({"node": i, "held_for": seconds})
+
+        @app.post("/nodes/<int:i>/<any(confirm, all_clear, cancel):action>")
+        def act(i: int, action: str):
+            """A captain's action on node i."""
+            node = node_or_404(i)
+            try:
+                alert_id = request.args.get("alert") or self.newest_active(i)
+                alert = node.act(action, alert_id)
+            except SilbatoError as exc:
+                abort(409, str(exc))
+            return jsonify({"node": i, "alert": alert.id, "state": alert.state.word})
+
+        return app
+
+
+def run_demo(root: Path, n: int, topology: str, *, port_base: int, loss: float, preset: str, seed: int,
+             scale: float, stopping: threading.Event | None = None) -> None:
+    """The block demo: run until Ctrl-C (or ``stopping`` is set), printing where to look."""
+    stopping = stopping or threading.Event()
+    block = Block(root, n, topology, loss=loss, preset=preset, seed=seed, scale=scale)
+    block.start()
+    try:
+        block.serve(port_base)
+        print(f"Silbato block demo: {n} nodes, {topology} topology, {preset}, {loss:.0%} loss per link")
+        for i in block.nodes:
+            print(f"  node {i} page: http://127.0.0.1:{port_base + i}/")
+        print(f"  control:     http://127.0.0.1:{port_base}/nodes")
+        print(f"Hold node 1's button: curl -X POST 'http://127.0.0.1:{port_base}/nodes/1/hold?seconds=3'")
+        print(f"Confirm from node 3:  curl -X POST http://127.0.0.1:{port_base}/nodes/3/confirm")
+        print("Ctrl-C stops the block.", flush=True)
+        while not stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        block.stop()
+        log.info("block stopped; state kept in %s", root)
+        print(json.dumps({"stopped": True, "state": str(root)}))

@@ -1,0 +1,275 @@
+"""The node's SQLite store: alerts, the append-only event log, peers, the outbox and counters.
+
+One database file under the state directory, shared by ``silbato-node`` (the only
+writer) and ``silbato-web`` (read-only). WAL journal, ``synchronous=FULL`` so a
+commit survives power loss, ``secure_delete=ON`` so purged rows are overwritten.
+Times are seconds on the node's clock (``time.time()`` unless a clock is injected).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from node.alerts import ENDED, Alert, Kind, State
+from node.errors import StoreError
+from node.keys import Roster
+
+migrations = Migrations("silbato")
+
+# Replay window: besides the highest counter seen from an origin, remember which of
+# the 63 counters below it were seen, so frames that arrive out of order over
+# different mesh paths are still accepted once, and never twice.
+REPLAY_WINDOW = 63
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["alerts"].create({
+        "id": str, "kind": int, "location": int, "reporter": int, "state": int, "signer": int,
+        "opened_at": float, "updated_at": float, "last_report_at": float,
+        "repeat_at": float, "repeats": int,
+    }, pk="id")
+    db["aliases"].create({"alias": str, "alert_id": str}, pk="alias")
+    db["events"].create({
+        "id": int, "alert_id": str, "state": int, "outcome": str, "reason": str,
+        "signer": int, "source": str, "counter": int, "received_at": float,
+    }, pk="id")
+    db["events"].create_index(["alert_id"])
+    db["peers"].create({
+        "node_id": int, "name": str, "location": int, "place": str,
+        "last_heard": float, "troubles": int,
+    }, pk="node_id")
+    db["outbox"].create({"seq": int, "frame": bytes, "created_at": float, "sent_at": float}, pk="seq")
+    db["counters"].create({"origin": int, "highest": int, "bitmap": int}, pk="origin")
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["troubles"].create({"subsystem": str, "message": str, "since": float}, pk="subsystem")
+    # Append-only: the event log is evidence; only the retention purge removes rows.
+    db.execute("""CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+                  BEGIN SELECT RAISE(ABORT, 'events are append-only'); END""")
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                                   isolation_level=None, timeout=5)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA secure_delete = ON")
+        return conn
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open database: {exc}") from exc
+
+
+def _alert(row: dict) -> Alert:
+    return Alert(id=row["id"], kind=Kind(row["kind"]), location=row["location"], reporter=row["reporter"],
+                 state=State(row["state"]), signer=row["signer"], opened_at=row["opened_at"],
+                 updated_at=row["updated_at"], last_report_at=row["last_report_at"])
+
+
+class Store:
+    """The database of one node. Not thread-safe by itself: the daemon serialises writers."""
+
+    def __init__(self, path: Path, *, readonly: bool = False):
+        self.path = Path(path)
+        self.readonly = readonly
+        self.db = sqlite_utils.Database(_connect(self.path, readonly))
+        if not readonly:
+            try:
+                migrations.apply(self.db)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{path}: cannot apply migrations: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator["Store"]:
+        """All writes inside commit together or not at all; sqlite errors become ``StoreError``."""
+        try:
+            with self.db.atomic():
+                yield self
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: write failed: {exc}") from exc
+
+    def pragma(self, name: str):
+        return self.db.execute(f"PRAGMA {name}").fetchone()[0]
+
+    # -- counters -----------------------------------------------------------------
+
+    def next_counter(self) -> int:
+        """Reserve this node's next frame counter. Call inside a transaction, before sending."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'counter'").fetchone()
+        value = int(row[0]) + 1 if row else 1
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('counter', ?)", [str(value)])
+        return value
+
+    def seen(self, origin: int, counter: int) -> bool:
+        """Whether ``counter`` from ``origin`` was accepted before, or is too old to tell."""
+        row = self.db.execute("SELECT highest, bitmap FROM counters WHERE origin = ?", [origin]).fetchone()
+        if row is None or counter > row[0]:
+            return False
+        back = row[0] - counter
+        return back >= REPLAY_WINDOW or bool(row[1] >> back & 1)
+
+    def mark_seen(self, origin: int, counter: int) -> None:
+        row = self.db.execute("SELECT highest, bitmap FROM counters WHERE origin = ?", [origin]).fetchone()
+        mask = (1 << REPLAY_WINDOW) - 1
+        if row is None:
+            highest, bitmap = counter, 1
+        elif counter > row[0]:
+            shift = counter - row[0]
+            highest, bitmap = counter, ((row[1] << shift) | 1) & mask if shift < REPLAY_WINDOW else 1
+        else:
+            highest, bitmap = row[0], (row[1] | 1 << (row[0] - counter)) & mask
+        self.db.execute("INSERT OR REPLACE INTO counters (origin, highest, bitmap) VALUES (?, ?, ?)",
+                        [origin, highest, bitmap])
+
+    # -- alerts -------------------------------------------------------------------
+
+    def resolve(self, alert_id: str) -> str:
+        """The incident id that ``alert_id`` was merged into, or ``alert_id`` itself."""
+        row = self.db.execute("SELECT alert_id FROM aliases WHERE alias = ?", [alert_id]).fetchone()
+        return row[0] if row else alert_id
+
+    def get_alert(self, alert_id: str) -> Alert | None:
+        rows = list(self.db.query("SELECT * FROM alerts WHERE id = ?", [self.resolve(alert_id)]))
+        return _alert(rows[0]) if rows else None
+
+    def active_alerts(self) -> list[Alert]:
+        active = (State.REPORTED.value, State.CONFIRMED.value)
+        return [_alert(r) for r in self.db.query(
+            "SELECT * FROM alerts WHERE state IN (?, ?) ORDER BY opened_at", active)]
+
+    def alerts(self, limit: int = 200) -> list[Alert]:
+        """Active alerts first, then the most recently changed."""
+        return [_alert(r) for r in self.db.query(
+            "SELECT * FROM alerts ORDER BY state IN (1, 2) DESC, updated_at DESC LIMIT ?", [limit])]
+
+    def save_alert(self, alert: Alert) -> None:
+        """Insert or update ``alert``; its re-send schedule is left alone (see ``set_repeat``)."""
+        self.db["alerts"].upsert({
+            "id": alert.id, "kind": int(alert.kind), "location": alert.location, "reporter": alert.reporter,
+            "state": int(alert.state), "signer": alert.signer, "opened_at": alert.opened_at,
+            "updated_at": alert.updated_at, "last_report_at": alert.last_report_at,
+        }, pk="id")
+
+    def add_alias(self, alias: str, alert_id: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO aliases (alias, alert_id) VALUES (?, ?)", [alias, alert_id])
+
+    def due_repeats(self, now: float) -> list[tuple[Alert, int]]:
+        return [(_alert(r), r["repeats"] or 0) for r in self.db.query(
+            "SELECT * FROM alerts WHERE repeat_at IS NOT NULL AND repeat_at <= ? ORDER BY repeat_at", [now])]
+
+    def set_repeat(self, alert_id: str, repeat_at: float | None, repeats: int) -> None:
+        """Schedule the next re-send of ``alert_id`` (``None``: stop); ``repeats`` counts those done."""
+        self.db.execute("UPDATE alerts SET repeat_at = ?, repeats = ? WHERE id = ?", [repeat_at, repeats, alert_id])
+
+    def record_event(self, alert_id: str, state: State, outcome: str, *, signer: int, source: str,
+                     counter: int | None, received_at: float, reason: str = "") -> None:
+        """Append to the event log: who signed, where it came from ('air' or 'local'), when."""
+        self.db["events"].insert({
+            "alert_id": alert_id, "state": int(state), "outcome": outcome, "reason": reason,
+            "signer": signer, "source": source, "counter": counter, "received_at": received_at,
+        })
+
+    def events(self, alert_id: str | None = None) -> list[dict]:
+        if alert_id is None:
+            return list(self.db.query("SELECT * FROM events ORDER BY id"))
+        return list(self.db.query("SELECT * FROM events WHERE alert_id = ? ORDER BY id", [alert_id]))
+
+    # -- outbox -------------------------------------------------------------------
+
+    def enqueue(self, frame: bytes, now: float) -> int:
+        return self.db["outbox"].insert({"frame": frame, "created_at": now, "sent_at": None}).last_pk
+
+    def pending(self) -> list[tuple[int, bytes]]:
+        return [(r[0], bytes(r[1])) for r in self.db.execute(
+            "SELECT seq, frame FROM outbox WHERE sent_at IS NULL ORDER BY seq")]
+
+    def mark_sent(self, seq: int, now: float) -> None:
+        self.db.execute("UPDATE outbox SET sent_at = ? WHERE seq = ?", [now, seq])
+
+    # -- peers and troubles -------------------------------------------------------
+
+    def sync_peers(self, roster: Roster) -> None:
+        """Mirror the roster's names and places, so the web page can show them."""
+        with self.transaction():
+            for m in roster.members.values():
+                self.db.execute(
+                    """INSERT INTO peers (node_id, name, location, place, troubles) VALUES (?, ?, ?, ?, 0)
+                       ON CONFLICT(node_id) DO UPDATE SET name = excluded.name,
+                       location = excluded.location, place = excluded.place""",
+                    [m.id, m.name, m.location, m.place])
+            self.db.execute(f"DELETE FROM peers WHERE node_id NOT IN ({','.join('?' * len(roster.members))})",
+                            list(roster.members))
+
+    def peer_heard(self, node_id: int, now: float, troubles: int | None = None) -> None:
+        if troubles is None:
+            self.db.execute("UPDATE peers SET last_heard = ? WHERE node_id = ?", [now, node_id])
+        else:
+            self.db.execute("UPDATE peers SET last_heard = ?, troubles = ? WHERE node_id = ?",
+                            [now, troubles, node_id])
+
+    def peers(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM peers ORDER BY node_id"))
+
+    def places(self) -> dict[int, str]:
+        return {r["location"]: r["place"] for r in self.db.query("SELECT location, place FROM peers")}
+
+    def set_trouble(self, subsystem: str, message: str, now: float) -> None:
+        self.db.execute("""INSERT INTO troubles (subsystem, message, since) VALUES (?, ?, ?)
+                           ON CONFLICT(subsystem) DO UPDATE SET message = excluded.message""",
+                        [subsystem, message, now])
+
+    def clear_trouble(self, subsystem: str) -> None:
+        self.db.execute("DELETE FROM troubles WHERE subsystem = ?", [subsystem])
+
+    def troubles(self) -> dict[str, str]:
+        return {r["subsystem"]: r["message"] for r in self.db.query("SELECT * FROM troubles")}
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+    # -- retention ----------------------------------------------------------------
+
+    def purge(self, now: float, retention: float) -> int:
+        """Delete ended alerts, their events and sent frames older than ``retention`` seconds.
+
+        Then truncate the WAL, so no copy of a purged row survives in the ``-wal`` file.
+        Returns the number of alerts removed.
+        """
+        cutoff = now - retention
+        ended = [int(s) for s in ENDED]
+        with self.transaction():
+            ids = [r[0] for r in self.db.execute(
+                f"SELECT id FROM alerts WHERE state IN ({','.join('?' * len(ended))}) AND updated_at < ?",
+                [*ended, cutoff])]
+            for alert_id in ids:
+                self.db.execute("DELETE FROM events WHERE alert_id = ?", [alert_id])
+                self.db.execute("DELETE FROM aliases WHERE alert_id = ?", [alert_id])
+                self.db.execute("DELETE FROM alerts WHERE id = ?", [alert_id])
+            # Rejected events about alerts this node never held, and sent frames.
+            self.db.execute("DELETE FROM events WHERE received_at < ? AND alert_id NOT IN (SELECT id FROM alerts)",
+                            [cutoff])
+            self.db.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", [cutoff])
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: checkpoint failed: {exc}") from exc
+        return len(ids)
