@@ -48,6 +48,7 @@ class Node:
         self.pin_factory = pin_factory
         self.counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # notified after every committed change
         self._stack: list[Callable[[], None]] = []
         self._last_purge = 0.0
         self.id = 0
@@ -91,6 +92,11 @@ class Node:
                 closer()
             except Exception:
                 log.exception("stopping %s failed", closer)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``predicate()`` holds after a change (checked under the node's lock)."""
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)
 
     # -- this node's own actions ---------------------------------------------------------
 
@@ -157,6 +163,7 @@ class Node:
             self.hardware.siren.sound("ack")
         self._flush(now)
         self._show()
+        self._changed.notify_all()
         return alert
 
     # -- frames from the air ---------------------------------------------------------------
@@ -197,6 +204,7 @@ class Node:
             if sound is not None:
                 self.hardware.sound(sound.state, at_origin=False, test=sound.kind is Kind.TEST)
             self._show()
+            self._changed.notify_all()
 
     def _apply_remote(self, frame: wire.TransitionFrame, now: float) -> Alert | None:
         """Apply a verified transition inside the caller's transaction; return the alert to sound."""
@@ -255,6 +263,7 @@ class Node:
                     if removed:
                         log.info("retention purge removed %d alerts", removed)
                 self._show()
+                self._changed.notify_all()
         except Exception:
             self.counts["error"] += 1
             log.exception("housekeeping failed; the node goes on")
