@@ -30,7 +30,7 @@ Pattern = tuple[tuple[tuple[float, float], ...], int]
 PATTERNS: dict[str, Pattern] = {
     "reported_origin": (((0.1, 0.1),) * 3, 1),         # short chirps at the node that reported
     "reported": (((0.3, 0.2), (0.3, 0.0)), 1),           # indoor chime elsewhere
-    "confirmed": (((1.0, 0.5),) * 3, 20),                # the whistle: three long blasts, ~60 s
+    "confirmed": (((1.0, 0.5), (1.0, 0.5), (1.0, 1.5)), 10),  # the whistle: three long blasts, 60 s
     "all_clear": (((0.2, 0.1), (0.4, 0.0)), 1),
     "cancelled": (((0.6, 0.0),), 1),
     "test": (((0.05, 0.0),), 1),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -188,6 +189,8 @@ def run_demo(root: Path, n: int, topology: str, *, port_base: int, loss: float, 
              scale: float, stopping: threading.Event | None = None) -> None:
     """The block demo: run until Ctrl-C (or ``stopping`` is set), printing where to look."""
     stopping = stopping or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     block = Block(root, n, topology, loss=loss, preset=preset, seed=seed, scale=scale)
     block.start()
     try:
