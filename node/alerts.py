@@ -16,6 +16,7 @@ alert cannot clear or cancel it.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, replace
 from typing import Iterable
 
@@ -91,17 +92,19 @@ class Transition:
     signer: int
 
 
+_ALERT_ID = re.compile(r"([1-9][0-9]{0,4})-([1-9][0-9]{0,9})")
+
+
 def alert_id(reporter: int, counter: int) -> str:
     return f"{reporter}-{counter}"
 
 
 def parse_alert_id(text: str) -> tuple[int, int]:
     """``"3-17"`` -> ``(3, 17)``; raises ``TransitionError`` on anything else."""
-    try:
-        reporter, counter = text.split("-")
-        pair = int(reporter), int(counter)
-    except (ValueError, AttributeError):
-        raise TransitionError(f"not an alert id: {text!r}") from None
+    match = _ALERT_ID.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise TransitionError(f"not an alert id: {text!r}")
+    pair = int(match[1]), int(match[2])
     if not (0 < pair[0] < 2**16 and 0 < pair[1] < 2**32):
         raise TransitionError(f"not an alert id: {text!r}")
     return pair

@@ -210,7 +210,7 @@ def _validate(values: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: radio.hop_limit: expected 1 to 7, got {values['radio.hop_limit']}")
     for name in ("alerts.merge_window", "alerts.expire_after", "alerts.retention",
                  "alerts.repeat_max_interval", "hardware.hold_time"):
-        if values[name] <= 0:
+        if not 0 < values[name] < float("inf"):  # also refuses NaN
             raise ConfigError(f"{source}: {name}: expected a positive number of seconds, got {values[name]}")
     bad = [lang for lang in values["node.languages"].split(",") if lang.strip() not in ("en", "es", "ko", "tl")]
     if bad:

@@ -74,15 +74,20 @@ class SigningKey:
         if path.exists() and not force:
             raise KeyFileError(f"{path}: key already exists; refusing to replace a node identity")
         key = cls.generate()
-        path.parent.mkdir(parents=True, exist_ok=True)
         seed = key._private.private_bytes_raw()
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(b64(seed) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.unlink(missing_ok=True)  # a stale .tmp could carry looser permissions
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                os.fchmod(fh.fileno(), 0o600)  # whatever the umask
+                fh.write(b64(seed) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise KeyFileError(f"{path}: cannot write key: {exc.strerror or exc}") from None
         return key
 
     @classmethod
@@ -237,8 +242,11 @@ def install_roster(document: Any, organizer: Ed25519PublicKey, path: Path) -> Ro
                 raise RosterError(f"roster: block {roster.block!r} is not this node's block {current.block!r}")
             if roster.version < current.version:
                 raise RosterError(f"roster: version {roster.version} is older than installed version {current.version}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise RosterError(f"{path}: cannot write roster: {exc.strerror or exc}") from None
     return roster

@@ -9,6 +9,7 @@ Times are seconds on the node's clock (``time.time()`` unless a clock is injecte
 from __future__ import annotations
 
 import sqlite3
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -57,8 +58,9 @@ def m001_initial(db: sqlite_utils.Database) -> None:
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     try:
         if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
-                                   isolation_level=None, timeout=5)
+            # Quote the path: a '#' or '?' in it would otherwise end the file name in the URI.
+            uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=5)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
@@ -68,7 +70,7 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA secure_delete = ON")
         return conn
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"{path}: cannot open database: {exc}") from exc
 
 
@@ -261,10 +263,10 @@ class Store:
                 f"SELECT id FROM alerts WHERE state IN ({','.join('?' * len(ended))}) AND updated_at < ?",
                 [*ended, cutoff])]
             for alert_id in ids:
-                self.db.execute("DELETE FROM events WHERE alert_id = ?", [alert_id])
+                self.db.execute("DELETE FROM events WHERE alert_id = ?", [alert_id])  # however recent
                 self.db.execute("DELETE FROM aliases WHERE alert_id = ?", [alert_id])
                 self.db.execute("DELETE FROM alerts WHERE id = ?", [alert_id])
-            # Rejected events about alerts this node never held, and sent frames.
+            # Old refusals about alerts this node never held, and sent frames.
             self.db.execute("DELETE FROM events WHERE received_at < ? AND alert_id NOT IN (SELECT id FROM alerts)",
                             [cutoff])
             self.db.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", [cutoff])

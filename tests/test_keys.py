@@ -1,0 +1,276 @@
+"""Key files and the organizer-signed roster."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+
+from node.errors import KeyFileError, RosterError
+from node.keys import Roster, SigningKey, b64, install_roster, load_public, sign_roster
+
+
+def mode(path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def force_sign(body, organizer: SigningKey) -> dict:
+    """Sign any body as the docstring specifies (canonical JSON), bypassing sign_roster's shape check."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return {"roster": body, "signature": b64(organizer.sign(canonical))}
+
+
+# -- key files ---------------------------------------------------------------------------
+
+
+def test_created_key_file_is_0600_and_loads_back(tmp_path):
+    path = tmp_path / "state" / "node.key"
+    key = SigningKey.create(path)
+    assert mode(path) == 0o600
+    assert SigningKey.load(path).public_raw == key.public_raw
+
+
+def test_load_refuses_a_key_readable_by_others(tmp_path):
+    path = tmp_path / "node.key"
+    SigningKey.create(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyFileError, match="mode is 0644; it must be 0600"):
+        SigningKey.load(path)
+
+
+@pytest.mark.parametrize("open_mode", [0o640, 0o620, 0o610, 0o604, 0o602, 0o601])
+def test_load_refuses_any_group_or_other_bit(tmp_path, open_mode):
+    path = tmp_path / "node.key"
+    SigningKey.create(path)
+    os.chmod(path, open_mode)
+    with pytest.raises(KeyFileError, match=f"mode is {open_mode:04o}"):
+        SigningKey.load(path)
+
+
+def test_create_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "node.key"
+    SigningKey.create(path)
+    before = path.read_bytes()
+    with pytest.raises(KeyFileError, match="already exists"):
+        SigningKey.create(path)
+    assert path.read_bytes() == before
+
+
+def test_create_with_force_replaces_the_key(tmp_path):
+    path = tmp_path / "node.key"
+    old = SigningKey.create(path)
+    new = SigningKey.create(path, force=True)
+    assert new.public_raw != old.public_raw
+    assert SigningKey.load(path).public_raw == new.public_raw
+
+
+def test_create_is_0600_even_over_a_stale_tmp_file(tmp_path):
+    path = tmp_path / "node.key"
+    stale = tmp_path / "node.key.tmp"
+    stale.write_text("left over from a crash\n")
+    os.chmod(stale, 0o644)
+    SigningKey.create(path)
+    assert mode(path) == 0o600
+
+
+def test_load_missing_key_file(tmp_path):
+    with pytest.raises(KeyFileError, match="not found"):
+        SigningKey.load(tmp_path / "node.key")
+
+
+def test_load_refuses_garbage(tmp_path):
+    path = tmp_path / "node.key"
+    path.write_text("not a key\n")
+    os.chmod(path, 0o600)
+    with pytest.raises(KeyFileError, match="not an Ed25519 key"):
+        SigningKey.load(path)
+
+
+def test_load_public_reads_organizer_pub(tmp_path, roster_setup):
+    path = tmp_path / "organizer.pub"
+    path.write_text(roster_setup.organizer.public_b64 + "\n")
+    assert load_public(path) == roster_setup.organizer.public
+
+
+def test_load_public_refuses_short_key(tmp_path):
+    path = tmp_path / "organizer.pub"
+    path.write_text(b64(b"\x01" * 31) + "\n")
+    with pytest.raises(KeyFileError, match="expected 32 bytes"):
+        load_public(path)
+
+
+# -- signed roster -----------------------------------------------------------------------
+
+
+def test_roster_round_trip(roster_setup):
+    roster = Roster.parse(json.loads(json.dumps(roster_setup.document)), roster_setup.organizer.public)
+    assert (roster.block, roster.version) == ("elm-st", 1)
+    assert sorted(roster.members) == [1, 2, 3, 4]
+    assert roster.place(102) == "Building 2"
+    assert roster.member(4).revoked and not roster.member(1).revoked
+    assert roster.find_key(roster_setup.keys[3].public_raw).id == 3
+
+
+def test_roster_member_verifies_its_own_signatures(roster_setup):
+    member = roster_setup.roster.member(2)
+    assert member.verify(roster_setup.keys[2].sign(b"hello"), b"hello")
+    assert not member.verify(roster_setup.keys[1].sign(b"hello"), b"hello")
+
+
+def test_non_ascii_place_names_survive_signing(roster_setup):
+    body = copy.deepcopy(roster_setup.body)
+    body["nodes"][0]["place"] = "Edificio Ñandú 한"
+    document = json.loads(json.dumps(sign_roster(body, roster_setup.organizer)))
+    assert Roster.parse(document, roster_setup.organizer.public).place(101) == "Edificio Ñandú 한"
+
+
+@pytest.mark.parametrize("field, value", [("place", "Building 9"), ("revoked", False), ("location", 109)])
+def test_roster_altered_after_signing_is_rejected(roster_setup, field, value):
+    document = copy.deepcopy(roster_setup.document)
+    document["roster"]["nodes"][3][field] = value
+    with pytest.raises(RosterError, match="bad signature"):
+        Roster.parse(document, roster_setup.organizer.public)
+
+
+def test_roster_from_another_organizer_is_rejected(roster_setup):
+    with pytest.raises(RosterError, match="bad signature"):
+        Roster.parse(roster_setup.document, SigningKey.generate().public)
+
+
+@pytest.mark.parametrize("signature", ["", "!!not base64!!", b64(b"\x00" * 63), None])
+def test_roster_with_bad_signature_field_is_rejected(roster_setup, signature):
+    document = dict(roster_setup.document, signature=signature)
+    with pytest.raises(RosterError):
+        Roster.parse(document, roster_setup.organizer.public)
+
+
+@pytest.mark.parametrize("document", [None, [], {}, {"roster": "x", "signature": ""}])
+def test_roster_document_of_wrong_shape_is_rejected(roster_setup, document):
+    with pytest.raises(RosterError, match="expected an object"):
+        Roster.parse(document, roster_setup.organizer.public)
+
+
+# -- malformed bodies, even when the organizer signed them ---------------------------------
+
+
+def _dup_id(body):
+    body["nodes"][1]["id"] = 1
+
+
+def _dup_location(body):
+    body["nodes"][1]["location"] = 101
+
+
+def _bad_base64(body):
+    body["nodes"][0]["public_key"] = "not*base64"
+
+
+def _short_key(body):
+    body["nodes"][0]["public_key"] = b64(b"\x02" * 16)
+
+
+def _no_nodes(body):
+    body["nodes"] = []
+
+
+def _zero_version(body):
+    body["version"] = 0
+
+
+def _bool_version(body):
+    body["version"] = True
+
+
+def _empty_block(body):
+    body["block"] = ""
+
+
+def _id_out_of_range(body):
+    body["nodes"][0]["id"] = 65536
+
+
+def _entry_not_object(body):
+    body["nodes"][0] = "B1"
+
+
+def _missing(field):
+    def change(body):
+        del body["nodes"][0][field]
+    change.__name__ = f"_missing_{field}"
+    return change
+
+
+MALFORMED = [_dup_id, _dup_location, _bad_base64, _short_key, _no_nodes, _zero_version, _bool_version,
+             _empty_block, _id_out_of_range, _entry_not_object,
+             *[_missing(f) for f in ("id", "name", "location", "place", "public_key")]]
+
+
+@pytest.mark.parametrize("change", MALFORMED, ids=lambda f: f.__name__.strip("_"))
+def test_malformed_signed_roster_is_rejected(roster_setup, change):
+    body = copy.deepcopy(roster_setup.body)
+    change(body)
+    with pytest.raises(RosterError):
+        Roster.parse(force_sign(body, roster_setup.organizer), roster_setup.organizer.public)
+
+
+@pytest.mark.parametrize("change", MALFORMED, ids=lambda f: f.__name__.strip("_"))
+def test_sign_roster_refuses_a_malformed_body(roster_setup, change):
+    body = copy.deepcopy(roster_setup.body)
+    change(body)
+    with pytest.raises(RosterError):
+        sign_roster(body, roster_setup.organizer)
+
+
+# -- installing ------------------------------------------------------------------------------
+
+
+def test_install_writes_a_roster_that_loads(roster_setup):
+    path = roster_setup.root / "state" / "roster.json"
+    install_roster(roster_setup.document, roster_setup.organizer.public, path)
+    loaded = Roster.load(path, roster_setup.organizer.public)
+    assert (loaded.block, loaded.version, sorted(loaded.members)) == ("elm-st", 1, [1, 2, 3, 4])
+
+
+def test_install_refuses_a_lower_version(roster_setup):
+    path = roster_setup.root / "roster.json"
+    install_roster(roster_setup.sign(version=3), roster_setup.organizer.public, path)
+    with pytest.raises(RosterError, match="older than installed version 3"):
+        install_roster(roster_setup.sign(version=2), roster_setup.organizer.public, path)
+    assert Roster.load(path, roster_setup.organizer.public).version == 3
+
+
+def test_install_refuses_another_block(roster_setup):
+    path = roster_setup.root / "roster.json"
+    install_roster(roster_setup.document, roster_setup.organizer.public, path)
+    with pytest.raises(RosterError, match="not this node's block"):
+        install_roster(roster_setup.sign(block="oak-ave", version=2), roster_setup.organizer.public, path)
+    assert Roster.load(path, roster_setup.organizer.public).block == "elm-st"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_install_accepts_equal_or_higher_version(roster_setup, version):
+    path = roster_setup.root / "roster.json"
+    install_roster(roster_setup.document, roster_setup.organizer.public, path)
+    install_roster(roster_setup.sign(version=version), roster_setup.organizer.public, path)
+    assert Roster.load(path, roster_setup.organizer.public).version == version
+
+
+def test_install_refuses_a_badly_signed_roster_and_writes_nothing(roster_setup):
+    path = roster_setup.root / "roster.json"
+    with pytest.raises(RosterError, match="bad signature"):
+        install_roster(roster_setup.document, SigningKey.generate().public, path)
+    assert not path.exists()
+
+
+def test_damaged_installed_roster_does_not_block_a_good_one(roster_setup):
+    path = roster_setup.root / "roster.json"
+    path.write_text("{ not json")
+    install_roster(roster_setup.document, roster_setup.organizer.public, path)
+    assert Roster.load(path, roster_setup.organizer.public).version == 1
+
+
+def test_load_without_installed_roster(roster_setup):
+    with pytest.raises(RosterError, match="no roster installed"):
+        Roster.load(roster_setup.root / "roster.json", roster_setup.organizer.public)

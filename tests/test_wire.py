@@ -1,0 +1,219 @@
+"""The frame codec: bytes in, a frame or FrameError out, and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node import wire
+from node.alerts import Kind, State
+from node.errors import FrameError
+from node.keys import Roster, SigningKey, sign_roster
+from node.wire import FRAME_SIZES, MAX_FRAME, FrameType, HeartbeatFrame, ReceiptFrame, TransitionFrame
+
+FRAMES = {
+    FrameType.TRANSITION: TransitionFrame(origin=2, counter=41, alert_reporter=1, alert_counter=7,
+                                          kind=Kind.RAID, state=State.CONFIRMED, location=101),
+    FrameType.RECEIPT: ReceiptFrame(origin=3, counter=9, alert_reporter=1, alert_counter=7,
+                                    state=State.CONFIRMED, sounded=True),
+    FrameType.HEARTBEAT: HeartbeatFrame(origin=1, counter=1000, troubles=0b101, active=2,
+                                        latest_state=int(State.REPORTED), uptime_minutes=90),
+}
+
+
+def encode(setup, frame, block=None) -> bytes:
+    return wire.encode(frame, setup.keys[frame.origin], setup.block if block is None else block)
+
+
+def reason(data, roster, seen=None) -> str:
+    with pytest.raises(FrameError) as exc:
+        wire.decode(data, roster, seen=seen)
+    return exc.value.reason
+
+
+@pytest.fixture(params=list(FrameType), ids=lambda t: t.name.lower())
+def frame(request):
+    return FRAMES[request.param]
+
+
+@pytest.fixture(scope="module")
+def shared_roster():
+    """A roster for property tests (Hypothesis refuses function-scoped fixtures)."""
+    organizer = SigningKey.generate()
+    nodes = [{"id": i, "name": f"B{i}", "location": 100 + i, "place": f"Building {i}",
+              "public_key": SigningKey.generate().public_b64, "revoked": i == 4} for i in range(1, 5)]
+    return Roster.parse(sign_roster({"block": "elm-st", "version": 1, "nodes": nodes}, organizer),
+                        organizer.public)
+
+
+# -- round trips and sizes ---------------------------------------------------------------------
+
+
+def test_every_frame_type_round_trips(roster_setup, frame):
+    assert wire.decode(encode(roster_setup, frame), roster_setup.roster) == frame
+
+
+def test_frame_sizes(roster_setup):
+    sizes = {t: len(encode(roster_setup, f)) for t, f in FRAMES.items()}
+    assert sizes == {FrameType.TRANSITION: 82, FrameType.RECEIPT: 80, FrameType.HEARTBEAT: 78}
+    assert sizes == FRAME_SIZES
+    assert max(sizes.values()) <= MAX_FRAME == 120
+
+
+def test_bytearray_and_memoryview_are_accepted(roster_setup, frame):
+    data = encode(roster_setup, frame)
+    assert wire.decode(bytearray(data), roster_setup.roster) == frame
+    assert wire.decode(memoryview(data), roster_setup.roster) == frame
+
+
+def test_transition_frame_carries_the_alert(roster_setup):
+    decoded = wire.decode(encode(roster_setup, FRAMES[FrameType.TRANSITION]), roster_setup.roster)
+    t = decoded.transition()
+    assert (t.alert_id, t.reporter, t.signer, t.state, t.location) == ("1-7", 1, 2, State.CONFIRMED, 101)
+
+
+def test_receipt_not_sounded_round_trips(roster_setup):
+    frame = ReceiptFrame(3, 10, 1, 7, State.ALL_CLEAR, sounded=False)
+    assert wire.decode(encode(roster_setup, frame), roster_setup.roster) == frame
+
+
+def test_heartbeat_uptime_saturates(roster_setup):
+    frame = HeartbeatFrame(1, 5, 0, 0, 0, uptime_minutes=70_000)
+    assert wire.decode(encode(roster_setup, frame), roster_setup.roster).uptime_minutes == 0xFFFF
+
+
+def test_peek_origin_reads_the_header(roster_setup, frame):
+    assert wire.peek_origin(encode(roster_setup, frame)) == (frame.origin, frame.counter)
+    assert wire.peek_origin(b"\x01\x01") is None
+
+
+# -- nothing but FrameError ---------------------------------------------------------------------
+
+
+@settings(derandomize=True, max_examples=2000, database=None, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_arbitrary_bytes_never_decode(shared_roster, data):
+    with pytest.raises(FrameError):
+        wire.decode(data, shared_roster)
+
+
+@settings(derandomize=True, max_examples=1000, database=None, deadline=None)
+@given(ftype=st.sampled_from(list(FrameType)), origin=st.integers(1, 4), counter=st.integers(0, 2**32 - 1),
+       rest=st.binary(min_size=70, max_size=74))
+def test_well_formed_headers_with_arbitrary_bodies_never_decode(shared_roster, ftype, origin, counter, rest):
+    data = wire._HEADER.pack(wire.VERSION, ftype, origin, counter) + rest
+    with pytest.raises(FrameError):
+        wire.decode(data, shared_roster)
+
+
+def test_every_single_bit_flip_is_rejected(roster_setup, frame):
+    data = encode(roster_setup, frame)
+    for bit in range(len(data) * 8):
+        flipped = bytearray(data)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(FrameError):
+            wire.decode(bytes(flipped), roster_setup.roster)
+
+
+# -- reasons -------------------------------------------------------------------------------------
+
+
+def test_too_short_is_truncated(roster_setup, frame):
+    assert reason(encode(roster_setup, frame)[:-1], roster_setup.roster) == "truncated"
+    assert reason(b"", roster_setup.roster) == "truncated"
+
+
+def test_transition_cut_to_a_receipt_length_is_truncated(roster_setup):
+    data = encode(roster_setup, FRAMES[FrameType.TRANSITION])
+    assert reason(data[:FRAME_SIZES[FrameType.RECEIPT]], roster_setup.roster) == "truncated"
+
+
+def test_longer_than_its_type_is_oversized(roster_setup):
+    data = encode(roster_setup, FRAMES[FrameType.HEARTBEAT])
+    assert reason(data + b"\0", roster_setup.roster) == "oversized"
+
+
+def test_longer_than_max_frame_is_oversized(roster_setup):
+    assert reason(bytes(MAX_FRAME + 1), roster_setup.roster) == "oversized"
+
+
+def test_unknown_version(roster_setup, frame):
+    data = bytearray(encode(roster_setup, frame))
+    data[0] = 2
+    assert reason(bytes(data), roster_setup.roster) == "unknown-version"
+
+
+def test_unknown_type(roster_setup, frame):
+    data = bytearray(encode(roster_setup, frame))
+    data[1] = 9
+    assert reason(bytes(data), roster_setup.roster) == "unknown-type"
+
+
+def test_origin_not_on_roster_is_unknown_key(roster_setup):
+    frame = HeartbeatFrame(origin=9, counter=1, troubles=0, active=0, latest_state=0, uptime_minutes=1)
+    data = wire.encode(frame, roster_setup.keys[1], roster_setup.block)
+    assert reason(data, roster_setup.roster) == "unknown-key"
+
+
+def test_revoked_origin_is_refused(roster_setup):
+    frame = HeartbeatFrame(origin=4, counter=1, troubles=0, active=0, latest_state=0, uptime_minutes=1)
+    assert reason(encode(roster_setup, frame), roster_setup.roster) == "revoked-key"
+
+
+def test_frame_signed_by_another_node_is_bad_signature(roster_setup):
+    frame = FRAMES[FrameType.HEARTBEAT]  # origin 1
+    data = wire.encode(frame, roster_setup.keys[2], roster_setup.block)
+    assert reason(data, roster_setup.roster) == "bad-signature"
+
+
+def test_frame_signed_for_another_block_is_bad_signature(roster_setup, frame):
+    assert reason(encode(roster_setup, frame, block="oak-ave"), roster_setup.roster) == "bad-signature"
+
+
+def test_counter_zero_is_refused(roster_setup):
+    frame = HeartbeatFrame(origin=1, counter=0, troubles=0, active=0, latest_state=0, uptime_minutes=1)
+    assert reason(encode(roster_setup, frame), roster_setup.roster) == "bad-counter"
+
+
+@pytest.mark.parametrize("changes", [
+    {"location": 199},        # not on the roster
+    {"alert_reporter": 9},    # reporter not on the roster
+    {"alert_counter": 0},
+    {"state": State.EXPIRED},  # never sent on air
+])
+def test_signed_transition_with_bad_field_is_refused(roster_setup, changes):
+    fields = {**FRAMES[FrameType.TRANSITION].__dict__, **changes}
+    assert reason(encode(roster_setup, TransitionFrame(**fields)), roster_setup.roster) == "bad-field"
+
+
+def test_signed_receipt_with_unknown_flag_bits_is_refused(roster_setup):
+    unsigned = wire._HEADER.pack(wire.VERSION, FrameType.RECEIPT, 3, 9) + bytes([0, 1, 0, 0, 0, 7, 2, 0b10])
+    # Signed as the module docstring specifies: b"silbato/1\0" + block + b"\0" + header + body.
+    signature = roster_setup.keys[3].sign(b"silbato/1\0" + roster_setup.block.encode() + b"\0" + unsigned)
+    assert reason(unsigned + signature, roster_setup.roster) == "bad-field"
+
+
+def test_heartbeat_with_unknown_latest_state_is_refused(roster_setup):
+    frame = HeartbeatFrame(origin=1, counter=1, troubles=0, active=0, latest_state=6, uptime_minutes=1)
+    assert reason(encode(roster_setup, frame), roster_setup.roster) == "bad-field"
+
+
+def test_already_seen_counter_is_replayed(roster_setup, frame):
+    calls = []
+
+    def seen(origin, counter):
+        calls.append((origin, counter))
+        return True
+
+    assert reason(encode(roster_setup, frame), roster_setup.roster, seen=seen) == "replayed"
+    assert calls == [(frame.origin, frame.counter)]
+
+
+def test_unseen_counter_is_accepted(roster_setup, frame):
+    assert wire.decode(encode(roster_setup, frame), roster_setup.roster, seen=lambda o, c: False) == frame
+
+
+@pytest.mark.parametrize("data", ["hello", None, 82, [1] * 82])
+def test_non_bytes_input_is_refused(roster_setup, data):
+    assert reason(data, roster_setup.roster) == "not-bytes"
