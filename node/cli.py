@@ -244,15 +244,19 @@ def purge(ctx: click.Context) -> None:
               help="Simulated seconds per wall-clock second.")
 @click.option("--dir", "state_dir", type=click.Path(file_okay=False), default=None,
               help="Where the nodes keep their keys and databases (default: a new temporary folder).")
+@click.option("--radio", default="air", show_default=True, type=click.Choice(["air", "serial"]),
+              help="air: nodes on the simulated air directly; serial: through the real meshtastic library "
+                   "to simulated radios on pseudo-terminals.")
 def sim(n: int, topology: str, port_base: int, loss: float, preset: str, seed: int, scale: float,
-        state_dir: str | None) -> None:
+        state_dir: str | None, radio: str) -> None:
     """Run a simulated block of N nodes, each with its web page, on localhost."""
     from node.sim import run_demo
 
     _setup_logging("INFO")
     root = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="silbato-sim-"))
     try:
-        run_demo(root, n, topology, port_base=port_base, loss=loss, preset=preset, seed=seed, scale=scale)
+        run_demo(root, n, topology, port_base=port_base, loss=loss, preset=preset, seed=seed, scale=scale,
+                 radio=radio)
     except (SilbatoError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +54,46 @@ SETTINGS: tuple[Setting, ...] = (
             "GPIO (BCM) driving the siren relay or buzzer (active high)."),
     Setting("hardware.light_pin", int, 22,
             "GPIO (BCM) of the status LED (through a 330 ohm resistor to GND)."),
+    Setting("hardware.siren_kind", str, "relay",
+            "How the siren is wired: relay (relay module or transistor switching a siren), "
+            "buzzer (active buzzer) or piezo (passive piezo, driven with tones)."),
+    Setting("hardware.confirmed_duration", float, 60.0,
+            "Seconds the CONFIRMED whistle pattern (three long blasts) keeps repeating."),
+    Setting("hardware.quiet_hours", str, "",
+            "Local time span HH:MM-HH:MM (e.g. 22:00-07:00) in which REPORTED and TEST sound softer. "
+            "CONFIRMED is never softened. Empty: no quiet hours."),
+    Setting("hardware.cancel_window", float, 10.0,
+            "Seconds after a hold raised a report in which pressing the button again withdraws it "
+            "as a false alarm. Later, withdrawing is a captain's action."),
+    Setting("hardware.confirm_pin", int, 0,
+            "GPIO (BCM) of the optional second button (to GND): held, it confirms another node's "
+            "report or declares all clear. 0: no second button."),
+    Setting("hardware.light_kind", str, "led",
+            "Status light: led (one LED on hardware.light_pin) or rgb (an RGB LED or three LEDs "
+            "on hardware.rgb_pins)."),
+    Setting("hardware.rgb_pins", str, "22,23,24",
+            "GPIOs (BCM) of the red, green and blue LEDs when hardware.light_kind is rgb."),
+    Setting("speaker.device", str, "",
+            "ALSA device of the speaker for aplay (e.g. plughw:1,0 or default). Empty: no speaker."),
+    Setting("speaker.recordings_dir", str, "/etc/silbato/recordings",
+            "Folder of recorded announcements for languages espeak-ng cannot speak (tl): "
+            "<lang>/<state>.wav or <lang>/<state>-<location>.wav."),
     Setting("radio.port", str, "",
             "Serial device of the Meshtastic radio (prefer /dev/serial/by-id/...). Empty: no radio."),
-    Setting("radio.channel", int, 0, "Meshtastic channel index the frames are sent on."),
+    Setting("radio.tcp", str, "",
+            "host:port of a Meshtastic radio or meshtasticd on the network, instead of radio.port."),
+    Setting("radio.channel", int, 0, "Meshtastic channel index the frames are sent on (0-7)."),
+    Setting("radio.text_alerts", bool, True,
+            "Also send REPORTED, CONFIRMED and ALL CLEAR as a text message with a bell, for plain Meshtastic users."),
     Setting("radio.hop_limit", int, 7, "Meshtastic hop limit for our frames (1-7)."),
     Setting("web.host", str, "0.0.0.0", "Address the neighbors' page listens on."),
     Setting("web.port", int, 8080, "TCP port of the neighbors' page."),
+    Setting("web.hotline", str, "",
+            "Phone number of the local rapid-response hotline, shown on the page. Empty: not shown."),
+    Setting("web.live_clients", int, 200,
+            "How many open pages get live updates at once (one server thread each); more poll every 15 s."),
+    Setting("web.silent_after", float, 3600.0,
+            "Seconds without hearing a building before the page shows it as silent."),
     Setting("log.level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR."),
 )
 
@@ -204,8 +239,71 @@ def from_mapping(overrides: Mapping[str, Any], *, source: str = "defaults",
 _NON_SETTING_ENV = {"SILBATO_REQUIRE_ALL_TESTS"}
 
 
+def parse_host_port(value: str) -> tuple[str, int]:
+    """``"host:port"`` -> ``(host, port)``; raises ``ValueError`` with the reason."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return host, int(port)
+
+
+def parse_quiet_hours(value: str) -> tuple[int, int] | None:
+    """``"22:00-07:00"`` -> ``(1320, 420)``, minutes after local midnight; ``""`` -> ``None``.
+
+    Raises ``ValueError`` with the reason. The span may wrap past midnight.
+    """
+    if not value.strip():
+        return None
+    match = re.fullmatch(r"\s*([01]?[0-9]|2[0-3]):([0-5][0-9])\s*-\s*([01]?[0-9]|2[0-3]):([0-5][0-9])\s*", value)
+    if match is None:
+        raise ValueError(f"expected HH:MM-HH:MM, got {value!r}")
+    start, end = int(match[1]) * 60 + int(match[2]), int(match[3]) * 60 + int(match[4])
+    if start == end:
+        raise ValueError(f"expected two different times, got {value!r}")
+    return start, end
+
+
+def parse_pins(value: str, count: int) -> tuple[int, ...]:
+    """``"22,23,24"`` -> ``(22, 23, 24)``; raises ``ValueError`` unless there are ``count`` GPIO numbers."""
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) != count or not all(p.isdigit() and 0 < int(p) < 28 for p in parts):
+        raise ValueError(f"expected {count} comma-separated GPIO numbers (1-27), got {value!r}")
+    return tuple(int(p) for p in parts)
+
+
+def _validate_hardware(values: dict[str, Any], source: str) -> None:
+    """The hardware and speaker settings (see ``node.hardware``)."""
+    if values["hardware.siren_kind"] not in ("relay", "buzzer", "piezo"):
+        raise ConfigError(f"{source}: hardware.siren_kind: expected relay, buzzer or piezo, "
+                          f"got {values['hardware.siren_kind']!r}")
+    if values["hardware.light_kind"] not in ("led", "rgb"):
+        raise ConfigError(f"{source}: hardware.light_kind: expected led or rgb, got {values['hardware.light_kind']!r}")
+    for name in ("hardware.cancel_window", "hardware.confirmed_duration"):
+        if not 0 < values[name] < float("inf"):
+            raise ConfigError(f"{source}: {name}: expected a positive number of seconds, got {values[name]}")
+    for name, parse in (("hardware.quiet_hours", parse_quiet_hours),
+                        ("hardware.rgb_pins", lambda v: parse_pins(v, 3))):
+        try:
+            parse(values[name])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {name}: {exc}") from None
+    for name in ("hardware.button_pin", "hardware.siren_pin", "hardware.light_pin", "hardware.confirm_pin"):
+        lowest = 0 if name == "hardware.confirm_pin" else 1  # confirm_pin 0: no second button
+        if not lowest <= values[name] <= 27:
+            raise ConfigError(f"{source}: {name}: expected a GPIO number {lowest}-27, got {values[name]}")
+
+
 def _validate(values: dict[str, Any], source: str) -> None:
     """Range checks that a type alone cannot express."""
+    if values["radio.port"] and values["radio.tcp"]:
+        raise ConfigError(f"{source}: radio.tcp: set radio.port or radio.tcp, not both")
+    if values["radio.tcp"]:
+        try:
+            parse_host_port(values["radio.tcp"])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: radio.tcp: {exc}") from None
+    if not 0 <= values["radio.channel"] <= 7:
+        raise ConfigError(f"{source}: radio.channel: expected 0 to 7, got {values['radio.channel']}")
     if not 1 <= values["radio.hop_limit"] <= 7:
         raise ConfigError(f"{source}: radio.hop_limit: expected 1 to 7, got {values['radio.hop_limit']}")
     for name in ("alerts.merge_window", "alerts.expire_after", "alerts.retention",
@@ -217,6 +315,17 @@ def _validate(values: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: node.languages: expected some of en, es, ko, tl, got {bad[0]!r}")
     if values["log.level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{source}: log.level: expected DEBUG, INFO, WARNING or ERROR, got {values['log.level']!r}")
+    _validate_hardware(values, source)
+    _validate_web(values, source)
+
+
+def _validate_web(values: dict[str, Any], source: str) -> None:
+    """The web page's settings (see ``web``)."""
+    if not 1 <= values["web.live_clients"] <= 2000:
+        raise ConfigError(f"{source}: web.live_clients: expected 1 to 2000, got {values['web.live_clients']}")
+    if not 0 < values["web.silent_after"] < float("inf"):
+        raise ConfigError(f"{source}: web.silent_after: expected a positive number of seconds, "
+                          f"got {values['web.silent_after']}")
 
 
 def render(config: Config) -> str:

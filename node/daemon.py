@@ -6,7 +6,9 @@ button's, the radio's, the main loop's) and are serialised by one lock:
 
 - ``report()``, ``act()``: this node's own actions (button, captain);
 - ``on_frame(bytes)``: a frame heard on the air;
-- ``tick()``: expiry, re-sends, the outbox and the retention purge, about once a second.
+- ``tick()``: captains' requests, expiry, re-sends, the outbox and the retention purge,
+  about once a second;
+- ``process_requests()``: captains' requests from the web page, polled more often than ``tick``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from node.config import Config
 from node.errors import FrameError, RadioError, SilbatoError, StoreError, TransitionError
 from node.hardware import Hardware
 from node.keys import Roster, SigningKey, load_public
-from node.radio import Link, NullLink
+from node.radio import FrameRefused, Link, MeshtasticLink, NullLink
 from node.store import Store
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,11 @@ log = logging.getLogger(__name__)
 REPEAT_BASE = 15.0
 ENDED_REPEATS = 6
 PURGE_EVERY = 3600.0
+# Captains' requests (written by the web process): polled every REQUEST_POLL seconds by
+# ``run``, refused when older than REQUEST_TTL so that a click made while the daemon was
+# down does not raise a siren minutes later.
+REQUEST_POLL = 0.2
+REQUEST_TTL = 60.0
 
 
 class Node:
@@ -51,6 +58,8 @@ class Node:
         self._changed = threading.Condition(self._lock)  # notified after every committed change
         self._stack: list[Callable[[], None]] = []
         self._last_purge = 0.0
+        self._texts: collections.deque[str] = collections.deque(maxlen=20)
+        self._kick = threading.Event()
         self.id = 0
         self.location = 0
 
@@ -70,12 +79,15 @@ class Node:
             self.store = Store(cfg.db_file)
             self._stack.append(self.store.close)
             self.store.sync_peers(self.roster)
+            self.store.set_meta("node_id", str(self.id))  # the web page marks this building as "this node"
             self.hardware = Hardware(button_pin=cfg["hardware.button_pin"], siren_pin=cfg["hardware.siren_pin"],
                                      light_pin=cfg["hardware.light_pin"], hold_time=cfg["hardware.hold_time"],
                                      on_hold=self.button_held, pin_factory=self.pin_factory)
             self._stack.append(self.hardware.close)
-            self.link.start(self.on_frame)
+            self.link.start(self.on_frame, self.on_refused)
             self._stack.append(self.link.stop)
+            if not self.link.instant:
+                self._start_sender()
         except BaseException:
             self.stop()
             raise
@@ -254,6 +266,7 @@ class Node:
         try:
             with self._lock:
                 now = self.clock()
+                self._process_requests(now)
                 self._expire(now)
                 self._repeat(now)
                 self._flush(now)
@@ -267,6 +280,49 @@ class Node:
         except Exception:
             self.counts["error"] += 1
             log.exception("housekeeping failed; the node goes on")
+
+    # -- captains' requests from the web page -------------------------------------------------
+
+    def process_requests(self) -> None:
+        """Apply the captains' pending requests now. Never raises."""
+        try:
+            with self._lock:
+                self._process_requests(self.clock())
+        except Exception:
+            self.counts["error"] += 1
+            log.exception("captains' requests failed; the node goes on")
+
+    def _process_requests(self, now: float) -> None:
+        """Sign and apply each pending request through ``report()``/``act()``; record the outcome on its row.
+
+        The web process only writes requests; this is where one becomes a fact, or is refused
+        with the reason the page shows.
+        """
+        for req in self.store.pending_requests():
+            try:
+                alert = self._apply_request(req, now)
+            except SilbatoError as exc:
+                log.warning("captain's request %d (%s) refused: %s", req["id"], req["action"], exc)
+                self.store.finish_request(req["id"], "refused", now, reason=str(exc))
+            except Exception:
+                log.exception("captain's request %d (%s) failed", req["id"], req["action"])
+                self.store.finish_request(req["id"], "refused", now, reason="internal error; see the node's log")
+            else:
+                log.info("captain's request %d (%s) signed: alert %s", req["id"], req["action"], alert.id)
+                self.store.finish_request(req["id"], "signed", now, alert_id=alert.id,
+                                          frame_seq=self.store.last_seq())
+
+    def _apply_request(self, req: dict, now: float) -> Alert:
+        if not -REQUEST_TTL <= now - req["created_at"] <= REQUEST_TTL:
+            raise TransitionError(f"the node did not pick this up within {REQUEST_TTL:.0f} s; ask again")
+        action = req["action"]
+        if action in ("raise", "test"):
+            if req["location"] is None:
+                raise TransitionError("a report needs a place")
+            return self.report(Kind.RAID if action == "raise" else Kind.TEST, req["location"])
+        if action == "confirm" and self.store.captain_reported(req["captain"], req["alert_id"] or ""):
+            raise TransitionError("the captain who reported this alert cannot also confirm it")
+        return self.act(action, req["alert_id"] or "")
 
     def _expire(self, now: float) -> None:
         for alert in alerts.expired(self.store.active_alerts(), now, self.config["alerts.expire_after"]):
@@ -293,18 +349,97 @@ class Node:
             self.counts["repeat"] += 1
 
     def _flush(self, now: float) -> None:
-        """Hand queued frames to the radio in order; stop at the first refusal and keep the rest."""
+        """Hand queued frames to the radio in order, keeping the rest at the first failure.
+
+        A link whose ``send`` returns at once (the simulated air) is driven here, under
+        the node's lock; a real radio is driven by the sender thread, so a slow or dead
+        radio never holds up the button, the siren or frames from the air.
+        """
+        self._sync_link_troubles(now)
+        if not self.link.instant:
+            self._kick.set()
+            return
         for seq, frame in self.store.pending():
             try:
                 self.link.send(frame)
+            except FrameRefused as exc:
+                log.error("frame %d dropped: %s", seq, exc)
             except RadioError as exc:
                 self._trouble("radio", str(exc), now)
                 return
             self.store.mark_sent(seq, now)
-        if self.link.trouble:
-            self._trouble("radio", self.link.trouble, now)
-        else:
-            self.store.clear_trouble("radio")
+
+    def _sync_link_troubles(self, now: float) -> None:
+        """Mirror the link's TROUBLE sentences into the store, where the page and light see them."""
+        current = self.link.troubles
+        for subsystem, message in current.items():
+            self._trouble(subsystem, message, now)
+        for subsystem in self.store.troubles():
+            if subsystem.startswith("radio") and subsystem not in current:
+                self.store.clear_trouble(subsystem)
+                log.info("radio trouble cleared: %s", subsystem)
+
+    def _start_sender(self) -> None:
+        self._sender_stop = threading.Event()
+        thread = threading.Thread(target=self._sender, name="outbox-sender", daemon=True)
+        thread.start()
+
+        def stop_sender() -> None:
+            self._sender_stop.set()
+            self._kick.set()
+            thread.join(timeout=10)
+        self._stack.append(stop_sender)
+
+    def _sender(self) -> None:
+        """Send the outbox in order through a link whose ``send`` may block (seconds, bounded)."""
+        while not self._sender_stop.is_set():
+            self._kick.wait(1.0)
+            self._kick.clear()
+            try:
+                self._send_pending()
+            except Exception:
+                self.counts["error"] += 1
+                log.exception("outbox sender failed; it goes on")
+
+    def _send_pending(self) -> None:
+        with self._lock:
+            pending = self.store.pending()
+        for seq, frame in pending:
+            if self._sender_stop.is_set():
+                return
+            try:
+                self.link.send(frame)  # not under the node's lock
+            except FrameRefused as exc:
+                log.error("frame %d dropped: %s", seq, exc)
+            except RadioError as exc:
+                log.info("outbox waits for the radio (%d frames): %s", len(pending), exc)
+                return
+            with self._lock:
+                self.store.mark_sent(seq, self.clock())
+                self.counts["sent"] += 1
+        while self._texts and not self._sender_stop.is_set():
+            text = self._texts.popleft()
+            try:
+                self.link.send_text(text)
+            except RadioError as exc:
+                log.warning("text alert not sent: %s", exc)
+
+    def on_refused(self, frame: bytes, reason: str) -> None:
+        """The radio took a frame but refused to transmit it: queue it again if that may pass."""
+        from node.radio import TRANSIENT_NAKS
+
+        if reason not in TRANSIENT_NAKS:
+            log.error("radio refused a frame for good (%s); it is dropped", reason)
+            return
+        with self._lock:
+            try:
+                with self.store.transaction():
+                    self.store.enqueue(frame, self.clock())
+            except StoreError as exc:
+                log.error("could not re-queue a refused frame: %s", exc)
+                return
+        log.warning("radio refused a frame (%s); queued again", reason)
+        self._kick.set()
 
     def _trouble(self, subsystem: str, message: str, now: float) -> None:
         try:
@@ -319,12 +454,18 @@ class Node:
         self.hardware.light.show(alarm=active, trouble=bool(self.store.troubles()))
 
 
+def make_link(config: Config) -> Link:
+    """The radio link the settings ask for: serial, TCP, or none."""
+    if config["radio.port"] or config["radio.tcp"]:
+        return MeshtasticLink(port=config["radio.port"], tcp=config["radio.tcp"], channel=config["radio.channel"],
+                              hop_limit=config["radio.hop_limit"])
+    return NullLink()
+
+
 def run(config: Config, *, stopping: threading.Event | None = None) -> int:
     """``silbato run``: the node daemon until SIGTERM or SIGINT. Returns the exit code."""
     stopping = stopping or threading.Event()
-    link: Link = NullLink()
-    if config["radio.port"]:
-        log.error("radio.port is set, but this release has no Meshtastic serial link yet; running without radio")
+    link = make_link(config)
 
     def on_signal(signum, _frame):
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -334,9 +475,14 @@ def run(config: Config, *, stopping: threading.Event | None = None) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     node = Node(config, link=link).start()
+    next_tick = time.monotonic() + 1.0
     try:
-        while not stopping.wait(1.0):
-            node.tick()
+        while not stopping.wait(REQUEST_POLL):
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + 1.0
+                node.tick()
+            else:
+                node.process_requests()  # a captain's click is acted on within REQUEST_POLL seconds
     finally:
         node.stop()
         log.info("node stopped")

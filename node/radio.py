@@ -1,27 +1,68 @@
 """The node's link to the mesh. The only module that imports meshtastic or pyserial.
 
 A ``Link`` carries opaque frames: ``send(frame)`` hands one to the radio, and
-``start(on_receive)`` registers the callback that gets every frame heard. The
-simulated link lives in ``node.sim_air``; the Meshtastic serial link is built on
-the same interface.
+``start(on_receive)`` registers the callback that gets every frame heard.
+``troubles`` names what is wrong, as plain sentences keyed by a short word.
+
+``MeshtasticLink`` talks to a Meshtastic radio through the real ``meshtastic``
+library: ``SerialInterface`` on ``radio.port`` or ``TCPInterface`` on
+``radio.tcp``. Frames go out as ``PRIVATE_APP`` (256) broadcasts. A supervisor
+thread owns the interface: it connects, checks the radio's settings, notices an
+unplug, and builds a fresh interface with backoff when the device returns (a
+``meshtastic`` interface never reopens once its device is gone).
+
+Traps in the library that this module works around, each found in its source:
+
+- pypubsub keeps weak references: listeners are bound methods of this long-lived
+  object, never lambdas; and topics are global, so each listener checks that the
+  packet came from *this* link's interface;
+- protobuf fields equal to 0 are missing from the packet dict (``channel`` 0);
+- ``meshtastic.connection.lost`` also fires on a normal ``close()``;
+- ``close()`` can hang joining the reader thread, so it runs with a timeout;
+- ``sendData`` waits up to 30 s on a dead interface, and forever while the
+  radio's queue is full, so it runs in a worker thread with a timeout;
+- an oversized payload raises ``MeshInterfaceError``; refusals from the radio
+  arrive later as routing NAKs (``TOO_LARGE``, ``DUTY_CYCLE_LIMIT``).
 """
 
 from __future__ import annotations
 
 import abc
+import collections
+import logging
+import os
+import queue
+import re
+import threading
+import time
 from typing import Callable
 
+from node.config import parse_host_port
 from node.errors import RadioError
 
+log = logging.getLogger(__name__)
+
 Receive = Callable[[bytes], None]
+Refused = Callable[[bytes, str], None]
+
+
+class FrameRefused(RadioError):
+    """The radio will never send this frame (too large): drop it rather than block the outbox."""
 
 
 class Link(abc.ABC):
-    """A transport for frames. Implementations never block the daemon for long."""
+    """A transport for frames."""
+
+    #: True when ``send`` returns at once (the simulated air), so the daemon may send
+    #: under its lock; False when ``send`` may take seconds (a real radio).
+    instant = True
 
     @abc.abstractmethod
-    def start(self, on_receive: Receive) -> None:
-        """Begin delivering received frames to ``on_receive`` (from any thread)."""
+    def start(self, on_receive: Receive, on_refused: Refused | None = None) -> None:
+        """Begin delivering received frames to ``on_receive`` (from any thread).
+
+        ``on_refused(frame, reason)`` is called when the radio refuses a frame after taking it.
+        """
 
     @abc.abstractmethod
     def send(self, frame: bytes) -> None:
@@ -29,8 +70,11 @@ class Link(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def trouble(self) -> str:
-        """A plain sentence if the link is unusable, else ``""``."""
+    def troubles(self) -> dict[str, str]:
+        """What is wrong, as ``{"radio": "plain sentence", ...}``; empty when healthy."""
+
+    def send_text(self, text: str) -> None:
+        """Send a plain Meshtastic text message, for people on ordinary radios. Optional."""
 
     def stop(self) -> None:
         """Release the radio."""
@@ -39,10 +83,369 @@ class Link(abc.ABC):
 class NullLink(Link):
     """No radio configured: the node still sounds and stores locally; frames wait in the outbox."""
 
-    trouble = "no radio configured: set radio.port to the Meshtastic radio's serial device"
+    SENTENCE = "no radio configured: set radio.port to the Meshtastic radio's serial device"
 
-    def start(self, on_receive: Receive) -> None:
+    def start(self, on_receive: Receive, on_refused: Refused | None = None) -> None:
         pass
 
     def send(self, frame: bytes) -> None:
-        raise RadioError(self.trouble)
+        raise RadioError(self.SENTENCE)
+
+    @property
+    def troubles(self) -> dict[str, str]:
+        return {"radio": self.SENTENCE}
+
+
+# -- the real radio ------------------------------------------------------------------------
+
+MIN_FIRMWARE = (2, 6, 11)
+DEFAULT_PSK = b"\x01"           # Meshtastic's well-known default channel key, shown as AQ==
+CONNECT_TIMEOUT = 15.0          # seconds for the config handshake
+SEND_TIMEOUT = 5.0              # seconds for the library to take one frame
+CLOSE_TIMEOUT = 3.0             # seconds for close() before we abandon the old interface
+BACKOFF = (0.2, 0.5, 1.0, 2.0)  # seconds between reconnect attempts; the last repeats
+TEXT_INTERVAL = 2.0             # seconds: the firmware takes one text message per 2 s
+TRANSIENT_NAKS = {"DUTY_CYCLE_LIMIT", "RATE_LIMIT_EXCEEDED", "NO_CHANNEL", "NO_INTERFACE", "TIMEOUT",
+                  "MAX_RETRANSMIT"}
+
+
+def firmware_tuple(version: str) -> tuple[int, int, int] | None:
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", version or "")
+    return tuple(int(x) for x in match.groups()) if match else None  # type: ignore[return-value]
+
+
+def check_radio(firmware: str, psk: bytes, mqtt_enabled: bool, region: int) -> dict[str, str]:
+    """Start-up checks on the radio's settings, as TROUBLE sentences saying what to do."""
+    found: dict[str, str] = {}
+    version = firmware_tuple(firmware)
+    if version is None or version < MIN_FIRMWARE:
+        found["radio-firmware"] = (f"radio firmware {firmware or 'unknown'} is older than 2.6.11 and has the "
+                                   "duplicate-key flaw CVE-2025-52464: flash 2.6.11 or newer")
+    if psk in (b"", DEFAULT_PSK):
+        found["radio-channel"] = ("the radio's channel uses the public default key" if psk else
+                                  "the radio's channel has no key") + \
+            ": run 'silbato radio configure' to set the block's private channel key"
+    if mqtt_enabled:
+        found["radio-mqtt"] = "MQTT uplink is on, so alerts could leave the block: turn MQTT off on the radio"
+    if region == 0:
+        found["radio-region"] = "the radio's LoRa region is unset, so it will not transmit: set the region"
+    return found
+
+
+class MeshtasticLink(Link):
+    """A Meshtastic radio on USB serial (``port``) or TCP (``tcp`` as ``host:port``)."""
+
+    instant = False
+
+    def __init__(self, *, port: str = "", tcp: str = "", channel: int = 0, hop_limit: int = 7,
+                 connect_timeout: float = CONNECT_TIMEOUT, send_timeout: float = SEND_TIMEOUT):
+        if bool(port) == bool(tcp):
+            raise ValueError("set exactly one of port and tcp")
+        self.port, self.tcp = port, tcp
+        self.channel, self.hop_limit = channel, hop_limit
+        self.connect_timeout, self.send_timeout = connect_timeout, send_timeout
+        self.where = port or f"tcp {tcp}"
+        self.info: dict[str, object] = {}
+        self.connects = 0
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._iface = None
+        self._lost = threading.Event()
+        self._stopping = threading.Event()
+        self._troubles: dict[str, str] = {"radio": f"radio not connected yet at {self.where}"}
+        self._rx: queue.Queue[bytes | None] = queue.Queue(maxsize=1000)
+        self._pending: dict[int, tuple[float, bytes]] = {}  # packet id -> (time, frame), for NAKs
+        self._on_receive: Receive | None = None
+        self._on_refused: Refused | None = None
+        self._send_lock = threading.Lock()
+        self._taken: dict[int, int] = {}  # packet id -> queueStatus res (0: queued)
+        self._taken_cond = threading.Condition()
+        self._last_text = 0.0
+        self._threads: list[threading.Thread] = []
+        self.connected = threading.Event()
+
+    # -- Link ----------------------------------------------------------------------------
+
+    def start(self, on_receive: Receive, on_refused: Refused | None = None) -> None:
+        from pubsub import pub
+
+        self._on_receive, self._on_refused = on_receive, on_refused
+        # Bound methods of self: pypubsub holds them weakly, and self lives as long as the link.
+        pub.subscribe(self._on_packet, "meshtastic.receive.data.PRIVATE_APP")
+        pub.subscribe(self._on_lost, "meshtastic.connection.lost")
+        for target, name in ((self._supervise, "radio-supervisor"), (self._deliver, "radio-rx")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    @property
+    def troubles(self) -> dict[str, str]:
+        return dict(self._troubles)
+
+    def send(self, frame: bytes) -> None:
+        iface = self._iface
+        if iface is None or not self.connected.is_set():
+            raise RadioError(self._troubles.get("radio") or f"radio at {self.where} is not connected")
+        from meshtastic.mesh_interface import MeshInterface
+        from meshtastic.protobuf import portnums_pb2
+
+        with self._send_lock:
+            packet = self._call(lambda: iface.sendData(
+                bytes(frame), portNum=portnums_pb2.PortNum.PRIVATE_APP, channelIndex=self.channel,
+                hopLimit=self.hop_limit, wantAck=False, onResponse=self._on_response),
+                refuse=MeshInterface.MeshInterfaceError)
+            self._await_taken(packet.id)
+        self.counts["sent"] += 1
+        now = time.monotonic()
+        self._pending[packet.id] = (now, bytes(frame))
+        for pid, (at, _) in list(self._pending.items()):
+            if now - at > 120:  # no NAK within two minutes: the radio took it
+                del self._pending[pid]
+                iface.responseHandlers.pop(pid, None)
+
+    def send_text(self, text: str) -> None:
+        """A text message with the bell character, for plain Meshtastic radios; one per 2 s at most."""
+        iface = self._iface
+        if iface is None or not self.connected.is_set():
+            raise RadioError(f"radio at {self.where} is not connected")
+        from meshtastic.mesh_interface import MeshInterface
+
+        with self._send_lock:
+            wait = self._last_text + TEXT_INTERVAL - time.monotonic()
+            if wait > 0:
+                self._stopping.wait(wait)
+            packet = self._call(lambda: iface.sendText(text, channelIndex=self.channel, hopLimit=self.hop_limit),
+                                refuse=MeshInterface.MeshInterfaceError)
+            self._await_taken(packet.id)
+            self._last_text = time.monotonic()
+        self.counts["text"] += 1
+
+    def _call(self, fn: Callable[[], object], *, refuse: type[Exception]):
+        """Run a library call in a worker thread so it can never block the caller past send_timeout."""
+        result: dict[str, object] = {}
+
+        def work() -> None:
+            try:
+                result["value"] = fn()
+            except BaseException as exc:  # handed to the caller below
+                result["error"] = exc
+
+        worker = threading.Thread(target=work, name="radio-send", daemon=True)
+        worker.start()
+        worker.join(self.send_timeout)
+        if worker.is_alive():
+            self._declare_lost(f"radio at {self.where} did not take a frame within {self.send_timeout:.0f} s")
+            raise RadioError(f"radio at {self.where} stopped taking frames")
+        error = result.get("error")
+        if isinstance(error, refuse):
+            raise FrameRefused(f"radio refused the frame: {error}") from error
+        if error is not None:
+            self._declare_lost(f"radio at {self.where} failed: {error}")
+            raise RadioError(f"radio at {self.where} failed: {error}") from error
+        return result["value"]
+
+    def _await_taken(self, packet_id: int) -> None:
+        """Wait for the radio's queueStatus for ``packet_id``: only then is the frame in the radio.
+
+        Bytes written just as the cable is pulled vanish without an error, so a frame
+        counts as sent only when the radio says it queued it.
+        """
+        with self._taken_cond:
+            if not self._taken_cond.wait_for(lambda: packet_id in self._taken, self.send_timeout):
+                self._taken_cond.release()
+                try:
+                    self._declare_lost(f"radio at {self.where} did not confirm a frame within "
+                                       f"{self.send_timeout:.0f} s")
+                finally:
+                    self._taken_cond.acquire()
+                raise RadioError(f"radio at {self.where} did not confirm the frame")
+            res = self._taken.pop(packet_id)
+        if res:
+            raise FrameRefused(f"radio refused the frame (queue status {res})")
+
+    def _on_queue_status(self, status) -> None:
+        """From the library's reader thread: the radio queued (or refused) one of our packets."""
+        if not status.mesh_packet_id:
+            return
+        with self._taken_cond:
+            self._taken[status.mesh_packet_id] = status.res
+            while len(self._taken) > 256:  # statuses nobody waits for any more
+                self._taken.pop(next(iter(self._taken)))
+            self._taken_cond.notify_all()
+
+    def stop(self) -> None:
+        from pubsub import pub
+
+        self._stopping.set()
+        self._rx.put(None)
+        for thread in self._threads:
+            thread.join(timeout=CLOSE_TIMEOUT + 2)
+        self._close_iface()
+        for listener, topic in ((self._on_packet, "meshtastic.receive.data.PRIVATE_APP"),
+                                (self._on_lost, "meshtastic.connection.lost")):
+            try:
+                pub.unsubscribe(listener, topic)
+            except Exception:  # already gone
+                pass
+
+    # -- the library's callbacks (on its publishing thread) --------------------------------
+
+    def _on_packet(self, packet, interface) -> None:
+        if interface is not self._iface:
+            return  # another link's interface: pubsub topics are process-wide
+        if packet.get("channel", 0) != self.channel:  # channel 0 is absent from the dict
+            return
+        payload = packet.get("decoded", {}).get("payload")
+        if not isinstance(payload, (bytes, bytearray)):
+            self.counts["bad-packet"] += 1
+            return
+        try:
+            self._rx.put_nowait(bytes(payload))
+        except queue.Full:
+            self.counts["rx-overflow"] += 1
+            log.warning("radio receive queue full; a frame was dropped")
+
+    def _on_lost(self, interface) -> None:
+        if interface is self._iface and not self._stopping.is_set():
+            self._lost.set()  # also fires on our own close(); the supervisor tells them apart
+
+    def _on_response(self, packet) -> None:
+        """A routing NAK for one of our packets: the radio took the frame but will not send it."""
+        decoded = packet.get("decoded", {})
+        reason = decoded.get("routing", {}).get("errorReason", "NONE")
+        entry = self._pending.pop(decoded.get("requestId"), None)
+        self.counts[f"nak-{reason}"] += 1
+        log.warning("radio refused a frame: %s", reason)
+        if entry is not None and self._on_refused is not None:
+            try:
+                self._on_refused(entry[1], reason)
+            except Exception:
+                log.exception("handling a refused frame failed")
+
+    def _deliver(self) -> None:
+        """Hand received frames to the daemon, off the library's single callback thread."""
+        while True:
+            payload = self._rx.get()
+            if payload is None or self._stopping.is_set():
+                return
+            try:
+                if self._on_receive is not None:
+                    self._on_receive(payload)
+            except Exception:
+                log.exception("the daemon failed on a received frame")
+
+    # -- supervision ----------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            if self._iface is None:
+                if self._connect():
+                    attempt = 0
+                else:
+                    self._stopping.wait(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+                    attempt += 1
+                continue
+            if self._lost.wait(0.5):
+                reason = self._troubles.get("radio") or f"radio at {self.where} lost (unplugged?)"
+                self._declare_lost(reason)
+
+    def _declare_lost(self, reason: str) -> None:
+        if self._iface is None and not self.connected.is_set():
+            return
+        self.connected.clear()
+        self._troubles = {"radio": reason}
+        log.warning("RADIO TROUBLE: %s", reason)
+        self._close_iface()
+        self._lost.clear()
+
+    def _connect(self) -> bool:
+        if self.port:
+            if not os.path.exists(self.port):
+                self._set_down(f"no radio at {self.port}: check the USB cable")
+                return False
+        try:
+            iface = self._open()
+        except Exception as exc:
+            self._set_down(f"radio at {self.where} did not answer: {exc}")
+            return False
+        self._iface = iface
+        self._lost.clear()
+        if not iface.isConnected.is_set():
+            self._declare_lost(f"radio at {self.where} dropped during start-up")
+            return False
+        self.connects += 1
+        troubles = self._check(iface)
+        self._troubles = troubles
+        self.connected.set()
+        log.info("radio connected at %s: %s", self.where, ", ".join(f"{k}={v}" for k, v in self.info.items()))
+        for sentence in troubles.values():
+            log.warning("RADIO TROUBLE: %s", sentence)
+        return True
+
+    def _open(self):
+        if self.port:
+            from meshtastic.serial_interface import SerialInterface
+            iface = _reporting(SerialInterface)(self.port, noNodes=False, timeout=int(self.connect_timeout))
+        else:
+            from meshtastic.tcp_interface import TCPInterface
+            host, port = parse_host_port(self.tcp)
+            iface = _reporting(TCPInterface)(host, portNumber=port, timeout=int(self.connect_timeout))
+        iface.silbato_on_queue_status = self._on_queue_status
+        return iface
+
+    def _set_down(self, sentence: str) -> None:
+        if self._troubles.get("radio") != sentence:
+            log.warning("RADIO TROUBLE: %s", sentence)
+        self._troubles = {"radio": sentence}
+
+    def _check(self, iface) -> dict[str, str]:
+        node = iface.localNode
+        firmware = getattr(iface.metadata, "firmware_version", "") if getattr(iface, "metadata", None) else ""
+        channels = node.channels or []
+        psk = channels[self.channel].settings.psk if len(channels) > self.channel else b""
+        lora = node.localConfig.lora
+        self.info = {"firmware": firmware or "unknown", "node": f"!{iface.myInfo.my_node_num:08x}",
+                     "region": lora.region, "preset": lora.modem_preset, "hop_limit": lora.hop_limit,
+                     "channel": self.channel}
+        return check_radio(firmware, bytes(psk), node.moduleConfig.mqtt.enabled, lora.region)
+
+    def _close_iface(self) -> None:
+        iface, self._iface = self._iface, None
+        self.connected.clear()
+        if iface is None:
+            return
+        closer = threading.Thread(target=self._quiet_close, args=(iface,), name="radio-close", daemon=True)
+        closer.start()
+        closer.join(CLOSE_TIMEOUT)
+        if closer.is_alive():
+            log.warning("closing the old radio interface hung; abandoning it")
+
+    @staticmethod
+    def _quiet_close(iface) -> None:
+        try:
+            iface.close()
+        except Exception as exc:
+            log.debug("closing the radio interface: %s", exc)
+
+
+_REPORTING: dict[type, type] = {}
+
+
+def _reporting(base: type) -> type:
+    """``base`` (a meshtastic interface class) that also reports each queueStatus to the link.
+
+    The library keeps queueStatus to itself; the link needs it to know the radio
+    really took a frame.
+    """
+    if base not in _REPORTING:
+        class Reporting(base):  # type: ignore[misc, valid-type]
+            silbato_on_queue_status = None
+
+            def _handleQueueStatusFromRadio(self, queueStatus) -> None:  # noqa: N802, N803 (the library's names)
+                super()._handleQueueStatusFromRadio(queueStatus)
+                if self.silbato_on_queue_status is not None:
+                    self.silbato_on_queue_status(queueStatus)
+
+        Reporting.__name__ = f"Reporting{base.__name__}"
+        _REPORTING[base] = Reporting
+    return _REPORTING[base]

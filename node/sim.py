@@ -71,7 +71,12 @@ class Block:
 
     def __init__(self, root: Path, n: int = 5, topology: str = "line", *, loss: float = 0.0,
                  preset: str = "MEDIUM_FAST", seed: int = 1, scale: float | None = None,
-                 hold_time: float = 2.0, overrides: dict[str, Any] | None = None):
+                 hold_time: float = 2.0, overrides: dict[str, Any] | None = None, radio: str = "air"):
+        if radio not in ("air", "serial"):
+            raise ValueError(f"unknown radio {radio!r}: expected air or serial")
+        if radio == "serial" and scale is None:
+            raise ValueError("simulated serial radios run on the wall clock: give a scale")
+        self.radio = radio
         self.files = provision(root, n, hold_time=hold_time, overrides=overrides)
         self.scheduler = Scheduler(scale)
         hop_limit = self.files.configs[0]["radio.hop_limit"]
@@ -81,20 +86,32 @@ class Block:
         self.clock = lambda: epoch + self.scheduler.now()
         self.factories = {i: MockFactory() for i in range(1, n + 1)}
         self.nodes: dict[int, Node] = {}
+        self.radios: dict[int, Any] = {}  # node i's simulated Meshtastic radio, with radio="serial"
         self._servers: list[Any] = []
 
     def start(self) -> "Block":
         try:
-            for i, cfg in enumerate(self.files.configs, start=1):
-                node = Node(cfg, link=self.air.radios[i], pin_factory=self.factories[i], clock=self.clock)
-                self.nodes[i] = node.start()
-                self.scheduler.every(1.0, node.tick, offset=i * 0.01)
             if self.scheduler.scale is not None:
                 self.scheduler.start()
+            for i, cfg in enumerate(self.files.configs, start=1):
+                node = Node(cfg, link=self._link(i, cfg), pin_factory=self.factories[i], clock=self.clock)
+                self.nodes[i] = node.start()
+                self.scheduler.every(1.0, node.tick, offset=i * 0.01)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _link(self, i: int, cfg: config_mod.Config):
+        """Node i's link: straight onto the air, or through the real meshtastic library to a pty radio."""
+        if self.radio == "air":
+            return self.air.radios[i]
+        from node.radio import MeshtasticLink
+        from node.sim_radio import SimMeshtasticRadio
+
+        path = self.files.root / "dev" / "serial" / "by-id" / f"usb-Silbato_sim_radio_{i}-if00"
+        self.radios[i] = SimMeshtasticRadio(self.air, i, path, psk=bytes(range(1, 17)))
+        return MeshtasticLink(port=str(path), channel=cfg["radio.channel"], hop_limit=cfg["radio.hop_limit"])
 
     def stop(self) -> None:
         for server in reversed(self._servers):
@@ -104,6 +121,8 @@ class Block:
         for node in reversed(list(self.nodes.values())):
             node.stop()
         self.nodes.clear()
+        for radio in self.radios.values():
+            radio.close()
 
     def button_pin(self, i: int):
         return self.factories[i].pin(self.files.configs[i - 1]["hardware.button_pin"])
@@ -186,16 +205,17 @@ class Block:
 
 
 def run_demo(root: Path, n: int, topology: str, *, port_base: int, loss: float, preset: str, seed: int,
-             scale: float, stopping: threading.Event | None = None) -> None:
+             scale: float, radio: str = "air", stopping: threading.Event | None = None) -> None:
     """The block demo: run until Ctrl-C (or ``stopping`` is set), printing where to look."""
     stopping = stopping or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    block = Block(root, n, topology, loss=loss, preset=preset, seed=seed, scale=scale)
+    block = Block(root, n, topology, loss=loss, preset=preset, seed=seed, scale=scale, radio=radio)
     block.start()
     try:
         block.serve(port_base)
-        print(f"Silbato block demo: {n} nodes, {topology} topology, {preset}, {loss:.0%} loss per link")
+        print(f"Silbato block demo: {n} nodes, {topology} topology, {preset}, {loss:.0%} loss per link, "
+              f"{'real meshtastic library on simulated radios' if radio == 'serial' else 'simulated air'}")
         for i in block.nodes:
             print(f"  node {i} page: http://127.0.0.1:{port_base + i}/")
         print(f"  control:     http://127.0.0.1:{port_base}/nodes")

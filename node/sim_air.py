@@ -156,12 +156,17 @@ class Scheduler:
             self._thread.join(timeout=5)
 
 
+PRIVATE_APP = 256  # Meshtastic's port number for private applications such as ours
+
+
 @dataclass(frozen=True)
 class Packet:
     origin: int     # the radio that first sent it
     id: int         # Meshtastic packet id, unique per origin
     hop_limit: int
     payload: bytes
+    port: int = PRIVATE_APP
+    channel: int = 0
 
 
 def topology(n: int, kind: str, rng: random.Random) -> dict[int, set[int]]:
@@ -272,23 +277,32 @@ class SimRadio(Link):
         self._seen: set[tuple[int, int]] = set()
         self._ids = itertools.count(1)
         self._on_receive: Receive | None = None
+        # A radio with its own firmware model (node.sim_radio) takes whole packets here instead.
+        self.on_packet: Callable[[Packet], None] | None = None
 
-    def start(self, on_receive: Receive) -> None:
+    def start(self, on_receive: Receive, on_refused=None) -> None:
         self._on_receive = on_receive
 
     def stop(self) -> None:
         self._on_receive = None
 
     @property
-    def trouble(self) -> str:
-        return "" if self.plugged else "radio unplugged"
+    def troubles(self) -> dict[str, str]:
+        return {} if self.plugged else {"radio": "radio unplugged"}
 
     def send(self, frame: bytes) -> None:
         if not self.plugged:
             raise RadioError("radio unplugged")
-        packet = Packet(self.number, next(self._ids), self.air.hop_limit, bytes(frame))
+        self.emit(bytes(frame))
+
+    def emit(self, payload: bytes, *, port: int = PRIVATE_APP, channel: int = 0, hop_limit: int | None = None,
+             packet_id: int | None = None) -> Packet:
+        """Put a packet on the air from this radio."""
+        packet = Packet(self.number, next(self._ids) if packet_id is None else packet_id,
+                        self.air.hop_limit if hop_limit is None else hop_limit, payload, port, channel)
         self._seen.add((packet.origin, packet.id))
         self.air.transmit(self.number, packet)
+        return packet
 
     def hear(self, packet: Packet) -> None:
         """A packet arrived over the air: dedup, hand it to the node, and relay it."""
@@ -297,7 +311,9 @@ class SimRadio(Link):
             return
         self._seen.add(key)
         self.heard += 1
-        if self._on_receive is not None:
+        if self.on_packet is not None:
+            self.on_packet(packet)
+        elif self._on_receive is not None and packet.port == PRIVATE_APP:
             self._on_receive(packet.payload)
         if packet.hop_limit > 0:
             relay = replace(packet, hop_limit=packet.hop_limit - 1)

@@ -1,7 +1,9 @@
 """The node's SQLite store: alerts, the append-only event log, peers, the outbox and counters.
 
-One database file under the state directory, shared by ``silbato-node`` (the only
-writer) and ``silbato-web`` (read-only). WAL journal, ``synchronous=FULL`` so a
+One database file under the state directory, shared by ``silbato-node`` (the writer
+of every fact) and ``silbato-web``, which reads it and may write only its own three
+tables: captain accounts, captains' requests for the daemon, and local notes
+(``WEB_TABLES``, enforced by an SQLite authorizer). WAL journal, ``synchronous=FULL`` so a
 commit survives power loss, ``secure_delete=ON`` so purged rows are overwritten.
 Times are seconds on the node's clock (``time.time()`` unless a clock is injected).
 """
@@ -12,7 +14,7 @@ import sqlite3
 import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -27,6 +29,9 @@ migrations = Migrations("silbato")
 # the 63 counters below it were seen, so frames that arrive out of order over
 # different mesh paths are still accepted once, and never twice.
 REPLAY_WINDOW = 63
+
+# The only tables the web process may write (see ``Store(writes=...)``).
+WEB_TABLES = frozenset({"captains", "requests", "notes"})
 
 
 @migrations()
@@ -55,23 +60,59 @@ def m001_initial(db: sqlite_utils.Database) -> None:
                   BEGIN SELECT RAISE(ABORT, 'events are append-only'); END""")
 
 
-def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+@migrations()
+def m002_captains_requests_notes(db: sqlite_utils.Database) -> None:
+    """The web's tables: captain accounts, captains' requests for the daemon, local incident notes."""
+    db["captains"].create({"name": str, "password_hash": str, "created_at": float}, pk="name")
+    # A request is not a fact: the daemon signs and applies it, then records the outcome here.
+    db["requests"].create({
+        "id": int, "action": str, "alert_id": str, "location": int, "captain": str, "created_at": float,
+        "status": str, "reason": str, "result_alert_id": str, "frame_seq": int, "done_at": float,
+    }, pk="id")
+    db["requests"].create_index(["status"])
+    db["notes"].create({"id": int, "alert_id": str, "captain": str, "text": str, "created_at": float}, pk="id")
+    db["notes"].create_index(["alert_id"])
+
+
+def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
     try:
-        if readonly:
+        if readonly or existing:
             # Quote the path: a '#' or '?' in it would otherwise end the file name in the URI.
-            uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+            # mode=rw opens an existing database and never creates one.
+            uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode={'ro' if readonly else 'rw'}"
             conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=5)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
         conn.execute("PRAGMA busy_timeout = 5000")
         if not readonly:
-            conn.execute("PRAGMA journal_mode = WAL")
+            if not existing:
+                conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA secure_delete = ON")
         return conn
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"{path}: cannot open database: {exc}") from exc
+
+
+_READS = frozenset({sqlite3.SQLITE_READ, sqlite3.SQLITE_SELECT, sqlite3.SQLITE_FUNCTION,
+                    sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT, sqlite3.SQLITE_RECURSIVE})
+_WRITES = frozenset({sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE})
+_READ_PRAGMAS = frozenset({"data_version", "table_info", "table_xinfo", "index_list", "index_info",
+                           "foreign_key_list", "user_version"})
+
+
+def _writes_only_to(tables: Collection[str]):
+    """An SQLite authorizer: reads anywhere, row writes to ``tables`` only, no schema changes."""
+    def authorize(action, arg1, arg2, _db, _trigger):
+        if action in _READS:
+            return sqlite3.SQLITE_OK
+        if action in _WRITES:
+            return sqlite3.SQLITE_OK if arg1 in tables else sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_PRAGMA:
+            return sqlite3.SQLITE_OK if arg2 is None or arg1 in _READ_PRAGMAS else sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_DENY  # CREATE, DROP, ALTER, ATTACH, ...
+    return authorize
 
 
 def _alert(row: dict) -> Alert:
@@ -83,11 +124,18 @@ def _alert(row: dict) -> Alert:
 class Store:
     """The database of one node. Not thread-safe by itself: the daemon serialises writers."""
 
-    def __init__(self, path: Path, *, readonly: bool = False):
+    def __init__(self, path: Path, *, readonly: bool = False, writes: Collection[str] | None = None):
+        """Open (and migrate) the database; ``readonly`` opens it for reading only.
+
+        ``writes`` (the web process: ``WEB_TABLES``) opens an existing database without
+        migrating it and refuses, inside SQLite, any write to another table.
+        """
         self.path = Path(path)
         self.readonly = readonly
-        self.db = sqlite_utils.Database(_connect(self.path, readonly))
-        if not readonly:
+        self.db = sqlite_utils.Database(_connect(self.path, readonly, existing=writes is not None))
+        if writes is not None:
+            self.db.conn.set_authorizer(_writes_only_to(frozenset(writes)))
+        elif not readonly:
             try:
                 migrations.apply(self.db)
             except sqlite3.Error as exc:
@@ -248,6 +296,76 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
+    # -- captains, their requests and notes (the web's tables) ---------------------
+
+    def add_captain(self, name: str, password_hash: str, now: float, *, replace: bool = False) -> None:
+        """Create captain ``name`` (``replace``: or set a new password); raises ``StoreError`` if taken."""
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        with self.transaction():
+            self.db.execute(f"{verb} INTO captains (name, password_hash, created_at) VALUES (?, ?, ?)",
+                            [name, password_hash, now])
+
+    def remove_captain(self, name: str) -> bool:
+        with self.transaction():
+            return self.db.execute("DELETE FROM captains WHERE name = ?", [name]).rowcount > 0
+
+    def captain(self, name: str) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM captains WHERE name = ?", [name]))
+        return rows[0] if rows else None
+
+    def captains(self) -> list[dict]:
+        return list(self.db.query("SELECT name, created_at FROM captains ORDER BY name"))
+
+    def add_request(self, action: str, *, captain: str, now: float, alert_id: str = "",
+                    location: int | None = None) -> int:
+        """Queue a captain's action for the daemon; returns the request's id."""
+        with self.transaction():
+            return self.db.execute(
+                """INSERT INTO requests (action, alert_id, location, captain, created_at, status, reason)
+                   VALUES (?, ?, ?, ?, ?, 'pending', '')""", [action, alert_id, location, captain, now]).lastrowid
+
+    def pending_requests(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM requests WHERE status = 'pending' ORDER BY id"))
+
+    def finish_request(self, request_id: int, status: str, now: float, *, reason: str = "",
+                       alert_id: str | None = None, frame_seq: int | None = None) -> None:
+        """Record what the daemon did: ``signed`` (its frame is outbox ``frame_seq``) or ``refused``."""
+        self.db.execute("""UPDATE requests SET status = ?, reason = ?, result_alert_id = ?, frame_seq = ?,
+                           done_at = ? WHERE id = ?""", [status, reason, alert_id, frame_seq, now, request_id])
+
+    # A signed request's frame is "sent to the block" once the radio took it from the outbox.
+    _REQUEST_ROWS = """SELECT r.*, o.sent_at AS frame_sent_at FROM requests r
+                       LEFT JOIN outbox o ON o.seq = r.frame_seq"""
+
+    def get_request(self, request_id: int) -> dict | None:
+        """One request with ``frame_sent_at``: when its frame went to the radio (``None``: not yet)."""
+        rows = list(self.db.query(f"{self._REQUEST_ROWS} WHERE r.id = ?", [request_id]))
+        return rows[0] if rows else None
+
+    def requests(self, limit: int = 20) -> list[dict]:
+        """The newest requests first, each with ``frame_sent_at`` like ``get_request``."""
+        return list(self.db.query(f"{self._REQUEST_ROWS} ORDER BY r.id DESC LIMIT ?", [limit]))
+
+    def last_seq(self) -> int | None:
+        """The outbox sequence number of the newest queued frame."""
+        return self.db.execute("SELECT max(seq) FROM outbox").fetchone()[0]
+
+    def captain_reported(self, captain: str, alert_id: str) -> bool:
+        """Whether ``captain`` raised a report that became (or merged into) incident ``alert_id``."""
+        incident = self.resolve(alert_id)
+        return any(self.resolve(r[0]) == incident for r in self.db.execute(
+            """SELECT result_alert_id FROM requests WHERE captain = ? AND action IN ('raise', 'test')
+               AND result_alert_id IS NOT NULL""", [captain]))
+
+    def add_note(self, alert_id: str, captain: str, text: str, now: float) -> int:
+        """A captain's note on an incident: kept on this node, never sent on air."""
+        with self.transaction():
+            return self.db.execute("INSERT INTO notes (alert_id, captain, text, created_at) VALUES (?, ?, ?, ?)",
+                                   [self.resolve(alert_id), captain, text, now]).lastrowid
+
+    def notes(self, alert_id: str) -> list[dict]:
+        return list(self.db.query("SELECT * FROM notes WHERE alert_id = ? ORDER BY id", [self.resolve(alert_id)]))
+
     # -- retention ----------------------------------------------------------------
 
     def purge(self, now: float, retention: float) -> int:
@@ -265,11 +383,16 @@ class Store:
             for alert_id in ids:
                 self.db.execute("DELETE FROM events WHERE alert_id = ?", [alert_id])  # however recent
                 self.db.execute("DELETE FROM aliases WHERE alert_id = ?", [alert_id])
+                self.db.execute("DELETE FROM notes WHERE alert_id = ?", [alert_id])
                 self.db.execute("DELETE FROM alerts WHERE id = ?", [alert_id])
             # Old refusals about alerts this node never held, and sent frames.
             self.db.execute("DELETE FROM events WHERE received_at < ? AND alert_id NOT IN (SELECT id FROM alerts)",
                             [cutoff])
             self.db.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", [cutoff])
+            # Captains' requests and stray notes name captains: they go with the retention period too.
+            self.db.execute("DELETE FROM requests WHERE created_at < ?", [cutoff])
+            self.db.execute("DELETE FROM notes WHERE created_at < ? AND alert_id NOT IN (SELECT id FROM alerts)",
+                            [cutoff])
         try:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:

@@ -1,0 +1,171 @@
+"""The Meshtastic link, through the real meshtastic library, against simulated radios on ptys."""
+
+import logging
+import statistics
+import time
+
+import pytest
+
+from node.alerts import Kind, State
+from node.errors import RadioError
+from node.radio import FrameRefused, MeshtasticLink, check_radio
+from node.sim import Block
+from node.sim_air import SimAir
+from node.sim_radio import SimMeshtasticRadio, StreamParser, frame
+
+CONNECT = 20  # seconds: generous bounds for waits, never speed asserts
+
+
+@pytest.fixture
+def serial_block(tmp_path):
+    blocks = []
+
+    def make(n=3, **kw):
+        block = Block(tmp_path / f"b{len(blocks)}", n, "line", scale=1.0, radio="serial", hold_time=0.05, **kw)
+        blocks.append(block.start())
+        for node in block.nodes.values():
+            assert node.link.connected.wait(CONNECT), node.link.troubles
+        return block
+
+    yield make
+    for block in blocks:
+        block.stop()
+
+
+def has(node, alert_id, state=State.REPORTED):
+    alert = node.store.get_alert(alert_id)
+    return alert is not None and alert.state is state
+
+
+def test_a_frame_crosses_three_radios_through_the_real_library(serial_block):
+    block = serial_block()
+    alert = block.nodes[1].report()
+    node3 = block.nodes[3]
+    assert node3.wait_for(lambda: has(node3, alert.id), timeout=CONNECT)
+    # it went out as a PRIVATE_APP broadcast on channel 0 with the configured hop limit
+    packet = block.radios[1].sent[0]
+    assert packet.decoded.portnum == 256 and packet.to == 0xFFFFFFFF and packet.hop_limit == 7
+    assert node3.store.events(alert.id)[0]["signer"] == 1
+
+
+def test_unplug_and_replug_twenty_times_loses_and_repeats_nothing(serial_block):
+    block = serial_block(n=2)
+    node, radio = block.nodes[1], block.radios[1]
+    troubles, recoveries = [], []
+    for cycle in range(20):
+        radio.unplug()
+        t0 = time.monotonic()
+        assert node.wait_for(lambda: not node.link.connected.is_set()
+                             and "no radio at" in node.store.troubles().get("radio", ""), timeout=30), \
+            f"cycle {cycle}: no TROUBLE"
+        troubles.append(time.monotonic() - t0)
+        # the button still works while the radio is away: siren, store, outbox
+        node.report(Kind.TEST if cycle % 2 else Kind.RAID, location=101 + cycle % 2)
+        pts = radio.plug()  # a new /dev/pts path behind the same by-id link: a renamed port
+        t0 = time.monotonic()
+        assert node.link.connected.wait(10), f"cycle {cycle}: no reconnect to {pts}"
+        recoveries.append(time.monotonic() - t0)
+    assert node.wait_for(lambda: not node.store.pending(), timeout=CONNECT), "outbox not drained"
+    queued = [bytes(r["frame"]) for r in node.store.db.query("SELECT frame FROM outbox ORDER BY seq")]
+    handed = [bytes(p.decoded.payload) for p in radio.sent if p.decoded.portnum == 256]
+    assert sorted(handed) == sorted(queued), "every outbox frame reaches the radio exactly once"
+    assert handed == queued, "and in order"
+    assert radio.configs == 21 and node.link.connects == 21
+    print(f"\nTROUBLE after unplug: median {statistics.median(troubles):.2f} s, max {max(troubles):.2f} s; "
+          f"reconnect after replug: median {statistics.median(recoveries):.2f} s, max {max(recoveries):.2f} s")
+
+
+def test_startup_checks_name_old_firmware_default_key_mqtt_and_region(tmp_path):
+    air = SimAir(1, "line", scheduler=None)
+    radio = SimMeshtasticRadio(air, 1, tmp_path / "radio", firmware="2.5.20.4c97351", psk=b"\x01", mqtt=True,
+                               region=0)
+    link = MeshtasticLink(port=str(tmp_path / "radio"))
+    link.start(lambda frame: None)
+    try:
+        assert link.connected.wait(CONNECT)
+        troubles = link.troubles
+        assert "older than 2.6.11" in troubles["radio-firmware"] and "CVE-2025-52464" in troubles["radio-firmware"]
+        assert "public default key" in troubles["radio-channel"]
+        assert "MQTT" in troubles["radio-mqtt"] and "region is unset" in troubles["radio-region"]
+    finally:
+        link.stop()
+        radio.close()
+
+
+def test_check_radio_passes_a_good_radio_and_names_a_missing_key():
+    assert check_radio("2.6.11.60ec05e", bytes(16), False, 1) == {}
+    assert check_radio("2.7.0", bytes(16), False, 1) == {}
+    assert "no key" in check_radio("2.6.11", b"", False, 1)["radio-channel"]
+    assert "radio-firmware" in check_radio("", bytes(16), False, 1)
+
+
+def test_an_oversized_frame_is_refused_and_the_link_goes_on(serial_block):
+    block = serial_block(n=2)
+    link = block.nodes[1].link
+    with pytest.raises(FrameRefused, match="too big"):
+        link.send(b"x" * 300)
+    assert link.connected.is_set()
+    alert = block.nodes[1].report()
+    assert block.nodes[2].wait_for(lambda: has(block.nodes[2], alert.id), timeout=CONNECT)
+
+
+def test_a_duty_cycle_nak_requeues_the_frame(serial_block, caplog):
+    block = serial_block(n=2)
+    block.radios[1].nak_next = "DUTY_CYCLE_LIMIT"
+    caplog.set_level(logging.WARNING)
+    alert = block.nodes[1].report()
+    node2 = block.nodes[2]
+    assert node2.wait_for(lambda: has(node2, alert.id), timeout=CONNECT), "the re-queued frame never arrived"
+    assert block.nodes[1].link.counts["nak-DUTY_CYCLE_LIMIT"] == 1
+    assert "DUTY_CYCLE_LIMIT" in caplog.text
+
+
+def test_garbage_and_console_lines_on_the_serial_stream_leave_the_node_running(serial_block, caplog):
+    block = serial_block(n=2)
+    caplog.set_level(logging.DEBUG)
+    radio = block.radios[2]
+    radio.inject(b"INFO  | ??:??:?? 5 [Router] console line from the firmware\r\n")
+    radio.inject(b"\x94\xc3\x00\x05\xff\xff\xff\xff\xff")  # a frame whose protobuf does not parse
+    radio.inject(bytes(range(256)))
+    alert = block.nodes[1].report()
+    node2 = block.nodes[2]
+    assert node2.wait_for(lambda: has(node2, alert.id), timeout=CONNECT)
+    assert "Error while handling message from radio" in caplog.text  # the reason is logged
+    assert node2.link.connects == 1, "the interface survived the garbage; no reconnect was needed"
+
+
+def test_a_tcp_radio_works_like_a_serial_one(tmp_path):
+    air = SimAir(2, "line")  # virtual time is fine: this checks only that the radio takes the frame
+    radio = SimMeshtasticRadio(air, 1, tmp_path / "radio", tcp_port=0)
+    link = MeshtasticLink(tcp=f"127.0.0.1:{radio.tcp_port}")
+    link.start(lambda frame: None)
+    try:
+        assert link.connected.wait(CONNECT), link.troubles
+        link.send(b"hello over tcp")
+        assert radio.sent and radio.sent[-1].decoded.payload == b"hello over tcp"
+    finally:
+        link.stop()
+        radio.close()
+
+
+def test_sending_on_a_dead_link_raises_at_once(tmp_path):
+    link = MeshtasticLink(port=str(tmp_path / "nothing-here"))
+    link.start(lambda frame: None)
+    try:
+        with pytest.raises(RadioError):
+            link.send(b"frame")
+        deadline = time.monotonic() + CONNECT
+        while "no radio at" not in link.troubles.get("radio", "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "check the USB cable" in link.troubles["radio"]
+    finally:
+        link.stop()
+
+
+def test_the_stream_parser_resyncs_after_garbage():
+    parser = StreamParser()
+    good = frame(__import__("meshtastic.protobuf.mesh_pb2", fromlist=["ToRadio"]).ToRadio(want_config_id=7))
+    bodies = parser.feed(b"\xc3" * 32 + b"junk\x94\xc3\xff\xff" + good[:3])
+    assert bodies == []
+    bodies = parser.feed(good[3:])
+    assert len(bodies) == 1 and parser.dropped > 30
