@@ -96,6 +96,32 @@ class NullLink(Link):
         return {"radio": self.SENTENCE}
 
 
+# -- text messages for plain Meshtastic users -------------------------------------------------
+
+# External Notification on a plain radio (and the phone apps) ring on a text message
+# with the bell character; they ignore PRIVATE_APP. Codes and place names only.
+TEXT_ALERTS: dict[str, dict[str, str]] = {
+    "en": {"reported": "RAID REPORTED at {place}, not yet confirmed.",
+           "confirmed": "RAID CONFIRMED at {place}. Do not open the door.",
+           "all_clear": "ALL CLEAR at {place}."},
+    "es": {"reported": "REDADA REPORTADA en {place}, aún sin confirmar.",
+           "confirmed": "REDADA CONFIRMADA en {place}. No abra la puerta.",
+           "all_clear": "TODO DESPEJADO en {place}."},
+    "ko": {"reported": "단속 신고: {place}, 아직 확인되지 않음.",
+           "confirmed": "단속 확인: {place}. 문을 열지 마세요.",
+           "all_clear": "상황 종료: {place}."},
+    "tl": {"reported": "MAY ULAT NG RAID sa {place}, hindi pa kumpirmado.",
+           "confirmed": "KUMPIRMADONG RAID sa {place}. Huwag buksan ang pinto.",
+           "all_clear": "LIGTAS NA sa {place}."},
+}
+
+
+def text_alert(state: str, place: str, alert_id: str, language: str) -> str | None:
+    """The bell text for ``state`` (reported, confirmed, all_clear), or None for other states."""
+    sentence = TEXT_ALERTS.get(language, TEXT_ALERTS["en"]).get(state)
+    return None if sentence is None else f"\a SILBATO {alert_id}: " + sentence.format(place=place)
+
+
 # -- the real radio ------------------------------------------------------------------------
 
 MIN_FIRMWARE = (2, 6, 11)
@@ -383,13 +409,7 @@ class MeshtasticLink(Link):
         return True
 
     def _open(self):
-        if self.port:
-            from meshtastic.serial_interface import SerialInterface
-            iface = _reporting(SerialInterface)(self.port, noNodes=False, timeout=int(self.connect_timeout))
-        else:
-            from meshtastic.tcp_interface import TCPInterface
-            host, port = parse_host_port(self.tcp)
-            iface = _reporting(TCPInterface)(host, portNumber=port, timeout=int(self.connect_timeout))
+        iface = open_interface(port=self.port, tcp=self.tcp, timeout=self.connect_timeout)
         iface.silbato_on_queue_status = self._on_queue_status
         return iface
 
@@ -399,33 +419,29 @@ class MeshtasticLink(Link):
         self._troubles = {"radio": sentence}
 
     def _check(self, iface) -> dict[str, str]:
-        node = iface.localNode
-        firmware = getattr(iface.metadata, "firmware_version", "") if getattr(iface, "metadata", None) else ""
-        channels = node.channels or []
-        psk = channels[self.channel].settings.psk if len(channels) > self.channel else b""
-        lora = node.localConfig.lora
-        self.info = {"firmware": firmware or "unknown", "node": f"!{iface.myInfo.my_node_num:08x}",
-                     "region": lora.region, "preset": lora.modem_preset, "hop_limit": lora.hop_limit,
-                     "channel": self.channel}
-        return check_radio(firmware, bytes(psk), node.moduleConfig.mqtt.enabled, lora.region)
+        self.info, troubles = describe(iface, self.channel)
+        return troubles
 
     def _close_iface(self) -> None:
         iface, self._iface = self._iface, None
         self.connected.clear()
-        if iface is None:
-            return
-        closer = threading.Thread(target=self._quiet_close, args=(iface,), name="radio-close", daemon=True)
-        closer.start()
-        closer.join(CLOSE_TIMEOUT)
-        if closer.is_alive():
-            log.warning("closing the old radio interface hung; abandoning it")
+        if iface is not None:
+            close_interface(iface)
 
-    @staticmethod
-    def _quiet_close(iface) -> None:
+
+def close_interface(iface, timeout: float = CLOSE_TIMEOUT) -> None:
+    """Close a meshtastic interface, giving up after ``timeout`` seconds (its close() can hang)."""
+    def quiet_close() -> None:
         try:
             iface.close()
         except Exception as exc:
             log.debug("closing the radio interface: %s", exc)
+
+    closer = threading.Thread(target=quiet_close, name="radio-close", daemon=True)
+    closer.start()
+    closer.join(timeout)
+    if closer.is_alive():
+        log.warning("closing the radio interface hung; abandoning it")
 
 
 _REPORTING: dict[type, type] = {}
@@ -449,3 +465,108 @@ def _reporting(base: type) -> type:
         Reporting.__name__ = f"Reporting{base.__name__}"
         _REPORTING[base] = Reporting
     return _REPORTING[base]
+
+
+# -- provisioning and inspection (``silbato radio configure`` and ``silbato radio info``) ----
+
+def open_interface(*, port: str = "", tcp: str = "", timeout: float = CONNECT_TIMEOUT):
+    """A connected meshtastic interface for ``port`` (serial) or ``tcp`` (host:port); raises RadioError."""
+    try:
+        if port:
+            if not os.path.exists(port):
+                raise RadioError(f"no radio at {port}: check the USB cable")
+            from meshtastic.serial_interface import SerialInterface
+            return _reporting(SerialInterface)(port, noNodes=False, timeout=int(timeout))
+        from meshtastic.tcp_interface import TCPInterface
+        host, number = parse_host_port(tcp)
+        return _reporting(TCPInterface)(host, portNumber=number, timeout=int(timeout))
+    except RadioError:
+        raise
+    except Exception as exc:
+        raise RadioError(f"radio at {port or tcp} did not answer: {exc}") from exc
+
+
+def describe(iface, channel: int) -> tuple[dict[str, object], dict[str, str]]:
+    """What the radio says about itself, and the start-up checks' TROUBLE sentences."""
+    from meshtastic.protobuf import config_pb2
+
+    node = iface.localNode
+    firmware = getattr(iface.metadata, "firmware_version", "") if getattr(iface, "metadata", None) else ""
+    channels = node.channels or []
+    settings = channels[channel].settings if len(channels) > channel else None
+    psk = bytes(settings.psk) if settings is not None else b""
+    lora = node.localConfig.lora
+    lora_enum = config_pb2.Config.LoRaConfig
+    info: dict[str, object] = {
+        "firmware": firmware or "unknown",
+        "node": f"!{iface.myInfo.my_node_num:08x}",
+        "region": lora_enum.RegionCode.Name(lora.region),
+        "preset": lora_enum.ModemPreset.Name(lora.modem_preset),
+        "hop_limit": lora.hop_limit,
+        "channel": f"{channel} ({settings.name if settings is not None and settings.name else 'unnamed'})",
+        "channel_key": "none" if not psk else "public default (AQ==)" if psk == DEFAULT_PSK else
+                       f"private, {len(psk) * 8}-bit",
+        "mqtt": "on" if node.moduleConfig.mqtt.enabled else "off",
+    }
+    return info, check_radio(firmware, psk, node.moduleConfig.mqtt.enabled, lora.region)
+
+
+def load_channel_key(path: str) -> bytes:
+    """The block's channel key: base64 of 16 or 32 random bytes, in a file only root can read."""
+    import base64
+
+    try:
+        text = open(path, encoding="ascii").read().strip()
+        key = base64.b64decode(text, validate=True)
+    except OSError as exc:
+        raise RadioError(f"{path}: cannot read the channel key: {exc.strerror} "
+                         "(create one with 'silbato radio keygen')") from None
+    except ValueError:
+        raise RadioError(f"{path}: the channel key is not base64") from None
+    if len(key) not in (16, 32):
+        raise RadioError(f"{path}: the channel key must be 16 or 32 bytes (AES-128 or AES-256), got {len(key)}")
+    return key
+
+
+def configure(iface, settings: dict, *, key: bytes, channel: int, source: str = "settings") -> list[str]:
+    """Apply ``settings`` (the ``meshtastic --configure`` YAML as a dict) and the channel key.
+
+    Returns one line per step done. Unknown sections or fields raise RadioError naming them.
+    """
+    from google.protobuf import json_format
+    from meshtastic.protobuf import channel_pb2
+
+    node = iface.localNode
+    done: list[str] = []
+    unknown = set(settings) - {"config", "module_config", "channel_name", "owner", "owner_short"}
+    if unknown:
+        raise RadioError(f"{source}: unknown top-level key {sorted(unknown)[0]!r}")
+    plans = []
+    for group, target in (("config", node.localConfig), ("module_config", node.moduleConfig)):
+        for section, values in (settings.get(group) or {}).items():
+            name = _snake(section)
+            if name not in target.DESCRIPTOR.fields_by_name:
+                raise RadioError(f"{source}: {group}.{section}: no such section")
+            message = getattr(target, name)
+            try:
+                json_format.ParseDict(values or {}, message)
+            except json_format.ParseError as exc:
+                raise RadioError(f"{source}: {group}.{section}: {exc}") from None
+            plans.append((group, name))
+    node.beginSettingsTransaction()
+    for group, name in plans:
+        node.writeConfig(name)
+        done.append(f"wrote {group}.{name}")
+    chan = node.channels[channel]
+    chan.settings.psk = key
+    chan.settings.name = str(settings.get("channel_name", "silbato"))[:11]
+    chan.role = channel_pb2.Channel.Role.PRIMARY if channel == 0 else channel_pb2.Channel.Role.SECONDARY
+    node.writeChannel(channel)
+    done.append(f"wrote channel {channel} ({chan.settings.name}) with the block's private key")
+    node.commitSettingsTransaction()
+    done.append("committed")
+    return done
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

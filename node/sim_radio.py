@@ -32,7 +32,8 @@ import time
 import tty
 from pathlib import Path
 
-from meshtastic.protobuf import channel_pb2, config_pb2, mesh_pb2, module_config_pb2, portnums_pb2
+from meshtastic.protobuf import (admin_pb2, channel_pb2, config_pb2, localonly_pb2, mesh_pb2,
+                                 module_config_pb2, portnums_pb2)
 
 from node.sim_air import Packet, SimAir, SimRadio
 
@@ -100,13 +101,20 @@ class SimMeshtasticRadio:
         self.air_radio: SimRadio = air.radios[number]
         self.air_radio.on_packet = self._heard
         self.firmware = firmware
-        self.lora = config_pb2.Config.LoRaConfig(use_preset=True, region=region, hop_limit=air.hop_limit,
-                                                 tx_enabled=True,
-                                                 modem_preset=config_pb2.Config.LoRaConfig.ModemPreset.Value(
-                                                     air.preset) if air.preset in
-                                                 config_pb2.Config.LoRaConfig.ModemPreset.keys() else 0)
-        self.device = config_pb2.Config.DeviceConfig(role=config_pb2.Config.DeviceConfig.Role.CLIENT)
-        self.mqtt = module_config_pb2.ModuleConfig.MQTTConfig(enabled=mqtt)
+        # The radio's settings, as the firmware keeps them; admin messages change them.
+        self.local = localonly_pb2.LocalConfig()
+        presets = config_pb2.Config.LoRaConfig.ModemPreset
+        self.local.lora.CopyFrom(config_pb2.Config.LoRaConfig(
+            use_preset=True, region=region, hop_limit=air.hop_limit, tx_enabled=True,
+            modem_preset=presets.Value(air.preset) if air.preset in presets.keys() else 0))
+        self.local.device.role = config_pb2.Config.DeviceConfig.Role.CLIENT
+        self.local.bluetooth.enabled = True
+        self.local.security.serial_enabled = True
+        self.modules = localonly_pb2.LocalModuleConfig()
+        self.modules.mqtt.enabled = mqtt
+        self.owner = mesh_pb2.User(id=f"!{self.node_num:08x}", long_name=f"Silbato sim {number}",
+                                   short_name=f"S{number % 1000}")
+        self.session_passkey = os.urandom(8)
         self.channels = [channel_pb2.Channel(index=i, role=channel_pb2.Channel.Role.DISABLED) for i in range(8)]
         self.channels[0].role = channel_pb2.Channel.Role.PRIMARY
         self.channels[0].settings.psk = os.urandom(16) if psk is None else psk
@@ -265,17 +273,25 @@ class SimMeshtasticRadio:
         elif kind == "heartbeat":
             self._send(queueStatus=mesh_pb2.QueueStatus(res=0, free=16, maxlen=16))
 
+    @property
+    def lora(self) -> config_pb2.Config.LoRaConfig:
+        return self.local.lora
+
+    def metadata(self) -> mesh_pb2.DeviceMetadata:
+        # Modules a client would query with blocking admin requests are marked absent.
+        excluded = mesh_pb2.ExcludedModules.EXTNOTIF_CONFIG | mesh_pb2.ExcludedModules.CANNEDMSG_CONFIG
+        return mesh_pb2.DeviceMetadata(firmware_version=self.firmware, device_state_version=23,
+                                       role=self.local.device.role, hasPKC=True, excluded_modules=excluded)
+
     def _send_config(self, config_id: int) -> None:
         self.configs += 1
         self._send(my_info=mesh_pb2.MyNodeInfo(my_node_num=self.node_num, min_app_version=30200))
-        self._send(metadata=mesh_pb2.DeviceMetadata(firmware_version=self.firmware, device_state_version=23,
-                                                    role=self.device.role, hasPKC=True))
-        user = mesh_pb2.User(id=f"!{self.node_num:08x}", long_name=f"Silbato sim {self.number}",
-                             short_name=f"S{self.number % 1000}")
-        self._send(node_info=mesh_pb2.NodeInfo(num=self.node_num, user=user))
-        self._send(config=config_pb2.Config(lora=self.lora))
-        self._send(config=config_pb2.Config(device=self.device))
-        self._send(moduleConfig=module_config_pb2.ModuleConfig(mqtt=self.mqtt))
+        self._send(metadata=self.metadata())
+        self._send(node_info=mesh_pb2.NodeInfo(num=self.node_num, user=self.owner))
+        for field in ("device", "position", "power", "network", "display", "lora", "bluetooth", "security"):
+            self._send(config=config_pb2.Config(**{field: getattr(self.local, field)}))
+        for field in ("mqtt", "serial", "external_notification", "telemetry"):
+            self._send(moduleConfig=module_config_pb2.ModuleConfig(**{field: getattr(self.modules, field)}))
         for channel in self.channels:
             self._send(channel=channel)
         self._send(config_complete_id=config_id)
@@ -284,6 +300,9 @@ class SimMeshtasticRadio:
         self.sent.append(packet)
         self._send(queueStatus=mesh_pb2.QueueStatus(res=0, free=16, maxlen=16, mesh_packet_id=packet.id))
         port = packet.decoded.portnum
+        if port == portnums_pb2.PortNum.ADMIN_APP and packet.to == self.node_num:
+            self._admin(packet)
+            return
         if self.nak_next:
             reason, self.nak_next = self.nak_next, ""
             self._nak(packet, reason)
@@ -302,14 +321,62 @@ class SimMeshtasticRadio:
             self.air_radio.emit(bytes(packet.decoded.payload), port=port, channel=packet.channel,
                                 hop_limit=packet.hop_limit or self.lora.hop_limit, packet_id=packet.id)
 
-    def _nak(self, packet: mesh_pb2.MeshPacket, reason: str) -> None:
-        routing = mesh_pb2.Routing(error_reason=mesh_pb2.Routing.Error.Value(reason))
+    def _admin(self, packet: mesh_pb2.MeshPacket) -> None:
+        """Admin messages to this radio: the settings a client reads and writes."""
+        message = admin_pb2.AdminMessage()
+        try:
+            message.ParseFromString(packet.decoded.payload)
+        except Exception:
+            self._nak(packet, "BAD_REQUEST")
+            return
+        kind = message.WhichOneof("payload_variant")
+        reply = admin_pb2.AdminMessage(session_passkey=self.session_passkey)
+        if kind == "set_config":
+            section = message.set_config.WhichOneof("payload_variant")
+            getattr(self.local, section).CopyFrom(getattr(message.set_config, section))
+        elif kind == "set_module_config":
+            section = message.set_module_config.WhichOneof("payload_variant")
+            getattr(self.modules, section).CopyFrom(getattr(message.set_module_config, section))
+        elif kind == "set_channel":
+            self.channels[message.set_channel.index].CopyFrom(message.set_channel)
+        elif kind == "set_owner":
+            self.owner.long_name = message.set_owner.long_name or self.owner.long_name
+            self.owner.short_name = message.set_owner.short_name or self.owner.short_name
+        elif kind == "get_config_request":
+            name = admin_pb2.AdminMessage.ConfigType.Name(message.get_config_request)
+            section = name[:-len("_CONFIG")].lower()
+            if section in ("device", "position", "power", "network", "display", "lora", "bluetooth", "security"):
+                getattr(reply.get_config_response, section).CopyFrom(getattr(self.local, section))
+            # SESSIONKEY_CONFIG: the passkey in every reply is the answer
+        elif kind == "get_module_config_request":
+            field = localonly_pb2.LocalModuleConfig.DESCRIPTOR.fields[message.get_module_config_request].name
+            getattr(reply.get_module_config_response, field).CopyFrom(getattr(self.modules, field))
+        elif kind == "get_channel_request":
+            reply.get_channel_response.CopyFrom(self.channels[message.get_channel_request - 1])
+        elif kind == "get_owner_request":
+            reply.get_owner_response.CopyFrom(self.owner)
+        elif kind == "get_device_metadata_request":
+            reply.get_device_metadata_response.CopyFrom(self.metadata())
+        # begin_edit_settings, commit_edit_settings and others need no answer but the ACK
+        if packet.want_ack:
+            self._routing(packet, "NONE")
+        if packet.decoded.want_response:
+            self._reply(packet, portnums_pb2.PortNum.ADMIN_APP, reply.SerializeToString())
+
+    def _reply(self, packet: mesh_pb2.MeshPacket, port: int, payload: bytes) -> None:
         reply = mesh_pb2.MeshPacket(to=self.node_num, channel=packet.channel, id=(packet.id + 1) & 0xFFFFFFFF)
         setattr(reply, "from", self.node_num)
-        reply.decoded.portnum = portnums_pb2.PortNum.ROUTING_APP
-        reply.decoded.payload = routing.SerializeToString()
+        reply.decoded.portnum = port
+        reply.decoded.payload = payload
         reply.decoded.request_id = packet.id
         self._send(packet=reply)
+
+    def _routing(self, packet: mesh_pb2.MeshPacket, reason: str) -> None:
+        routing = mesh_pb2.Routing(error_reason=mesh_pb2.Routing.Error.Value(reason))
+        self._reply(packet, portnums_pb2.PortNum.ROUTING_APP, routing.SerializeToString())
+
+    def _nak(self, packet: mesh_pb2.MeshPacket, reason: str) -> None:
+        self._routing(packet, reason)
 
     # -- what the air brings ----------------------------------------------------------------
 
