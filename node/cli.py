@@ -207,6 +207,101 @@ def roster_show(ctx: click.Context) -> None:
         click.echo(f"  {m.id:5d} {m.name:8s} location {m.location:5d} {m.place}{'  REVOKED' if m.revoked else ''}")
 
 
+# -- radio ------------------------------------------------------------------------------
+
+@cli.group()
+def radio() -> None:
+    """The Meshtastic radio: inspect it, give it the block's settings."""
+
+
+def _open_radio(cfg: config_mod.Config):
+    from node.radio import open_interface
+
+    if not (cfg["radio.port"] or cfg["radio.tcp"]):
+        raise click.ClickException("no radio configured: set radio.port (or radio.tcp)")
+    try:
+        return open_interface(port=cfg["radio.port"], tcp=cfg["radio.tcp"])
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@radio.command("info")
+@click.pass_context
+def radio_info(ctx: click.Context) -> None:
+    """Print the radio's firmware, node number, region, preset, channel and health."""
+    from node.radio import close_interface, describe
+
+    cfg = load_config(ctx)
+    iface = _open_radio(cfg)
+    try:
+        info, troubles = describe(iface, cfg["radio.channel"])
+    finally:
+        close_interface(iface)
+    for key, value in info.items():
+        click.echo(f"{key:12s} {value}")
+    click.echo(f"{'health':12s} {'ok' if not troubles else 'TROUBLE'}")
+    for sentence in troubles.values():
+        click.echo(f"  TROUBLE: {sentence}")
+
+
+@radio.command("configure")
+@click.option("--file", "path", type=click.Path(dir_okay=False), default="/etc/silbato/meshtastic.yaml",
+              show_default=True, help="Settings in the 'meshtastic --configure' YAML format "
+                                      "(the repo's firmware_config/meshtastic.yaml).")
+@click.pass_context
+def radio_configure(ctx: click.Context, path: str) -> None:
+    """Apply the block's radio settings and its private channel key to the radio."""
+    import yaml
+
+    from node.radio import close_interface, configure, describe, load_channel_key
+
+    cfg = load_config(ctx)
+    try:
+        settings = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise click.ClickException(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise click.ClickException(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(settings, dict):
+        raise click.ClickException(f"{path}: expected a mapping at the top level")
+    try:
+        key = load_channel_key(cfg["radio.channel_key_file"])
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+    iface = _open_radio(cfg)
+    try:
+        for line in configure(iface, settings, key=key, channel=cfg["radio.channel"], source=path):
+            click.echo(line)
+        _, troubles = describe(iface, cfg["radio.channel"])
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        close_interface(iface)
+    for sentence in troubles.values():
+        click.echo(f"TROUBLE: {sentence}")
+
+
+@radio.command("keygen")
+@click.pass_context
+def radio_keygen(ctx: click.Context) -> None:
+    """Create the block's channel key file (32 random bytes, base64, mode 0600) if it is absent."""
+    import base64
+    import os
+
+    cfg = load_config(ctx)
+    path = Path(cfg["radio.channel_key_file"])
+    if path.exists():
+        raise click.ClickException(f"{path}: a channel key exists; every node of the block must share one key")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(base64.b64encode(os.urandom(32)).decode("ascii") + "\n")
+    except OSError as exc:
+        raise click.ClickException(f"{path}: cannot write: {exc.strerror}") from None
+    click.echo(f"created {path}; copy it to every node of the block, then run 'silbato radio configure'")
+
+
 # -- store -------------------------------------------------------------------------------
 
 @cli.command()
@@ -225,6 +320,51 @@ def purge(ctx: click.Context) -> None:
     except SilbatoError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"purged {removed} alerts older than {cfg['alerts.retention']:.0f} s")
+
+
+# -- hardware ----------------------------------------------------------------------------
+
+@cli.group("hardware")
+def hardware_group() -> None:
+    """The button, siren, status light and speaker."""
+
+
+def _this_place(cfg: config_mod.Config) -> dict[int, str]:
+    """This node's location and place name from its key and roster, for the spoken test; a sample without them."""
+    from node.keys import Roster, SigningKey, load_public
+
+    try:
+        roster = Roster.load(cfg.roster_file, load_public(Path(cfg["node.organizer_key"])))
+        me = roster.find_key(SigningKey.load(cfg.key_file).public_raw)
+    except (SilbatoError, OSError):
+        me = None
+    return {me.location: me.place} if me is not None else {1: "Building 1"}
+
+
+@hardware_group.command("test")
+@click.option("--mock", is_flag=True, help="Use gpiozero mock pins and a scripted press and hold (no Pi needed).")
+@click.option("--yes", is_flag=True, help="Do not ask whether each light and sound was seen or heard.")
+@click.option("--wait", default=30.0, show_default=True, type=click.FloatRange(0.1, 600.0),
+              help="Seconds to wait for each button press.")
+@click.option("--step", default=1.0, show_default=True, type=click.FloatRange(0.0, 10.0),
+              help="Seconds each light mode and siren pattern is shown at most.")
+@click.pass_context
+def hardware_test(ctx: click.Context, mock: bool, yes: bool, wait: float, step: float) -> None:
+    """Check the light, each siren pattern, the buttons and the speaker; one PASS or FAIL line per step.
+
+    Stop silbato-node first: the test needs its GPIO pins. Exits 1 if any step failed.
+    """
+    from node import hardware
+
+    cfg = load_config(ctx)
+    factory = press = None
+    if mock:
+        factory = hardware.mock_factory()
+        press = hardware.scripted_hold(factory, cfg["hardware.hold_time"] * 1.5)
+    ask = None if yes or mock else (lambda question: click.confirm(question, default=True))
+    ok = hardware.check(cfg, say=click.echo, ask=ask, pin_factory=factory, press=press, wait=wait, step=step,
+                        places=_this_place(cfg))
+    ctx.exit(0 if ok else 1)
 
 
 # -- the simulated block -----------------------------------------------------------------

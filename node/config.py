@@ -86,6 +86,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("radio.text_alerts", bool, True,
             "Also send REPORTED, CONFIRMED and ALL CLEAR as a text message with a bell, for plain Meshtastic users."),
     Setting("radio.hop_limit", int, 7, "Meshtastic hop limit for our frames (1-7)."),
+    Setting("radio.channel_key_file", str, "/etc/silbato/channel.key",
+            "The block's Meshtastic channel key (base64, 16 or 32 bytes, mode 0600), used by 'silbato radio configure'."),
     Setting("web.host", str, "0.0.0.0", "Address the neighbors' page listens on."),
     Setting("web.port", int, 8080, "TCP port of the neighbors' page."),
     Setting("web.hotline", str, "",

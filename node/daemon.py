@@ -21,14 +21,14 @@ import time
 from dataclasses import replace
 from typing import Callable
 
-from node import alerts, wire
+from node import alerts, speech, wire
 from node.alerts import Alert, Kind, Outcome, State, Transition
 from node.config import Config
 from node.errors import FrameError, RadioError, SilbatoError, StoreError, TransitionError
 from node.hardware import Hardware
 from node.keys import Roster, SigningKey, load_public
-from node.radio import FrameRefused, Link, MeshtasticLink, NullLink
-from node.store import Store
+from node.radio import FrameRefused, Link, MeshtasticLink, NullLink, text_alert
+from node.store import REQUEST_TTL, Store
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,9 @@ log = logging.getLogger(__name__)
 REPEAT_BASE = 15.0
 ENDED_REPEATS = 6
 PURGE_EVERY = 3600.0
-# Captains' requests (written by the web process): polled every REQUEST_POLL seconds by
-# ``run``, refused when older than REQUEST_TTL so that a click made while the daemon was
-# down does not raise a siren minutes later.
+# Captains' requests (written by the web process) are polled every REQUEST_POLL seconds
+# by ``run``, and refused when older than store.REQUEST_TTL.
 REQUEST_POLL = 0.2
-REQUEST_TTL = 60.0
 
 
 class Node:
@@ -62,6 +60,7 @@ class Node:
         self._kick = threading.Event()
         self.id = 0
         self.location = 0
+        self._own_report: tuple[str, float] | None = None  # (alert id, when) of this button's last new report
 
     # -- lifecycle of the daemon itself ------------------------------------------------
 
@@ -79,10 +78,13 @@ class Node:
             self.store = Store(cfg.db_file)
             self._stack.append(self.store.close)
             self.store.sync_peers(self.roster)
-            self.store.set_meta("node_id", str(self.id))  # the web page marks this building as "this node"
-            self.hardware = Hardware(button_pin=cfg["hardware.button_pin"], siren_pin=cfg["hardware.siren_pin"],
-                                     light_pin=cfg["hardware.light_pin"], hold_time=cfg["hardware.hold_time"],
-                                     on_hold=self.button_held, pin_factory=self.pin_factory)
+            # For the web page: which building is "this node", and the block's name for exports.
+            self.store.set_meta("node_id", str(self.id))
+            self.store.set_meta("block", self.roster.block)
+            places = {m.location: m.place for m in self.roster.members.values() if not m.revoked}
+            self.hardware = Hardware(cfg, on_hold=self.button_held, on_press=self.button_pressed,
+                                     on_confirm=self.confirm_held, speaker=speech.from_config(cfg, places),
+                                     pin_factory=self.pin_factory, clock=self.clock)
             self._stack.append(self.hardware.close)
             self.link.start(self.on_frame, self.on_refused)
             self._stack.append(self.link.stop)
@@ -112,14 +114,54 @@ class Node:
 
     # -- this node's own actions ---------------------------------------------------------
 
-    def button_held(self) -> None:
-        """The panic button was held for hold_time: report a raid at this node's place."""
+    def button_held(self) -> Alert | None:
+        """The panic button was held for hold_time: report a raid at this node's place.
+
+        A new report opens the cancel window: pressing again within ``hardware.cancel_window``
+        seconds withdraws it (``button_pressed``).
+        """
         log.info("panic button held")
         try:
-            self.report(Kind.RAID)
+            alert = self.report(Kind.RAID)
         except SilbatoError as exc:
             log.error("could not raise the report: %s", exc)
             self.hardware.siren.sound("reported_origin")  # the captain still hears it was pressed
+            return None
+        if alert.reporter == self.id and alert.opened_at == alert.last_report_at:  # new, not merged
+            self._own_report = (alert.id, alert.opened_at)
+        return alert
+
+    def button_pressed(self) -> bool:
+        """The panic button went down. Within the cancel window of this button's own new report,
+        withdraw that report as a false alarm and return True; otherwise return False."""
+        own, self._own_report = self._own_report, None  # one press, one chance
+        if own is None or self.clock() - own[1] > self.config["hardware.cancel_window"]:
+            return False
+        try:
+            self.act("cancel", own[0])
+        except SilbatoError as exc:
+            log.warning("could not withdraw report %s: %s", own[0], exc)
+            return False
+        log.info("panic button pressed again within %.0f s: report %s withdrawn as a false alarm",
+                 self.config["hardware.cancel_window"], own[0])
+        return True
+
+    def confirm_held(self) -> Alert | None:
+        """The confirm button was held: confirm the newest report from another node, or, with none
+        to confirm, declare all clear on the newest confirmed alert. RAID before TEST."""
+        with self._lock:
+            active = sorted(self.store.active_alerts(), key=lambda a: (a.kind is Kind.RAID, a.opened_at))
+            target = next((("confirm", a) for a in reversed(active)
+                           if a.state is State.REPORTED and a.reporter != self.id), None)
+            target = target or next((("all_clear", a) for a in reversed(active) if a.state is State.CONFIRMED), None)
+            if target is None:
+                log.info("confirm button held, but there is no report to confirm or alert to clear")
+                return None
+            try:
+                return self.act(target[0], target[1].id)
+            except SilbatoError as exc:
+                log.error("confirm button: could not %s %s: %s", target[0], target[1].id, exc)
+                return None
 
     def report(self, kind: Kind = Kind.RAID, location: int | None = None) -> Alert:
         """Report ``kind`` at ``location`` (default: this node's). Merges into a recent report there."""
@@ -169,8 +211,13 @@ class Node:
                                     counter=counter, received_at=now)
             self.store.enqueue(frame, now)
         log.info("alert %s %s by this node (%s)", alert.id, t.state.word, outcome.value)
+        if outcome.sounds and alert.kind is Kind.RAID and self.config["radio.text_alerts"]:
+            text = text_alert(alert.state.word, self.roster.place(alert.location), alert.id,
+                              self.config.languages[0])
+            if text is not None:
+                self._texts.append(text)
         if outcome.sounds:
-            self.hardware.sound(alert.state, at_origin=True, test=alert.kind is Kind.TEST)
+            self.hardware.sound(alert.state, at_origin=True, test=alert.kind is Kind.TEST, location=alert.location)
         else:
             self.hardware.siren.sound("ack")
         self._flush(now)
@@ -214,7 +261,8 @@ class Node:
                 self._trouble("storage", f"cannot write the database: {exc}", now)
                 return
             if sound is not None:
-                self.hardware.sound(sound.state, at_origin=False, test=sound.kind is Kind.TEST)
+                self.hardware.sound(sound.state, at_origin=False, test=sound.kind is Kind.TEST,
+                                    location=sound.location)
             self._show()
             self._changed.notify_all()
 
@@ -275,6 +323,7 @@ class Node:
                     removed = self.store.purge(now, self.config["alerts.retention"])
                     if removed:
                         log.info("retention purge removed %d alerts", removed)
+                self._check_hardware(now)
                 self._show()
                 self._changed.notify_all()
         except Exception:
@@ -448,6 +497,14 @@ class Node:
             self.store.set_trouble(subsystem, message, now)
         except Exception:
             log.exception("could not record TROUBLE %s", subsystem)
+
+    def _check_hardware(self, now: float) -> None:
+        """The speaker's TROUBLE line (missing device, aplay or espeak-ng); the siren never depends on it."""
+        trouble = self.hardware.trouble
+        if trouble:
+            self._trouble("speaker", trouble, now)
+        elif "speaker" in self.store.troubles():
+            self.store.clear_trouble("speaker")
 
     def _show(self) -> None:
         active = any(a.kind is Kind.RAID for a in self.store.active_alerts())

@@ -1,10 +1,18 @@
-"""Button, siren and status light. The only module that imports gpiozero.
+"""Button, siren, status light and speaker. The only module that imports gpiozero.
 
-Wiring (BCM numbering, defaults in ``node.config``):
+Wiring (BCM numbering, defaults in ``node.config``; the README has the diagram):
 
 - panic button between GPIO17 and GND (internal pull-up; pressed reads low);
-- siren relay or active buzzer driven from GPIO27 (active high);
-- status LED from GPIO22 through a 330 ohm resistor to GND.
+- optional confirm button between ``hardware.confirm_pin`` and GND;
+- siren on GPIO27 (active high), wired as ``hardware.siren_kind`` says:
+  ``relay``, a relay module (or NPN transistor) switching a 12 V siren (``OutputDevice``);
+  ``buzzer``, a 5 V active buzzer through an NPN transistor (``Buzzer``);
+  ``piezo``, a passive piezo through an NPN transistor, played in tones (``TonalBuzzer``);
+- status light: one LED from GPIO22 through 330 ohm to GND, or (``hardware.light_kind = "rgb"``)
+  an RGB LED or three LEDs on ``hardware.rgb_pins`` (red, green, blue), each through 330 ohm,
+  common cathode to GND.
+
+The speaker needs no GPIO; ``node.speech`` renders and plays its announcements.
 
 Every device takes ``pin_factory``; tests and ``silbato sim`` pass gpiozero's
 ``MockFactory``, a laptop can set ``GPIOZERO_PIN_FACTORY=mock``.
@@ -14,83 +22,178 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Sequence
+import time
+from typing import Any, Callable, Mapping, Sequence
 
-from gpiozero import LED, Button, OutputDevice
+from gpiozero import LED, RGBLED, Button, Buzzer, OutputDevice, TonalBuzzer
 from gpiozero.exc import GPIOZeroError
+from gpiozero.pins.mock import MockFactory, MockPWMPin
 
+from node import speech
 from node.alerts import State
+from node.config import parse_pins, parse_quiet_hours
 from node.errors import HardwareError
 
 log = logging.getLogger(__name__)
 
-# Patterns are data: (on seconds, off seconds) steps, played ``repeat`` times.
+# Patterns are data: (on seconds, off seconds) steps, played ``repeat`` times. An off time
+# of 0 joins a step to the next: a relay stays on, a piezo changes pitch.
 Pattern = tuple[tuple[tuple[float, float], ...], int]
 
 PATTERNS: dict[str, Pattern] = {
     "reported_origin": (((0.1, 0.1),) * 3, 1),         # short chirps at the node that reported
-    "reported": (((0.3, 0.2), (0.3, 0.0)), 1),           # indoor chime elsewhere
-    "confirmed": (((1.0, 0.5), (1.0, 0.5), (1.0, 1.5)), 10),  # the whistle: three long blasts, 60 s
-    "all_clear": (((0.2, 0.1), (0.4, 0.0)), 1),
-    "cancelled": (((0.6, 0.0),), 1),
-    "test": (((0.05, 0.0),), 1),
-    "ack": (((0.05, 0.05),) * 2, 1),                     # the hold was accepted
+    "reported": (((0.3, 0.2), (0.3, 0.0)), 1),           # indoor ding-dong elsewhere
+    "reported_quiet": (((0.05, 0.0),), 1),               # REPORTED elsewhere during quiet hours
+    "confirmed": (((1.0, 0.5), (1.0, 0.5), (1.0, 1.5)), 10),  # the whistle: three long blasts (repeat: see below)
+    "all_clear": (((0.2, 0.1), (0.4, 0.0)), 1),          # rising two-tone
+    "cancelled": (((0.3, 0.0), (0.5, 0.0)), 1),          # falling tone
+    "test": (((0.05, 0.0),), 1),                         # one quiet chirp
+    "ack": (((0.05, 0.05),) * 2, 1),                     # a hold was taken but changed nothing
 }
 
+# The piezo's note for each step of a pattern (within the TonalBuzzer's A5-A7 range,
+# where small piezos are loud). Relays and active buzzers have one pitch.
+TONES: dict[str, tuple[str, ...]] = {
+    "reported_origin": ("A6", "A6", "A6"),
+    "reported": ("E6", "C6"),
+    "reported_quiet": ("C6",),
+    "confirmed": ("E7", "E7", "E7"),
+    "all_clear": ("C6", "G6"),
+    "cancelled": ("G6", "C6"),
+    "test": ("A6",),
+    "ack": ("A6", "A6"),
+}
+PIEZO_MID_TONE = "A6"
 
-def pattern_for(state: State, *, at_origin: bool, test: bool) -> str:
-    """The name of the siren pattern for a new alert state."""
+# What a short press silences: the alarms. Not the chirps that answer a captain's own hold.
+SILENCEABLE = frozenset({"reported", "reported_quiet", "confirmed", "all_clear", "cancelled"})
+
+# Before this time (2024-01-01) the clock is taken as unknown and quiet hours do not apply.
+CLOCK_KNOWN_AFTER = 1_704_067_200.0
+
+
+def pattern_for(state: State, *, at_origin: bool, test: bool, quiet: bool = False) -> str:
+    """The name of the siren pattern for a new alert state ("" for none).
+
+    ``quiet`` (quiet hours) softens REPORTED elsewhere to one chirp and silences TEST;
+    it never changes CONFIRMED.
+    """
     if test:
-        return "test"
+        return "" if quiet else "test"
     if state is State.REPORTED:
-        return "reported_origin" if at_origin else "reported"
+        if at_origin:
+            return "reported_origin"
+        return "reported_quiet" if quiet else "reported"
     return {State.CONFIRMED: "confirmed", State.ALL_CLEAR: "all_clear", State.CANCELLED: "cancelled"}.get(state, "")
 
 
-def pattern_duration(name: str) -> float:
+def pattern_steps(name: str, *, confirmed_duration: float = 60.0) -> list[tuple[float, float, str]]:
+    """Pattern ``name`` unrolled: (on seconds, off seconds, piezo note) per step.
+
+    CONFIRMED repeats its three blasts for about ``confirmed_duration`` seconds.
+    """
     steps, repeat = PATTERNS[name]
-    return sum(on + off for on, off in steps) * repeat
+    if name == "confirmed":
+        repeat = max(1, round(confirmed_duration / sum(on + off for on, off in steps)))
+    notes = TONES[name]
+    return [(on, off, notes[i]) for _ in range(repeat) for i, (on, off) in enumerate(steps)]
+
+
+def pattern_duration(name: str, *, confirmed_duration: float = 60.0) -> float:
+    """Seconds pattern ``name`` lasts."""
+    return sum(on + off for on, off, _ in pattern_steps(name, confirmed_duration=confirmed_duration))
+
+
+def in_quiet_hours(span: tuple[int, int] | None, now: float) -> bool:
+    """Whether local time ``now`` falls in ``span`` ((start, end) minutes after midnight; may wrap).
+
+    A clock that is plainly unset (a Pi without network or RTC) never counts as quiet.
+    """
+    if span is None or now < CLOCK_KNOWN_AFTER:
+        return False
+    local = time.localtime(now)
+    minute = local.tm_hour * 60 + local.tm_min
+    start, end = span
+    return start <= minute < end if start < end else minute >= start or minute < end
+
+
+Wait = Callable[[threading.Event, float], bool]
+
+
+def _wait(stop: threading.Event, seconds: float) -> bool:
+    """Wait ``seconds``; True if ``stop`` was set meanwhile. Tests pass a virtual clock's instead."""
+    return stop.wait(seconds)
 
 
 class Siren:
-    """A relay-driven siren or active buzzer on one pin. ``sound(name)`` plays a pattern in the background."""
+    """The siren on one pin. ``sound(name)`` plays a pattern in the background; ``silence()`` stops it.
 
-    def __init__(self, pin: int, *, pin_factory=None):
-        self._device = OutputDevice(pin, pin_factory=pin_factory)
+    ``kind``: ``relay`` (OutputDevice), ``buzzer`` (Buzzer) or ``piezo`` (TonalBuzzer, needs a PWM pin).
+    """
+
+    def __init__(self, pin: int, *, kind: str = "relay", confirmed_duration: float = 60.0, pin_factory=None,
+                 wait: Wait = _wait):
+        if kind == "relay":
+            self._device = OutputDevice(pin, pin_factory=pin_factory)
+        elif kind == "buzzer":
+            self._device = Buzzer(pin, pin_factory=pin_factory)
+        elif kind == "piezo":
+            self._device = TonalBuzzer(pin, mid_tone=PIEZO_MID_TONE, octaves=1, pin_factory=pin_factory)
+        else:
+            raise HardwareError(f"unknown siren kind {kind!r}: expected relay, buzzer or piezo")
+        self.kind = kind
+        self.confirmed_duration = confirmed_duration
+        self._wait = wait
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.playing = ""
 
+    def _on(self, note: str) -> None:
+        if self.kind == "piezo":
+            self._device.play(note)
+        else:
+            self._device.on()
+
+    def _off(self) -> None:
+        if self.kind == "piezo":
+            self._device.stop()
+        else:
+            self._device.off()
+
     def sound(self, name: str) -> None:
         """Start pattern ``name``, replacing whatever is playing. Returns at once."""
-        steps, repeat = PATTERNS[name]
+        steps = pattern_steps(name, confirmed_duration=self.confirmed_duration)
         with self._lock:
             self._halt()
-            self._stop = threading.Event()
+            self._stop = stop = threading.Event()
             self.playing = name
-            self._device.on()  # the first step starts now, not when the thread is scheduled
-            self._thread = threading.Thread(target=self._play, args=(steps, repeat, self._stop),
-                                            name=f"siren-{name}", daemon=True)
+            self._on(steps[0][2])  # the first step starts now, not when the thread is scheduled
+            self._thread = threading.Thread(target=self._play, args=(steps, stop), name=f"siren-{name}", daemon=True)
             self._thread.start()
 
-    def _play(self, steps: Sequence[tuple[float, float]], repeat: int, stop: threading.Event) -> None:
-        first = True
-        for _ in range(repeat):
-            for on, off in steps:
-                if not first:
-                    self._device.on()
-                first = False
-                if stop.wait(on):
-                    break
-                self._device.off()
-                if stop.wait(off):
-                    break
-            if stop.is_set():
+    def _play(self, steps: Sequence[tuple[float, float, str]], stop: threading.Event) -> None:
+        last = len(steps) - 1
+        for i, (on, off, note) in enumerate(steps):
+            if i:
+                self._on(note)  # a relay already on from a joined step stays on
+            if self._wait(stop, on):
                 break
-        self._device.off()
+            if off or i == last:
+                self._off()
+                if off and self._wait(stop, off):
+                    break
+        self._off()
         if not stop.is_set():
             self.playing = ""
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the pattern playing now has ended. Returns False on timeout."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
     def silence(self) -> None:
         """Stop this node's siren. Never changes an alert."""
@@ -101,7 +204,7 @@ class Siren:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
-        self._device.off()
+        self._off()
         self.playing = ""
 
     def close(self) -> None:
@@ -109,81 +212,452 @@ class Siren:
         self._device.close()
 
 
-class StatusLight:
-    """One LED: slow blink healthy, fast blink TROUBLE, steady while an alert is active."""
+Color = tuple[int, int, int]
+GREEN, AMBER, RED, WHITE, BLUE = (0, 1, 0), (1, 1, 0), (1, 0, 0), (1, 1, 1), (0, 0, 1)
 
-    def __init__(self, pin: int, *, pin_factory=None):
-        self._led = LED(pin, pin_factory=pin_factory)
+
+class StatusLight:
+    """The status light: one LED on ``pin``, or an RGB LED (or three LEDs) on ``rgb_pins``.
+
+    Modes (``show``): healthy, a slow green blink; trouble, an amber blink; alarm, steady red.
+    Two short overlays return to the mode when done: ``progress(seconds)`` counts a hold down
+    in four white blinks, ``confirm()`` answers a hold that was taken with three quick blue ones.
+    A single LED has one colour, so there the blink rhythm tells the modes apart.
+    """
+
+    def __init__(self, pin: int = 22, *, rgb_pins: Sequence[int] | None = None, pin_factory=None):
+        if rgb_pins:
+            # pwm=False: on/off colours work on any pin and with three plain LEDs.
+            self._device: Any = RGBLED(*rgb_pins, pwm=False, pin_factory=pin_factory)
+        else:
+            self._device = LED(pin, pin_factory=pin_factory)
+        self.rgb = bool(rgb_pins)
         self.mode = ""
+        self.overlay = ""
+        self._lock = threading.RLock()
+        self._generation = 0
+        self._timer: threading.Timer | None = None
+        self._closed = False
+
+    def _steady(self, color: Color) -> None:
+        if self.rgb:
+            self._device.color = color
+        else:
+            self._device.on()
+
+    def _blink(self, on: float, off: float, color: Color, n: int | None = None) -> None:
+        if self.rgb:
+            self._device.blink(on_time=on, off_time=off, on_color=color, n=n)
+        else:
+            self._device.blink(on_time=on, off_time=off, n=n)
+
+    def _apply(self) -> None:
+        if self._closed:
+            return
+        if self.mode == "alarm":
+            self._steady(RED)
+        elif self.mode == "trouble":
+            self._blink(0.25, 0.25, AMBER)
+        else:
+            self._blink(0.1, 2.9, GREEN)
 
     def show(self, *, alarm: bool, trouble: bool) -> None:
+        """Set the mode: alarm wins over trouble, trouble over healthy."""
         mode = "alarm" if alarm else "trouble" if trouble else "healthy"
-        if mode == self.mode:
-            return
-        self.mode = mode
-        if mode == "alarm":
-            self._led.on()
-        elif mode == "trouble":
-            self._led.blink(on_time=0.2, off_time=0.2)
-        else:
-            self._led.blink(on_time=0.1, off_time=2.9)
+        with self._lock:
+            if mode == self.mode:
+                return
+            self.mode = mode
+            if not self.overlay:
+                self._apply()
+
+    def progress(self, seconds: float) -> None:
+        """While a button is held: four white blinks spread over ``seconds``, the hold time."""
+        with self._lock:
+            if self._closed:
+                return
+            self._cancel_timer()
+            self.overlay = "progress"
+            self._blink(seconds / 8, seconds / 8, WHITE, n=4)
+
+    def end_progress(self) -> None:
+        """The button was released (or the hold was refused): back to the mode."""
+        with self._lock:
+            if self.overlay == "progress":
+                self.overlay = ""
+                self._apply()
+
+    def confirm(self) -> None:
+        """A hold was taken: three quick blue blinks, then the mode."""
+        with self._lock:
+            if self._closed:
+                return
+            self._cancel_timer()
+            self.overlay = "confirm"
+            self._generation += 1
+            self._blink(0.08, 0.08, BLUE, n=3)
+            self._timer = threading.Timer(0.5, self._end_confirm, args=(self._generation,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _end_confirm(self, generation: int) -> None:
+        with self._lock:
+            if generation == self._generation and self.overlay == "confirm":
+                self.overlay = ""
+                self._apply()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until a confirmation blink has ended and the light is back in its mode."""
+        timer = self._timer
+        if timer is not None:
+            timer.join(timeout)
+            return not timer.is_alive()
+        return True
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def close(self) -> None:
-        self._led.close()
+        with self._lock:
+            self._closed = True
+            self._cancel_timer()
+        self._device.close()
 
 
 class PanicButton:
-    """The big button, wired between the pin and GND. ``when_held`` fires after ``hold_time`` seconds."""
+    """A push button between ``pin`` and GND (internal pull-up; pressed reads low).
 
-    def __init__(self, pin: int, *, hold_time: float, pin_factory=None):
-        # bounce_time filters contact bounce; a tap shorter than hold_time never fires when_held.
-        self._button = Button(pin, pull_up=True, hold_time=hold_time, bounce_time=0.02, pin_factory=pin_factory)
+    Events, called from gpiozero's threads: ``when_pressed``, ``when_held`` (still pressed
+    after ``hold_time`` seconds; once per press) and ``when_released``. A press shorter than
+    ``hold_time`` never fires ``when_held``. On a Pi, ``bounce_time`` (seconds) debounces.
+    """
+
+    def __init__(self, pin: int, *, hold_time: float, bounce_time: float = 0.02, pin_factory=None):
+        self._button = Button(pin, pull_up=True, hold_time=hold_time, bounce_time=bounce_time,
+                              pin_factory=pin_factory)
+        self.pin = pin
+        self.hold_time = hold_time
+        self.consumed = False  # this press already did something (silence, withdraw): its hold does nothing
+        self.when_pressed: Callable[[], None] | None = None
         self.when_held: Callable[[], None] | None = None
-        self._button.when_held = self._held
+        self.when_released: Callable[[], None] | None = None
+        self._button.when_pressed = lambda: self._fire(self.when_pressed)
+        self._button.when_held = lambda: self._fire(self.when_held)
+        self._button.when_released = lambda: self._fire(self.when_released)
 
-    def _held(self) -> None:
-        if self.when_held is not None:
-            self.when_held()
+    @staticmethod
+    def _fire(handler: Callable[[], None] | None) -> None:
+        if handler is not None:
+            handler()
 
     @property
     def is_pressed(self) -> bool:
         return self._button.is_pressed
+
+    def wait_for_press(self, timeout: float | None = None) -> bool:
+        return self._button.wait_for_press(timeout)
+
+    def wait_for_release(self, timeout: float | None = None) -> bool:
+        return self._button.wait_for_release(timeout)
 
     def close(self) -> None:
         self._button.close()
 
 
 class Hardware:
-    """The node's devices, built from config. ``on_hold`` is called when the button is held."""
+    """The node's devices, built from the ``hardware.*`` settings.
 
-    def __init__(self, *, button_pin: int, siren_pin: int, light_pin: int, hold_time: float,
-                 on_hold: Callable[[], None], pin_factory=None):
+    Callbacks (from gpiozero's threads; an exception in one is logged, never raised):
+
+    - ``on_hold()``: the panic button was held for ``hardware.hold_time``. Return something
+      true when a report was raised, and the light answers with its confirmation blink.
+    - ``on_press()``: the panic button went down. Return True if the press was used (the
+      daemon withdrew its own report within ``hardware.cancel_window``); it then raises nothing.
+    - ``on_confirm()``: the second button was held (confirm or all clear).
+
+    Otherwise a press while an alarm sounds silences this node (siren and speaker) and
+    leaves every alert as it is; that press raises nothing either, however long it is held.
+    """
+
+    def __init__(self, config: Mapping[str, Any], *, on_hold: Callable[[], Any],
+                 on_press: Callable[[], Any] | None = None, on_confirm: Callable[[], Any] | None = None,
+                 speaker: speech.Speaker | None = None, pin_factory=None,
+                 clock: Callable[[], float] = time.time, wait: Wait = _wait):
+        self.hold_time = config["hardware.hold_time"]
+        self._quiet = parse_quiet_hours(config["hardware.quiet_hours"])
+        self._clock = clock
+        self._on_hold, self._on_press, self._on_confirm = on_hold, on_press, on_confirm
+        self.confirm_button: PanicButton | None = None
+        built: list[Any] = []
         try:
-            self.siren = Siren(siren_pin, pin_factory=pin_factory)
-            self.light = StatusLight(light_pin, pin_factory=pin_factory)
-            self.button = PanicButton(button_pin, hold_time=hold_time, pin_factory=pin_factory)
-        except (GPIOZeroError, OSError) as exc:
-            raise HardwareError(f"GPIO setup failed: {exc}") from exc
-        self.button.when_held = self._guard(on_hold)
+            self.siren = Siren(config["hardware.siren_pin"], kind=config["hardware.siren_kind"],
+                               confirmed_duration=config["hardware.confirmed_duration"],
+                               pin_factory=pin_factory, wait=wait)
+            built.append(self.siren)
+            rgb = parse_pins(config["hardware.rgb_pins"], 3) if config["hardware.light_kind"] == "rgb" else None
+            self.light = StatusLight(config["hardware.light_pin"], rgb_pins=rgb, pin_factory=pin_factory)
+            built.append(self.light)
+            self.button = PanicButton(config["hardware.button_pin"], hold_time=self.hold_time,
+                                      pin_factory=pin_factory)
+            built.append(self.button)
+            if config["hardware.confirm_pin"]:
+                self.confirm_button = PanicButton(config["hardware.confirm_pin"], hold_time=self.hold_time,
+                                                  pin_factory=pin_factory)
+                built.append(self.confirm_button)
+        except (GPIOZeroError, OSError, ValueError) as exc:
+            for device in reversed(built):
+                device.close()
+            raise HardwareError(f"GPIO setup failed: {type(exc).__name__}: {exc}") from exc
+        self.button.when_pressed = self._panic_pressed
+        self.button.when_held = lambda: self._held(self.button, self._on_hold)
+        self.button.when_released = self.light.end_progress
+        if self.confirm_button is not None:
+            self.confirm_button.when_pressed = lambda: self._press(self.confirm_button, False)
+            self.confirm_button.when_held = lambda: self._held(self.confirm_button, self._on_confirm)
+            self.confirm_button.when_released = self.light.end_progress
+        self.speaker = speaker
+        if speaker is not None:
+            speaker.start()
         self.light.show(alarm=False, trouble=False)
 
     @staticmethod
-    def _guard(fn: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                fn()
-            except Exception:  # a failing handler must not kill gpiozero's thread
-                log.exception("button hold handler failed")
-        return run
+    def _call(fn: Callable[[], Any] | None) -> Any:
+        if fn is None:
+            return None
+        try:
+            return fn()
+        except Exception:  # a failing handler must not kill gpiozero's thread
+            log.exception("button handler failed")
+            return None
 
-    def sound(self, state: State, *, at_origin: bool, test: bool) -> None:
-        name = pattern_for(state, at_origin=at_origin, test=test)
+    # -- the buttons ------------------------------------------------------------------------
+
+    def _panic_pressed(self) -> None:
+        self._press(self.button, bool(self._call(self._on_press)))
+
+    def _press(self, button: PanicButton, used: bool) -> None:
+        if not used and self.sounding:
+            log.info("button pressed while the alarm sounds: this node is silenced; the alert is unchanged")
+            self.silence()
+            used = True
+        button.consumed = used
+        if not used:
+            self.light.progress(self.hold_time)
+
+    def _held(self, button: PanicButton, handler: Callable[[], Any] | None) -> None:
+        if button.consumed:
+            return
+        button.consumed = True
+        if self._call(handler):
+            self.light.confirm()
+        else:
+            self.light.end_progress()
+
+    # -- sounds ---------------------------------------------------------------------------
+
+    def sound(self, state: State, *, at_origin: bool, test: bool, location: int = 0) -> None:
+        """Sound a new alert state: the siren's pattern and, elsewhere than the origin of a report,
+        the speaker's chime and announcement. Quiet hours soften REPORTED and TEST only."""
+        quiet = state is not State.CONFIRMED and in_quiet_hours(self._quiet, self._clock())
+        name = pattern_for(state, at_origin=at_origin, test=test, quiet=quiet)
         if name:
             self.siren.sound(name)
+        speak = not (state is State.REPORTED and at_origin) and not (test and quiet)
+        if self.speaker is not None and speak:
+            self.speaker.announce(state, location, test=test)
+
+    @property
+    def sounding(self) -> bool:
+        """Whether an alarm is sounding that a press would silence."""
+        return self.siren.playing in SILENCEABLE or (self.speaker is not None and self.speaker.playing)
+
+    def silence(self) -> None:
+        """Silence this node's siren and speaker. Never changes an alert."""
+        self.siren.silence()
+        if self.speaker is not None:
+            self.speaker.silence()
+
+    @property
+    def trouble(self) -> str:
+        """What is wrong with the hardware (the speaker), as one sentence; empty when all is well."""
+        return self.speaker.trouble if self.speaker is not None else ""
 
     def close(self) -> None:
-        for device in (self.button, self.light, self.siren):
+        for device in (self.speaker, self.confirm_button, self.button, self.light, self.siren):
+            if device is None:
+                continue
             try:
                 device.close()
             except Exception:
                 log.exception("closing %s failed", type(device).__name__)
+
+
+# -- silbato hardware test -----------------------------------------------------------------
+
+def mock_factory() -> MockFactory:
+    """Mock pins for a laptop and for ``silbato hardware test --mock``; PWM-capable, so a piezo works."""
+    return MockFactory(pin_class=MockPWMPin)
+
+
+def scripted_hold(factory: MockFactory, seconds: float) -> Callable[[int], None]:
+    """For ``--mock``: a stand-in maintainer who presses pin N now and lets go ``seconds`` later."""
+    def press(pin: int) -> None:
+        factory.pin(pin).drive_low()
+        release = threading.Timer(seconds, factory.pin(pin).drive_high)
+        release.daemon = True
+        release.start()
+    return press
+
+
+def check(config: Mapping[str, Any], *, say: Callable[[str], None], ask: Callable[[str], bool] | None = None,
+          pin_factory=None, press: Callable[[int], None] | None = None, wait: float = 30.0, step: float = 1.0,
+          places: Mapping[int, str] | None = None, cache_dir=None) -> bool:
+    """``silbato hardware test``: drive each part and say one PASS, FAIL, WARN or SKIP line per step.
+
+    ``ask(question)`` asks the maintainer whether they saw or heard something. With mock pins
+    the pins' history is checked instead; with neither, a step passes when the part was driven
+    without error. ``press(pin)`` scripts the button press (``--mock``). ``step``: seconds each
+    light mode and siren pattern is shown at most; ``wait``: seconds to wait for a press.
+    Returns True when no step failed.
+    """
+    failed = False
+
+    def report(word: str, part: str, detail: str) -> None:
+        nonlocal failed
+        failed = failed or word == "FAIL"
+        say(f"{word} {part}: {detail}")
+
+    mock = isinstance(pin_factory, MockFactory)
+    pause = threading.Event().wait  # paces the show for a human; nothing waits on it
+    held = {"panic": threading.Event(), "confirm": threading.Event()}
+
+    def on_hold(which: str) -> Callable[[], bool]:
+        def handler() -> bool:
+            held[which].set()
+            hw.siren.sound("ack")  # the chirp a real hold gets
+            return True
+        return handler
+
+    try:
+        hw = Hardware(config, on_hold=on_hold("panic"), on_confirm=on_hold("confirm"), pin_factory=pin_factory)
+    except HardwareError as exc:
+        report("FAIL", "gpio", f"{exc} (if silbato-node runs, stop it first: systemctl stop silbato-node)")
+        return False
+    try:
+        _check_light(hw, config, report, ask, pin_factory if mock else None, pause, step)
+        _check_siren(hw, config, report, ask, pin_factory if mock else None, pause, step)
+        buttons = [("panic button", hw.button, held["panic"])]
+        if hw.confirm_button is not None:
+            buttons.append(("confirm button", hw.confirm_button, held["confirm"]))
+        for label, button, event in buttons:
+            _check_button(label, button, event, say, report, press, wait)
+    finally:
+        hw.close()
+    _check_speaker(config, report, ask, places or {1: "Building 1"}, cache_dir)
+    say("hardware test: " + ("FAILED" if failed else "passed"))
+    return not failed
+
+
+def _check_light(hw: Hardware, config, report, ask, factory, pause, step) -> None:
+    rgb = hw.light.rgb
+    pins = [factory.pin(n) for n in (parse_pins(config["hardware.rgb_pins"], 3)[:2] if rgb
+                                     else [config["hardware.light_pin"]])] if factory else []
+    for pin in pins:
+        pin.clear_states()
+    for alarm, trouble in ((False, False), (False, True), (True, False)):
+        hw.light.show(alarm=alarm, trouble=trouble)
+        pause(step)
+    hw.light.show(alarm=False, trouble=False)
+    shown = "slow green blink, amber blink, steady red" if rgb else "slow blink, fast blink, steady on"
+    if factory:
+        ok = all(any(s.state for s in pin.states) for pin in pins)
+        report("PASS" if ok else "FAIL", "light", f"{shown} (mock pins {'lit' if ok else 'never lit'})")
+    elif ask:
+        ok = ask(f"Did the status light show: {shown}?")
+        report("PASS" if ok else "FAIL", "light", shown if ok else
+               f"not seen: check the LED, its 330 ohm resistor and GPIO{config['hardware.light_pin']}")
+    else:
+        report("PASS", "light", f"{shown} (driven; not confirmed by eye)")
+
+
+def _check_siren(hw: Hardware, config, report, ask, factory, pause, step) -> None:
+    pin = factory.pin(config["hardware.siren_pin"]) if factory else None
+    for name in PATTERNS:
+        if pin is not None:
+            pin.clear_states()
+        total = pattern_duration(name, confirmed_duration=config["hardware.confirmed_duration"])
+        played = min(step, total)
+        hw.siren.sound(name)
+        pause(played)
+        hw.siren.silence()
+        detail = f"played {played:.2f} s of {total:.2f} s ({config['hardware.siren_kind']})"
+        if pin is not None:
+            ok = any(s.state for s in pin.states) and not pin.state
+            report("PASS" if ok else "FAIL", f"siren {name}", detail if ok else f"{detail}: the pin never switched")
+        else:
+            report("PASS", f"siren {name}", f"{detail}, driven")
+    if ask and pin is None:
+        ok = ask(f"Did the siren sound {len(PATTERNS)} different patterns?")
+        report("PASS" if ok else "FAIL", "siren", "heard" if ok else
+               f"not heard: check the siren's supply and the relay or transistor on GPIO{config['hardware.siren_pin']}")
+
+
+def _check_button(label: str, button: PanicButton, held: threading.Event, say, report, press, wait) -> None:
+    hold = button.hold_time
+    pressed, on_press = threading.Event(), button.when_pressed
+
+    def seen() -> None:  # a press counts even if it is over before anyone looks
+        pressed.set()
+        if on_press is not None:
+            on_press()
+
+    button.when_pressed = seen
+    say(f"Press and hold the {label} (GPIO{button.pin}) for {hold:g} s; waiting {wait:g} s ...")
+    if press is not None:
+        press(button.pin)
+    if not pressed.wait(wait):
+        report("FAIL", label, f"no press within {wait:g} s: check the wiring between GPIO{button.pin} and GND")
+        return
+    if held.wait(hold + 1.0):
+        report("PASS", label, f"pressed and held {hold:g} s: hold detected (light: white blinks, then blue)")
+    elif button.is_pressed:
+        report("FAIL", label, f"pressed, but no hold was detected after {hold + 1.0:g} s")
+    else:
+        report("FAIL", label, f"pressed, but released before the {hold:g} s hold time")
+    button.wait_for_release(wait)
+
+
+def _check_speaker(config, report, ask, places: Mapping[int, str], cache_dir) -> None:
+    import tempfile
+
+    if not config["speaker.device"]:
+        report("SKIP", "speaker", "speaker.device is empty: this node has no speaker")
+        return
+    with tempfile.TemporaryDirectory(prefix="silbato-speaker-") as tmp:
+        speaker = speech.from_config(config, places, cache_dir=cache_dir or tmp)
+        try:
+            speaker.prepare()
+            for source in speaker.sources():
+                report({"none": "WARN"}.get(source.how, "PASS"), f"speaker {source.language}", source.detail)
+            location = next(iter(places))
+            clips = speaker.clips(State.CONFIRMED, location)
+            for clip in clips:
+                ok, message = speaker.play_file(clip)
+                if not ok:
+                    report("FAIL", "speaker", message)
+                    return
+            seconds = sum(speech.wav_seconds(c) for c in clips)
+            detail = f"played the CONFIRMED chime and {len(clips) - 1} announcements ({seconds:.1f} s) " \
+                     f"on {config['speaker.device']}"
+            if ask:
+                ok = ask("Did you hear the chime and the announcements?")
+                report("PASS" if ok else "FAIL", "speaker", detail if ok else "not heard: check the speaker, "
+                       f"its amplifier and the ALSA device {config['speaker.device']} (aplay -l lists devices)")
+            else:
+                report("PASS", "speaker", detail)
+            if speaker.trouble:
+                report("FAIL", "speaker", speaker.trouble)
+        finally:
+            speaker.close()

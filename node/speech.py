@@ -377,7 +377,16 @@ class Speaker:
 
     @property
     def playing(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the announcement playing now has ended. Returns False on timeout."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
     def silence(self) -> None:
         """Stop the announcement playing now, if any."""
@@ -400,11 +409,15 @@ class Speaker:
             self._preparer.join(timeout=10)
 
 
-def from_config(config: Mapping[str, Any], places: Mapping[int, str]) -> Speaker | None:
-    """The speaker ``config`` describes (``speaker.*``, ``node.languages``), or None without ``speaker.device``."""
+def from_config(config: Mapping[str, Any], places: Mapping[int, str], *,
+                cache_dir: str | os.PathLike | None = None) -> Speaker | None:
+    """The speaker ``config`` describes (``speaker.*``, ``node.languages``), or None without ``speaker.device``.
+
+    Its cache is ``<node.state_dir>/speech`` unless ``cache_dir`` says otherwise.
+    """
     if not config["speaker.device"]:
         return None
     languages = [lang.strip() for lang in config["node.languages"].split(",") if lang.strip()]
     recordings = config["speaker.recordings_dir"]
-    return Speaker(config["speaker.device"], Path(config["node.state_dir"]) / "speech", languages,
-                   places=places, recordings_dir=Path(recordings) if recordings else None)
+    return Speaker(config["speaker.device"], Path(cache_dir or Path(config["node.state_dir"]) / "speech"),
+                   languages, places=places, recordings_dir=Path(recordings) if recordings else None)

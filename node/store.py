@@ -32,6 +32,9 @@ REPLAY_WINDOW = 63
 
 # The only tables the web process may write (see ``Store(writes=...)``).
 WEB_TABLES = frozenset({"captains", "requests", "notes"})
+# Seconds: a captain's request older than this is refused, not acted on, so that a click
+# made while the daemon was down does not raise a siren minutes later.
+REQUEST_TTL = 60.0
 
 
 @migrations()

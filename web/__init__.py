@@ -1,30 +1,82 @@
-"""The neighbors' page: a Flask app that reads the node's store and never writes it.
+"""The neighbors' page and the captains' console: a Flask app over the node's store.
 
 ``web`` never imports ``node.radio``, ``node.hardware`` or ``node.daemon``: the page
-process holds no signing key and no device.
+process holds no signing key and no device. It reads the store, and writes only
+captains' requests (which the node daemon signs and acts on), notes and nothing else.
+
+Blueprints, one per area: ``public`` (the page, the captive portal), ``captain`` (the
+console), ``api`` (JSON), ``live`` (server-sent events and polling).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
+import time
+from pathlib import Path
 from typing import Any, Mapping
 
-from flask import Flask
+from flask import Flask, url_for
+from flask_wtf.csrf import CSRFProtect
+
+STATIC = Path(__file__).parent / "static"
+
+
+def settings(config) -> dict[str, Any]:
+    """The app's settings from a node's ``node.config.Config`` (``silbato web`` and ``silbato sim``)."""
+    return {"DATABASE": str(config.db_file), "LANGUAGES": config.languages, "HOTLINE": config["web.hotline"],
+            "LIVE_CLIENTS": config["web.live_clients"], "SILENT_AFTER": config["web.silent_after"]}
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app. Settings: a mapping, else ``SILBATO_WEB_DATABASE`` from the environment.
+    """Build the app from defaults, then ``test_config`` (``SILBATO_WEB_DATABASE`` sets DATABASE).
 
-    ``DATABASE`` is the node's SQLite file (opened read-only per request);
-    ``NODE_NAME`` is shown in the page title.
+    - ``DATABASE``: the node's SQLite file; ``NODE_NAME``: overrides the name shown (default:
+      this node's roster name); ``LANGUAGES``: the node's languages, the first is the default;
+      ``HOTLINE``: the phone number shown; ``SILENT_AFTER``: seconds before a building is silent;
+    - ``LIVE_CLIENTS``: live streams at once; ``STREAM_SECONDS``: about how long one lasts;
+      ``KEEPALIVE``: seconds between keep-alive comments; ``LIVE_POLL``: seconds between
+      database checks; ``REFRESH``: seconds between reloads of a page without JavaScript;
+    - ``CLOCK``: the node's clock (virtual in the sim); ``ON_REQUEST``: called after a
+      captain's request is written (the sim wakes its node; a node daemon polls);
+    - ``RATE_LIMIT``: (requests, seconds) per client address, or ``None``;
+    - ``SECRET_KEY``: signs sessions; new at every start unless given, so a restart logs captains out.
     """
     app = Flask(__name__)
-    app.config.from_mapping(DATABASE=os.environ.get("SILBATO_WEB_DATABASE", ""), NODE_NAME="Silbato")
+    app.config.from_mapping(
+        DATABASE=os.environ.get("SILBATO_WEB_DATABASE", ""), NODE_NAME=None, LANGUAGES=["en", "es"],
+        HOTLINE="", LIVE_CLIENTS=200, SILENT_AFTER=3600.0, STREAM_SECONDS=300.0, KEEPALIVE=20.0,
+        LIVE_POLL=0.25, REFRESH=15, CLOCK=time.time, ON_REQUEST=None, RATE_LIMIT=(120, 60.0),
+        SECRET_KEY=secrets.token_bytes(32), SESSION_COOKIE_NAME="silbato_session",
+        SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", PERMANENT_SESSION_LIFETIME=12 * 3600,
+        WTF_CSRF_TIME_LIMIT=None,  # a token lives as long as the session: no surprise 403 mid-raid
+        WTF_CSRF_HEADERS=["X-CSRFToken"], MAX_CONTENT_LENGTH=16 * 1024,
+        SEND_FILE_MAX_AGE_DEFAULT=7 * 86400,  # static URLs carry a hash of their file
+    )
     if test_config is not None:
         app.config.from_mapping(test_config)
-    from web import api, data, public
+    app.config["LANGUAGES"] = list(app.config["LANGUAGES"]) or ["en"]
 
+    from web import api, auth, captain, data, i18n, live, public, security
+
+    app.extensions["silbato.live"] = live.Live(
+        app.config["DATABASE"], clock=app.config["CLOCK"], silent_after=app.config["SILENT_AFTER"],
+        slots=app.config["LIVE_CLIENTS"], poll=app.config["LIVE_POLL"])
+    app.extensions["silbato.throttle"] = auth.Throttle()
+    CSRFProtect(app)
+    i18n.init_app(app)
+    security.init_app(app)
     app.teardown_appcontext(data.close_store)
-    app.register_blueprint(public.bp)
-    app.register_blueprint(api.bp)
+    for blueprint in (public.bp, captain.bp, api.bp, live.bp):
+        app.register_blueprint(blueprint)
+
+    hashes = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:10] for f in STATIC.iterdir() if f.is_file()}
+
+    @app.context_processor
+    def page_context() -> dict[str, Any]:
+        return {"lang": i18n.lang(), "hotline": app.config["HOTLINE"], "refresh": app.config["REFRESH"],
+                "node_name": app.config["NODE_NAME"],
+                "static": lambda name: url_for("static", filename=name, v=hashes.get(name, ""))}
+
     return app

@@ -1,8 +1,18 @@
-"""The JSON API: ``GET /api/alerts``."""
+"""The JSON API (``/api``), described by ``/api/openapi.json``.
 
-from flask import Blueprint, jsonify
+Public: alerts, one alert with its events, the buildings, this node's health and
+troubles. Captains (a session from ``/captain/login``, and the CSRF token from
+``GET /api/session`` in an ``X-CSRFToken`` header on every POST): requests for the
+node daemon, notes, and the incident export. The live stream is in ``web.live``.
+"""
 
-from web import data
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
+from flask_wtf.csrf import generate_csrf
+
+from web import auth, data, export, live
+from web.openapi import document
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -13,7 +23,138 @@ def alerts():
     return jsonify(data.alert_rows())
 
 
+def _alert_or_404(alert_id: str) -> dict:
+    s = data.store()
+    incident = s.resolve(alert_id)
+    row = next((r for r in data.alert_rows(s=s) if r["id"] == incident), None)
+    if row is None:
+        abort(404, "no such alert")
+    return row
+
+
+@bp.get("/alerts/<alert_id>")
+def alert(alert_id: str):
+    """One alert with its event log: every state, who signed it, from where, when."""
+    row = _alert_or_404(alert_id)
+    events = [{"state": data_state(e["state"]), "outcome": e["outcome"], "reason": e["reason"],
+               "signer": e["signer"], "source": e["source"], "received_at": data.iso(e["received_at"])}
+              for e in data.store().events(row["id"])]
+    return jsonify({**row, "events": events})
+
+
+def data_state(value: int) -> str:
+    from node.alerts import State
+
+    return State(value).word
+
+
+@bp.get("/nodes")
+def nodes():
+    """The block's buildings and their health: ok, trouble or silent."""
+    snapshot = live.current()
+    return jsonify(snapshot.doc["nodes"])
+
+
+@bp.get("/health")
+def health():
+    """This node's health: ``ok`` or ``trouble``, its TROUBLE lines, and its live clients."""
+    snapshot = live.current()
+    troubles = snapshot.doc["troubles"]
+    hub = live.live()
+    return jsonify({"status": "trouble" if troubles else "ok", "troubles": troubles,
+                    "banner": snapshot.doc["banner"]["state"], "version": snapshot.version,
+                    "live_clients": hub.clients, "live_slots": hub.slots})
+
+
 @bp.get("/troubles")
 def troubles():
     """This node's own TROUBLE lines (radio, storage) as a JSON object."""
     return jsonify(data.store().troubles())
+
+
+@bp.get("/session")
+def session_info():
+    """Who is logged in, and the CSRF token a captain sends with every POST."""
+    captain = auth.current_captain()
+    if captain is None:
+        return jsonify({"captain": None, "csrf_token": None})
+    return jsonify({"captain": captain, "csrf_token": generate_csrf()})
+
+
+@bp.post("/requests")
+@auth.captain_required
+def create_request():
+    """Ask the node to raise, test, confirm, clear or cancel; 202 with the request to watch."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        abort(400, "expected a JSON object")
+    action, alert_id, location = body.get("action"), body.get("alert", ""), body.get("location")
+    if not isinstance(action, str) or not isinstance(alert_id, str) or not (
+            location is None or (isinstance(location, int) and not isinstance(location, bool))):
+        abort(400, "action and alert are strings, location an integer")
+    request_id = data.submit(action, auth.current_captain(), alert_id=alert_id, location=location)
+    response = jsonify(_request_or_404(request_id))
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.get_request", request_id=request_id)
+    return response
+
+
+def _request_or_404(request_id: int) -> dict:
+    row = data.store().get_request(request_id)
+    if row is None:
+        abort(404, "no such request")
+    return data.request_row(row, data.node_time())
+
+
+@bp.get("/requests")
+@auth.captain_required
+def list_requests():
+    """The newest captains' requests on this node, newest first."""
+    now = data.node_time()
+    return jsonify([data.request_row(r, now) for r in data.store().requests(20)])
+
+
+@bp.get("/requests/<int:request_id>")
+@auth.captain_required
+def get_request(request_id: int):
+    """One request: pending, sent, queued (waiting for the radio), refused (with the reason) or no_answer."""
+    return jsonify(_request_or_404(request_id))
+
+
+@bp.get("/alerts/<alert_id>/notes")
+@auth.captain_required
+def notes(alert_id: str):
+    """Captains' notes on an incident (kept on this node only)."""
+    row = _alert_or_404(alert_id)
+    return jsonify([{"captain": n["captain"], "text": n["text"], "created_at": data.iso(n["created_at"])}
+                    for n in data.store().notes(row["id"])])
+
+
+@bp.post("/alerts/<alert_id>/notes")
+@auth.captain_required
+def add_note(alert_id: str):
+    """Keep a short note on an incident; it never goes on air."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+        abort(400, "expected a JSON object with a text")
+    _alert_or_404(alert_id)
+    note_id = data.add_note(alert_id, auth.current_captain(), body["text"])
+    return jsonify({"id": note_id}), 201
+
+
+@bp.get("/alerts/<alert_id>/export")
+@auth.captain_required
+def export_incident(alert_id: str):
+    """The incident bundle for legal observers: events JSON, CAP 1.2 XML and a SHA-256 manifest, zipped."""
+    result = export.bundle(data.store(), alert_id)
+    if result is None:
+        abort(404, "no such alert")
+    name, body = result
+    return Response(body, mimetype="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """This API, described in OpenAPI 3."""
+    return jsonify(document(current_app.config["NODE_NAME"] or "Silbato"))

@@ -1,32 +1,49 @@
-"""The public page (``/``): no login; works with JavaScript off by refreshing itself."""
+"""The public page (``/``): no login; live through JavaScript, and refreshing itself without it.
 
-from flask import Blueprint, current_app, render_template
+Also the captive portal: the connectivity checks that Android, iOS, macOS, Windows and
+Firefox fetch when they join a Wi-Fi network are redirected to the page, so joining
+the node's access point opens it (the access point's DNS must answer every name with
+the node's address; see the README).
+"""
 
-from web import data
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, redirect, render_template, request
+
+from web import i18n, live
 
 bp = Blueprint("public", __name__, template_folder="templates")
 
-STATE_WORDS = {
-    "reported": "RAID REPORTED, NOT YET CONFIRMED",
-    "confirmed": "RAID CONFIRMED",
-    "all_clear": "ALL CLEAR",
-    "cancelled": "CANCELLED (false alarm)",
-    "expired": "EXPIRED",
-}
+# Connectivity-check paths: Android, iOS/macOS, Windows, Firefox.
+CAPTIVE_CHECKS = ("/generate_204", "/gen_204", "/hotspot-detect.html", "/library/test/success.html",
+                  "/connecttest.txt", "/ncsi.txt", "/redirect", "/canonical.html", "/success.txt")
 
 
-def age_words(seconds: int) -> str:
-    if seconds < 60:
-        return f"{seconds} s ago"
-    if seconds < 3600:
-        return f"{seconds // 60} min ago"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min ago"
+def page(snapshot: live.Snapshot, now: float) -> str:
+    """The public page for ``snapshot``, cached per language and per half minute (its ages)."""
+    key = ("page", i18n.lang(), int(now // 30))
+    return snapshot.rendered(key, lambda: render_template("index.html", doc=snapshot.doc, version=snapshot.version,
+                                                          now=now))
 
 
 @bp.get("/")
 def index():
-    """The block's alerts, newest and active first."""
-    rows = data.alert_rows()
-    active = [r for r in rows if r["active"]]
-    return render_template("index.html", rows=rows, active=active, words=STATE_WORDS, age_words=age_words,
-                           troubles=data.store().troubles(), node_name=current_app.config["NODE_NAME"])
+    """The block's status, alerts, buildings and the know-your-rights card."""
+    snapshot = live.current()
+    now = current_app.config["CLOCK"]()
+    response = Response(page(snapshot, now), mimetype="text/html")
+    # Revalidated every time; 304 while nothing changed (a phone without JavaScript reloads often).
+    response.set_etag(f"{snapshot.version}-{i18n.lang()}-{int(now // 30)}")
+    response.cache_control.no_cache = True
+    response.vary.add("Cookie")
+    response.vary.add("Accept-Language")
+    return response.make_conditional(request)
+
+
+def _to_page():
+    """A connectivity check from a phone that just joined: show it the page."""
+    return redirect("/", code=302)
+
+
+for _path in CAPTIVE_CHECKS:
+    bp.add_url_rule(_path, f"captive_{_path.strip('/').replace('/', '_').replace('.', '_')}", _to_page)

@@ -1,0 +1,89 @@
+"""The production WSGI server for the page: waitress, sized for live clients, and stoppable.
+
+Each live page (server-sent events) holds one waitress thread, so the server runs
+``live_clients + SPARE_THREADS`` threads: the spare ones serve page loads, the API
+and captains while every live slot is taken. When requests queue up behind busy
+threads anyway, the ones that waited longest are answered 503 at once
+(``MAX_QUEUE``) instead of making every reader wait.
+
+``silbato web``, ``silbato sim`` and the tests all serve through ``Server``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+import waitress
+from waitress.server import BaseWSGIServer
+
+log = logging.getLogger(__name__)
+
+SPARE_THREADS = 8
+MAX_QUEUE = 64  # requests waiting for a thread before the next ones are answered 503
+
+
+def shed_when_queued(app, queue_length: Callable[[], int], limit: int = MAX_QUEUE):
+    """WSGI middleware: 503 with Retry-After while more than ``limit`` requests wait for a thread."""
+    def shedding(environ, start_response):
+        if queue_length() > limit:
+            start_response("503 Service Unavailable", [
+                ("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "5"),
+                ("Content-Security-Policy", "default-src 'none'"), ("X-Content-Type-Options", "nosniff"),
+                ("Referrer-Policy", "no-referrer")])
+            return [b"busy: try again in a few seconds\n"]
+        return app(environ, start_response)
+    return shedding
+
+
+class Server:
+    """A waitress server for ``app`` on ``host:port``; ``serve_forever()`` until ``shutdown()``."""
+
+    def __init__(self, app, host: str, port: int, *, live_clients: int):
+        threads = live_clients + SPARE_THREADS
+        self._queue: list = []
+        self.app = app
+        self._server: BaseWSGIServer = waitress.create_server(
+            shed_when_queued(app, lambda: len(self._queue)), host=host, port=port, threads=threads,
+            connection_limit=threads + 128, channel_timeout=60, asyncore_use_poll=True, ident="silbato",
+            clear_untrusted_proxy_headers=True)
+        self._queue = self._server.task_dispatcher.queue
+        self._stopped = threading.Event()
+
+    @property
+    def port(self) -> int:
+        return self._server.effective_port
+
+    def serve_forever(self) -> None:
+        try:
+            self._server.run()
+        finally:
+            self._stopped.set()
+
+    def start(self) -> "Server":
+        """Serve on a background thread."""
+        threading.Thread(target=self.serve_forever, name=f"web-{self.port}", daemon=True).start()
+        return self
+
+    def shutdown(self) -> None:
+        """End live streams, close every connection, stop the threads."""
+        live = self.app.extensions.get("silbato.live") if hasattr(self.app, "extensions") else None
+        if live is not None:
+            live.close()
+        server = self._server
+        while server._map:
+            for channel in list(server._map.values()):
+                try:
+                    channel.handle_close()
+                except Exception:  # a half-closed socket must not stop the shutdown
+                    log.debug("closing a channel failed", exc_info=True)
+        server.task_dispatcher.shutdown(timeout=5)
+        self._stopped.wait(5)
+
+
+def serve(app, host: str, port: int, *, live_clients: int) -> None:
+    """``silbato web``: serve until interrupted."""
+    server = Server(app, host, port, live_clients=live_clients)
+    log.info("serving the page on http://%s:%s/ (%d live clients)", host, server.port, live_clients)
+    server.serve_forever()
