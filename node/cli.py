@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +17,13 @@ from node.errors import SilbatoError
 
 
 def _setup_logging(level: str) -> None:
+    from node.service import JournalFormatter, under_journald
+
+    if under_journald():  # one line per event, with its priority; journald adds the time
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JournalFormatter())
+        logging.basicConfig(level=level.upper(), handlers=[handler])
+        return
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -64,15 +72,13 @@ def run(ctx: click.Context) -> None:
 @cli.command()
 @click.pass_context
 def web(ctx: click.Context) -> None:
-    """Serve the neighbors' page with the waitress WSGI server."""
-    import waitress
-
-    from web import create_app
+    """Serve the neighbors' page and the captains' console with the waitress WSGI server."""
+    from web import create_app, server, settings
 
     cfg = load_config(ctx)
     _setup_logging(cfg["log.level"])
-    app = create_app({"DATABASE": str(cfg.db_file)})
-    waitress.serve(app, host=cfg["web.host"], port=cfg["web.port"], threads=4)
+    app = create_app(settings(cfg))
+    server.serve(app, cfg["web.host"], cfg["web.port"], live_clients=cfg["web.live_clients"])
 
 
 # -- config ------------------------------------------------------------------------------
@@ -322,6 +328,85 @@ def purge(ctx: click.Context) -> None:
     click.echo(f"purged {removed} alerts older than {cfg['alerts.retention']:.0f} s")
 
 
+# -- captains ----------------------------------------------------------------------------
+
+@cli.group()
+def captain() -> None:
+    """Captains' accounts for the console on this node's page (run as the node's user)."""
+
+
+@captain.command("add")
+@click.argument("name")
+@click.option("--replace", is_flag=True, help="Give an existing captain a new password (ends their sessions).")
+@click.pass_context
+def captain_add(ctx: click.Context, name: str, replace: bool) -> None:
+    """Create captain NAME (a handle, not a real name); asks for a password of 8 or more characters."""
+    import time
+
+    from node.store import Store
+    from web.auth import MIN_PASSWORD, hash_password, valid_name
+
+    if not valid_name(name):
+        raise click.ClickException(f"{name!r}: a name is 1-32 letters, digits, '.', '_' or '-'")
+    cfg = load_config(ctx)
+    try:
+        store = Store(cfg.db_file)
+        try:
+            if store.captain(name) is not None and not replace:
+                raise click.ClickException(f"captain {name!r} exists; add --replace to set a new password")
+            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+            try:
+                hashed = hash_password(password)
+            except ValueError:
+                raise click.ClickException(f"a password needs at least {MIN_PASSWORD} characters") from None
+            store.add_captain(name, hashed, time.time(), replace=replace)
+        finally:
+            store.close()
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"captain {name!r} {'has a new password' if replace else 'added'}")
+
+
+@captain.command("remove")
+@click.argument("name")
+@click.pass_context
+def captain_remove(ctx: click.Context, name: str) -> None:
+    """Remove captain NAME; their sessions end at their next click."""
+    from node.store import Store
+
+    cfg = load_config(ctx)
+    try:
+        store = Store(cfg.db_file)
+        try:
+            removed = store.remove_captain(name)
+        finally:
+            store.close()
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not removed:
+        raise click.ClickException(f"no captain {name!r}")
+    click.echo(f"captain {name!r} removed")
+
+
+@captain.command("list")
+@click.pass_context
+def captain_list(ctx: click.Context) -> None:
+    """List this node's captains."""
+    from node.store import Store
+
+    cfg = load_config(ctx)
+    try:
+        store = Store(cfg.db_file)
+        try:
+            rows = store.captains()
+        finally:
+            store.close()
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+    for row in rows:
+        click.echo(row["name"])
+
+
 # -- hardware ----------------------------------------------------------------------------
 
 @cli.group("hardware")
@@ -399,6 +484,303 @@ def sim(n: int, topology: str, port_base: int, loss: float, preset: str, seed: i
                  radio=radio)
     except (SilbatoError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# -- the appliance: install, update, doctor, status, Wi-Fi, fleet ------------------------
+
+_ROOT_HELP = ("Act on the node installed under DIR instead of / (tests, trials): its settings are "
+              "DIR/etc/silbato/silbato.toml, and the commands that need root privileges (useradd, "
+              "systemctl, nmcli) are printed, not run.")
+
+
+def _root_option(fn):
+    return click.option("--root", "root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
+                        envvar="SILBATO_ROOT", show_default=True, help=_ROOT_HELP)(fn)
+
+
+def _layout(root: Path):
+    from node.host import Layout, host_for
+
+    layout = Layout(root)
+    return layout, host_for(layout)
+
+
+def _root_config_path(ctx: click.Context, layout) -> Path | None:
+    """``--config`` if given; else the layout's settings file (None: the default, for root /)."""
+    if ctx.obj.get("config_path"):
+        return Path(ctx.obj["config_path"])
+    return None if layout.is_system else layout.config_file
+
+
+def _root_config(ctx: click.Context, layout) -> config_mod.Config:
+    try:
+        return config_mod.load(_root_config_path(ctx, layout))
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _wheel_for(source: str | None, workdir: Path) -> Path:
+    from node import release
+
+    if source is None:
+        checkout = release.share_dir()
+        if not (checkout / "pyproject.toml").is_file():
+            raise click.ClickException("give --from: a wheel file, a source directory or a git URL")
+        source = str(checkout)
+    try:
+        return release.build_wheel(source, workdir, say=click.echo)
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@_root_option
+@click.option("--from", "source", default=None, metavar="SOURCE",
+              help="The release: a wheel file, a source directory or a git URL. Default: this checkout.")
+@click.pass_context
+def install(ctx: click.Context, root: Path, source: str | None) -> None:
+    """Make this machine a node (run as root): user, settings, release, units, key, services. Idempotent."""
+    import shutil
+
+    from node import install as install_mod
+    from node.release import temporary_dir
+
+    layout, host = _layout(root)
+    if host.real and os.geteuid() != 0:
+        raise click.ClickException("run 'silbato install' as root (sudo), or give --root DIR")
+    workdir = temporary_dir()
+    try:
+        wheel = _wheel_for(source, workdir)
+        install_mod.install(layout, host, wheel, say=click.echo)
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    click.echo(f"install: done; check it with 'silbato doctor{'' if layout.is_system else f' --root {root}'}'")
+
+
+@cli.command()
+@_root_option
+@click.option("--purge", is_flag=True, help="Also remove the settings, the state directory (node key, alerts) "
+                                            "and the silbato user.")
+@click.option("--yes", is_flag=True, help="Do not ask before --purge deletes the node key and alerts.")
+@click.pass_context
+def uninstall(ctx: click.Context, root: Path, purge: bool, yes: bool) -> None:
+    """Stop and remove the services and the releases; keep settings and state unless --purge."""
+    from node import install as install_mod
+
+    layout, host = _layout(root)
+    if host.real and os.geteuid() != 0:
+        raise click.ClickException("run 'silbato uninstall' as root (sudo), or give --root DIR")
+    if purge and not yes:
+        click.confirm("Delete this node's key, its alerts and its settings for good?", abort=True)
+    try:
+        install_mod.uninstall(layout, host, purge=purge, say=click.echo)
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@_root_option
+@click.option("--from", "source", required=True, metavar="SOURCE",
+              help="The new release: a wheel file, a source directory or a git URL.")
+@click.option("--json", "as_json", is_flag=True, help="End with the outcome as one line of JSON (for fleet).")
+@click.option("--force", is_flag=True, help="Reinstall even if this version is the current one.")
+@click.pass_context
+def update(ctx: click.Context, root: Path, source: str, as_json: bool, force: bool) -> None:
+    """Install a release beside the current one, try it, switch, and roll back if it is not healthy."""
+    import shutil
+
+    from node.release import temporary_dir
+    from node.update import Outcome, Updater
+
+    layout, host = _layout(root)
+    if host.real and os.geteuid() != 0:
+        raise click.ClickException("run 'silbato update' as root (sudo), or give --root DIR")
+    cfg = _root_config(ctx, layout)
+    workdir = temporary_dir()
+    try:
+        wheel = _wheel_for(source, workdir)
+        outcome = Updater(layout, host, cfg, config_path=_root_config_path(ctx, layout), say=click.echo).run(
+            wheel, force=force)
+    except SilbatoError as exc:
+        outcome = Outcome(layout.current_version(), None, "failed", str(exc))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    old, new = outcome.old or "nothing", outcome.new or "?"
+    word = {"updated": f"updated {old} -> {new}", "unchanged": f"unchanged at {new}",
+            "rolled back": f"rolled back to {old}: {outcome.reason}"}.get(outcome.result, f"failed: {outcome.reason}")
+    click.echo(f"update: {word}")
+    if as_json:
+        click.echo(outcome.json())
+    ctx.exit(0 if outcome.ok else 1)
+
+
+@cli.command()
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The database file (default: the node's).")
+@click.pass_context
+def migrate(ctx: click.Context, db_path: Path | None) -> None:
+    """Apply the database migrations of this release (the daemon also does this when it starts)."""
+    from node.store import Store, migrations
+
+    path = db_path or load_config(ctx).db_file
+    if not path.exists():
+        raise click.ClickException(f"{path}: no such database")
+    try:
+        store = Store(path, readonly=True)
+        pending = [m.name for m in migrations.pending(store.db)]
+        store.close()
+        Store(path).close()  # opening it for writing applies them
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"applied {len(pending)} migrations: {', '.join(pending)}" if pending else "no migrations pending")
+
+
+@cli.command()
+@_root_option
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Check this database file instead of the node's (update checks a migrated copy).")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.pass_context
+def doctor(ctx: click.Context, root: Path, db_path: Path | None, as_json: bool) -> None:
+    """Check settings, key, roster, radio, GPIO, database, clock, disk and services; exit 1 on any FAIL."""
+    from dataclasses import asdict
+
+    from node import doctor as doctor_mod
+
+    layout, host = _layout(root)
+    results = doctor_mod.Doctor(host, config_path=_root_config_path(ctx, layout), db=db_path).run()
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in results]))
+    else:
+        for r in results:
+            click.echo(r.line())
+        click.echo(doctor_mod.summary(results))
+    ctx.exit(doctor_mod.exit_code(results))
+
+
+@cli.command()
+@_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for fleet status).")
+@click.pass_context
+def status(ctx: click.Context, root: Path, as_json: bool) -> None:
+    """A short summary: version, uptime, services, radio, active alerts and troubles."""
+    from node import status as status_mod
+
+    layout, host = _layout(root)
+    summary = status_mod.collect(_root_config(ctx, layout), host)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        for line in status_mod.lines(summary):
+            click.echo(line)
+
+
+@cli.group()
+def wifi() -> None:
+    """The building's Wi-Fi: the node as a hotspot (ap) or on the building's network (lan)."""
+
+
+@wifi.command("apply")
+@_root_option
+@click.pass_context
+def wifi_apply(ctx: click.Context, root: Path) -> None:
+    """Write the NetworkManager, dnsmasq and avahi files for wifi.mode, and reload them."""
+    from node import wifi as wifi_mod
+
+    layout, host = _layout(root)
+    if host.real and os.geteuid() != 0:
+        raise click.ClickException("run 'silbato wifi apply' as root (sudo), or give --root DIR")
+    cfg = _root_config(ctx, layout)
+    try:
+        warnings = wifi_mod.apply(layout, host, cfg, say=click.echo)
+    except (SilbatoError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for warning in warnings:
+        click.echo(f"WARN {warning}")
+    click.echo(f"wifi: mode {cfg['wifi.mode']} applied")
+
+
+@cli.group()
+@click.option("--ssh-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="An ssh_config file to use instead of ~/.ssh/config (ssh -F).")
+@click.pass_context
+def fleet(ctx: click.Context, ssh_config: Path | None) -> None:
+    """Look after the block's nodes over SSH from a maintainer's machine."""
+    ctx.obj["ssh_config"] = ssh_config
+
+
+def _ssh(ctx: click.Context):
+    from node.fleet import Ssh
+
+    return Ssh(ctx.obj.get("ssh_config"), say=click.echo)
+
+
+@fleet.command("update")
+@click.argument("hosts", nargs=-1, required=True)
+@click.option("--from", "source", required=True, metavar="SOURCE",
+              help="The release: a wheel file, a source directory or a git URL (built once, here).")
+@click.option("--batch", default=3, show_default=True, type=click.IntRange(1, 50),
+              help="Nodes updated at once after the canary (the first HOST).")
+@click.pass_context
+def fleet_update(ctx: click.Context, hosts: tuple[str, ...], source: str, batch: int) -> None:
+    """Update HOSTS: the first alone (the canary), then BATCH at a time; stop at the first failure."""
+    import shutil
+
+    from node import fleet as fleet_mod
+    from node.release import temporary_dir, wheel_version
+
+    workdir = temporary_dir()
+    try:
+        wheel = _wheel_for(source, workdir)
+        click.echo(f"fleet: release {wheel_version(wheel)}; canary {hosts[0]}, then {batch} at a time")
+        results, seconds = fleet_mod.timed(lambda: fleet_mod.update(hosts, wheel, ssh=_ssh(ctx), batch=batch))
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for line in fleet_mod.update_table(results):
+        click.echo(line)
+    done = sum(r.ok for r in results)
+    click.echo(f"fleet: {done} of {len(results)} nodes on {wheel_version(wheel)} in {seconds:.1f} s")
+    ctx.exit(0 if done == len(results) else 1)
+
+
+@fleet.command("status")
+@click.argument("hosts", nargs=-1, required=True)
+@click.pass_context
+def fleet_status(ctx: click.Context, hosts: tuple[str, ...]) -> None:
+    """Each node's version, health and the alerts it holds."""
+    from node import fleet as fleet_mod
+
+    try:
+        found = fleet_mod.status(hosts, ssh=_ssh(ctx))
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in fleet_mod.status_lines(found):
+        click.echo(line)
+    ctx.exit(0 if all(summary is not None for _, summary, _ in found) else 1)
+
+
+@fleet.command("roster")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("hosts", nargs=-1, required=True)
+@click.option("--batch", default=3, show_default=True, type=click.IntRange(1, 50),
+              help="Nodes done at once after the canary (the first HOST).")
+@click.pass_context
+def fleet_roster(ctx: click.Context, file: Path, hosts: tuple[str, ...], batch: int) -> None:
+    """Install the signed roster FILE on HOSTS (canary first) and restart their daemons."""
+    from node import fleet as fleet_mod
+
+    try:
+        results = fleet_mod.roster(hosts, file, ssh=_ssh(ctx), batch=batch)
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
+    rows = [(r.host, r.new or "-", f"{r.result}: {r.reason}" if r.reason else r.result) for r in results]
+    for line in fleet_mod.table(rows, ("HOST", "ROSTER", "RESULT")):
+        click.echo(line)
+    ctx.exit(0 if all(r.ok for r in results) else 1)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("radio.text_alerts", bool, True,
             "Also send REPORTED, CONFIRMED and ALL CLEAR as a text message with a bell, for plain Meshtastic users."),
     Setting("radio.hop_limit", int, 7, "Meshtastic hop limit for our frames (1-7)."),
+    Setting("radio.preset", str, "MEDIUM_FAST",
+            "The radio's Meshtastic modem preset, for sizing heartbeats to the airtime budget "
+            "(SHORT_FAST, MEDIUM_FAST, LONG_FAST, ...; 'silbato radio info' shows the radio's own)."),
+    Setting("supervision.period", float, 180.0,
+            "Seconds without any sign of life before a building is shown as TROUBLE (silent) everywhere."),
+    Setting("supervision.airtime_budget", float, 0.05,
+            "Share of the channel that heartbeats may use, which sets how often they are sent."),
+    Setting("supervision.heartbeat_interval", float, 0.0,
+            "Seconds between heartbeats; 0 derives it from radio.preset and supervision.airtime_budget."),
+    Setting("supervision.receipt_timeout", float, 120.0,
+            "Seconds after an alert state after which a building that has not confirmed receiving it is missing."),
     Setting("radio.channel_key_file", str, "/etc/silbato/channel.key",
             "The block's Meshtastic channel key (base64, 16 or 32 bytes, mode 0600), used by 'silbato radio configure'."),
     Setting("web.host", str, "0.0.0.0", "Address the neighbors' page listens on."),
@@ -96,6 +107,19 @@ SETTINGS: tuple[Setting, ...] = (
             "How many open pages get live updates at once (one server thread each); more poll every 15 s."),
     Setting("web.silent_after", float, 3600.0,
             "Seconds without hearing a building before the page shows it as silent."),
+    Setting("wifi.mode", str, "off",
+            "Building Wi-Fi, written by 'silbato wifi apply': ap (the node is a hotspot and its page a "
+            "captive portal), lan (the node joins the building's Wi-Fi as silbato-<name>.local) or off."),
+    Setting("wifi.ssid", str, "",
+            "Network name: of the hotspot (ap; empty: Silbato <block>), or of the building's Wi-Fi to join "
+            "(lan; empty: keep the Wi-Fi the Pi already joins)."),
+    Setting("wifi.security", str, "wpa2", "ap: wpa2 (with wifi.password) or open. lan: wpa2 or open."),
+    Setting("wifi.password", str, "", "WPA2 passphrase, 8 to 63 characters (keep this file 0640)."),
+    Setting("wifi.interface", str, "wlan0", "The Wi-Fi interface."),
+    Setting("wifi.address", str, "10.42.0.1", "ap: the node's address on its hotspot (a /24 is handed out)."),
+    Setting("wifi.channel", int, 6, "ap: the 2.4 GHz channel (1-13)."),
+    Setting("wifi.name", str, "",
+            "lan: the node is silbato-<name>.local. Empty: its name on the roster, in lower case (B7: silbato-b7)."),
     Setting("log.level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR."),
 )
 
@@ -238,7 +262,7 @@ def from_mapping(overrides: Mapping[str, Any], *, source: str = "defaults",
 
 
 # Environment variables with the SILBATO_ prefix that are not settings.
-_NON_SETTING_ENV = {"SILBATO_REQUIRE_ALL_TESTS"}
+_NON_SETTING_ENV = {"SILBATO_REQUIRE_ALL_TESTS", "SILBATO_ROOT"}  # SILBATO_ROOT: --root of install, update...
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
@@ -304,6 +328,19 @@ def _validate(values: dict[str, Any], source: str) -> None:
             parse_host_port(values["radio.tcp"])
         except ValueError as exc:
             raise ConfigError(f"{source}: radio.tcp: {exc}") from None
+    from node.airtime import PRESETS
+
+    if values["radio.preset"] not in PRESETS:
+        raise ConfigError(f"{source}: radio.preset: expected one of {', '.join(PRESETS)}, got {values['radio.preset']!r}")
+    if not 0 < values["supervision.airtime_budget"] <= 0.5:
+        raise ConfigError(f"{source}: supervision.airtime_budget: expected a share above 0 and at most 0.5, "
+                          f"got {values['supervision.airtime_budget']}")
+    for name in ("supervision.period", "supervision.receipt_timeout"):
+        if not 0 < values[name] < float("inf"):
+            raise ConfigError(f"{source}: {name}: expected a positive number of seconds, got {values[name]}")
+    if not 0 <= values["supervision.heartbeat_interval"] < float("inf"):
+        raise ConfigError(f"{source}: supervision.heartbeat_interval: expected 0 or a number of seconds, "
+                          f"got {values['supervision.heartbeat_interval']}")
     if not 0 <= values["radio.channel"] <= 7:
         raise ConfigError(f"{source}: radio.channel: expected 0 to 7, got {values['radio.channel']}")
     if not 1 <= values["radio.hop_limit"] <= 7:

@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import collections
 import logging
+import random
 import signal
 import threading
 import time
 from dataclasses import replace
 from typing import Callable
 
-from node import alerts, speech, wire
+from node import alerts, coverage, speech, supervision, wire
+from node.airtime import MESH_OVERHEAD, time_on_air
 from node.alerts import Alert, Kind, Outcome, State, Transition
 from node.config import Config
 from node.errors import FrameError, RadioError, SilbatoError, StoreError, TransitionError
 from node.hardware import Hardware
 from node.keys import Roster, SigningKey, load_public
 from node.radio import FrameRefused, Link, MeshtasticLink, NullLink, text_alert
+from node.service import Notifier
 from node.store import REQUEST_TTL, Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,12 @@ log = logging.getLogger(__name__)
 # alerts.repeat_max_interval. Active states repeat until they end; ended ones a few times.
 REPEAT_BASE = 15.0
 ENDED_REPEATS = 6
+MAX_RESENDS = 8           # re-sends of one state while live buildings are missing from its receipts
+RECEIPT_DELAY = (2.0, 20.0)   # seconds: the random wait before a receipt, so 30 nodes do not send at once
+RECEIPT_GAP = 20.0        # seconds between two receipts of one alert state from this node
+MAX_RECEIPTS = 6          # receipts of one alert state from this node
+REPAIR_GAP = 60.0         # seconds between passing one alert to neighbours that lack it
+MESH_DEGRADED = 0.40      # channel utilisation above which the mesh is degraded
 PURGE_EVERY = 3600.0
 # Captains' requests (written by the web process) are polled every REQUEST_POLL seconds
 # by ``run``, and refused when older than store.REQUEST_TTL.
@@ -46,9 +55,12 @@ class Node:
     """One building's node. Call ``start()`` before use and ``stop()`` after."""
 
     def __init__(self, config: Config, *, link: Link | None = None, pin_factory=None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
         self.config = config
         self.clock = clock
+        # Jitter for re-sends, receipts and heartbeats: nodes that act at the same moment
+        # must not keep transmitting at the same moment, or they collide every time.
+        self.rng = rng or random.Random()
         self.link = link or NullLink()
         self.pin_factory = pin_factory
         self.counts: collections.Counter[str] = collections.Counter()
@@ -57,6 +69,10 @@ class Node:
         self._stack: list[Callable[[], None]] = []
         self._last_purge = 0.0
         self._texts: collections.deque[str] = collections.deque(maxlen=20)
+        self._ephemeral: collections.deque[tuple[bytes, int]] = collections.deque(maxlen=50)  # (frame, hop limit)
+        self._receipts: dict[tuple[str, State], list[float]] = {}  # (alert, state) -> [due, sent, last sent]
+        self._repaired: dict[str, float] = {}  # alert id -> when this node last passed it on
+        self._next_heartbeat = 0.0
         self._kick = threading.Event()
         self.id = 0
         self.location = 0
@@ -81,6 +97,15 @@ class Node:
             # For the web page: which building is "this node", and the block's name for exports.
             self.store.set_meta("node_id", str(self.id))
             self.store.set_meta("block", self.roster.block)
+            self.members = sorted(self.roster.members)
+            now = self.clock()
+            self.supervisor = supervision.Supervisor(self.id, self.members, period=cfg["supervision.period"],
+                                                     now=now)
+            self.heartbeat_interval = cfg["supervision.heartbeat_interval"] or supervision.heartbeat_interval(
+                time_on_air(wire.frame_size(wire.FrameType.HEARTBEAT, min(len(self.members), wire.MAX_VECTOR))
+                            + MESH_OVERHEAD, cfg["radio.preset"]),
+                budget=cfg["supervision.airtime_budget"], period=cfg["supervision.period"])
+            self._next_heartbeat = now + self.rng.uniform(0, self.heartbeat_interval)
             places = {m.location: m.place for m in self.roster.members.values() if not m.revoked}
             self.hardware = Hardware(cfg, on_hold=self.button_held, on_press=self.button_pressed,
                                      on_confirm=self.confirm_held, speaker=speech.from_config(cfg, places),
@@ -106,6 +131,10 @@ class Node:
                 closer()
             except Exception:
                 log.exception("stopping %s failed", closer)
+
+    def _jitter(self, seconds: float) -> float:
+        """``seconds`` give or take a quarter, at random."""
+        return seconds * self.rng.uniform(0.75, 1.25)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Block until ``predicate()`` holds after a change (checked under the node's lock)."""
@@ -137,11 +166,15 @@ class Node:
         own, self._own_report = self._own_report, None  # one press, one chance
         if own is None or self.clock() - own[1] > self.config["hardware.cancel_window"]:
             return False
-        try:
-            self.act("cancel", own[0])
-        except SilbatoError as exc:
-            log.warning("could not withdraw report %s: %s", own[0], exc)
-            return False
+        with self._lock:
+            current = self.store.get_alert(own[0])
+            if current is None or current.state is not State.REPORTED:
+                return False  # confirmed meanwhile: this press only silences; withdrawing is a captain's call
+            try:
+                self.act("cancel", own[0])
+            except SilbatoError as exc:
+                log.warning("could not withdraw report %s: %s", own[0], exc)
+                return False
         log.info("panic button pressed again within %.0f s: report %s withdrawn as a false alarm",
                  self.config["hardware.cancel_window"], own[0])
         return True
@@ -206,10 +239,14 @@ class Node:
         with self.store.transaction():
             self.store.save_alert(alert)
             if outcome is not Outcome.STALE:
-                self.store.set_repeat(alert.id, now + REPEAT_BASE, 0)
+                self.store.set_repeat(alert.id, now + self._jitter(REPEAT_BASE), 0)
             self.store.record_event(alert.id, t.state, outcome.value, signer=self.id, source="local",
                                     counter=counter, received_at=now)
             self.store.enqueue(frame, now)
+            if outcome.sounds:
+                self.store.set_alert_frame(alert.id, frame)
+                self.store.add_coverage(alert.id, alert.state, {self.id}, set())  # sounded: below
+                self._schedule_receipt(alert.id, alert.state, now)
         log.info("alert %s %s by this node (%s)", alert.id, t.state.word, outcome.value)
         if outcome.sounds and alert.kind is Kind.RAID and self.config["radio.text_alerts"]:
             text = text_alert(alert.state.word, self.roster.place(alert.location), alert.id,
@@ -217,7 +254,8 @@ class Node:
             if text is not None:
                 self._texts.append(text)
         if outcome.sounds:
-            self.hardware.sound(alert.state, at_origin=True, test=alert.kind is Kind.TEST, location=alert.location)
+            self._sounded(alert, self.hardware.sound(alert.state, at_origin=True, test=alert.kind is Kind.TEST,
+                                                     location=alert.location))
         else:
             self.hardware.siren.sound("ack")
         self._flush(now)
@@ -253,20 +291,27 @@ class Node:
                     self.store.mark_seen(frame.origin, frame.counter)
                     troubles = frame.troubles if isinstance(frame, wire.HeartbeatFrame) else None
                     self.store.peer_heard(frame.origin, now, troubles)
+                    self.supervisor.heard(frame.origin, now,
+                                          supervision.trouble_bits_from_mask(troubles) if troubles is not None
+                                          else None)
                     if isinstance(frame, wire.TransitionFrame):
-                        sound = self._apply_remote(frame, now)
+                        sound = self._apply_remote(frame, now, bytes(data))
+                    elif isinstance(frame, wire.ReceiptFrame):
+                        self._apply_receipt(frame, now)
+                    else:
+                        self._apply_heartbeat(frame, now)
                 self.store.clear_trouble("storage")
             except StoreError as exc:
                 log.error("storage failed; frame from %s not recorded: %s", frame.origin, exc)
                 self._trouble("storage", f"cannot write the database: {exc}", now)
                 return
             if sound is not None:
-                self.hardware.sound(sound.state, at_origin=False, test=sound.kind is Kind.TEST,
-                                    location=sound.location)
+                self._sounded(sound, self.hardware.sound(sound.state, at_origin=False,
+                                                         test=sound.kind is Kind.TEST, location=sound.location))
             self._show()
             self._changed.notify_all()
 
-    def _apply_remote(self, frame: wire.TransitionFrame, now: float) -> Alert | None:
+    def _apply_remote(self, frame: wire.TransitionFrame, now: float, data: bytes) -> Alert | None:
         """Apply a verified transition inside the caller's transaction; return the alert to sound."""
         t = frame.transition()
         current = self.store.get_alert(t.alert_id)
@@ -293,8 +338,143 @@ class Node:
                                 counter=frame.counter, received_at=now)
         if outcome.sounds:
             log.info("alert %s %s from node %s", alert.id, t.state.word, frame.origin)
+            self.store.set_alert_frame(alert.id, data)
+            self.store.add_coverage(alert.id, alert.state, {self.id, frame.origin}, set())  # sounded: below
+            self._schedule_receipt(alert.id, alert.state, now)
             return alert
         return None
+
+    # -- receipts, heartbeats and repair -----------------------------------------------------
+
+    def _sounded(self, alert: Alert, played: bool) -> None:
+        """Record that this node's siren sounded ``alert``'s state, for its receipts."""
+        if not played:
+            return
+        try:
+            with self.store.transaction():
+                self.store.add_coverage(alert.id, alert.state, {self.id}, {self.id})
+        except StoreError as exc:
+            log.error("could not record that the siren sounded: %s", exc)
+
+    def _schedule_receipt(self, alert_id: str, state: State, now: float) -> None:
+        """Send this node's view of who has ``alert_id`` in ``state`` soon, at a random moment."""
+        entry = self._receipts.get((alert_id, state))
+        if entry is None:
+            self._receipts[(alert_id, state)] = [now + self.rng.uniform(*RECEIPT_DELAY), 0, -1e12]
+        elif entry[0] is None and entry[1] < MAX_RECEIPTS:  # sent before, and it learned more since
+            entry[0] = max(now + self.rng.uniform(*RECEIPT_DELAY), entry[2] + RECEIPT_GAP)
+
+    def _apply_receipt(self, frame: wire.ReceiptFrame, now: float) -> None:
+        alert = self.store.get_alert(frame.alert_id)
+        if alert is None:
+            return  # a receipt for an alert this node never heard: heartbeats will bring it
+        if frame.roster_version == self.roster.version:
+            received = coverage.from_bitmap(frame.received, self.members)
+            sounded = coverage.from_bitmap(frame.sounded, self.members)
+        else:
+            received, sounded = {frame.origin}, set()
+        if self.store.add_coverage(alert.id, frame.state, received | {frame.origin}, sounded):
+            if frame.state is alert.state:
+                self._schedule_receipt(alert.id, alert.state, now)
+
+    def _apply_heartbeat(self, frame: wire.HeartbeatFrame, now: float) -> None:
+        if frame.roster_version == self.roster.version:
+            self.supervisor.merge(frame.vector, now)
+        # Repair: a neighbour whose latest alert state is behind ours gets our copy of the signed frame.
+        latest = self._latest_alert()
+        if latest is None:
+            return
+        theirs = self.store.resolve(frame.latest_alert_id) if frame.latest_alert_id else None
+        behind = theirs is None or (theirs == latest.id and frame.latest_state != int(latest.state))
+        if behind and now - self._repaired.get(latest.id, -1e12) >= REPAIR_GAP:
+            stored = self.store.alert_frame(latest.id)
+            if stored is not None:
+                self._repaired[latest.id] = now
+                self.counts["repair"] += 1
+                log.info("node %s lacks alert %s %s; passing it on", frame.origin, latest.id, latest.state.word)
+                self._send_ephemeral(stored, now, hop_limit=0)
+
+    def _latest_alert(self) -> Alert | None:
+        active = self.store.active_alerts()
+        return max(active, key=lambda a: a.updated_at) if active else None
+
+    def _expected(self, now: float) -> set[int]:
+        """Buildings that should answer: every rostered node not known to be silent, but this one."""
+        return {m for m in self.members if m != self.id and not self.roster.members[m].revoked} \
+            - self.supervisor.silent(now)
+
+    def _send_ephemeral(self, frame: bytes, now: float, hop_limit: int) -> None:
+        """Send a frame that is useless later (heartbeat, receipt, repair): never queued in the outbox."""
+        if self.link.instant:
+            try:
+                self.link.send(frame, hop_limit=hop_limit)
+            except RadioError as exc:
+                log.debug("ephemeral frame not sent: %s", exc)
+        else:
+            self._ephemeral.append((frame, hop_limit))
+            self._kick.set()
+
+    def _supervise(self, now: float) -> None:
+        """Heartbeats and receipts when due, then the block's liveness into the store."""
+        own = supervision.trouble_bits(self.store.troubles())
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self._jitter(self.heartbeat_interval)
+            latest = self._latest_alert()
+            reporter, acounter = alerts.parse_alert_id(latest.id) if latest else (0, 0)
+            with self.store.transaction():
+                counter = self.store.next_counter()
+            frame = wire.HeartbeatFrame(self.id, counter, supervision.trouble_mask(self.store.troubles()),
+                                        self.roster.version, reporter, acounter, int(latest.state) if latest else 0,
+                                        self.supervisor.vector(now, own)[:wire.MAX_VECTOR])
+            self._send_ephemeral(wire.encode(frame, self.key, self.roster.block), now, hop_limit=0)
+            self.counts["heartbeat"] += 1
+        for key, entry in list(self._receipts.items()):
+            if entry[0] is None or now < entry[0]:
+                continue
+            alert = self.store.get_alert(key[0])
+            if alert is None or entry[1] >= MAX_RECEIPTS:
+                del self._receipts[key]
+                continue
+            received, sounded = self.store.coverage(alert.id, key[1])
+            with self.store.transaction():
+                counter = self.store.next_counter()
+            frame = wire.ReceiptFrame(self.id, counter, *alerts.parse_alert_id(alert.id), key[1], self.roster.version,
+                                      coverage.to_bitmap(received, self.members),
+                                      coverage.to_bitmap(sounded, self.members))
+            self._send_ephemeral(wire.encode(frame, self.key, self.roster.block), now, hop_limit=0)
+            entry[:] = [None, entry[1] + 1, now]
+            self.counts["receipt"] += 1
+        if len(self._receipts) > 200:  # forget finished receipts of old alerts
+            for key in [k for k, e in self._receipts.items() if e[0] is None][:100]:
+                del self._receipts[key]
+        for m in self.members:
+            if m == self.id:
+                continue
+            status = self.supervisor.status(m, now)
+            when = self.supervisor.evidence.get(m)
+            self.store.set_peer_status(m, status, when, self.supervisor.troubles.get(m, 0))
+        utilisation = getattr(self.link, "channel_utilisation", None)
+        if utilisation is not None and utilisation > MESH_DEGRADED:
+            self._trouble("mesh", f"MESH DEGRADED: the channel is busy {utilisation:.0%} of the time", now)
+        elif "mesh" in self.store.troubles():
+            self.store.clear_trouble("mesh")
+
+    def coverage_view(self, alert_id: str, now: float | None = None) -> dict:
+        """Who has received and sounded an alert's current state, and who is missing."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            alert = self.store.get_alert(alert_id)
+            if alert is None:
+                raise TransitionError(f"unknown alert {alert_id}")
+            received, sounded = self.store.coverage(alert.id, alert.state)
+            view = coverage.View(alert.state.word, received, sounded)
+            expected = set(self.members)
+            late = now - alert.updated_at >= self.config["supervision.receipt_timeout"]
+            missing = view.missing(expected) if late else []
+            names = [self.roster.members[m].name for m in missing]
+            return {"alert": alert.id, "state": alert.state.word, "received": sorted(received),
+                    "sounded": sorted(sounded), "of": len(expected), "missing": names,
+                    "summary": view.summary(len(expected), names)}
 
     def _reject(self, alert_id: str, state: State, reason: str, signer: int, source: str,
                 counter: int | None, now: float) -> None:
@@ -317,6 +497,7 @@ class Node:
                 self._process_requests(now)
                 self._expire(now)
                 self._repeat(now)
+                self._supervise(now)
                 self._flush(now)
                 if now - self._last_purge >= PURGE_EVERY:
                     self._last_purge = now
@@ -383,10 +564,15 @@ class Node:
             log.info("alert %s expired after %.0f s without a change", alert.id, self.config["alerts.expire_after"])
 
     def _repeat(self, now: float) -> None:
+        """Re-send a state this node signed while buildings not known to be silent lack it; bounded."""
         for alert, done in self.store.due_repeats(now):
-            if alert.signer != self.id or alert.state is State.EXPIRED or (
-                    not alert.active and done >= ENDED_REPEATS):
+            received, _ = self.store.coverage(alert.id, alert.state)
+            missing = self._expected(now) - received
+            if alert.signer != self.id or alert.state is State.EXPIRED or not missing or done >= MAX_RESENDS:
                 self.store.set_repeat(alert.id, None, done)
+                if missing and done >= MAX_RESENDS:
+                    log.warning("alert %s %s: gave up re-sending; missing %s", alert.id, alert.state.word,
+                                ", ".join(self.roster.members[m].name for m in sorted(missing)))
                 continue
             with self.store.transaction():
                 counter = self.store.next_counter()
@@ -394,7 +580,7 @@ class Node:
                                              alert.state, alert.location)
                 self.store.enqueue(wire.encode(frame, self.key, self.roster.block), now)
                 interval = min(REPEAT_BASE * 2 ** (done + 1), self.config["alerts.repeat_max_interval"])
-                self.store.set_repeat(alert.id, now + interval, done + 1)
+                self.store.set_repeat(alert.id, now + self._jitter(interval), done + 1)
             self.counts["repeat"] += 1
 
     def _flush(self, now: float) -> None:
@@ -466,6 +652,12 @@ class Node:
             with self._lock:
                 self.store.mark_sent(seq, self.clock())
                 self.counts["sent"] += 1
+        while self._ephemeral and not self._sender_stop.is_set():
+            frame, hop_limit = self._ephemeral.popleft()
+            try:
+                self.link.send(frame, hop_limit=hop_limit)
+            except RadioError as exc:
+                log.debug("ephemeral frame not sent: %s", exc)
         while self._texts and not self._sender_stop.is_set():
             text = self._texts.popleft()
             try:
@@ -519,10 +711,44 @@ def make_link(config: Config) -> Link:
     return NullLink()
 
 
-def run(config: Config, *, stopping: threading.Event | None = None) -> int:
-    """``silbato run``: the node daemon until SIGTERM or SIGINT. Returns the exit code."""
+def health_problems(node: Node, *, lock_timeout: float = 5.0) -> list[str]:
+    """Why the watchdog must not be pinged now: the radio reader, the GPIO loop or the database.
+
+    Empty when all three answer. A radio that is merely unplugged is not a problem here
+    (its reader is alive and looking for it; the page shows TROUBLE): systemd restarting
+    the daemon would not bring it back.
+    """
+    problems = []
+    if not node.link.alive:
+        problems.append("the radio reader has stopped")
+    try:
+        node.hardware.button.is_pressed  # reads the pin through the GPIO chip
+    except Exception as exc:
+        problems.append(f"GPIO does not answer: {exc}")
+    if not node._lock.acquire(timeout=lock_timeout):
+        problems.append(f"the node has been busy for {lock_timeout:.0f} s")
+        return problems
+    try:
+        node.store.db.execute("SELECT count(*) FROM meta").fetchone()
+    except Exception as exc:
+        problems.append(f"the database does not answer: {exc}")
+    finally:
+        node._lock.release()
+    return problems
+
+
+def run(config: Config, *, stopping: threading.Event | None = None, link: Link | None = None,
+        notifier: Notifier | None = None, pin_factory=None) -> int:
+    """``silbato run``: the node daemon until SIGTERM or SIGINT. Returns the exit code.
+
+    Under systemd (``Type=notify``) it sends READY=1 once the store, the lifecycle and the
+    hardware are up, and WATCHDOG=1 only while ``health_problems`` finds none.
+    """
+    from node import __version__
+
     stopping = stopping or threading.Event()
-    link = make_link(config)
+    link = link or make_link(config)
+    notifier = notifier or Notifier.from_environment()
 
     def on_signal(signum, _frame):
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -531,8 +757,13 @@ def run(config: Config, *, stopping: threading.Event | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    node = Node(config, link=link).start()
+    node = Node(config, link=link, pin_factory=pin_factory).start()
+    with node._lock:  # for 'silbato status'
+        node.store.set_meta("daemon_started_at", repr(time.time()))
+        node.store.set_meta("daemon_version", __version__)
+    notifier.ready(f"node {node.id}: store, lifecycle and hardware up")
     next_tick = time.monotonic() + 1.0
+    reported: list[str] = []
     try:
         while not stopping.wait(REQUEST_POLL):
             if time.monotonic() >= next_tick:
@@ -540,7 +771,21 @@ def run(config: Config, *, stopping: threading.Event | None = None) -> int:
                 node.tick()
             else:
                 node.process_requests()  # a captain's click is acted on within REQUEST_POLL seconds
+            if notifier.watchdog_due():
+                problems = health_problems(node)
+                if problems != reported:
+                    reported = problems
+                    if problems:
+                        log.error("unhealthy, not pinging the watchdog: %s", "; ".join(problems))
+                    else:
+                        log.info("healthy again")
+                if problems:
+                    notifier.status("unhealthy: " + "; ".join(problems))
+                else:
+                    notifier.ping()
+                    notifier.status(f"node {node.id}: healthy")
     finally:
+        notifier.stopping()
         node.stop()
         log.info("node stopped")
     return 0

@@ -220,9 +220,10 @@ class StatusLight:
     """The status light: one LED on ``pin``, or an RGB LED (or three LEDs) on ``rgb_pins``.
 
     Modes (``show``): healthy, a slow green blink; trouble, an amber blink; alarm, steady red.
-    Two short overlays return to the mode when done: ``progress(seconds)`` counts a hold down
-    in four white blinks, ``confirm()`` answers a hold that was taken with three quick blue ones.
-    A single LED has one colour, so there the blink rhythm tells the modes apart.
+    Two short overlays take the light for a moment: ``progress(seconds)`` counts a hold down
+    in four white blinks, ``confirm()`` answers a hold that was taken with three quick blue
+    ones and then returns to the mode. A single LED has one colour, so there the rhythm
+    tells the modes apart.
     """
 
     def __init__(self, pin: int = 22, *, rgb_pins: Sequence[int] | None = None, pin_factory=None):
@@ -235,21 +236,18 @@ class StatusLight:
         self.mode = ""
         self.overlay = ""
         self._lock = threading.RLock()
-        self._generation = 0
-        self._timer: threading.Timer | None = None
+        self._generation = 0  # bumped by every overlay and by its end; a stale overlay thread stops writing
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
         self._closed = False
 
     def _steady(self, color: Color) -> None:
         if self.rgb:
             self._device.color = color
-        else:
+        elif any(color):
             self._device.on()
-
-    def _blink(self, on: float, off: float, color: Color, n: int | None = None) -> None:
-        if self.rgb:
-            self._device.blink(on_time=on, off_time=off, on_color=color, n=n)
         else:
-            self._device.blink(on_time=on, off_time=off, n=n)
+            self._device.off()
 
     def _apply(self) -> None:
         if self._closed:
@@ -261,8 +259,15 @@ class StatusLight:
         else:
             self._blink(0.1, 2.9, GREEN)
 
+    def _blink(self, on: float, off: float, color: Color) -> None:
+        self._steady((0, 0, 0))  # dark now, not when gpiozero's blink thread gets to run
+        if self.rgb:
+            self._device.blink(on_time=on, off_time=off, on_color=color)
+        else:
+            self._device.blink(on_time=on, off_time=off)
+
     def show(self, *, alarm: bool, trouble: bool) -> None:
-        """Set the mode: alarm wins over trouble, trouble over healthy."""
+        """Set the mode: alarm wins over trouble, trouble over healthy. An overlay finishes first."""
         mode = "alarm" if alarm else "trouble" if trouble else "healthy"
         with self._lock:
             if mode == self.mode:
@@ -273,56 +278,62 @@ class StatusLight:
 
     def progress(self, seconds: float) -> None:
         """While a button is held: four white blinks spread over ``seconds``, the hold time."""
-        with self._lock:
-            if self._closed:
-                return
-            self._cancel_timer()
-            self.overlay = "progress"
-            self._blink(seconds / 8, seconds / 8, WHITE, n=4)
+        self._start_overlay("progress", seconds / 8, 4, WHITE)
+
+    def confirm(self) -> None:
+        """A hold was taken: three quick blue blinks, then the mode."""
+        self._start_overlay("confirm", 0.08, 3, BLUE)
 
     def end_progress(self) -> None:
         """The button was released (or the hold was refused): back to the mode."""
         with self._lock:
             if self.overlay == "progress":
-                self.overlay = ""
-                self._apply()
+                self._end_overlay()
 
-    def confirm(self) -> None:
-        """A hold was taken: three quick blue blinks, then the mode."""
+    def _start_overlay(self, name: str, half: float, blinks: int, color: Color) -> None:
         with self._lock:
             if self._closed:
                 return
-            self._cancel_timer()
-            self.overlay = "confirm"
             self._generation += 1
-            self._blink(0.08, 0.08, BLUE, n=3)
-            self._timer = threading.Timer(0.5, self._end_confirm, args=(self._generation,))
-            self._timer.daemon = True
-            self._timer.start()
+            self.overlay = name
+            self._stop.set()  # the previous overlay's thread, if any, stops at once
+            self._stop = stop = threading.Event()
+            self._worker = threading.Thread(target=self._run_overlay, args=(self._generation, half, blinks, color, stop),
+                                            name=f"light-{name}", daemon=True)
+            self._worker.start()
 
-    def _end_confirm(self, generation: int) -> None:
+    def _run_overlay(self, generation: int, half: float, blinks: int, color: Color, stop: threading.Event) -> None:
+        for lit in [True, False] * blinks:
+            with self._lock:
+                if generation != self._generation or self._closed:
+                    return
+                self._steady(color if lit else (0, 0, 0))
+            if stop.wait(half):
+                return
         with self._lock:
             if generation == self._generation and self.overlay == "confirm":
-                self.overlay = ""
-                self._apply()
+                self._end_overlay()
+
+    def _end_overlay(self) -> None:
+        self._generation += 1
+        self.overlay = ""
+        self._stop.set()
+        self._apply()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until a confirmation blink has ended and the light is back in its mode."""
-        timer = self._timer
-        if timer is not None:
-            timer.join(timeout)
-            return not timer.is_alive()
+        """Wait until the overlay running now has ended (a confirmation ends by itself)."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+            return not worker.is_alive()
         return True
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._cancel_timer()
+            self._generation += 1
+            self._stop.set()
+        self.join(timeout=2)
         self._device.close()
 
 
@@ -457,9 +468,10 @@ class Hardware:
 
     # -- sounds ---------------------------------------------------------------------------
 
-    def sound(self, state: State, *, at_origin: bool, test: bool, location: int = 0) -> None:
+    def sound(self, state: State, *, at_origin: bool, test: bool, location: int = 0) -> bool:
         """Sound a new alert state: the siren's pattern and, elsewhere than the origin of a report,
-        the speaker's chime and announcement. Quiet hours soften REPORTED and TEST only."""
+        the speaker's chime and announcement. Quiet hours soften REPORTED and TEST only.
+        Returns whether the siren played (a receipt says so)."""
         quiet = state is not State.CONFIRMED and in_quiet_hours(self._quiet, self._clock())
         name = pattern_for(state, at_origin=at_origin, test=test, quiet=quiet)
         if name:
@@ -467,6 +479,7 @@ class Hardware:
         speak = not (state is State.REPORTED and at_origin) and not (test and quiet)
         if self.speaker is not None and speak:
             self.speaker.announce(state, location, test=test)
+        return bool(name)
 
     @property
     def sounding(self) -> bool:

@@ -65,8 +65,11 @@ class Link(abc.ABC):
         """
 
     @abc.abstractmethod
-    def send(self, frame: bytes) -> None:
-        """Hand ``frame`` to the radio; raise ``RadioError`` if the link is down."""
+    def send(self, frame: bytes, hop_limit: int | None = None) -> None:
+        """Hand ``frame`` to the radio; raise ``RadioError`` if the link is down.
+
+        ``hop_limit`` 0 keeps a frame to direct neighbours (heartbeats, receipts); None uses the link's.
+        """
 
     @property
     @abc.abstractmethod
@@ -75,6 +78,11 @@ class Link(abc.ABC):
 
     def send_text(self, text: str) -> None:
         """Send a plain Meshtastic text message, for people on ordinary radios. Optional."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether the link's own threads are running (the daemon's watchdog asks; see node/service.py)."""
+        return True
 
     def stop(self) -> None:
         """Release the radio."""
@@ -88,7 +96,7 @@ class NullLink(Link):
     def start(self, on_receive: Receive, on_refused: Refused | None = None) -> None:
         pass
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, hop_limit: int | None = None) -> None:
         raise RadioError(self.SENTENCE)
 
     @property
@@ -207,7 +215,12 @@ class MeshtasticLink(Link):
     def troubles(self) -> dict[str, str]:
         return dict(self._troubles)
 
-    def send(self, frame: bytes) -> None:
+    @property
+    def alive(self) -> bool:
+        """The supervisor and the reader threads run (a radio may still be unplugged)."""
+        return self._stopping.is_set() or all(thread.is_alive() for thread in self._threads)
+
+    def send(self, frame: bytes, hop_limit: int | None = None) -> None:
         iface = self._iface
         if iface is None or not self.connected.is_set():
             raise RadioError(self._troubles.get("radio") or f"radio at {self.where} is not connected")
@@ -217,7 +230,8 @@ class MeshtasticLink(Link):
         with self._send_lock:
             packet = self._call(lambda: iface.sendData(
                 bytes(frame), portNum=portnums_pb2.PortNum.PRIVATE_APP, channelIndex=self.channel,
-                hopLimit=self.hop_limit, wantAck=False, onResponse=self._on_response),
+                hopLimit=self.hop_limit if hop_limit is None else hop_limit, wantAck=False,
+                onResponse=self._on_response),
                 refuse=MeshInterface.MeshInterfaceError)
             self._await_taken(packet.id)
         self.counts["sent"] += 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import signal
 import threading
 import time
@@ -22,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpiozero.pins.mock import MockFactory
-
 from node import config as config_mod
 from node.daemon import Node
 from node.errors import SilbatoError
+from node.hardware import mock_factory
 from node.keys import SigningKey, install_roster, sign_roster
 from node.sim_air import Scheduler, SimAir
 
@@ -77,14 +77,15 @@ class Block:
         if radio == "serial" and scale is None:
             raise ValueError("simulated serial radios run on the wall clock: give a scale")
         self.radio = radio
-        self.files = provision(root, n, hold_time=hold_time, overrides=overrides)
+        self.seed = seed
+        self.files = provision(root, n, hold_time=hold_time, overrides={"radio.preset": preset, **(overrides or {})})
         self.scheduler = Scheduler(scale)
         hop_limit = self.files.configs[0]["radio.hop_limit"]
         self.air = SimAir(n, topology, loss=loss, preset=preset, seed=seed, hop_limit=hop_limit,
                           scheduler=self.scheduler)
         epoch = self.EPOCH if scale is None else time.time()
         self.clock = lambda: epoch + self.scheduler.now()
-        self.factories = {i: MockFactory() for i in range(1, n + 1)}
+        self.factories = {i: mock_factory() for i in range(1, n + 1)}  # PWM-capable: a piezo works too
         self.nodes: dict[int, Node] = {}
         self.radios: dict[int, Any] = {}  # node i's simulated Meshtastic radio, with radio="serial"
         self._servers: list[Any] = []
@@ -94,13 +95,28 @@ class Block:
             if self.scheduler.scale is not None:
                 self.scheduler.start()
             for i, cfg in enumerate(self.files.configs, start=1):
-                node = Node(cfg, link=self._link(i, cfg), pin_factory=self.factories[i], clock=self.clock)
+                node = Node(cfg, link=self._link(i, cfg), pin_factory=self.factories[i], clock=self.clock,
+                            rng=random.Random(self.seed * 1000 + i))
                 self.nodes[i] = node.start()
-                self.scheduler.every(1.0, node.tick, offset=i * 0.01)
+                self.scheduler.every(1.0, lambda i=i: self._tick(i), offset=i * 0.01)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _tick(self, i: int) -> None:
+        node = self.nodes.get(i)
+        if node is not None:
+            node.tick()
+
+    def restart(self, i: int) -> Node:
+        """Stop node i and start it again on the same files, radio and pins (a reboot)."""
+        old = self.nodes.pop(i)
+        old.stop()
+        node = Node(old.config, link=old.link, pin_factory=self.factories[i], clock=self.clock,
+                    rng=random.Random(self.seed * 1000 + i + 500))
+        self.nodes[i] = node.start()
+        return node
 
     def _link(self, i: int, cfg: config_mod.Config):
         """Node i's link: straight onto the air, or through the real meshtastic library to a pty radio."""
@@ -146,19 +162,27 @@ class Block:
 
     # -- web pages and the control endpoint ---------------------------------------------
 
+    # Live pages per simulated node: each holds a server thread, and the sim runs many nodes.
+    SIM_LIVE_CLIENTS = 20
+
     def serve(self, port_base: int, host: str = "127.0.0.1") -> None:
-        """Node i's page on port_base+i, the control endpoint on port_base."""
+        """Node i's page on port_base+i (waitress, as on a node), the control endpoint on port_base."""
         from werkzeug.serving import make_server
 
-        from web import create_app
+        from web import create_app, server, settings
 
-        apps = [(port_base, self.control_app(port_base, host))]
+        control = make_server(host, port_base, self.control_app(port_base, host), threaded=True)
+        threading.Thread(target=control.serve_forever, name=f"web-{port_base}", daemon=True).start()
+        self._servers.append(control)
         for i, cfg in enumerate(self.files.configs, start=1):
-            apps.append((port_base + i, create_app({"DATABASE": str(cfg.db_file), "NODE_NAME": f"B{i}"})))
-        for port, app in apps:
-            server = make_server(host, port, app, threaded=True)
-            threading.Thread(target=server.serve_forever, name=f"web-{port}", daemon=True).start()
-            self._servers.append(server)
+            app = create_app({**settings(cfg), "LIVE_CLIENTS": self.SIM_LIVE_CLIENTS, "CLOCK": self.clock,
+                              "ON_REQUEST": self._nudge(i)})
+            self._servers.append(server.Server(app, host, port_base + i,
+                                               live_clients=self.SIM_LIVE_CLIENTS).start())
+
+    def _nudge(self, i: int):
+        """Node i picks up a captain's request from its page at once (a real daemon polls for them)."""
+        return lambda: self.scheduler.after(0, self.nodes[i].process_requests)
 
     def control_app(self, port_base: int, host: str):
         from flask import Flask, abort, jsonify, request

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
@@ -23,46 +24,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from node.airtime import MESH_OVERHEAD, PRESETS, slot_time, symbol_time, time_on_air  # noqa: F401
 from node.errors import RadioError
 from node.radio import Link, Receive
 
 log = logging.getLogger(__name__)
-
-# Meshtastic modem presets: bandwidth (Hz), spreading factor, coding rate 4/(4+cr).
-PRESETS: dict[str, tuple[float, int, int]] = {
-    "SHORT_TURBO": (500e3, 7, 1),
-    "SHORT_FAST": (250e3, 7, 1),
-    "SHORT_SLOW": (250e3, 8, 1),
-    "MEDIUM_FAST": (250e3, 9, 1),
-    "MEDIUM_SLOW": (250e3, 10, 1),
-    "LONG_FAST": (250e3, 11, 1),
-    "LONG_MODERATE": (125e3, 11, 4),
-    "LONG_SLOW": (125e3, 12, 4),
-}
-PREAMBLE_SYMBOLS = 16     # Meshtastic's preamble length
-MESH_OVERHEAD = 21        # bytes: Meshtastic's 16-byte header plus the Data protobuf around our frame
-
-
-def symbol_time(preset: str) -> float:
-    bw, sf, _ = PRESETS[preset]
-    return (2 ** sf) / bw
-
-
-def time_on_air(payload_bytes: int, preset: str) -> float:
-    """Seconds on air for a LoRa packet of ``payload_bytes`` (the whole PHY payload)."""
-    bw, sf, cr = PRESETS[preset]
-    t_sym = (2 ** sf) / bw
-    de = 1 if t_sym > 0.016 else 0   # low data rate optimisation
-    header, crc = 0, 1                # explicit header, CRC on
-    n = math.ceil((8 * payload_bytes - 4 * sf + 28 + 16 * crc - 20 * header) / (4 * (sf - 2 * de)))
-    payload_symbols = 8 + max(n * (cr + 4), 0)
-    return (PREAMBLE_SYMBOLS + 4.25) * t_sym + payload_symbols * t_sym
-
-
-def slot_time(preset: str) -> float:
-    """Meshtastic's contention slot: a few symbols plus radio turnaround, in seconds."""
-    return 2.5 * symbol_time(preset) + 0.0002 + 0.0004 + 0.007
-
 
 class Scheduler:
     """Events in simulated seconds. ``scale=None``: virtual time, advanced only by ``run_until``."""
@@ -169,42 +135,88 @@ class Packet:
     channel: int = 0
 
 
-def topology(n: int, kind: str, rng: random.Random) -> dict[int, set[int]]:
-    """Neighbour sets for radios 1..n: ``line``, ``grid`` (4-neighbour) or ``random`` (geometric, connected)."""
-    nbrs: dict[int, set[int]] = {i: set() for i in range(1, n + 1)}
+# -- radio physics -------------------------------------------------------------------------
 
-    def link(a: int, b: int) -> None:
-        nbrs[a].add(b)
-        nbrs[b].add(a)
+TX_POWER_DBM = 20.0        # a typical Meshtastic board's default
+NOISE_FLOOR_DBM = -114.0   # thermal noise in 250 kHz plus a 6 dB noise figure
+PATH_LOSS_1M_DB = 32.0     # free space at 1 m, 915 MHz
+PATH_LOSS_EXPONENT = 3.5   # log-distance exponent for a built-up block (walls, floors)
+SHADOWING_DB = 4.0         # standard deviation of a link's fixed shadowing
+CAPTURE_DB = 6.0           # a reception survives an overlap if it is this much stronger
+CAD_SYMBOLS = 2            # channel activity detection notices a packet this many symbols after it starts
+SNR_FLOOR_DB = {7: -7.5, 8: -10.0, 9: -12.5, 10: -15.0, 11: -17.5, 12: -20.0}  # demodulation limit per SF
+# Meshtastic's contention window (RadioInterface): CW from 3 to 8, weighted by SNR from -20 to +10 dB.
+CW_MIN, CW_MAX = 3, 8
+SNR_MIN, SNR_MAX = -20.0, 10.0
 
-    if kind == "line":
-        for i in range(1, n):
-            link(i, i + 1)
-    elif kind == "grid":
-        cols = math.ceil(math.sqrt(n))
-        for i in range(1, n + 1):
-            if i % cols and i + 1 <= n:
-                link(i, i + 1)
-            if i + cols <= n:
-                link(i, i + cols)
+
+def snr_floor(preset: str) -> float:
+    return SNR_FLOOR_DB[PRESETS[preset][1]]
+
+
+def path_loss_db(distance_m: float) -> float:
+    """Log-distance path loss, without shadowing."""
+    return PATH_LOSS_1M_DB + 10 * PATH_LOSS_EXPONENT * math.log10(max(distance_m, 1.0))
+
+
+def link_range_m(preset: str) -> float:
+    """Distance at which the median link reaches the demodulation limit."""
+    budget = TX_POWER_DBM - NOISE_FLOOR_DBM - snr_floor(preset)
+    return 10 ** ((budget - PATH_LOSS_1M_DB) / (10 * PATH_LOSS_EXPONENT))
+
+
+def topology(n: int, kind: str, rng: random.Random, preset: str = "MEDIUM_FAST") -> dict[int, dict[int, float]]:
+    """Links between radios 1..n, as ``{a: {b: snr_db}}`` (symmetric).
+
+    ``line`` and ``grid`` (4-neighbour) place nodes at 70% of the link range with
+    seeded shadowing on each link; ``random`` scatters them over a square sized
+    for about six neighbours each and keeps the links whose SNR, from the
+    log-distance model with shadowing, clears the preset's demodulation limit.
+    """
+    floor = snr_floor(preset)
+    reach = link_range_m(preset)
+
+    def snr(distance: float) -> float:
+        return TX_POWER_DBM - path_loss_db(distance) + rng.gauss(0.0, SHADOWING_DB) - NOISE_FLOOR_DBM
+
+    links: dict[int, dict[int, float]] = {i: {} for i in range(1, n + 1)}
+
+    def link(a: int, b: int, value: float) -> None:
+        links[a][b] = links[b][a] = value
+
+    if kind in ("line", "grid"):
+        spacing = 0.7 * reach
+        pairs = []
+        if kind == "line":
+            pairs = [(i, i + 1) for i in range(1, n)]
+        else:
+            cols = math.ceil(math.sqrt(n))
+            for i in range(1, n + 1):
+                if i % cols and i + 1 <= n:
+                    pairs.append((i, i + 1))
+                if i + cols <= n:
+                    pairs.append((i, i + cols))
+        for a, b in pairs:
+            link(a, b, max(snr(spacing), floor + 1.0))  # the drawn topology is the real one
     elif kind == "random":
-        points = {i: (rng.random(), rng.random()) for i in nbrs}
-        radius = math.sqrt(2.0 * math.log(max(n, 2)) / (math.pi * n)) if n > 1 else 1.0
-        while True:
-            for i in nbrs:
-                nbrs[i].clear()
+        side = reach * math.sqrt(n * math.pi / 6.0) if n > 1 else 1.0
+        for _ in range(200):
+            points = {i: (rng.uniform(0, side), rng.uniform(0, side)) for i in links}
+            for i in links:
+                links[i].clear()
             for a, b in itertools.combinations(points, 2):
-                if math.dist(points[a], points[b]) <= radius:
-                    link(a, b)
-            if _connected(nbrs):
+                value = snr(math.dist(points[a], points[b]))
+                if value >= floor:
+                    link(a, b, value)
+            if _connected(links):
                 break
-            radius *= 1.1
+            side *= 0.97
     else:
         raise ValueError(f"unknown topology {kind!r}: expected line, grid or random")
-    return nbrs
+    return links
 
 
-def _connected(nbrs: dict[int, set[int]]) -> bool:
+def _connected(nbrs) -> bool:
     if not nbrs:
         return True
     start = next(iter(nbrs))
@@ -217,8 +229,37 @@ def _connected(nbrs: dict[int, set[int]]) -> bool:
     return len(seen) == len(nbrs)
 
 
+def hops(links, origin: int) -> dict[int, int]:
+    """Fewest hops from ``origin`` to every radio (breadth-first)."""
+    dist, todo = {origin: 0}, [origin]
+    while todo:
+        nxt = []
+        for a in todo:
+            for b in links[a]:
+                if b not in dist:
+                    dist[b] = dist[a] + 1
+                    nxt.append(b)
+        todo = nxt
+    return dist
+
+
+@dataclass
+class _Reception:
+    sender: int
+    power: float   # dB above the noise floor, i.e. the SNR
+    start: float
+    end: float
+    packet: Packet
+    ok: bool = True
+
+
 class SimAir:
-    """N simulated radios sharing one channel. Radios are numbered 1..n, like the nodes."""
+    """N simulated radios sharing one channel. Radios are numbered 1..n, like the nodes.
+
+    Per reception: half duplex (a radio that transmits hears nothing), collisions
+    with 6 dB capture, then the link's loss probability. Per transmission:
+    listen-before-talk with a random backoff while the channel is busy.
+    """
 
     def __init__(self, n: int, kind: str = "line", *, loss: float = 0.0, preset: str = "MEDIUM_FAST",
                  hop_limit: int = 7, seed: int = 1, scheduler: Scheduler | None = None):
@@ -230,11 +271,13 @@ class SimAir:
         self.scheduler = scheduler or Scheduler()
         self.preset = preset
         self.hop_limit = hop_limit
-        self.neighbours = topology(n, kind, self.rng)
-        self.loss = {(a, b): loss for a in self.neighbours for b in self.neighbours[a]}
-        self.radios = {i: SimRadio(self, i) for i in self.neighbours}
+        self.links = topology(n, kind, self.rng, preset)
+        self.neighbours = {a: set(b) for a, b in self.links.items()}
+        self.loss = {(a, b): loss for a in self.links for b in self.links[a]}
+        self.radios = {i: SimRadio(self, i) for i in self.links}
         self.airtime: dict[int, float] = {i: 0.0 for i in self.radios}   # seconds transmitted, per radio
         self.transmissions = 0
+        self.collisions = 0
         self._lock = threading.RLock()
 
     def set_loss(self, a: int, b: int, loss: float) -> None:
@@ -242,27 +285,68 @@ class SimAir:
         self.loss[(a, b)] = self.loss[(b, a)] = loss
 
     def transmit(self, sender: int, packet: Packet) -> None:
-        """Queue ``packet`` on ``sender``'s radio; it reaches the neighbours when its airtime ends."""
+        """Queue ``packet`` on ``sender``'s radio; it goes out when the radio and channel are free."""
+        radio = self.radios[sender]
         with self._lock:
-            radio = self.radios[sender]
-            duration = time_on_air(len(packet.payload) + MESH_OVERHEAD, self.preset)
-            start = max(self.scheduler.now(), radio.busy_until)
-            radio.busy_until = start + duration
+            radio.queue.append(packet)
+        self.scheduler.after(0.0, radio._try_send)
+
+    def _start(self, sender: int, packet: Packet, duration: float) -> None:
+        """``sender`` starts transmitting now: every neighbour begins to receive."""
+        now = self.scheduler.now()
+        end = now + duration
+        with self._lock:
             self.airtime[sender] += duration
             self.transmissions += 1
-        self.scheduler.at(start + duration, lambda: self._arrive(sender, packet))
+            me = self.radios[sender]
+            for rx in me.active:        # half duplex: what it was receiving is lost
+                rx.ok = False
+            me.account(now, duration)
+            for j, snr in self.links[sender].items():
+                other = self.radios[j]
+                if not other.plugged:
+                    continue
+                other.account(now, duration)
+                reception = _Reception(sender, snr, now, end, packet, ok=other.tx_until <= now)
+                for rx in other.active:
+                    if rx.end <= now:
+                        continue
+                    if reception.power >= rx.power + CAPTURE_DB:
+                        rx.ok = False
+                    elif rx.power >= reception.power + CAPTURE_DB:
+                        reception.ok = False
+                    else:
+                        rx.ok = reception.ok = False
+                    self.collisions += 1
+                other.active.append(reception)
+                self.scheduler.at(end, lambda other=other, reception=reception: self._finish(other, reception))
 
-    def _arrive(self, sender: int, packet: Packet) -> None:
-        for j in sorted(self.neighbours[sender]):
-            with self._lock:
-                lost = self.rng.random() < self.loss[(sender, j)]
-            if not lost:
-                self.radios[j].hear(packet)
-
-    def rebroadcast_delay(self) -> float:
-        """Meshtastic-style contention: a random number of slots in a window of 2 * CW."""
+    def _finish(self, radio: "SimRadio", reception: _Reception) -> None:
         with self._lock:
-            return self.rng.randint(0, 2 * 5) * slot_time(self.preset)
+            if reception in radio.active:
+                radio.active.remove(reception)
+            delivered = reception.ok and self.rng.random() >= self.loss[(reception.sender, radio.number)]
+        if delivered:
+            radio.hear(reception.packet, reception.power)
+
+    def backoff(self) -> float:
+        """A random listen-before-talk wait, in seconds."""
+        with self._lock:
+            return self.rng.randint(1, 2 ** CW_MIN) * slot_time(self.preset)
+
+    def rebroadcast_delay(self, snr: float) -> float:
+        """Meshtastic's CLIENT delay: after 2*CWmax slots, a random 2^CW slots, CW growing with SNR.
+
+        Far (weak) receivers wait least, so the rebroadcast that reaches furthest goes first.
+        """
+        fraction = (min(max(snr, SNR_MIN), SNR_MAX) - SNR_MIN) / (SNR_MAX - SNR_MIN)
+        cw = round(CW_MIN + fraction * (CW_MAX - CW_MIN))
+        with self._lock:
+            return (2 * CW_MAX + self.rng.randint(0, 2 ** cw)) * slot_time(self.preset)
+
+    def utilisation(self, radio: int, window: float) -> float:
+        """Share of the last ``window`` seconds that ``radio`` heard the channel busy (its own sends too)."""
+        return self.radios[radio].utilisation(self.scheduler.now(), window)
 
 
 class SimRadio(Link):
@@ -271,14 +355,22 @@ class SimRadio(Link):
     def __init__(self, air: SimAir, number: int):
         self.air = air
         self.number = number
-        self.busy_until = 0.0
         self.plugged = True
         self.heard = 0
+        self.cancelled = 0              # rebroadcasts dropped because another node's was heard first
+        self.queue: collections.deque[Packet] = collections.deque()
+        self.active: list[_Reception] = []
+        self.tx_until = 0.0
+        self.busy_log: collections.deque[tuple[float, float]] = collections.deque()  # (start, seconds)
+        self._sending = False
         self._seen: set[tuple[int, int]] = set()
+        self._pending: dict[tuple[int, int], Packet] = {}  # rebroadcasts waiting for their delay
         self._ids = itertools.count(1)
         self._on_receive: Receive | None = None
         # A radio with its own firmware model (node.sim_radio) takes whole packets here instead.
         self.on_packet: Callable[[Packet], None] | None = None
+
+    # -- Link ------------------------------------------------------------------------------
 
     def start(self, on_receive: Receive, on_refused=None) -> None:
         self._on_receive = on_receive
@@ -290,10 +382,17 @@ class SimRadio(Link):
     def troubles(self) -> dict[str, str]:
         return {} if self.plugged else {"radio": "radio unplugged"}
 
-    def send(self, frame: bytes) -> None:
+    @property
+    def channel_utilisation(self) -> float:
+        """Share of the last minute this radio heard the channel busy, as Meshtastic reports it."""
+        return self.utilisation(self.air.scheduler.now(), 60.0)
+
+    def send(self, frame: bytes, hop_limit: int | None = None) -> None:
         if not self.plugged:
             raise RadioError("radio unplugged")
-        self.emit(bytes(frame))
+        self.emit(bytes(frame), hop_limit=hop_limit)
+
+    # -- the air -----------------------------------------------------------------------------
 
     def emit(self, payload: bytes, *, port: int = PRIVATE_APP, channel: int = 0, hop_limit: int | None = None,
              packet_id: int | None = None) -> Packet:
@@ -304,10 +403,47 @@ class SimRadio(Link):
         self.air.transmit(self.number, packet)
         return packet
 
-    def hear(self, packet: Packet) -> None:
+    def _try_send(self) -> None:
+        """Send the head of the queue if the radio is idle and the channel is clear; else retry later."""
+        air = self.air
+        now = air.scheduler.now()
+        with air._lock:
+            if self._sending or not self.queue:
+                return
+            if not self.plugged:
+                self.queue.clear()
+                return
+            # Listen before talk: channel activity detection needs a few symbols to notice a packet.
+            heard = [rx for rx in self.active if rx.end > now and rx.start <= now - CAD_SYMBOLS * symbol_time(air.preset)]
+            if heard:
+                wait = max(rx.end for rx in heard) - now + air.backoff()
+                air.scheduler.after(wait, self._try_send)
+                return
+            packet = self.queue.popleft()
+            self._sending = True
+            duration = time_on_air(len(packet.payload) + MESH_OVERHEAD, air.preset)
+            self.tx_until = now + duration
+        air._start(self.number, packet, duration)
+        air.scheduler.at(now + duration, self._sent)
+
+    def _sent(self) -> None:
+        with self.air._lock:
+            self._sending = False
+        self._try_send()
+
+    def hear(self, packet: Packet, snr: float = 0.0) -> None:
         """A packet arrived over the air: dedup, hand it to the node, and relay it."""
         key = (packet.origin, packet.id)
-        if not self.plugged or key in self._seen:
+        if not self.plugged:
+            return
+        if key in self._seen:
+            # Meshtastic CLIENT: someone else rebroadcast it first, so ours is not needed.
+            with self.air._lock:
+                pending = self._pending.pop(key, None)
+                if pending is not None:
+                    self.cancelled += 1
+                    if pending in self.queue:
+                        self.queue.remove(pending)
             return
         self._seen.add(key)
         self.heard += 1
@@ -317,4 +453,33 @@ class SimRadio(Link):
             self._on_receive(packet.payload)
         if packet.hop_limit > 0:
             relay = replace(packet, hop_limit=packet.hop_limit - 1)
-            self.air.scheduler.after(self.air.rebroadcast_delay(), lambda: self.air.transmit(self.number, relay))
+            with self.air._lock:
+                self._pending[key] = relay
+            self.air.scheduler.after(self.air.rebroadcast_delay(snr), lambda: self._relay(key, relay))
+
+    def _relay(self, key: tuple[int, int], relay: Packet) -> None:
+        with self.air._lock:
+            if self._pending.get(key) is not relay:
+                return  # cancelled
+            self.queue.append(relay)
+        self._try_send()
+        # It stays cancellable until it goes on air; forget it once it has.
+        self.air.scheduler.after(0.0, lambda: self._forget(key, relay))
+
+    def _forget(self, key: tuple[int, int], relay: Packet) -> None:
+        with self.air._lock:
+            if relay not in self.queue and self._pending.get(key) is relay:
+                del self._pending[key]
+
+    # -- channel utilisation -----------------------------------------------------------------
+
+    def account(self, start: float, seconds: float) -> None:
+        self.busy_log.append((start, seconds))
+        while self.busy_log and self.busy_log[0][0] < start - 3600:
+            self.busy_log.popleft()
+
+    def utilisation(self, now: float, window: float) -> float:
+        since = now - window
+        busy = sum(max(0.0, min(start + d, now) - max(start, since)) for start, d in self.busy_log
+                   if start + d > since)
+        return min(1.0, busy / window) if window > 0 else 0.0

@@ -319,7 +319,7 @@ class SimMeshtasticRadio:
             self.texts.append(packet.decoded.payload.decode("utf-8", "replace"))
         if port in (portnums_pb2.PortNum.PRIVATE_APP, portnums_pb2.PortNum.TEXT_MESSAGE_APP):
             self.air_radio.emit(bytes(packet.decoded.payload), port=port, channel=packet.channel,
-                                hop_limit=packet.hop_limit or self.lora.hop_limit, packet_id=packet.id)
+                                hop_limit=packet.hop_limit, packet_id=packet.id)
 
     def _admin(self, packet: mesh_pb2.MeshPacket) -> None:
         """Admin messages to this radio: the settings a client reads and writes."""

@@ -14,7 +14,7 @@ import sqlite3
 import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Collection, Iterator
+from typing import Iterable, Collection, Iterator
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -75,6 +75,16 @@ def m002_captains_requests_notes(db: sqlite_utils.Database) -> None:
     db["requests"].create_index(["status"])
     db["notes"].create({"id": int, "alert_id": str, "captain": str, "text": str, "created_at": float}, pk="id")
     db["notes"].create_index(["alert_id"])
+
+
+@migrations()
+def m003_coverage_supervision(db: sqlite_utils.Database) -> None:
+    """Receipts (who has each alert state), the latest signed frame of each alert, peers' liveness."""
+    db["coverage"].create({"alert_id": str, "state": int, "node_id": int, "sounded": int}, pk=("alert_id", "state",
+                                                                                                "node_id"))
+    db["alerts"].add_column("frame", bytes)           # the latest signed transition, to pass on to a neighbour
+    db["peers"].add_column("status", str)             # ok, trouble, silent or unknown
+    db["peers"].add_column("remote_troubles", int)    # its trouble bits, as the block's heartbeats tell
 
 
 def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
@@ -371,6 +381,36 @@ class Store:
 
     # -- retention ----------------------------------------------------------------
 
+    # -- coverage and supervision ---------------------------------------------------------------
+
+    def add_coverage(self, alert_id: str, state: State, received: Iterable[int], sounded: Iterable[int]) -> bool:
+        """Record who has ``alert_id`` in ``state`` (and who sounded it). Returns True if anything was new."""
+        before = self.db.execute("SELECT total_changes()").fetchone()[0]
+        sounded = set(sounded)
+        for node in set(received) | sounded:
+            self.db.execute("""INSERT INTO coverage (alert_id, state, node_id, sounded) VALUES (?, ?, ?, ?)
+                               ON CONFLICT DO UPDATE SET sounded = MAX(sounded, excluded.sounded)
+                               WHERE excluded.sounded > sounded""",
+                            [alert_id, int(state), node, int(node in sounded)])
+        return self.db.execute("SELECT total_changes()").fetchone()[0] != before
+
+    def coverage(self, alert_id: str, state: State) -> tuple[set[int], set[int]]:
+        """(received, sounded) node ids for one alert state."""
+        rows = self.db.execute("SELECT node_id, sounded FROM coverage WHERE alert_id = ? AND state = ?",
+                               [alert_id, int(state)]).fetchall()
+        return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
+
+    def set_alert_frame(self, alert_id: str, frame: bytes) -> None:
+        self.db.execute("UPDATE alerts SET frame = ? WHERE id = ?", [frame, alert_id])
+
+    def alert_frame(self, alert_id: str) -> bytes | None:
+        row = self.db.execute("SELECT frame FROM alerts WHERE id = ?", [alert_id]).fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
+
+    def set_peer_status(self, node_id: int, status: str, last_heard: float | None, troubles: int) -> None:
+        self.db.execute("UPDATE peers SET status = ?, last_heard = ?, remote_troubles = ? WHERE node_id = ?",
+                        [status, last_heard, troubles, node_id])
+
     def purge(self, now: float, retention: float) -> int:
         """Delete ended alerts, their events and sent frames older than ``retention`` seconds.
 
@@ -385,6 +425,7 @@ class Store:
                 [*ended, cutoff])]
             for alert_id in ids:
                 self.db.execute("DELETE FROM events WHERE alert_id = ?", [alert_id])  # however recent
+                self.db.execute("DELETE FROM coverage WHERE alert_id = ?", [alert_id])
                 self.db.execute("DELETE FROM aliases WHERE alert_id = ?", [alert_id])
                 self.db.execute("DELETE FROM notes WHERE alert_id = ?", [alert_id])
                 self.db.execute("DELETE FROM alerts WHERE id = ?", [alert_id])

@@ -12,20 +12,27 @@ Header (8 bytes)::
 
 Body, by type::
 
-    transition (10 bytes)              receipt (8 bytes)          heartbeat (6 bytes)
-    0  2 alert_reporter                0 2 alert_reporter         0 2 troubles (bit mask)
-    2  4 alert_counter                 2 4 alert_counter          2 1 active alerts
-    6  1 kind  (1 raid, 2 test)        6 1 state                  3 1 latest state (0 none)
-    7  1 state (1 reported,            7 1 flags (bit 0: sounded) 4 2 uptime, minutes (saturating)
-             2 confirmed, 3 all clear,
-             4 cancelled)
-    8  2 location code
+    transition (10 bytes)            receipt (9 + 2k bytes)          heartbeat (11 + n bytes)
+    0  2 alert_reporter              0  2 alert_reporter             0  2 troubles (bit mask)
+    2  4 alert_counter               2  4 alert_counter              2  2 roster version
+    6  1 kind (1 raid, 2 test)       6  1 state                      4  2 latest alert reporter (0 none)
+    7  1 state (1 reported,          7  2 roster version             6  4 latest alert counter
+         2 confirmed, 3 all clear,   9  k received bitmap            10 1 latest alert state (0 none)
+         4 cancelled)                9+k k sounded bitmap            11 n age vector, 1 byte per
+    8  2 location code                                                     roster node (high nibble:
+                                                                           age in 12 s units, low:
+                                                                           that node's trouble bits)
+
+A receipt's bitmaps and a heartbeat's vector are in roster order, so they are
+read only when the sender's roster version is the receiver's; k is 1 to 19 and
+n is 0 to 36 (``node.coverage``, ``node.supervision``).
 
 Signature (64 bytes): Ed25519 over ``b"silbato/1\\0" + block + b"\\0" + header + body``,
 where ``block`` is the roster's block name. The block name is not sent; it keeps a
 frame from one block from being accepted on another.
 
-Sizes: transition 82 bytes, receipt 80, heartbeat 78. ``MAX_FRAME`` is 120.
+Sizes: transition 82 bytes; receipt 83 to 119 (85 for up to 16 nodes); heartbeat
+83 to 119 (113 for 30 nodes). ``MAX_FRAME`` is 120.
 
 The alert id is ``"<alert_reporter>-<alert_counter>"``: the counter of the frame that
 first reported it. Places travel as location codes; names stay in each node's roster.
@@ -46,7 +53,10 @@ VERSION = 1
 MAX_FRAME = 120
 SIGNATURE_SIZE = 64
 _HEADER = struct.Struct(">BBHI")
-_BODIES = {1: struct.Struct(">HIBBH"), 2: struct.Struct(">HIBB"), 3: struct.Struct(">HBBH")}
+# Fixed part of each body; receipts and heartbeats carry a variable tail after it.
+_BODIES = {1: struct.Struct(">HIBBH"), 2: struct.Struct(">HIBH"), 3: struct.Struct(">HHHIB")}
+MAX_BITMAP = 19   # bytes per receipt bitmap: up to 152 roster nodes
+MAX_VECTOR = 36   # bytes of heartbeat age vector: one per roster node, up to 36
 
 
 class FrameType(enum.IntEnum):
@@ -55,8 +65,9 @@ class FrameType(enum.IntEnum):
     HEARTBEAT = 3
 
 
-FRAME_SIZES = {t: _HEADER.size + _BODIES[t].size + SIGNATURE_SIZE for t in FrameType}
-MIN_FRAME = min(FRAME_SIZES.values())
+_FIXED = {t: _HEADER.size + _BODIES[t].size + SIGNATURE_SIZE for t in (1, 2, 3)}
+_TAIL = {1: (0, 0), 2: (2, 2 * MAX_BITMAP), 3: (0, MAX_VECTOR)}  # (min, max) bytes after the fixed body
+MIN_FRAME = min(_FIXED[t] + _TAIL[t][0] for t in _FIXED)
 
 
 @dataclass(frozen=True)
@@ -81,15 +92,22 @@ class TransitionFrame:
     def _body(self) -> tuple:
         return (self.alert_reporter, self.alert_counter, int(self.kind), int(self.state), self.location)
 
+    def _tail(self) -> bytes:
+        return b""
+
 
 @dataclass(frozen=True)
 class ReceiptFrame:
+    """What the sender knows of who received (and sounded) one alert state: bitmaps in roster order."""
+
     origin: int
     counter: int
     alert_reporter: int
     alert_counter: int
     state: State
-    sounded: bool
+    roster_version: int
+    received: bytes
+    sounded: bytes
 
     type = FrameType.RECEIPT
 
@@ -98,22 +116,45 @@ class ReceiptFrame:
         return alert_id(self.alert_reporter, self.alert_counter)
 
     def _body(self) -> tuple:
-        return (self.alert_reporter, self.alert_counter, int(self.state), 1 if self.sounded else 0)
+        return (self.alert_reporter, self.alert_counter, int(self.state), self.roster_version)
+
+    def _tail(self) -> bytes:
+        if len(self.received) != len(self.sounded) or not 1 <= len(self.received) <= MAX_BITMAP:
+            raise ValueError("receipt bitmaps must be equal, 1 to 19 bytes")
+        return self.received + self.sounded
 
 
 @dataclass(frozen=True)
 class HeartbeatFrame:
+    """The sender is alive: its troubles, its latest alert state, and its age vector (``node.supervision``)."""
+
     origin: int
     counter: int
     troubles: int
-    active: int
-    latest_state: int  # a State value, or 0 for none
-    uptime_minutes: int
+    roster_version: int
+    latest_reporter: int   # 0: no alert
+    latest_counter: int
+    latest_state: int      # a State value, or 0 for none
+    vector: bytes
 
     type = FrameType.HEARTBEAT
 
+    @property
+    def latest_alert_id(self) -> str | None:
+        return alert_id(self.latest_reporter, self.latest_counter) if self.latest_reporter else None
+
     def _body(self) -> tuple:
-        return (self.troubles, self.active, self.latest_state, min(self.uptime_minutes, 0xFFFF))
+        return (self.troubles, self.roster_version, self.latest_reporter, self.latest_counter, self.latest_state)
+
+    def _tail(self) -> bytes:
+        if len(self.vector) > MAX_VECTOR:
+            raise ValueError("a heartbeat vector has at most 36 bytes")
+        return self.vector
+
+
+def frame_size(ftype: FrameType, tail: int = 0) -> int:
+    """Bytes on air for a frame of ``ftype`` with ``tail`` variable bytes."""
+    return _FIXED[ftype] + tail
 
 
 Frame = Union[TransitionFrame, ReceiptFrame, HeartbeatFrame]
@@ -126,8 +167,12 @@ def _signed_part(block: str, unsigned: bytes) -> bytes:
 
 def encode(frame: Frame, key: SigningKey, block: str) -> bytes:
     """Serialise and sign ``frame`` with the origin's key for roster block ``block``."""
-    unsigned = _HEADER.pack(VERSION, int(frame.type), frame.origin, frame.counter) + _BODIES[frame.type].pack(*frame._body())
-    return unsigned + key.sign(_signed_part(block, unsigned))
+    unsigned = (_HEADER.pack(VERSION, int(frame.type), frame.origin, frame.counter)
+                + _BODIES[frame.type].pack(*frame._body()) + frame._tail())
+    data = unsigned + key.sign(_signed_part(block, unsigned))
+    if len(data) > MAX_FRAME:
+        raise ValueError(f"frame of {len(data)} bytes exceeds {MAX_FRAME}")
+    return data
 
 
 def peek_origin(data: bytes) -> tuple[int, int] | None:
@@ -156,10 +201,12 @@ def decode(data: object, roster: Roster, seen: Callable[[int, int], bool] | None
         raise FrameError("unknown-version", str(version))
     if ftype not in _BODIES:
         raise FrameError("unknown-type", str(ftype))
-    expected = FRAME_SIZES[FrameType(ftype)]
-    if len(data) != expected:
-        raise FrameError("truncated" if len(data) < expected else "oversized",
-                         f"{FrameType(ftype).name.lower()} is {expected} bytes, got {len(data)}")
+    fixed, (low, high) = _FIXED[ftype], _TAIL[ftype]
+    if not fixed + low <= len(data) <= fixed + high:
+        raise FrameError("truncated" if len(data) < fixed + low else "oversized",
+                         f"{FrameType(ftype).name.lower()} is {fixed + low} to {fixed + high} bytes, got {len(data)}")
+    if ftype == FrameType.RECEIPT and (len(data) - fixed) % 2:
+        raise FrameError("truncated", "receipt bitmaps of unequal length")
     member = roster.member(origin)
     if member is None:
         raise FrameError("unknown-key", f"origin {origin} is not on roster v{roster.version}")
@@ -171,13 +218,14 @@ def decode(data: object, roster: Roster, seen: Callable[[int, int], bool] | None
     if counter == 0:
         raise FrameError("bad-counter", "counter 0 is never sent")
     fields = _BODIES[ftype].unpack_from(data, _HEADER.size)
-    frame = _build(FrameType(ftype), origin, counter, fields, roster)
+    tail = data[_HEADER.size + _BODIES[ftype].size:-SIGNATURE_SIZE]
+    frame = _build(FrameType(ftype), origin, counter, fields, tail, roster)
     if seen is not None and seen(origin, counter):
         raise FrameError("replayed", f"origin {origin} counter {counter}")
     return frame
 
 
-def _build(ftype: FrameType, origin: int, counter: int, fields: tuple, roster: Roster) -> Frame:
+def _build(ftype: FrameType, origin: int, counter: int, fields: tuple, tail: bytes, roster: Roster) -> Frame:
     if ftype is FrameType.TRANSITION:
         reporter, acounter, kind, state, location = fields
         _check_alert(reporter, acounter, roster)
@@ -189,17 +237,20 @@ def _build(ftype: FrameType, origin: int, counter: int, fields: tuple, roster: R
             raise FrameError("bad-field", f"location {location} is not on the roster")
         return TransitionFrame(origin, counter, reporter, acounter, Kind(kind), State(state), location)
     if ftype is FrameType.RECEIPT:
-        reporter, acounter, state, flags = fields
+        reporter, acounter, state, version = fields
         _check_alert(reporter, acounter, roster)
         if state not in _WIRE_STATES:
             raise FrameError("bad-field", f"state {state}")
-        if flags & ~1:
-            raise FrameError("bad-field", f"receipt flags {flags:#x}")
-        return ReceiptFrame(origin, counter, reporter, acounter, State(state), bool(flags & 1))
-    troubles, active, latest, uptime = fields
+        half = len(tail) // 2
+        return ReceiptFrame(origin, counter, reporter, acounter, State(state), version, tail[:half], tail[half:])
+    troubles, version, reporter, acounter, latest = fields
     if latest not in _WIRE_STATES | {0, State.EXPIRED.value}:
         raise FrameError("bad-field", f"state {latest}")
-    return HeartbeatFrame(origin, counter, troubles, active, latest, uptime)
+    if reporter:
+        _check_alert(reporter, acounter, roster)
+    elif acounter or latest:
+        raise FrameError("bad-field", "a latest state without an alert")
+    return HeartbeatFrame(origin, counter, troubles, version, reporter, acounter, latest, tail)
 
 
 def _check_alert(reporter: int, acounter: int, roster: Roster) -> None:

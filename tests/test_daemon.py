@@ -105,10 +105,7 @@ def test_counters_survive_a_restart(block, tmp_path):
     node = block.nodes[1]
     first = node.report()
     settle(block)
-    node.stop()
-    restarted = Node(node.config, link=block.air.radios[1], pin_factory=block.factories[1],
-                     clock=block.clock).start()
-    block.nodes[1] = restarted
+    restarted = block.restart(1)
     second = restarted.report(location=102)
     assert int(second.id.split("-")[1]) > int(first.id.split("-")[1])
     settle(block)

@@ -237,14 +237,19 @@ def watch_confirmations(light):
     return confirmed
 
 
-def test_a_full_hold_fires_once_with_progress_then_confirmation(hardware, factory):
-    confirmed = watch_confirmations(hardware.light)
-    factory.pin(17).drive_low()
-    assert hardware.light.overlay == "progress"
-    assert hardware.held.wait(5) and confirmed.wait(5)
-    assert hardware.light.join(5)
-    factory.pin(17).drive_high()
-    assert hardware.light.overlay == "" and hardware.light.mode == "healthy"
+def test_a_full_hold_fires_once_with_progress_then_confirmation(factory):
+    held = threading.Event()
+    hw = Hardware(settings(hardware__hold_time=0.5), on_hold=lambda: held.set() or True, pin_factory=factory)
+    try:
+        confirmed = watch_confirmations(hw.light)
+        factory.pin(17).drive_low()
+        assert hw.light.overlay == "progress"
+        assert held.wait(5) and confirmed.wait(5)
+        assert hw.light.join(5)
+        factory.pin(17).drive_high()
+        assert hw.light.overlay == "" and hw.light.mode == "healthy"
+    finally:
+        hw.close()
 
 
 def test_the_light_counts_a_hold_down_then_blinks_three_times(factory):
@@ -435,6 +440,24 @@ def test_after_the_cancel_window_a_press_withdraws_nothing(make_node):
     assert node.store.get_alert(alert.id).state is State.CANCELLED
 
 
+def test_within_the_cancel_window_a_confirmed_report_is_only_silenced(tmp_path):
+    block = Block(tmp_path / "block", 2, hold_time=HOLD).start()
+    try:
+        node = block.nodes[1]
+        hold(node, block.button_pin(1), lambda: bool(node.store.active_alerts()))
+        alert = node.store.active_alerts()[0]
+        block.scheduler.run_for(3)
+        block.nodes[2].act("confirm", alert.id)
+        block.scheduler.run_for(3)  # 6 s after the hold: still inside the 10 s window
+        assert node.hardware.siren.playing == "confirmed"
+        block.button_pin(1).drive_low()
+        block.button_pin(1).drive_high()
+        assert node.store.get_alert(alert.id).state is State.CONFIRMED
+        assert node.hardware.siren.playing == ""
+    finally:
+        block.stop()
+
+
 def test_the_cancel_window_does_not_withdraw_a_report_merged_into_another_node_s(tmp_path):
     block = Block(tmp_path / "block", 2, hold_time=HOLD).start()
     try:
@@ -460,7 +483,7 @@ def test_a_silence_press_stops_this_siren_and_changes_no_alert(tmp_path):
         node.act("confirm", alert.id)
         block.scheduler.run_for(10)
         siren = block.siren_pin(1)
-        assert node.hardware.siren.playing == "confirmed" and siren.state
+        assert node.hardware.siren.playing == "confirmed"
         events, pending = len(node.store.events()), len(node.store.pending())
         pin = block.button_pin(1)
         pin.drive_low()

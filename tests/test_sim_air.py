@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from node.sim_air import MESH_OVERHEAD, PRESETS, Scheduler, SimAir, time_on_air, topology
+from node.sim_air import (MESH_OVERHEAD, PRESETS, Scheduler, SimAir, hops, link_range_m, path_loss_db,
+                           snr_floor, time_on_air, topology)
 
 
 @pytest.mark.parametrize("preset, expected", [("LONG_FAST", 1.0), ("MEDIUM_FAST", 0.3), ("SHORT_FAST", 0.1)])
@@ -29,11 +30,12 @@ def test_semtech_formula_worked_example():
 def test_topologies_are_connected_and_shaped():
     rng = random.Random(1)
     line = topology(5, "line", rng)
-    assert line[1] == {2} and line[3] == {2, 4} and line[5] == {4}
+    assert set(line[1]) == {2} and set(line[3]) == {2, 4} and set(line[5]) == {4}
+    assert line[1][2] == line[2][1] >= snr_floor("MEDIUM_FAST")  # symmetric links, each above the floor
     grid = topology(9, "grid", rng)
-    assert grid[5] == {2, 4, 6, 8} and grid[1] == {2, 4}
+    assert set(grid[5]) == {2, 4, 6, 8} and set(grid[1]) == {2, 4}
     rand = topology(30, "random", rng)
-    assert all(rand[i] for i in rand)
+    assert all(rand[i] for i in rand) and max(hops(rand, 1).values()) >= 3
     with pytest.raises(ValueError):
         topology(3, "star", rng)
 
@@ -107,3 +109,92 @@ def test_unknown_preset_and_bad_loss_are_refused():
     with pytest.raises(ValueError):
         SimAir(2, loss=1.0)
     assert "LONG_FAST" in PRESETS
+
+
+# -- collisions, capture, contention, utilisation -------------------------------------------
+
+
+def three_in_a_row(snr_1_2, snr_3_2, preset="MEDIUM_FAST"):
+    """Radios 1 and 3 both reach 2 (and not each other), with the given SNRs at 2."""
+    air = SimAir(3, "line", preset=preset, hop_limit=0)
+    air.links = {1: {2: snr_1_2}, 2: {1: snr_1_2, 3: snr_3_2}, 3: {2: snr_3_2}}
+    return air
+
+
+def test_two_equal_transmissions_overlapping_at_a_receiver_destroy_each_other():
+    air = three_in_a_row(0.0, 3.0)
+    log = heard_log(air)
+    air.radios[1].send(b"a" * 82)
+    air.radios[3].send(b"b" * 82)
+    air.scheduler.run_until(10)
+    assert log[2] == [] and air.collisions == 1
+
+
+def test_a_transmission_6_db_stronger_captures_the_receiver():
+    air = three_in_a_row(0.0, 6.0)
+    log = heard_log(air)
+    air.radios[1].send(b"a" * 82)
+    air.radios[3].send(b"b" * 82)
+    air.scheduler.run_until(10)
+    assert [payload for _, payload in log[2]] == [b"b" * 82]
+
+
+def test_a_radio_hears_nothing_while_it_transmits():
+    air = SimAir(2, "line", hop_limit=0)
+    log = heard_log(air)
+    air.radios[1].send(b"a" * 82)
+    air.radios[2].send(b"b" * 82)
+    air.scheduler.run_until(10)
+    assert log[1] == [] and log[2] == []
+
+
+def test_listen_before_talk_waits_for_a_busy_channel():
+    air = SimAir(2, "line", hop_limit=0)
+    log = heard_log(air)
+    air.radios[1].send(b"a" * 82)
+    air.scheduler.run_until(0.01)        # radio 1 is on air now; radio 2 hears the channel busy
+    air.radios[2].send(b"b" * 82)
+    air.scheduler.run_until(10)
+    assert [p for _, p in log[2]] == [b"a" * 82] and [p for _, p in log[1]] == [b"b" * 82]
+
+
+def test_weak_receivers_rebroadcast_sooner():
+    air = SimAir(2, "line", seed=5)
+    strong = [air.rebroadcast_delay(10.0) for _ in range(300)]
+    weak = [air.rebroadcast_delay(-20.0) for _ in range(300)]
+    slot = air.rebroadcast_delay.__self__ and __import__("node.sim_air", fromlist=["slot_time"]).slot_time(air.preset)
+    assert min(weak) >= 16 * slot and max(weak) <= (16 + 8) * slot + 1e-9     # CW 3: 2^3 slots after 2*CWmax
+    assert max(strong) > 100 * slot                                           # CW 8: up to 256 slots
+    assert sum(weak) / len(weak) < sum(strong) / len(strong)
+
+
+def test_a_client_cancels_its_rebroadcast_when_it_hears_another():
+    # 1 reaches 2 and 3; 2 and 3 reach each other and 4; whoever of 2 and 3 relays first
+    # makes the other cancel, so 4 still hears it once and only three packets go on air.
+    air = SimAir(4, "line", seed=2)
+    air.links = {1: {2: 0.0, 3: 0.0}, 2: {1: 0.0, 3: 0.0, 4: 0.0}, 3: {1: 0.0, 2: 0.0, 4: 0.0},
+                 4: {2: 0.0, 3: 0.0}}
+    air.loss = {(a, b): 0.0 for a in air.links for b in air.links[a]}
+    log = heard_log(air)
+    air.radios[1].send(b"c" * 82)
+    air.scheduler.run_until(30)
+    assert len(log[4]) == 1
+    assert air.radios[2].cancelled + air.radios[3].cancelled == 1
+    # and 4 itself relayed it once more: 1, one of 2/3, and 4
+    assert air.transmissions == 3
+
+
+def test_path_loss_grows_with_distance_and_sets_the_range():
+    assert path_loss_db(100) < path_loss_db(1000)
+    assert link_range_m("LONG_FAST") > link_range_m("MEDIUM_FAST") > link_range_m("SHORT_FAST")
+
+
+def test_channel_utilisation_counts_what_a_radio_hears_and_sends():
+    air = SimAir(2, "line", hop_limit=0, preset="LONG_FAST")
+    for _ in range(5):
+        air.radios[1].send(b"u" * 100)
+    air.scheduler.run_until(60)
+    one = time_on_air(100 + MESH_OVERHEAD, "LONG_FAST")
+    assert air.utilisation(2, 60) == pytest.approx(5 * one / 60, rel=0.01)
+    assert air.utilisation(1, 60) == pytest.approx(5 * one / 60, rel=0.01)
+    assert air.radios[2].channel_utilisation == pytest.approx(5 * one / 60, rel=0.01)

@@ -10,16 +10,22 @@ from node import wire
 from node.alerts import Kind, State
 from node.errors import FrameError
 from node.keys import Roster, SigningKey, sign_roster
-from node.wire import FRAME_SIZES, MAX_FRAME, FrameType, HeartbeatFrame, ReceiptFrame, TransitionFrame
+from node.wire import MAX_FRAME, FrameType, HeartbeatFrame, ReceiptFrame, TransitionFrame, frame_size
 
 FRAMES = {
     FrameType.TRANSITION: TransitionFrame(origin=2, counter=41, alert_reporter=1, alert_counter=7,
                                           kind=Kind.RAID, state=State.CONFIRMED, location=101),
     FrameType.RECEIPT: ReceiptFrame(origin=3, counter=9, alert_reporter=1, alert_counter=7,
-                                    state=State.CONFIRMED, sounded=True),
-    FrameType.HEARTBEAT: HeartbeatFrame(origin=1, counter=1000, troubles=0b101, active=2,
-                                        latest_state=int(State.REPORTED), uptime_minutes=90),
+                                    state=State.CONFIRMED, roster_version=1, received=b"\x07", sounded=b"\x03"),
+    FrameType.HEARTBEAT: HeartbeatFrame(origin=1, counter=1000, troubles=0b101, roster_version=1,
+                                        latest_reporter=1, latest_counter=7, latest_state=int(State.REPORTED),
+                                        vector=bytes([0x05, 0x30, 0xF0, 0x21])),
 }
+
+
+def heartbeat(origin=1, counter=1, **changes):
+    fields = dict(troubles=0, roster_version=1, latest_reporter=0, latest_counter=0, latest_state=0, vector=b"")
+    return HeartbeatFrame(origin=origin, counter=counter, **{**fields, **changes})
 
 
 def encode(setup, frame, block=None) -> bytes:
@@ -56,9 +62,19 @@ def test_every_frame_type_round_trips(roster_setup, frame):
 
 def test_frame_sizes(roster_setup):
     sizes = {t: len(encode(roster_setup, f)) for t, f in FRAMES.items()}
-    assert sizes == {FrameType.TRANSITION: 82, FrameType.RECEIPT: 80, FrameType.HEARTBEAT: 78}
-    assert sizes == FRAME_SIZES
-    assert max(sizes.values()) <= MAX_FRAME == 120
+    assert sizes == {FrameType.TRANSITION: 82, FrameType.RECEIPT: 83, FrameType.HEARTBEAT: 87}
+    assert sizes[FrameType.HEARTBEAT] == frame_size(FrameType.HEARTBEAT, 4)
+
+
+def test_the_largest_frames_fit_in_120_bytes(roster_setup):
+    big_receipt = ReceiptFrame(3, 9, 1, 7, State.REPORTED, 1, bytes(19), bytes(19))
+    big_heartbeat = heartbeat(vector=bytes(36))
+    assert len(encode(roster_setup, big_receipt)) == 119 == len(encode(roster_setup, big_heartbeat))
+    assert MAX_FRAME == 120
+    with pytest.raises(ValueError):
+        encode(roster_setup, heartbeat(vector=bytes(37)))
+    with pytest.raises(ValueError):
+        encode(roster_setup, ReceiptFrame(3, 9, 1, 7, State.REPORTED, 1, bytes(20), bytes(20)))
 
 
 def test_bytearray_and_memoryview_are_accepted(roster_setup, frame):
@@ -73,14 +89,16 @@ def test_transition_frame_carries_the_alert(roster_setup):
     assert (t.alert_id, t.reporter, t.signer, t.state, t.location) == ("1-7", 1, 2, State.CONFIRMED, 101)
 
 
-def test_receipt_not_sounded_round_trips(roster_setup):
-    frame = ReceiptFrame(3, 10, 1, 7, State.ALL_CLEAR, sounded=False)
-    assert wire.decode(encode(roster_setup, frame), roster_setup.roster) == frame
+def test_receipt_bitmaps_round_trip(roster_setup):
+    frame = ReceiptFrame(3, 10, 1, 7, State.ALL_CLEAR, 2, received=b"\xff\x01", sounded=b"\x00\x00")
+    decoded = wire.decode(encode(roster_setup, frame), roster_setup.roster)
+    assert decoded == frame and decoded.alert_id == "1-7"
 
 
-def test_heartbeat_uptime_saturates(roster_setup):
-    frame = HeartbeatFrame(1, 5, 0, 0, 0, uptime_minutes=70_000)
-    assert wire.decode(encode(roster_setup, frame), roster_setup.roster).uptime_minutes == 0xFFFF
+def test_heartbeat_without_an_alert_round_trips(roster_setup):
+    frame = heartbeat(vector=bytes(3))
+    decoded = wire.decode(encode(roster_setup, frame), roster_setup.roster)
+    assert decoded == frame and decoded.latest_alert_id is None
 
 
 def test_peek_origin_reads_the_header(roster_setup, frame):
@@ -120,18 +138,27 @@ def test_every_single_bit_flip_is_rejected(roster_setup, frame):
 
 
 def test_too_short_is_truncated(roster_setup, frame):
-    assert reason(encode(roster_setup, frame)[:-1], roster_setup.roster) == "truncated"
+    data = encode(roster_setup, frame)
+    shortest = {FrameType.TRANSITION: 82, FrameType.RECEIPT: 83, FrameType.HEARTBEAT: 83}[frame.type]
+    assert reason(data[:shortest - 1], roster_setup.roster) == "truncated"
     assert reason(b"", roster_setup.roster) == "truncated"
 
 
-def test_transition_cut_to_a_receipt_length_is_truncated(roster_setup):
+def test_transition_cut_short_is_truncated(roster_setup):
     data = encode(roster_setup, FRAMES[FrameType.TRANSITION])
-    assert reason(data[:FRAME_SIZES[FrameType.RECEIPT]], roster_setup.roster) == "truncated"
+    assert reason(data[:81], roster_setup.roster) == "truncated"
 
 
 def test_longer_than_its_type_is_oversized(roster_setup):
-    data = encode(roster_setup, FRAMES[FrameType.HEARTBEAT])
+    data = encode(roster_setup, FRAMES[FrameType.TRANSITION])
     assert reason(data + b"\0", roster_setup.roster) == "oversized"
+    full = encode(roster_setup, heartbeat(vector=bytes(36)))
+    assert len(full) == 119 and reason(full + b"\0", roster_setup.roster) == "oversized"
+
+
+def test_a_receipt_with_unequal_bitmaps_is_refused(roster_setup):
+    data = encode(roster_setup, FRAMES[FrameType.RECEIPT])
+    assert reason(data[:-64] + b"\0" + data[-64:], roster_setup.roster) == "truncated"
 
 
 def test_longer_than_max_frame_is_oversized(roster_setup):
@@ -151,13 +178,13 @@ def test_unknown_type(roster_setup, frame):
 
 
 def test_origin_not_on_roster_is_unknown_key(roster_setup):
-    frame = HeartbeatFrame(origin=9, counter=1, troubles=0, active=0, latest_state=0, uptime_minutes=1)
+    frame = heartbeat(origin=9, counter=1)
     data = wire.encode(frame, roster_setup.keys[1], roster_setup.block)
     assert reason(data, roster_setup.roster) == "unknown-key"
 
 
 def test_revoked_origin_is_refused(roster_setup):
-    frame = HeartbeatFrame(origin=4, counter=1, troubles=0, active=0, latest_state=0, uptime_minutes=1)
+    frame = heartbeat(origin=4, counter=1)
     assert reason(encode(roster_setup, frame), roster_setup.roster) == "revoked-key"
 
 
@@ -172,7 +199,7 @@ def test_frame_signed_for_another_block_is_bad_signature(roster_setup, frame):
 
 
 def test_counter_zero_is_refused(roster_setup):
-    frame = HeartbeatFrame(origin=1, counter=0, troubles=0, active=0, latest_state=0, uptime_minutes=1)
+    frame = heartbeat(origin=1, counter=0)
     assert reason(encode(roster_setup, frame), roster_setup.roster) == "bad-counter"
 
 
@@ -187,16 +214,20 @@ def test_signed_transition_with_bad_field_is_refused(roster_setup, changes):
     assert reason(encode(roster_setup, TransitionFrame(**fields)), roster_setup.roster) == "bad-field"
 
 
-def test_signed_receipt_with_unknown_flag_bits_is_refused(roster_setup):
-    unsigned = wire._HEADER.pack(wire.VERSION, FrameType.RECEIPT, 3, 9) + bytes([0, 1, 0, 0, 0, 7, 2, 0b10])
+def test_signed_receipt_with_an_unknown_state_is_refused(roster_setup):
+    unsigned = wire._HEADER.pack(wire.VERSION, FrameType.RECEIPT, 3, 9) + bytes([0, 1, 0, 0, 0, 7, 9, 0, 1, 1, 1])
     # Signed as the module docstring specifies: b"silbato/1\0" + block + b"\0" + header + body.
     signature = roster_setup.keys[3].sign(b"silbato/1\0" + roster_setup.block.encode() + b"\0" + unsigned)
     assert reason(unsigned + signature, roster_setup.roster) == "bad-field"
 
 
-def test_heartbeat_with_unknown_latest_state_is_refused(roster_setup):
-    frame = HeartbeatFrame(origin=1, counter=1, troubles=0, active=0, latest_state=6, uptime_minutes=1)
-    assert reason(encode(roster_setup, frame), roster_setup.roster) == "bad-field"
+@pytest.mark.parametrize("changes", [
+    {"latest_state": 6},
+    {"latest_reporter": 9, "latest_counter": 1, "latest_state": 1},  # reporter not on the roster
+    {"latest_reporter": 0, "latest_counter": 0, "latest_state": 1},  # a state of no alert
+])
+def test_heartbeat_with_a_bad_latest_alert_is_refused(roster_setup, changes):
+    assert reason(encode(roster_setup, heartbeat(**changes)), roster_setup.roster) == "bad-field"
 
 
 def test_already_seen_counter_is_replayed(roster_setup, frame):

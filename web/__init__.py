@@ -57,6 +57,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.from_mapping(test_config)
     app.config["LANGUAGES"] = list(app.config["LANGUAGES"]) or ["en"]
+    app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True  # smaller pages
 
     from web import api, auth, captain, data, i18n, live, public, security
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
 from flask_wtf.csrf import generate_csrf
 
+from node.alerts import State
 from web import auth, data, export, live
 from web.openapi import document
 
@@ -36,16 +37,10 @@ def _alert_or_404(alert_id: str) -> dict:
 def alert(alert_id: str):
     """One alert with its event log: every state, who signed it, from where, when."""
     row = _alert_or_404(alert_id)
-    events = [{"state": data_state(e["state"]), "outcome": e["outcome"], "reason": e["reason"],
+    events = [{"state": State(e["state"]).word, "outcome": e["outcome"], "reason": e["reason"],
                "signer": e["signer"], "source": e["source"], "received_at": data.iso(e["received_at"])}
               for e in data.store().events(row["id"])]
     return jsonify({**row, "events": events})
-
-
-def data_state(value: int) -> str:
-    from node.alerts import State
-
-    return State(value).word
 
 
 @bp.get("/nodes")

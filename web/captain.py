@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, session, url_for
 
+from node.alerts import State
 from web import auth, data, live
 
 bp = Blueprint("captain", __name__, url_prefix="/captain", template_folder="templates")
@@ -107,7 +108,8 @@ def alert(alert_id: str):
     if row is None:
         abort(404, "no such alert")
     names = {p["node_id"]: p["name"] for p in s.peers()}
-    return render_template("captain/alert.html", alert=row, events=s.events(row["id"]), notes=s.notes(row["id"]),
+    events = [{**e, "state_word": State(e["state"]).word} for e in s.events(row["id"])]
+    return render_template("captain/alert.html", alert=row, events=events, notes=s.notes(row["id"]),
                            names=names, now=now, note_max=data.NOTE_MAX)
 
 

@@ -12,8 +12,8 @@ CAP mapping: a report is ``Alert`` (``Actual``, ``Restricted``, ``Security``,
 ``Shelter``; all clear an ``Update`` with ``AllClear``; a false alarm ``Cancel``. A
 TEST incident is ``status=Test`` throughout. ``areaDesc`` holds the place name and
 nothing else; no message names a person. Expiry is local to a node and has no CAP
-message. Each message's identifier comes from the signer and its frame counter, so
-two nodes export the same identifiers for the same incident.
+message. A message's identifier is the incident's id and the state (each state
+happens once in an incident), so every node exports the same identifiers for it.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def cap_messages(alert: Alert, events: list[dict], place: str, block: str) -> li
             continue
         msg_type, what, urgency, severity, certainty, response = _INFO[state]
         sender = f"node-{event['signer']}.{_token(block)}.silbato"
-        identifier = f"silbato-{_token(block)}-{event['signer']}-{event['counter'] or event['id']}"
+        identifier = f"silbato-{_token(block)}-{alert.id}-{state.word}"  # each state happens once
         sent = cap_time(event["received_at"])
         root = ET.Element("alert", xmlns=CAP_NS)
         for tag, text in (("identifier", identifier), ("sender", sender), ("sent", sent),

@@ -88,8 +88,7 @@ def choose_language() -> str:
 def init_app(app) -> None:
     """Flask-Babel with the ``.po`` domain; ``g.lang`` holds the reader's language."""
     babel = Babel(app, locale_selector=lambda: _BABEL_CODE.get(lang(), lang()))
-    app.extensions["babel"].domain_instance = PoDomain()
-    del babel
+    babel.domain_instance = PoDomain()  # overrides Flask-Babel's .mo loader
 
     @app.after_request
     def remember_language(response):

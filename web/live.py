@@ -1,9 +1,10 @@
 """Live updates: the page's state, shared by every request of one app, pushed to open pages.
 
 ``Live`` keeps the newest *snapshot* of what the page shows. A snapshot is recomputed
-when SQLite's ``PRAGMA data_version`` says another connection committed (checked every
-``poll`` seconds) or every ``recheck`` seconds (a building turns silent with no write),
-and gets a new version only when what the page shows changed. Renders of a snapshot
+when SQLite's ``PRAGMA data_version`` says another connection committed (checked on
+every request, and every ``poll`` seconds while streams are open) or every ``recheck``
+seconds (a building turns silent with no write), and gets a new version only when
+what the page shows changed. Renders of a snapshot
 are cached per language, so 200 open pages cost one render per language per change.
 
 - ``GET /api/events``: server-sent events, the live document at once and on every change.
@@ -13,8 +14,7 @@ are cached per language, so 200 open pages cost one render per language per chan
   without closing its connection frees its slot.
 - ``GET /api/live``: the same document once (``ETag``; 304 when unchanged), for polling.
 
-While no stream is open there is no watcher thread: requests refresh the snapshot
-themselves, at most every ``poll`` seconds.
+While no stream is open there is no watcher thread: requests refresh the snapshot themselves.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Live:
         self._snapshot: Snapshot | None = None
         self._store: Store | None = None
         self._data_version: int | None = None
-        self._checked = self._computed = float("-inf")  # monotonic seconds
+        self._computed = float("-inf")  # monotonic seconds
         self._clients = 0
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
@@ -87,21 +87,20 @@ class Live:
     def current(self) -> Snapshot:
         """The newest snapshot; raises ``StoreError`` if the database was never readable."""
         with self._lock:
-            if self._snapshot is None or time.monotonic() - self._checked >= self.poll:
-                self._refresh()
+            self._refresh()  # one PRAGMA unless something changed
             if self._snapshot is None:
                 raise StoreError(f"{self.database}: not readable yet")
             return self._snapshot
 
     def _refresh(self) -> None:
         """Recompute the snapshot if the database changed (call with the lock held)."""
-        self._checked = time.monotonic()
+        checked = time.monotonic()
         try:
             if self._store is None:
                 self._store = Store(self.database, readonly=True)
             data_version = self._store.pragma("data_version")
             if (self._snapshot is not None and data_version == self._data_version
-                    and self._checked - self._computed < self.recheck):
+                    and checked - self._computed < self.recheck):
                 return
             doc = data.state_document(self._store, self.clock(), self.silent_after)
         except (StoreError, sqlite3.Error) as exc:
@@ -110,7 +109,7 @@ class Live:
                 self._store = None
             log.warning("live state not refreshed: %s", exc)
             return  # keep serving the last snapshot
-        self._data_version, self._computed = data_version, self._checked
+        self._data_version, self._computed = data_version, checked
         version = data.digest(doc)
         if self._snapshot is None or version != self._snapshot.version:
             self._snapshot = Snapshot(version, doc)
@@ -214,19 +213,6 @@ def events():
     seconds = current_app.config["STREAM_SECONDS"] * random.uniform(0.8, 1.2)  # spread the reconnects
     keepalive = current_app.config["KEEPALIVE"]
 
-    def stream():
-        yield "retry: 3000\n\n"
-        version, end = last, time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            snapshot = hub.wait(version, min(keepalive, left))
-            if snapshot is None:
-                return
-            if snapshot.version == version:
-                yield ": keepalive\n\n"  # also finds out, by failing, that the reader has gone
-                continue
-            version = snapshot.version
-            yield f"id: {version}\nevent: state\ndata: {payload(snapshot)}\n\n"
-
     released = threading.Event()
 
     def release() -> None:
@@ -234,8 +220,24 @@ def events():
             released.set()
             hub.leave()
 
+    def stream():
+        try:
+            yield "retry: 3000\n\n"
+            version, end = last, time.monotonic() + seconds
+            while (left := end - time.monotonic()) > 0:
+                snapshot = hub.wait(version, min(keepalive, left))
+                if snapshot is None:
+                    return
+                if snapshot.version == version:
+                    yield ": keepalive\n\n"  # also finds out, by failing, that the reader has gone
+                    continue
+                version = snapshot.version
+                yield f"id: {version}\nevent: state\ndata: {payload(snapshot)}\n\n"
+        finally:
+            release()
+
     response = Response(stream_with_context(stream()), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
-    response.call_on_close(release)
+    response.call_on_close(release)  # also when the stream never started
     return response

@@ -103,7 +103,10 @@ def document(title: str = "Silbato") -> dict:
         "/api/events": {"get": _op(
             "Server-sent events: an event 'state' with the live document now and on every change", {
                 "200": {"description": "an event stream; each event's data is a Live document",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                        "content": {"text/event-stream": {"schema": {
+                            "type": "object", "required": ["event", "id", "data"], "properties": {
+                                "event": {"type": "string", "enum": ["state"]}, "id": _S,
+                                "data": {**_S, "description": "a Live document as JSON"}}}}}}},
             parameters=[_LANG])},
         "/api/session": {"get": _op("Who is logged in, and the CSRF token for POSTs", {
             "200": _json(_ref("Session"))})},

@@ -16,6 +16,7 @@ import threading
 from typing import Callable
 
 import waitress
+from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,14 @@ class Server:
             live.close()
         server = self._server
         while server._map:
-            for channel in list(server._map.values()):
+            for dispatcher in list(server._map.values()):
                 try:
-                    channel.handle_close()
+                    if isinstance(dispatcher, HTTPChannel):
+                        dispatcher.handle_close()
+                    else:
+                        dispatcher.close()  # the listening socket and the loop's trigger
                 except Exception:  # a half-closed socket must not stop the shutdown
-                    log.debug("closing a channel failed", exc_info=True)
+                    log.debug("closing %r failed", dispatcher, exc_info=True)
         server.task_dispatcher.shutdown(timeout=5)
         self._stopped.wait(5)
 

@@ -1,0 +1,45 @@
+"""Coverage: which buildings received each alert state, and which sounded it. Pure.
+
+A receipt is a node's whole knowledge of one alert state: bitmaps, in roster
+order, of the buildings known to have received it and to have sounded it.
+Knowledge only grows, so receipts merge by union and every node converges on
+the same view, whichever receipts it happened to hear. Receipts go to direct
+neighbours only; a node passes on what it learned in its next receipt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+
+def to_bitmap(nodes: Iterable[int], members: Sequence[int]) -> bytes:
+    index = {m: i for i, m in enumerate(members)}
+    out = bytearray((len(members) + 7) // 8)
+    for node in nodes:
+        if node in index:
+            i = index[node]
+            out[i // 8] |= 1 << (i % 8)
+    return bytes(out)
+
+
+def from_bitmap(bitmap: bytes, members: Sequence[int]) -> set[int]:
+    return {m for i, m in enumerate(members) if i // 8 < len(bitmap) and bitmap[i // 8] >> (i % 8) & 1}
+
+
+@dataclass
+class View:
+    """What one node knows of one alert state's reach."""
+
+    state: str
+    received: set[int] = field(default_factory=set)
+    sounded: set[int] = field(default_factory=set)
+
+    def missing(self, expected: Iterable[int]) -> list[int]:
+        return sorted(set(expected) - self.received)
+
+    def summary(self, total: int, missing_names: Sequence[str]) -> str:
+        """For example ``CONFIRMED: 27 of 30 buildings received, 26 sounded; missing: B7, B19, C3``."""
+        text = (f"{self.state.replace('_', ' ').upper()}: {len(self.received)} of {total} buildings received, "
+                f"{len(self.sounded)} sounded")
+        return text + (f"; missing: {', '.join(missing_names)}" if missing_names else "")

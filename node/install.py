@@ -1,0 +1,234 @@
+"""``silbato install`` and ``silbato uninstall``: turn a Raspberry Pi OS machine into a node, and back.
+
+Each step says what it did, and running ``install`` again changes nothing that is
+already right. The steps, in order:
+
+1. the ``silbato`` system user, in the groups ``gpio``, ``dialout`` and ``audio``;
+2. ``/etc/silbato/silbato.toml`` from a commented template, if absent (``config_template``);
+3. the state directory;
+4. the release, in ``/opt/silbato/releases/<version>`` with its own venv (``node.release``),
+   and ``/opt/silbato/current`` pointing at it;
+5. the units from the release's ``systemd/``, then ``systemctl daemon-reload``;
+6. the node key, if missing;
+7. the services enabled, and started once a roster is installed.
+
+Under a root other than ``/`` the privileged commands are recorded, not run (``node.host``).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable
+
+from node import config as config_mod
+from node import release as release_mod
+from node.errors import SilbatoError
+from node.host import GROUPS, SERVICES, TIMERS, USER, Host, Layout
+
+Say = Callable[[str], None]
+
+UNIT_SUFFIXES = (".service", ".timer")
+
+# Settings whose value is a path on the node: under a root other than /, the settings file
+# that install writes points them into that root, so the node there is self-contained.
+PATH_SETTINGS = ("node.state_dir", "node.organizer_key", "radio.channel_key_file", "speaker.recordings_dir")
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def config_template(values: dict | None = None) -> str:
+    """The settings file: every setting, commented out at its default, with its help.
+
+    ``values`` are written uncommented. The template is made from ``node.config.SETTINGS``,
+    so it never falls behind the code.
+    """
+    values = values or {}
+    lines = ["# Silbato settings. Every setting is listed at its default, commented out;",
+             "# remove the '#' to change one. 'silbato config show' prints the effective values,",
+             "# and 'silbato doctor' checks them. Environment variables (SILBATO_RADIO_PORT...) win.",
+             ""]
+    sections: dict[str, list[config_mod.Setting]] = {}
+    for setting in config_mod.SETTINGS:  # a TOML table may appear once: group by section, in order
+        sections.setdefault(setting.name.split(".", 1)[0], []).append(setting)
+    for head, settings in sections.items():
+        lines += [f"[{head}]", ""]
+        for setting in settings:
+            key = setting.name.split(".", 1)[1]
+            lines += [f"# {line}" for line in _wrap(setting.help)]
+            if setting.name in values:
+                lines.append(f"{key} = {_toml_value(values[setting.name])}")
+            else:
+                lines.append(f"# {key} = {_toml_value(setting.default)}")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _wrap(text: str, width: int = 86) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
+
+
+def rooted_values(layout: Layout) -> dict:
+    """Path settings pointed into ``layout.root`` (empty for the real root)."""
+    if layout.is_system:
+        return {}
+    return {name: str(layout.path(str(config_mod.BY_NAME[name].default))) for name in PATH_SETTINGS}
+
+
+def unit_files(share: Path) -> list[Path]:
+    return sorted(p for p in (share / "systemd").iterdir() if p.suffix in UNIT_SUFFIXES)
+
+
+def install_units(layout: Layout, host: Host, share: Path, say: Say) -> bool:
+    """Copy the units of a release into the unit directory; return whether any changed."""
+    layout.unit_dir.mkdir(parents=True, exist_ok=True)
+    changed = []
+    for unit in unit_files(share):
+        target = layout.unit_dir / unit.name
+        if target.is_file() and filecmp.cmp(unit, target, shallow=False):
+            continue
+        shutil.copyfile(unit, target)
+        os.chmod(target, 0o644)
+        changed.append(unit.name)
+    if changed:
+        say(f"units: installed {', '.join(changed)} in {layout.unit_dir}")
+        host.systemctl("daemon-reload")
+    else:
+        say("units: unchanged")
+    return bool(changed)
+
+
+def install(layout: Layout, host: Host, wheel: Path, *, say: Say, deps_from: Path | None = None) -> Path:
+    """Install the node from ``wheel``; return the release directory. Idempotent."""
+    with layout.lock():
+        _user(host, say)
+        _config(layout, host, say)
+        cfg = config_mod.load(layout.config_file)
+        _state_dir(cfg.state_dir, host, say)
+        release = release_mod.install(layout, wheel, deps_from=deps_from, say=say)
+        if layout.current_release() != release:
+            layout.switch(release)
+            say(f"current: now {os.readlink(layout.current)}")
+        else:
+            say(f"current: already {os.readlink(layout.current)}")
+        install_units(layout, host, release_mod.share_dir(release), say)
+        _node_key(cfg, host, say)
+        _enable(cfg, host, say)
+    return release
+
+
+def _user(host: Host, say: Say) -> None:
+    if host.user_exists(USER):
+        say(f"user: {USER} exists")
+    else:
+        host.run(["useradd", "--system", "--user-group", "--home-dir", "/var/lib/silbato", "--no-create-home",
+                  "--shell", "/usr/sbin/nologin", "--comment", "Silbato node", USER])
+        say(f"user: created system user {USER}" if host.real else
+            f"user: not created under {host.layout.root} (recorded: useradd --system {USER})")
+    groups = [g for g in GROUPS if host.group_exists(g)]
+    missing = [g for g in GROUPS if g not in groups]
+    if groups:
+        host.run(["usermod", "--append", "--groups", ",".join(groups), USER])
+        say(f"groups: {USER} is in {', '.join(groups)}" + ("" if host.real else " (recorded)"))
+    if missing:
+        say(f"groups: {', '.join(missing)} not on this machine (not a Raspberry Pi?); skipped")
+
+
+def _config(layout: Layout, host: Host, say: Say) -> None:
+    layout.etc.mkdir(parents=True, exist_ok=True)
+    if layout.config_file.exists():
+        say(f"config: kept {layout.config_file}")
+        return
+    tmp = layout.config_file.with_name(layout.config_file.name + ".tmp")
+    tmp.write_text(config_template(rooted_values(layout)), encoding="utf-8")
+    os.chmod(tmp, 0o640)  # it may hold the Wi-Fi password
+    host.chown(tmp, "root", USER)
+    os.replace(tmp, layout.config_file)
+    say(f"config: created {layout.config_file} from the template")
+
+
+def _state_dir(state: Path, host: Host, say: Say) -> None:
+    existed = state.is_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o750)
+    host.chown(state, USER)
+    say(f"state: {state} {'exists' if existed else 'created'}")
+
+
+def _node_key(cfg: config_mod.Config, host: Host, say: Say) -> None:
+    from node.keys import SigningKey
+
+    if cfg.key_file.exists():
+        say(f"node key: kept {cfg.key_file}")
+        return
+    key = SigningKey.create(cfg.key_file)
+    host.chown(cfg.key_file, USER)
+    say(f"node key: created {cfg.key_file}; public key: {key.public_b64}")
+
+
+def _enable(cfg: config_mod.Config, host: Host, say: Say) -> None:
+    host.systemctl("enable", *SERVICES, *TIMERS)
+    say(f"services: enabled {', '.join(SERVICES + TIMERS)}" + ("" if host.real else " (recorded)"))
+    if cfg.roster_file.exists() and Path(cfg["node.organizer_key"]).exists():
+        host.systemctl("restart", *SERVICES)
+        host.systemctl("start", *TIMERS)
+        say("services: (re)started" + ("" if host.real else " (recorded)"))
+    else:
+        say("services: not started until the roster is installed: copy the organizers' key to "
+            f"{cfg['node.organizer_key']}, then 'silbato roster install FILE' and "
+            "'systemctl start silbato-node silbato-web'")
+
+
+def uninstall(layout: Layout, host: Host, *, purge: bool, say: Say) -> None:
+    """Stop and remove the services and releases; with ``purge``, also settings, state and user."""
+    from node import wifi
+
+    try:
+        state = config_mod.load(layout.config_file).state_dir if layout.config_file.exists() else layout.state_dir
+    except SilbatoError as exc:
+        say(f"config: {exc}; assuming the default state directory")
+        state = layout.state_dir
+    with layout.lock():
+        units = [layout.unit_dir / name for name in (*SERVICES, *TIMERS, "silbato-purge.service")]
+        if any(u.exists() for u in units):
+            host.systemctl("disable", "--now", *TIMERS, *SERVICES, check=False)
+            for unit in units:
+                unit.unlink(missing_ok=True)
+            host.systemctl("daemon-reload")
+            say("services: stopped, disabled and removed" + ("" if host.real else " (systemctl recorded)"))
+        else:
+            say("services: none installed")
+        for path in wifi.remove_all(layout, host):
+            say(f"wifi: removed {path}")
+        _remove(layout.opt, "releases", say)
+        if not purge:
+            say(f"kept {layout.etc} and {state} (the node key and alerts); 'silbato uninstall --purge' removes them")
+            return
+    _remove(state, "state", say)
+    _remove(layout.etc, "config", say)
+    if host.user_exists(USER) or not host.real:
+        host.run(["userdel", USER], check=False)
+        say(f"user: removed {USER}" + ("" if host.real else " (recorded)"))
+
+
+def _remove(path: Path, what: str, say: Say) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+        say(f"{what}: removed {path}")
+    else:
+        say(f"{what}: {path} already absent")
+
+
+def installed_units(layout: Layout) -> Iterable[Path]:
+    return sorted(p for p in layout.unit_dir.glob("silbato-*") if p.suffix in UNIT_SUFFIXES)

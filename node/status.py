@@ -1,0 +1,97 @@
+"""``silbato status``: a short summary of this node, for a person (text) or for ``fleet status`` (JSON).
+
+Version, uptime, the services, the radio, the active alerts and the TROUBLE lines. It
+reads the database read-only and never opens the radio or the GPIO, so it is safe while
+the daemon runs. Alerts are shown by id, kind, state and place name: no person is named.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from node import __version__
+from node.config import Config
+from node.errors import SilbatoError
+from node.host import SERVICES, Host
+
+
+def _uptime() -> float | None:
+    try:
+        return float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def collect(cfg: Config, host: Host, *, clock=time.time) -> dict[str, Any]:
+    """The summary as a JSON-ready dict."""
+    from node.alerts import Kind
+    from node.store import Store
+
+    out: dict[str, Any] = {
+        "version": __version__,
+        "release": host.layout.current_version(),
+        "uptime": _uptime(),
+        "services": {unit: host.service_state(unit) for unit in SERVICES},
+        "alerts": [], "troubles": {}, "radio": "unknown", "daemon_since": None,
+    }
+    if not cfg.db_file.exists():
+        store = None  # before the daemon's first start
+    else:
+        try:
+            store = Store(cfg.db_file, readonly=True)
+        except SilbatoError as exc:
+            store = exc
+    if isinstance(store, SilbatoError):
+        exc = store
+        out["troubles"] = {"storage": f"cannot read the database: {exc}"}
+    elif store is not None:
+        try:
+            places = store.places()
+            out["alerts"] = [{"id": a.id, "kind": "raid" if a.kind is Kind.RAID else "test", "state": a.state.word,
+                              "place": places.get(a.location, f"location {a.location}"), "since": a.opened_at}
+                             for a in store.active_alerts()]
+            out["troubles"] = store.troubles()
+            since = store.meta("daemon_started_at")
+            out["daemon_since"] = float(since) if since else None
+        except Exception as exc:  # an old or damaged schema: say so, do not crash the summary
+            out["troubles"] = {"storage": f"cannot read the database: {exc}"}
+        finally:
+            store.close()
+    radio = [message for key, message in out["troubles"].items() if key.startswith("radio")]
+    out["radio"] = "; ".join(radio) if radio else ("configured" if cfg["radio.port"] or cfg["radio.tcp"] else
+                                                   "none configured")
+    node_state = out["services"].get("silbato-node.service")
+    out["health"] = ("down" if host.real and node_state != "active" else
+                     "trouble" if out["troubles"] else "ok")
+    return out
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    minutes = int(seconds // 60)
+    days, minutes = divmod(minutes, 1440)
+    hours, minutes = divmod(minutes, 60)
+    return f"{days}d {hours}h {minutes}m" if days else f"{hours}h {minutes}m"
+
+
+def lines(summary: dict[str, Any], *, clock=time.time) -> list[str]:
+    """The summary for a person, one fact per line."""
+    release = summary["release"] or "not installed"
+    daemon = summary["daemon_since"]
+    out = [f"version   {summary['version']} (release {release})",
+           f"uptime    system {_duration(summary['uptime'])}; silbato-node "
+           f"{_duration(clock() - daemon) if daemon else 'never started'}",
+           "services  " + ", ".join(f"{unit.removesuffix('.service')} {state}"
+                                    for unit, state in summary["services"].items()),
+           f"radio     {summary['radio']}",
+           f"health    {summary['health']}"]
+    alerts = summary["alerts"]
+    out.append(f"alerts    {len(alerts)} active" if alerts else "alerts    none active")
+    for a in alerts:
+        out.append(f"  {a['id']:10s} {a['kind']:4s} {a['state']:10s} {a['place']}")
+    for subsystem, message in sorted(summary["troubles"].items()):
+        out.append(f"TROUBLE ({subsystem}) {message}")
+    return out
