@@ -603,7 +603,7 @@ def update(ctx: click.Context, root: Path, source: str, as_json: bool, force: bo
         wheel = _wheel_for(source, workdir)
         outcome = Updater(layout, host, cfg, config_path=_root_config_path(ctx, layout), say=click.echo).run(
             wheel, force=force)
-    except SilbatoError as exc:
+    except (SilbatoError, OSError) as exc:
         outcome = Outcome(layout.current_version(), None, "failed", str(exc))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

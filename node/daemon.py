@@ -44,6 +44,8 @@ RECEIPT_DELAY = (2.0, 20.0)   # seconds: the random wait before a receipt, so 30
 RECEIPT_GAP = 20.0        # seconds between two receipts of one alert state from this node
 MAX_RECEIPTS = 6          # receipts of one alert state from this node
 REPAIR_GAP = 60.0         # seconds between passing one alert to neighbours that lack it
+RELAY_DELAY = (0.3, 2.5)  # seconds: the random wait before relaying a new alert state to neighbours
+RELAY_ENOUGH = 2          # copies heard from neighbours in that wait that make this node's relay needless
 MESH_DEGRADED = 0.40      # channel utilisation above which the mesh is degraded
 PURGE_EVERY = 3600.0
 # Captains' requests (written by the web process) are polled every REQUEST_POLL seconds
@@ -72,7 +74,12 @@ class Node:
         self._ephemeral: collections.deque[tuple[bytes, int]] = collections.deque(maxlen=50)  # (frame, hop limit)
         self._receipts: dict[tuple[str, State], list[float]] = {}  # (alert, state) -> [due, sent, last sent]
         self._repaired: dict[str, float] = {}  # alert id -> when this node last passed it on
+        # Relays of new alert states to neighbours: (alert, state) -> [due, copies heard, frame], and
+        # the (origin, counter) of each relayed frame, so hearing it again counts as a copy.
+        self._relays: dict[tuple[str, State], list] = {}
+        self._relay_frames: dict[tuple[int, int], tuple[str, State]] = {}
         self._next_heartbeat = 0.0
+        self._early_heartbeat = -1e12
         self._kick = threading.Event()
         self.id = 0
         self.location = 0
@@ -101,10 +108,7 @@ class Node:
             now = self.clock()
             self.supervisor = supervision.Supervisor(self.id, self.members, period=cfg["supervision.period"],
                                                      now=now)
-            self.heartbeat_interval = cfg["supervision.heartbeat_interval"] or supervision.heartbeat_interval(
-                time_on_air(wire.frame_size(wire.FrameType.HEARTBEAT, min(len(self.members), wire.MAX_VECTOR))
-                            + MESH_OVERHEAD, cfg["radio.preset"]),
-                budget=cfg["supervision.airtime_budget"], period=cfg["supervision.period"])
+            self.heartbeat_interval = self._heartbeat_interval()
             self._next_heartbeat = now + self.rng.uniform(0, self.heartbeat_interval)
             places = {m.location: m.place for m in self.roster.members.values() if not m.revoked}
             self.hardware = Hardware(cfg, on_hold=self.button_held, on_press=self.button_pressed,
@@ -280,6 +284,8 @@ class Node:
                 frame = wire.decode(data, self.roster, seen=self.store.seen)
             except FrameError as exc:
                 self.counts[exc.reason] += 1
+                if exc.reason == "replayed":
+                    self._count_copy(self._relay_frames.get(wire.peek_origin(bytes(data)) or (0, 0)))
                 level = logging.DEBUG if exc.reason == "replayed" else logging.WARNING
                 log.log(level, "frame refused: %s (header %s)", exc, wire.peek_origin(bytes(data)) if
                         isinstance(data, (bytes, bytearray)) else None)
@@ -298,6 +304,8 @@ class Node:
                         sound = self._apply_remote(frame, now, bytes(data))
                     elif isinstance(frame, wire.ReceiptFrame):
                         self._apply_receipt(frame, now)
+                    elif isinstance(frame, wire.SilentFrame):
+                        self._apply_silent(frame, now, bytes(data))
                     else:
                         self._apply_heartbeat(frame, now)
                 self.store.clear_trouble("storage")
@@ -336,9 +344,15 @@ class Node:
             self.store.set_repeat(alert.id, None, 0)  # someone moved it on; stop re-sending ours
         self.store.record_event(alert.id, t.state, outcome.value, signer=frame.origin, source="air",
                                 counter=frame.counter, received_at=now)
+        if outcome is Outcome.DUPLICATE:
+            self._count_copy((alert.id, alert.state))
         if outcome.sounds:
             log.info("alert %s %s from node %s", alert.id, t.state.word, frame.origin)
             self.store.set_alert_frame(alert.id, data)
+            # Relay it to neighbours ourselves, unless enough of them do first: Meshtastic's
+            # flooding leaves holes where relays cancel each other or collide.
+            self._relays[(alert.id, alert.state)] = [now + self.rng.uniform(*RELAY_DELAY), 0, data, RELAY_ENOUGH]
+            self._relay_frames[(frame.origin, frame.counter)] = (alert.id, alert.state)
             self.store.add_coverage(alert.id, alert.state, {self.id, frame.origin}, set())  # sounded: below
             self._schedule_receipt(alert.id, alert.state, now)
             return alert
@@ -355,6 +369,25 @@ class Node:
                 self.store.add_coverage(alert.id, alert.state, {self.id}, {self.id})
         except StoreError as exc:
             log.error("could not record that the siren sounded: %s", exc)
+
+    def _count_copy(self, key: tuple[str, State] | None) -> None:
+        entry = self._relays.get(key) if key is not None else None
+        if entry is not None:
+            entry[1] += 1
+
+    def _relay_due(self, now: float) -> None:
+        for key, (due, copies, data, enough) in list(self._relays.items()):
+            if now < due:
+                continue
+            del self._relays[key]
+            if copies < enough:
+                self.counts["relay"] += 1
+                self._send_ephemeral(data, now, hop_limit=0)
+            else:
+                self.counts["relay-suppressed"] += 1
+        if len(self._relay_frames) > 500:
+            for frame_key in list(self._relay_frames)[:250]:
+                del self._relay_frames[frame_key]
 
     def _schedule_receipt(self, alert_id: str, state: State, now: float) -> None:
         """Send this node's view of who has ``alert_id`` in ``state`` soon, at a random moment."""
@@ -377,9 +410,27 @@ class Node:
             if frame.state is alert.state:
                 self._schedule_receipt(alert.id, alert.state, now)
 
+    def _apply_silent(self, frame: wire.SilentFrame, now: float, data: bytes) -> None:
+        """A neighbour of ``frame.subject`` says it has gone silent: show it, and pass the word on."""
+        if frame.subject == self.id:
+            log.warning("node %s says this node is silent; answering with a heartbeat", frame.origin)
+            self._next_heartbeat = min(self._next_heartbeat, now + self.rng.uniform(1.0, 5.0))
+            return
+        self.supervisor.verdict(frame.subject, now - frame.silent_for)
+        log.warning("TROUBLE: %s is silent (%d s, says node %s)", self.roster.members[frame.subject].name,
+                    frame.silent_for, frame.origin)
+        # Every node relays a verdict once (they are rare, and a node that misses one waits long).
+        self._relays[("silent", frame.origin, frame.counter)] = [now + self.rng.uniform(*RELAY_DELAY), 0, data,
+                                                                 1 << 30]
+
     def _apply_heartbeat(self, frame: wire.HeartbeatFrame, now: float) -> None:
         if frame.roster_version == self.roster.version:
             self.supervisor.merge(frame.vector, now)
+            # It missed our recent heartbeats: send the next one early rather than let it age.
+            if (self.supervisor.stale_about_me(frame.vector, self.heartbeat_interval)
+                    and now - self._early_heartbeat > self.heartbeat_interval / 2):
+                self._early_heartbeat = now
+                self._next_heartbeat = min(self._next_heartbeat, now + self.rng.uniform(1.0, 5.0))
         # Repair: a neighbour whose latest alert state is behind ours gets our copy of the signed frame.
         latest = self._latest_alert()
         if latest is None:
@@ -393,6 +444,17 @@ class Node:
                 self.counts["repair"] += 1
                 log.info("node %s lacks alert %s %s; passing it on", frame.origin, latest.id, latest.state.word)
                 self._send_ephemeral(stored, now, hop_limit=0)
+
+    def _heartbeat_interval(self) -> float:
+        """Seconds to the next heartbeat: set, or sized to the airtime budget and the neighbours heard."""
+        cfg = self.config
+        if cfg["supervision.heartbeat_interval"]:
+            return cfg["supervision.heartbeat_interval"]
+        airtime = time_on_air(wire.frame_size(wire.FrameType.HEARTBEAT, min(len(self.members), wire.MAX_VECTOR))
+                              + MESH_OVERHEAD, cfg["radio.preset"])
+        neighbours = len(self.supervisor.neighbours) or len(self.members) - 1
+        return supervision.heartbeat_interval(airtime, neighbours=neighbours, budget=cfg["supervision.airtime_budget"],
+                                              period=cfg["supervision.period"])
 
     def _latest_alert(self) -> Alert | None:
         active = self.store.active_alerts()
@@ -416,8 +478,19 @@ class Node:
 
     def _supervise(self, now: float) -> None:
         """Heartbeats and receipts when due, then the block's liveness into the store."""
+        self._relay_due(now)
         own = supervision.trouble_bits(self.store.troubles())
+        for node, last in self.supervisor.due_verdicts(now):
+            self.supervisor.verdict(node, last)
+            with self.store.transaction():
+                counter = self.store.next_counter()
+            frame = wire.SilentFrame(self.id, counter, node, int(min(now - last, 0xFFFF)))
+            log.warning("TROUBLE: %s is silent: nothing from it for %.0f s; telling the block",
+                        self.roster.members[node].name, now - last)
+            self._send_ephemeral(wire.encode(frame, self.key, self.roster.block), now, hop_limit=None)
+            self.counts["silent-verdict"] += 1
         if now >= self._next_heartbeat:
+            self.heartbeat_interval = self._heartbeat_interval()
             self._next_heartbeat = now + self._jitter(self.heartbeat_interval)
             latest = self._latest_alert()
             reporter, acounter = alerts.parse_alert_id(latest.id) if latest else (0, 0)
@@ -758,9 +831,12 @@ def run(config: Config, *, stopping: threading.Event | None = None, link: Link |
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     node = Node(config, link=link, pin_factory=pin_factory).start()
-    with node._lock:  # for 'silbato status'
-        node.store.set_meta("daemon_started_at", repr(time.time()))
-        node.store.set_meta("daemon_version", __version__)
+    try:
+        with node._lock:  # for 'silbato status'; a full disk must not stop the node
+            node.store.set_meta("daemon_started_at", repr(time.time()))
+            node.store.set_meta("daemon_version", __version__)
+    except Exception:
+        log.exception("could not record the start time")
     notifier.ready(f"node {node.id}: store, lifecycle and hardware up")
     next_tick = time.monotonic() + 1.0
     reported: list[str] = []

@@ -326,8 +326,11 @@ def check_clock(doctor: Doctor) -> Iterator[Result]:
                                     "but their times are wrong; connect the node to a network once, or set the date")
         return
     if doctor.host.real:
-        synced = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
-                                capture_output=True, text=True).stdout.strip()
+        try:
+            synced = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            synced = ""  # no timedatectl: nothing more to say
         if synced == "no":
             yield Result(WARN, "clock", f"{stamp}, not synchronised over the network (normal with no internet)")
             return

@@ -87,14 +87,19 @@ def rooted_values(layout: Layout) -> dict:
 
 
 def unit_files(share: Path) -> list[Path]:
-    return sorted(p for p in (share / "systemd").iterdir() if p.suffix in UNIT_SUFFIXES)
+    folder = share / "systemd"
+    return sorted(p for p in folder.iterdir() if p.suffix in UNIT_SUFFIXES) if folder.is_dir() else []
 
 
 def install_units(layout: Layout, host: Host, share: Path, say: Say) -> bool:
     """Copy the units of a release into the unit directory; return whether any changed."""
+    units = unit_files(share)
+    if not units:
+        say(f"units: none in {share}; the installed units are kept")
+        return False
     layout.unit_dir.mkdir(parents=True, exist_ok=True)
     changed = []
-    for unit in unit_files(share):
+    for unit in units:
         target = layout.unit_dir / unit.name
         if target.is_file() and filecmp.cmp(unit, target, shallow=False):
             continue
@@ -181,9 +186,9 @@ def _enable(cfg: config_mod.Config, host: Host, say: Say) -> None:
     host.systemctl("enable", *SERVICES, *TIMERS)
     say(f"services: enabled {', '.join(SERVICES + TIMERS)}" + ("" if host.real else " (recorded)"))
     if cfg.roster_file.exists() and Path(cfg["node.organizer_key"]).exists():
-        host.systemctl("restart", *SERVICES)
+        host.systemctl("restart", "--no-block", *SERVICES)
         host.systemctl("start", *TIMERS)
-        say("services: (re)started" + ("" if host.real else " (recorded)"))
+        say("services: (re)starting; 'silbato doctor' shows when they are up" + ("" if host.real else " (recorded)"))
     else:
         say("services: not started until the roster is installed: copy the organizers' key to "
             f"{cfg['node.organizer_key']}, then 'silbato roster install FILE' and "

@@ -24,11 +24,8 @@ def _uptime() -> float | None:
         return None
 
 
-def collect(cfg: Config, host: Host, *, clock=time.time) -> dict[str, Any]:
+def collect(cfg: Config, host: Host) -> dict[str, Any]:
     """The summary as a JSON-ready dict."""
-    from node.alerts import Kind
-    from node.store import Store
-
     out: dict[str, Any] = {
         "version": __version__,
         "release": host.layout.current_version(),
@@ -36,29 +33,8 @@ def collect(cfg: Config, host: Host, *, clock=time.time) -> dict[str, Any]:
         "services": {unit: host.service_state(unit) for unit in SERVICES},
         "alerts": [], "troubles": {}, "radio": "unknown", "daemon_since": None,
     }
-    if not cfg.db_file.exists():
-        store = None  # before the daemon's first start
-    else:
-        try:
-            store = Store(cfg.db_file, readonly=True)
-        except SilbatoError as exc:
-            store = exc
-    if isinstance(store, SilbatoError):
-        exc = store
-        out["troubles"] = {"storage": f"cannot read the database: {exc}"}
-    elif store is not None:
-        try:
-            places = store.places()
-            out["alerts"] = [{"id": a.id, "kind": "raid" if a.kind is Kind.RAID else "test", "state": a.state.word,
-                              "place": places.get(a.location, f"location {a.location}"), "since": a.opened_at}
-                             for a in store.active_alerts()]
-            out["troubles"] = store.troubles()
-            since = store.meta("daemon_started_at")
-            out["daemon_since"] = float(since) if since else None
-        except Exception as exc:  # an old or damaged schema: say so, do not crash the summary
-            out["troubles"] = {"storage": f"cannot read the database: {exc}"}
-        finally:
-            store.close()
+    if cfg.db_file.exists():  # absent before the daemon's first start
+        out.update(_from_store(cfg.db_file))
     radio = [message for key, message in out["troubles"].items() if key.startswith("radio")]
     out["radio"] = "; ".join(radio) if radio else ("configured" if cfg["radio.port"] or cfg["radio.tcp"] else
                                                    "none configured")
@@ -66,6 +42,31 @@ def collect(cfg: Config, host: Host, *, clock=time.time) -> dict[str, Any]:
     out["health"] = ("down" if host.real and node_state != "active" else
                      "trouble" if out["troubles"] else "ok")
     return out
+
+
+def _from_store(path: Path) -> dict[str, Any]:
+    """Active alerts, troubles and the daemon's start time, read-only."""
+    from node.alerts import Kind
+    from node.store import Store
+
+    try:
+        store = Store(path, readonly=True)
+    except SilbatoError as exc:
+        return {"troubles": {"storage": f"cannot read the database: {exc}"}}
+    try:
+        places = store.places()
+        since = store.meta("daemon_started_at")
+        return {
+            "alerts": [{"id": a.id, "kind": "raid" if a.kind is Kind.RAID else "test", "state": a.state.word,
+                        "place": places.get(a.location, f"location {a.location}"), "since": a.opened_at}
+                       for a in store.active_alerts()],
+            "troubles": store.troubles(),
+            "daemon_since": float(since) if since else None,
+        }
+    except Exception as exc:  # an old or damaged schema: say so rather than crash the summary
+        return {"troubles": {"storage": f"cannot read the database: {exc}"}}
+    finally:
+        store.close()
 
 
 def _duration(seconds: float | None) -> str:

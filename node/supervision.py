@@ -3,15 +3,21 @@
 Every node sends a heartbeat to its direct neighbours only (hop limit 0), every
 ``interval`` seconds. The heartbeat carries the sender's *age vector*: for each
 node on the roster, how long ago the sender last had first-hand or gossiped
-evidence that the node was alive, in units of ``AGE_UNIT`` seconds (4 bits,
-rounded up), together with that node's own trouble bits (4 bits). A node takes,
+evidence that the node was alive, in units of ``AGE_UNIT`` seconds (6 bits,
+rounded up), together with two bits of that node's own troubles (radio, other). A node takes,
 for each building, the freshest evidence from anyone. Ages are rounded *up*
 before they are sent, so gossip can make evidence look older but never newer:
 a dead node cannot be kept alive by its neighbours repeating each other.
 
-A building whose freshest evidence is older than ``period`` seconds is SILENT.
-Since every node's evidence of it only ages after it stops, every node shows it
-silent at most ``period`` seconds after its last heartbeat, wherever it is.
+Gossip is fast between neighbours and slow across the block (about one
+heartbeat interval per hop), so the verdict is local: a *neighbour* of a
+building (a node that has heard it first-hand) that has no evidence of it for
+``period`` seconds floods a signed SILENT verdict, once per outage; every node
+shows the building silent on the verdict, until it hears of the building again.
+A building is thus shown silent everywhere about ``period`` seconds after its
+last heartbeat, plus a flood's few seconds, while a far node's slow gossip never
+raises a false alarm. Far nodes still fall back on their own evidence after
+``3 * period`` in case no verdict can reach them.
 
 One byte per roster node rides in each heartbeat, so supervision covers the
 first ``MAX_NODES`` nodes of a roster.
@@ -22,16 +28,17 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
-AGE_UNIT = 12.0          # seconds per step of the 4-bit age
-AGE_MAX = 15             # "no fresh evidence" (15 * 12 s = 180 s)
+AGE_UNIT = 4.0           # seconds per step of the 6-bit age: each gossip hop adds at most this
+AGE_MAX = 63             # "no fresh evidence" (63 * 4 s = 252 s, beyond any supervision period)
 MAX_NODES = 36           # one byte per node keeps the heartbeat within 120 bytes
+TRANSIT = 1.0            # seconds a heartbeat may take on air and through the radio; counted as age
 
-# A node's own troubles, as 4 bits that travel in every heartbeat.
-TROUBLE_BITS = {"radio": 1, "storage": 2, "roster": 4, "speaker": 8}
+# A node's own troubles, as 2 bits that travel in every heartbeat: its radio, or anything else.
+TROUBLE_BITS = {"radio": 1, "storage": 2, "roster": 2, "speaker": 2, "mesh": 2, "hardware": 2}
 
 
 def trouble_bits(subsystems: Iterable[str]) -> int:
-    """The 4-bit summary of a node's TROUBLE subsystems (``radio-firmware`` counts as radio)."""
+    """The 2-bit summary of a node's TROUBLE subsystems (``radio-firmware`` counts as radio)."""
     bits = 0
     for name in subsystems:
         bits |= TROUBLE_BITS.get(name.split("-")[0], 0)
@@ -39,8 +46,8 @@ def trouble_bits(subsystems: Iterable[str]) -> int:
 
 
 # The 16-bit trouble mask of a heartbeat's header: the 4 shared bits, then more detail.
-_MASK_BITS = {"radio": 1, "storage": 2, "roster": 4, "speaker": 8, "mesh": 16, "radio-firmware": 32,
-              "radio-channel": 64, "radio-mqtt": 128, "radio-region": 256, "hardware": 512}
+_MASK_BITS = {"radio": 4, "storage": 8, "roster": 16, "speaker": 32, "mesh": 64, "radio-firmware": 128,
+              "radio-channel": 256, "radio-mqtt": 512, "radio-region": 1024, "hardware": 2048}
 
 
 def trouble_mask(subsystems: Iterable[str]) -> int:
@@ -52,19 +59,21 @@ def trouble_mask(subsystems: Iterable[str]) -> int:
 
 
 def trouble_bits_from_mask(mask: int) -> int:
-    return mask & 0x0F
+    return mask & 0x03
 
 
-def trouble_names(bits: int) -> list[str]:
-    return [name for name, bit in TROUBLE_BITS.items() if bits & bit]
+def trouble_names(mask: int) -> list[str]:
+    """The subsystems named by a heartbeat header's trouble mask."""
+    return [name for name, bit in _MASK_BITS.items() if mask & bit]
 
 
 def heartbeat_interval(airtime: float, *, neighbours: int = 8, budget: float = 0.05, period: float = 180.0) -> float:
-    """Seconds between heartbeats: the budget share of the channel that ``neighbours``
-    heartbeats of ``airtime`` seconds each may use, but at least 3 per supervision period.
+    """Seconds between heartbeats: what keeps the heartbeats a node hears (its own and its
+    ``neighbours``', of ``airtime`` seconds each) within ``budget`` of the channel, but at
+    least 3.8 per supervision period, and at most one each 20 s.
     """
     wanted = (neighbours + 1) * airtime / budget
-    return max(20.0, min(wanted, period / 3.0))
+    return max(20.0, min(wanted, period / 3.8))
 
 
 class Supervisor:
@@ -78,11 +87,14 @@ class Supervisor:
         self.started = now
         self.evidence: dict[int, float] = {}   # node -> newest time known alive
         self.troubles: dict[int, int] = {}     # node -> its trouble bits, as of that evidence
+        self.neighbours: set[int] = set()      # nodes heard first-hand
+        self.verdicts: dict[int, float] = {}   # node -> last time alive, per a SILENT verdict
 
     def heard(self, node: int, now: float, troubles: int | None = None) -> None:
         """First-hand evidence: a frame signed by ``node`` was just received."""
         if node not in self.index:
             return
+        self.neighbours.add(node)
         if now >= self.evidence.get(node, -math.inf):
             self.evidence[node] = now
             if troubles is not None:
@@ -91,14 +103,26 @@ class Supervisor:
     def merge(self, vector: bytes, now: float) -> None:
         """Fold in a neighbour's age vector (same roster order)."""
         for i, byte in enumerate(vector[:len(self.members)]):
-            units = byte >> 4
+            units = byte >> 2
             if units >= AGE_MAX:
                 continue
             node = self.members[i]
-            when = now - units * AGE_UNIT
+            when = now - units * AGE_UNIT - TRANSIT  # the heartbeat took time to arrive: never newer
             if when > self.evidence.get(node, -math.inf):
                 self.evidence[node] = when
-                self.troubles[node] = byte & 0x0F
+                self.troubles[node] = byte & 0x03
+
+    def stale_about_me(self, vector: bytes, interval: float) -> bool:
+        """Whether a neighbour's vector shows it missed this node's recent heartbeats.
+
+        A node that sees its own entry older than 1.3 heartbeat intervals in a neighbour's
+        heartbeat sends its next one early: a lost heartbeat is made good in seconds, not
+        left to age toward a false TROUBLE.
+        """
+        i = self.index.get(self.me)
+        if i is None or i >= len(vector):
+            return False
+        return (vector[i] >> 2) * AGE_UNIT > 1.3 * interval + AGE_UNIT
 
     def vector(self, now: float, own_troubles: int) -> bytes:
         """This node's age vector for its next heartbeat."""
@@ -108,23 +132,41 @@ class Supervisor:
         for node in self.members:
             when = self.evidence.get(node)
             if when is None:
-                out.append(AGE_MAX << 4)
+                out.append(AGE_MAX << 2)
                 continue
             units = min(AGE_MAX, math.ceil(max(0.0, now - when) / AGE_UNIT - 1e-9))
-            out.append(units << 4 | (self.troubles.get(node, 0) & 0x0F))
+            out.append(units << 2 | (self.troubles.get(node, 0) & 0x03))
         return bytes(out)
 
     def age(self, node: int, now: float) -> float | None:
         when = self.evidence.get(node)
         return None if when is None else now - when
 
+    def verdict(self, node: int, last_alive: float) -> None:
+        """A SILENT verdict from a neighbour of ``node``: it was last known alive at ``last_alive``."""
+        if node in self.index and node != self.me and last_alive > self.verdicts.get(node, -math.inf):
+            self.verdicts[node] = last_alive
+
+    def due_verdicts(self, now: float) -> list[tuple[int, float]]:
+        """Neighbours silent for ``period`` that no verdict has named yet: (node, last alive)."""
+        out = []
+        for node in sorted(self.neighbours):
+            when = self.evidence.get(node, -math.inf)
+            if node != self.me and now - when > self.period and self.verdicts.get(node, -math.inf) < when:
+                out.append((node, when))
+        return out
+
     def status(self, node: int, now: float) -> str:
         """``ok``, ``trouble`` (alive, with troubles of its own), ``silent``, or ``unknown`` (just started)."""
         if node == self.me:
             return "trouble" if self.troubles.get(node) else "ok"
         when = self.evidence.get(node)
-        if when is None or now - when > self.period:
-            return "silent" if now - self.started > self.period else "unknown"
+        named = self.verdicts.get(node)
+        if named is not None and (when is None or when <= named + AGE_UNIT):
+            return "silent"  # a neighbour said so, and nothing newer has been heard of it
+        limit = self.period if node in self.neighbours else 3 * self.period
+        if when is None or now - when > limit:
+            return "silent" if now - self.started > limit else "unknown"
         return "trouble" if self.troubles.get(node) else "ok"
 
     def alive(self, now: float) -> set[int]:

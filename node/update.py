@@ -26,6 +26,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -68,7 +69,7 @@ def copy_database(source: Path, target: Path) -> None:
     """A consistent copy of the live database (SQLite's backup API; the daemon may be writing)."""
     for suffix in ("", "-wal", "-shm"):
         Path(str(target) + suffix).unlink(missing_ok=True)
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    src = sqlite3.connect(f"file:{urllib.parse.quote(str(Path(source).absolute()))}?mode=ro", uri=True)
     try:
         dst = sqlite3.connect(target)
         try:
@@ -197,7 +198,9 @@ class Updater:
         return Outcome(old, new, "rolled back", reason)
 
     def _restart(self) -> None:
-        self.host.systemctl("restart", *SERVICES, check=False)
+        # --no-block: a node that never sends READY=1 would hold systemctl for TimeoutStartSec;
+        # the health wait below is the one that counts.
+        self.host.systemctl("restart", "--no-block", *SERVICES, check=False)
         self.say("services: restarted" + ("" if self.host.real else " (recorded; nothing runs under --root)"))
 
     def health(self, version: str, restarts: dict[str, int]) -> str:

@@ -6,7 +6,7 @@ Header (8 bytes)::
 
     offset size field
     0      1    version   = 1
-    1      1    type      1 transition, 2 receipt, 3 heartbeat
+    1      1    type      1 transition, 2 receipt, 3 heartbeat, 4 silent
     2      2    origin    node id of the signer (from the roster)
     4      4    counter   the origin's monotonic frame counter, persisted before sending
 
@@ -19,9 +19,12 @@ Body, by type::
     7  1 state (1 reported,          7  2 roster version             6  4 latest alert counter
          2 confirmed, 3 all clear,   9  k received bitmap            10 1 latest alert state (0 none)
          4 cancelled)                9+k k sounded bitmap            11 n age vector, 1 byte per
-    8  2 location code                                                     roster node (high nibble:
-                                                                           age in 12 s units, low:
-                                                                           that node's trouble bits)
+    8  2 location code                                                     roster node (6 high bits:
+                                                                           age in 4 s units, 2 low:
+                                                                           that node's troubles)
+
+A silent verdict (4 bytes): subject node id (2), seconds since it was last
+known alive (2, saturating). Sent by a neighbour of the subject, flooded.
 
 A receipt's bitmaps and a heartbeat's vector are in roster order, so they are
 read only when the sender's roster version is the receiver's; k is 1 to 19 and
@@ -31,8 +34,8 @@ Signature (64 bytes): Ed25519 over ``b"silbato/1\\0" + block + b"\\0" + header +
 where ``block`` is the roster's block name. The block name is not sent; it keeps a
 frame from one block from being accepted on another.
 
-Sizes: transition 82 bytes; receipt 83 to 119 (85 for up to 16 nodes); heartbeat
-83 to 119 (113 for 30 nodes). ``MAX_FRAME`` is 120.
+Sizes: transition 82 bytes; receipt 83 to 119 (89 for 30 nodes); heartbeat
+83 to 119 (113 for 30 nodes); silent 76. ``MAX_FRAME`` is 120.
 
 The alert id is ``"<alert_reporter>-<alert_counter>"``: the counter of the frame that
 first reported it. Places travel as location codes; names stay in each node's roster.
@@ -54,7 +57,7 @@ MAX_FRAME = 120
 SIGNATURE_SIZE = 64
 _HEADER = struct.Struct(">BBHI")
 # Fixed part of each body; receipts and heartbeats carry a variable tail after it.
-_BODIES = {1: struct.Struct(">HIBBH"), 2: struct.Struct(">HIBH"), 3: struct.Struct(">HHHIB")}
+_BODIES = {1: struct.Struct(">HIBBH"), 2: struct.Struct(">HIBH"), 3: struct.Struct(">HHHIB"), 4: struct.Struct(">HH")}
 MAX_BITMAP = 19   # bytes per receipt bitmap: up to 152 roster nodes
 MAX_VECTOR = 36   # bytes of heartbeat age vector: one per roster node, up to 36
 
@@ -63,10 +66,11 @@ class FrameType(enum.IntEnum):
     TRANSITION = 1
     RECEIPT = 2
     HEARTBEAT = 3
+    SILENT = 4
 
 
-_FIXED = {t: _HEADER.size + _BODIES[t].size + SIGNATURE_SIZE for t in (1, 2, 3)}
-_TAIL = {1: (0, 0), 2: (2, 2 * MAX_BITMAP), 3: (0, MAX_VECTOR)}  # (min, max) bytes after the fixed body
+_FIXED = {t: _HEADER.size + _BODIES[t].size + SIGNATURE_SIZE for t in (1, 2, 3, 4)}
+_TAIL = {1: (0, 0), 2: (2, 2 * MAX_BITMAP), 3: (0, MAX_VECTOR), 4: (0, 0)}  # (min, max) bytes after the body
 MIN_FRAME = min(_FIXED[t] + _TAIL[t][0] for t in _FIXED)
 
 
@@ -152,12 +156,30 @@ class HeartbeatFrame:
         return self.vector
 
 
+@dataclass(frozen=True)
+class SilentFrame:
+    """A neighbour's verdict: ``subject`` has not been heard for the supervision period."""
+
+    origin: int
+    counter: int
+    subject: int
+    silent_for: int   # seconds since the subject was last known alive (saturating)
+
+    type = FrameType.SILENT
+
+    def _body(self) -> tuple:
+        return (self.subject, min(self.silent_for, 0xFFFF))
+
+    def _tail(self) -> bytes:
+        return b""
+
+
 def frame_size(ftype: FrameType, tail: int = 0) -> int:
     """Bytes on air for a frame of ``ftype`` with ``tail`` variable bytes."""
     return _FIXED[ftype] + tail
 
 
-Frame = Union[TransitionFrame, ReceiptFrame, HeartbeatFrame]
+Frame = Union[TransitionFrame, ReceiptFrame, HeartbeatFrame, SilentFrame]
 _WIRE_STATES = {s.value for s in (State.REPORTED, State.CONFIRMED, State.ALL_CLEAR, State.CANCELLED)}
 
 
@@ -243,6 +265,11 @@ def _build(ftype: FrameType, origin: int, counter: int, fields: tuple, tail: byt
             raise FrameError("bad-field", f"state {state}")
         half = len(tail) // 2
         return ReceiptFrame(origin, counter, reporter, acounter, State(state), version, tail[:half], tail[half:])
+    if ftype is FrameType.SILENT:
+        subject, silent_for = fields
+        if subject not in roster or subject == origin:
+            raise FrameError("bad-field", f"silent subject {subject}")
+        return SilentFrame(origin, counter, subject, silent_for)
     troubles, version, reporter, acounter, latest = fields
     if latest not in _WIRE_STATES | {0, State.EXPIRED.value}:
         raise FrameError("bad-field", f"state {latest}")

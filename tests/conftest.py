@@ -55,6 +55,16 @@ def roster_setup(tmp_path: Path) -> RosterSetup:
                        Roster.parse(document, organizer.public))
 
 
+@pytest.fixture(scope="session")
+def release_wheels(tmp_path_factory) -> dict[str, Path]:
+    """Wheels of this checkout: ``base`` (99.0.0), ``good`` (99.0.1) and ``broken`` (99.0.2, its doctor FAILs)."""
+    from appliance import build_release
+
+    workdir = tmp_path_factory.mktemp("releases")
+    return {"base": build_release(workdir, "99.0.0"), "good": build_release(workdir, "99.0.1"),
+            "broken": build_release(workdir, "99.0.2", broken=True)}
+
+
 def pytest_sessionfinish(session, exitstatus):
     """With SILBATO_REQUIRE_ALL_TESTS=1 (set by .ci/test), a skipped test fails the run."""
     import os

@@ -63,9 +63,10 @@ def test_a_replayed_frame_changes_nothing_and_sounds_nothing(block):
     siren = block.siren_pin(3)
     node.hardware.siren.silence()  # let the all-clear tone finish before watching the pin
     siren.clear_states()
+    replayed_before = node.counts["replayed"]  # relays by neighbours already arrive as replays
     for payload in captured:
         node.on_frame(payload)
-    assert node.counts["replayed"] == len(captured)
+    assert node.counts["replayed"] - replayed_before == len(captured)
     assert node.store.get_alert(alert.id).state is State.ALL_CLEAR
     assert len(node.store.events(alert.id)) == events_before
     assert not any(state for _, state in siren.states), "a replay must not sound the siren"

@@ -10,7 +10,7 @@ from node import wire
 from node.alerts import Kind, State
 from node.errors import FrameError
 from node.keys import Roster, SigningKey, sign_roster
-from node.wire import MAX_FRAME, FrameType, HeartbeatFrame, ReceiptFrame, TransitionFrame, frame_size
+from node.wire import MAX_FRAME, FrameType, HeartbeatFrame, ReceiptFrame, SilentFrame, TransitionFrame, frame_size
 
 FRAMES = {
     FrameType.TRANSITION: TransitionFrame(origin=2, counter=41, alert_reporter=1, alert_counter=7,
@@ -20,6 +20,7 @@ FRAMES = {
     FrameType.HEARTBEAT: HeartbeatFrame(origin=1, counter=1000, troubles=0b101, roster_version=1,
                                         latest_reporter=1, latest_counter=7, latest_state=int(State.REPORTED),
                                         vector=bytes([0x05, 0x30, 0xF0, 0x21])),
+    FrameType.SILENT: SilentFrame(origin=2, counter=77, subject=3, silent_for=185),
 }
 
 
@@ -62,7 +63,7 @@ def test_every_frame_type_round_trips(roster_setup, frame):
 
 def test_frame_sizes(roster_setup):
     sizes = {t: len(encode(roster_setup, f)) for t, f in FRAMES.items()}
-    assert sizes == {FrameType.TRANSITION: 82, FrameType.RECEIPT: 83, FrameType.HEARTBEAT: 87}
+    assert sizes == {FrameType.TRANSITION: 82, FrameType.RECEIPT: 83, FrameType.HEARTBEAT: 87, FrameType.SILENT: 76}
     assert sizes[FrameType.HEARTBEAT] == frame_size(FrameType.HEARTBEAT, 4)
 
 
@@ -139,7 +140,8 @@ def test_every_single_bit_flip_is_rejected(roster_setup, frame):
 
 def test_too_short_is_truncated(roster_setup, frame):
     data = encode(roster_setup, frame)
-    shortest = {FrameType.TRANSITION: 82, FrameType.RECEIPT: 83, FrameType.HEARTBEAT: 83}[frame.type]
+    shortest = {FrameType.TRANSITION: 82, FrameType.RECEIPT: 83, FrameType.HEARTBEAT: 83,
+                FrameType.SILENT: 76}[frame.type]
     assert reason(data[:shortest - 1], roster_setup.roster) == "truncated"
     assert reason(b"", roster_setup.roster) == "truncated"
 
@@ -248,3 +250,9 @@ def test_unseen_counter_is_accepted(roster_setup, frame):
 @pytest.mark.parametrize("data", ["hello", None, 82, [1] * 82])
 def test_non_bytes_input_is_refused(roster_setup, data):
     assert reason(data, roster_setup.roster) == "not-bytes"
+
+
+@pytest.mark.parametrize("subject", [9, 2])  # not on the roster; the sender itself
+def test_a_silent_verdict_about_a_bad_subject_is_refused(roster_setup, subject):
+    frame = SilentFrame(origin=2, counter=5, subject=subject, silent_for=200)
+    assert reason(encode(roster_setup, frame), roster_setup.roster) == "bad-field"

@@ -47,7 +47,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(
         DATABASE=os.environ.get("SILBATO_WEB_DATABASE", ""), NODE_NAME=None, LANGUAGES=["en", "es"],
         HOTLINE="", LIVE_CLIENTS=200, SILENT_AFTER=3600.0, STREAM_SECONDS=300.0, KEEPALIVE=20.0,
-        LIVE_POLL=0.25, REFRESH=15, CLOCK=time.time, ON_REQUEST=None, RATE_LIMIT=(120, 60.0),
+        LIVE_POLL=0.1, REFRESH=15, CLOCK=time.time, ON_REQUEST=None, RATE_LIMIT=(120, 60.0),
         SECRET_KEY=secrets.token_bytes(32), SESSION_COOKIE_NAME="silbato_session",
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", PERMANENT_SESSION_LIFETIME=12 * 3600,
         WTF_CSRF_TIME_LIMIT=None,  # a token lives as long as the session: no surprise 403 mid-raid

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("live", __name__, url_prefix="/api")
 
+GONE_CHECK = 1.0  # seconds between checks that a live reader is still connected
+
 
 class Snapshot:
     """One version of the page's state, with its renders cached by key."""
@@ -220,19 +222,27 @@ def events():
             released.set()
             hub.leave()
 
+    # waitress tells when the reader closed the connection (see web.server); other servers do not
+    gone = request.environ.get("waitress.client_disconnected", lambda: False)
+
     def stream():
         try:
             yield "retry: 3000\n\n"
-            version, end = last, time.monotonic() + seconds
+            now = time.monotonic()
+            version, end, next_keepalive = last, now + seconds, now + keepalive
             while (left := end - time.monotonic()) > 0:
-                snapshot = hub.wait(version, min(keepalive, left))
+                snapshot = hub.wait(version, max(0.0, min(left, GONE_CHECK, next_keepalive - time.monotonic())))
                 if snapshot is None:
                     return
-                if snapshot.version == version:
-                    yield ": keepalive\n\n"  # also finds out, by failing, that the reader has gone
-                    continue
-                version = snapshot.version
-                yield f"id: {version}\nevent: state\ndata: {payload(snapshot)}\n\n"
+                if snapshot.version != version:
+                    version = snapshot.version
+                    next_keepalive = time.monotonic() + keepalive
+                    yield f"id: {version}\nevent: state\ndata: {payload(snapshot)}\n\n"
+                elif gone():
+                    return  # the slot frees now, not at the next keep-alive
+                elif time.monotonic() >= next_keepalive:
+                    next_keepalive = time.monotonic() + keepalive
+                    yield ": keepalive\n\n"  # also finds out, by failing, that a vanished reader has gone
         finally:
             release()
 

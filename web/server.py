@@ -48,7 +48,9 @@ class Server:
         self._server: BaseWSGIServer = waitress.create_server(
             shed_when_queued(app, lambda: len(self._queue)), host=host, port=port, threads=threads,
             connection_limit=threads + 128, channel_timeout=60, asyncore_use_poll=True, ident="silbato",
-            clear_untrusted_proxy_headers=True)
+            clear_untrusted_proxy_headers=True,
+            # keep reading while a request runs, so a live stream learns at once that its reader left
+            channel_request_lookahead=1)
         self._queue = self._server.task_dispatcher.queue
         self._stopped = threading.Event()
 
