@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 
 # Re-sends of a state this node signed: first after REPEAT_BASE seconds, doubling up to
 # alerts.repeat_max_interval. Active states repeat until they end; ended ones a few times.
-REPEAT_BASE = 15.0
+REPEAT_BASE = 30.0
 ENDED_REPEATS = 6
 MAX_RESENDS = 8           # re-sends of one state while live buildings are missing from its receipts
 RECEIPT_DELAY = (2.0, 20.0)   # seconds: the random wait before a receipt, so 30 nodes do not send at once
-RECEIPT_GAP = 20.0        # seconds between two receipts of one alert state from this node
-MAX_RECEIPTS = 6          # receipts of one alert state from this node
+RECEIPT_GAP = 30.0        # seconds between two receipts of one alert state from this node
+MAX_RECEIPTS = 4          # receipts of one alert state from this node
 REPAIR_GAP = 60.0         # seconds between passing one alert to neighbours that lack it
 RELAY_DELAY = (0.3, 2.5)  # seconds: the random wait before relaying a new alert state to neighbours
 RELAY_ENOUGH = 2          # copies heard from neighbours in that wait that make this node's relay needless

@@ -298,7 +298,8 @@ class StatusLight:
             self.overlay = name
             self._stop.set()  # the previous overlay's thread, if any, stops at once
             self._stop = stop = threading.Event()
-            self._worker = threading.Thread(target=self._run_overlay, args=(self._generation, half, blinks, color, stop),
+            self._worker = threading.Thread(target=self._run_overlay,
+                                            args=(self._generation, half, blinks, color, stop),
                                             name=f"light-{name}", daemon=True)
             self._worker.start()
 

@@ -21,7 +21,7 @@ import filecmp
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from node import config as config_mod
 from node import release as release_mod
@@ -233,7 +233,3 @@ def _remove(path: Path, what: str, say: Say) -> None:
         say(f"{what}: removed {path}")
     else:
         say(f"{what}: {path} already absent")
-
-
-def installed_units(layout: Layout) -> Iterable[Path]:
-    return sorted(p for p in layout.unit_dir.glob("silbato-*") if p.suffix in UNIT_SUFFIXES)

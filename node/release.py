@@ -24,7 +24,6 @@ one (power cut) is removed and built again.
 from __future__ import annotations
 
 import email.parser
-import logging
 import os
 import re
 import shutil
@@ -39,8 +38,6 @@ from typing import Callable, Iterable
 
 from node.errors import SilbatoError
 from node.host import Layout, base_python
-
-log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
 COMPLETE = ".complete"

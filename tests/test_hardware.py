@@ -16,7 +16,7 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin, PinState
 from gpiozero.tones import Tone
 
 from node import config as config_mod
-from node.alerts import Kind, State
+from node.alerts import State
 from node.cli import cli
 from node.daemon import Node
 from node.errors import HardwareError

@@ -1,0 +1,108 @@
+"""Receipts, coverage and supervision across a simulated block, on virtual time."""
+
+import pytest
+
+from node.alerts import State
+from node.sim import Block
+
+
+@pytest.fixture
+def make_block(tmp_path):
+    blocks = []
+
+    def make(n, topology="grid", **kw):
+        block = Block(tmp_path / f"b{len(blocks)}", n, topology, **kw).start()
+        blocks.append(block)
+        return block
+
+    yield make
+    for block in blocks:
+        block.stop()
+
+
+def switch_off(block, i):
+    """Power a node off: its daemon stops and its radio goes quiet."""
+    block.air.radios[i].plugged = False
+    block.nodes.pop(i).stop()
+
+
+def status(block, observer, subject):
+    return {p["node_id"]: p["status"] for p in block.nodes[observer].store.peers()}[subject]
+
+
+def test_the_coverage_view_lists_the_buildings_that_are_switched_off(make_block):
+    block = make_block(6)
+    switch_off(block, 5)
+    switch_off(block, 6)
+    block.scheduler.run_for(600)
+    alert = block.nodes[1].report()
+    block.scheduler.run_for(240)
+    for i in (1, 3):
+        view = block.nodes[i].coverage_view(alert.id)
+        assert view["received"] == [1, 2, 3, 4] and view["sounded"] == [1, 2, 3, 4]
+        assert view["missing"] == ["B5", "B6"]
+        assert view["summary"] == "REPORTED: 4 of 6 buildings received, 4 sounded; missing: B5, B6"
+
+
+def test_a_confirmed_alert_s_coverage_is_its_own(make_block):
+    block = make_block(4)
+    alert = block.nodes[1].report()
+    block.scheduler.run_for(60)
+    block.nodes[2].act("confirm", alert.id)
+    block.scheduler.run_for(200)
+    view = block.nodes[4].coverage_view(alert.id)
+    assert view["state"] == "confirmed" and view["received"] == [1, 2, 3, 4] and view["missing"] == []
+
+
+def test_a_silent_node_shows_as_trouble_everywhere_within_200_s_and_clears_when_back(make_block):
+    block = make_block(6, loss=0.1, seed=4)
+    block.scheduler.run_for(400)
+    assert all(status(block, i, 3) == "ok" for i in block.nodes if i != 3)
+    block.air.radios[3].plugged = False
+    stopped = block.scheduler.now()
+    others = [i for i in block.nodes if i != 3]
+    shown = block.scheduler.run_until_true(lambda: all(status(block, i, 3) == "silent" for i in others),
+                                           limit=300, step=1.0)
+    assert shown is not None and shown - stopped <= 200, shown and shown - stopped
+    siren_before = [len(block.siren_pin(i).states) for i in others]
+    block.air.radios[3].plugged = True
+    back = block.scheduler.run_until_true(lambda: all(status(block, i, 3) == "ok" for i in others),
+                                          limit=300, step=1.0)
+    assert back is not None
+    assert [len(block.siren_pin(i).states) for i in others] == siren_before, "TROUBLE never sounds the siren"
+
+
+def test_a_node_s_own_troubles_travel_in_its_heartbeats(make_block):
+    block = make_block(6)
+    block.nodes[6].store.set_trouble("roster", "roster older than 30 days", block.clock())
+    block.scheduler.run_for(300)
+    row = {p["node_id"]: p for p in block.nodes[1].store.peers()}[6]
+    assert row["status"] == "trouble" and row["remote_troubles"] & 2
+
+
+def test_a_receipt_storm_stays_under_meshtastic_s_25_percent_backoff(make_block):
+    block = make_block(30, "random", loss=0.1, seed=3)
+    block.scheduler.run_for(300)
+    alert = block.nodes[1].report()
+    start = block.scheduler.now()
+    assert block.scheduler.run_until_true(
+        lambda: all(n.store.get_alert(alert.id) for n in block.nodes.values()), limit=60, step=0.5)
+    block.scheduler.run_until(start + 120)
+    busiest = max(block.air.utilisation(i, 120) for i in block.nodes)
+    assert busiest <= 0.25, busiest
+    assert all(n.counts["receipt"] <= 4 for n in block.nodes.values())
+    view = block.nodes[1].coverage_view(alert.id)
+    assert len(view["received"]) == 30, view["summary"]
+
+
+def test_a_busy_channel_shows_mesh_degraded(make_block):
+    block = make_block(3, "line")
+    jammer = block.air.radios[3]
+
+    def jam():
+        jammer.emit(bytes(100), hop_limit=0)
+        block.scheduler.after(0.05, jam)
+
+    block.scheduler.after(0, jam)
+    block.scheduler.run_for(90)
+    assert "MESH DEGRADED" in block.nodes[2].store.troubles().get("mesh", "")

@@ -1,0 +1,96 @@
+"""Liveness gossip and SILENT verdicts (node.supervision), pure, with an injected clock."""
+
+import pytest
+
+from node.supervision import (AGE_MAX, AGE_UNIT, Supervisor, heartbeat_interval, trouble_bits, trouble_mask,
+                              trouble_names)
+
+MEMBERS = [1, 2, 3, 4]
+
+
+def sup(me, now=0.0, period=180.0):
+    return Supervisor(me, MEMBERS, period=period, now=now)
+
+
+def test_first_hand_evidence_makes_a_node_alive():
+    s = sup(1)
+    s.heard(2, 10.0)
+    assert s.status(2, 20.0) == "ok" and 2 in s.neighbours
+
+
+def test_a_vector_carries_ages_rounded_up_and_troubles():
+    s = sup(1)
+    s.heard(2, 100.0, troubles=0)
+    s.heard(3, 90.0, troubles=2)
+    vector = s.vector(101.0, own_troubles=1)
+    assert vector[0] >> 2 == 0 and vector[0] & 3 == 1          # itself, now, with its radio trouble
+    assert vector[1] >> 2 == 1                                  # 1 s old rounds up to one 4 s unit
+    assert vector[2] >> 2 == 3 and vector[2] & 3 == 2           # 11 s old: three units
+    assert vector[3] >> 2 == AGE_MAX                            # never heard of
+
+
+def test_gossip_never_makes_evidence_newer_than_it_was():
+    a, b = sup(1), sup(2)
+    a.heard(3, 100.0)
+    b.merge(a.vector(110.0, 0), 110.0)
+    assert b.evidence[3] <= 100.0
+    # and back again: a dead node 3 does not stay alive by being passed around
+    for t in range(120, 400, 10):
+        a.merge(b.vector(t, 0), t)
+        b.merge(a.vector(t + 5, 0), t + 5)
+    assert a.evidence[3] <= 100.0 and b.evidence[3] <= 100.0
+
+
+def test_a_neighbour_silent_for_the_period_is_due_a_verdict_once():
+    s = sup(1)
+    s.heard(2, 0.0)
+    assert s.due_verdicts(170.0) == []
+    assert s.due_verdicts(181.0) == [(2, 0.0)]
+    s.verdict(2, 0.0)
+    assert s.due_verdicts(200.0) == [] and s.status(2, 200.0) == "silent"
+    s.heard(2, 210.0)  # it came back
+    assert s.status(2, 211.0) == "ok"
+
+
+def test_a_verdict_from_a_neighbour_of_it_shows_a_far_node_silent_until_news_of_it():
+    s = sup(1)
+    s.merge(bytes([0, 0, 2 << 2, AGE_MAX << 2]), 50.0)   # node 3 seen 8 s earlier, through gossip
+    assert s.status(3, 60.0) == "ok" and 3 not in s.neighbours
+    s.verdict(3, 42.0)
+    assert s.status(3, 230.0) == "silent"
+    s.merge(bytes([0, 0, 0, AGE_MAX << 2]), 240.0)       # news: node 3 alive again
+    assert s.status(3, 241.0) == "ok"
+
+
+def test_far_nodes_fall_back_on_their_own_evidence_after_three_periods():
+    s = sup(1)
+    s.merge(bytes([0, 0, 0, AGE_MAX << 2]), 10.0)
+    assert s.status(3, 10.0 + 3 * 180.0 - 1) == "ok"
+    assert s.status(3, 10.0 + 3 * 180.0 + 5) == "silent"
+
+
+def test_unknown_until_the_period_has_passed_since_start():
+    s = sup(1, now=1000.0)
+    assert s.status(4, 1100.0) == "unknown"
+    assert s.status(4, 1000.0 + 3 * 180.0 + 1) == "silent"
+
+
+def test_a_node_notices_its_neighbour_missed_its_heartbeats():
+    me = sup(1)
+    neighbour = sup(2)
+    neighbour.heard(1, 0.0)
+    assert not me.stale_about_me(neighbour.vector(40.0, 0), interval=45.0)
+    assert me.stale_about_me(neighbour.vector(70.0, 0), interval=45.0)
+
+
+def test_heartbeat_interval_follows_the_budget_within_bounds():
+    assert heartbeat_interval(0.365, neighbours=8, budget=0.05, period=180.0) == pytest.approx(180 / 3.8)
+    assert heartbeat_interval(0.365, neighbours=2, budget=0.05, period=180.0) == pytest.approx(3 * 0.365 / 0.05)
+    assert heartbeat_interval(0.05, neighbours=1, budget=0.5, period=180.0) == 20.0
+    assert AGE_UNIT * AGE_MAX > 180.0
+
+
+def test_trouble_bits_and_mask():
+    assert trouble_bits(["radio-firmware"]) == 1 and trouble_bits(["storage", "speaker"]) == 2
+    mask = trouble_mask(["radio-mqtt", "storage"])
+    assert set(trouble_names(mask)) == {"radio-mqtt", "storage"} and mask & 3 == 3  # low bits: the summary
