@@ -26,10 +26,16 @@ from node.errors import TransitionError
 class Kind(enum.IntEnum):
     RAID = 1
     TEST = 2
+    DRILL = 3  # the scheduled self-test: a TEST that no node sounds
 
     @property
     def word(self) -> str:
-        return self.name.lower()
+        """``raid`` or ``test`` (a drill is a test that stays silent)."""
+        return "raid" if self is Kind.RAID else "test"
+
+    @property
+    def silent(self) -> bool:
+        return self is Kind.DRILL
 
 
 class State(enum.IntEnum):

@@ -97,6 +97,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between heartbeats; 0 derives it from radio.preset and supervision.airtime_budget."),
     Setting("supervision.receipt_timeout", float, 120.0,
             "Seconds after an alert state after which a building that has not confirmed receiving it is missing."),
+    Setting("selftest.schedule", str, "",
+            "Weekly self-test, as DAY HH:MM in local time (e.g. 'Sun 12:00'); set it on one node of the block. "
+            "Empty: no scheduled self-test."),
+    Setting("selftest.audible", str, "never",
+            "never: the self-test is silent everywhere; monthly: the month's first one sounds the test chirp."),
     Setting("radio.channel_key_file", str, "/etc/silbato/channel.key",
             "The block's Meshtastic channel key (base64, 16 or 32 bytes, mode 0600), used by 'silbato radio configure'."),
     Setting("web.host", str, "0.0.0.0", "Address the neighbors' page listens on."),
@@ -265,6 +270,17 @@ def from_mapping(overrides: Mapping[str, Any], *, source: str = "defaults",
 _NON_SETTING_ENV = {"SILBATO_REQUIRE_ALL_TESTS", "SILBATO_ROOT"}  # SILBATO_ROOT: --root of install, update...
 
 
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_weekly(value: str) -> tuple[int, int, int]:
+    """``"Sun 12:00"`` -> ``(6, 12, 0)`` (weekday with Monday 0, hour, minute); raises ValueError."""
+    match = re.fullmatch(r"\s*([A-Za-z]{3})[a-z]*\s+(\d{1,2}):(\d{2})\s*", value)
+    if not match or match[1].lower() not in _DAYS or int(match[2]) > 23 or int(match[3]) > 59:
+        raise ValueError(f"expected a weekday and a time such as 'Sun 12:00', got {value!r}")
+    return _DAYS.index(match[1].lower()), int(match[2]), int(match[3])
+
+
 def parse_host_port(value: str) -> tuple[str, int]:
     """``"host:port"`` -> ``(host, port)``; raises ``ValueError`` with the reason."""
     host, sep, port = value.rpartition(":")
@@ -341,6 +357,13 @@ def _validate(values: dict[str, Any], source: str) -> None:
     if not 0 <= values["supervision.heartbeat_interval"] < float("inf"):
         raise ConfigError(f"{source}: supervision.heartbeat_interval: expected 0 or a number of seconds, "
                           f"got {values['supervision.heartbeat_interval']}")
+    if values["selftest.schedule"]:
+        try:
+            parse_weekly(values["selftest.schedule"])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: selftest.schedule: {exc}") from None
+    if values["selftest.audible"] not in ("never", "monthly"):
+        raise ConfigError(f"{source}: selftest.audible: expected never or monthly, got {values['selftest.audible']!r}")
     if not 0 <= values["radio.channel"] <= 7:
         raise ConfigError(f"{source}: radio.channel: expected 0 to 7, got {values['radio.channel']}")
     if not 1 <= values["radio.hop_limit"] <= 7:

@@ -25,7 +25,7 @@ from typing import Callable
 from node import alerts, coverage, speech, supervision, wire
 from node.airtime import MESH_OVERHEAD, time_on_air
 from node.alerts import Alert, Kind, Outcome, State, Transition
-from node.config import Config
+from node.config import Config, parse_weekly
 from node.errors import FrameError, RadioError, SilbatoError, StoreError, TransitionError
 from node.hardware import Hardware
 from node.keys import Roster, SigningKey, load_public
@@ -258,8 +258,9 @@ class Node:
             if text is not None:
                 self._texts.append(text)
         if outcome.sounds:
-            self._sounded(alert, self.hardware.sound(alert.state, at_origin=True, test=alert.kind is Kind.TEST,
-                                                     location=alert.location))
+            if not alert.kind.silent:
+                self._sounded(alert, self.hardware.sound(alert.state, at_origin=True,
+                                                         test=alert.kind is Kind.TEST, location=alert.location))
         else:
             self.hardware.siren.sound("ack")
         self._flush(now)
@@ -313,7 +314,7 @@ class Node:
                 log.error("storage failed; frame from %s not recorded: %s", frame.origin, exc)
                 self._trouble("storage", f"cannot write the database: {exc}", now)
                 return
-            if sound is not None:
+            if sound is not None and not sound.kind.silent:
                 self._sounded(sound, self.hardware.sound(sound.state, at_origin=False,
                                                          test=sound.kind is Kind.TEST, location=sound.location))
             self._show()
@@ -532,6 +533,42 @@ class Node:
         elif "mesh" in self.store.troubles():
             self.store.clear_trouble("mesh")
 
+    def _selftest(self, now: float) -> None:
+        """The weekly self-test: a TEST that proves every building receives (and sounds, monthly).
+
+        Silent by default: it is sent as a drill that no node sounds. After
+        supervision.receipt_timeout the result is logged (and kept for the page), then withdrawn.
+        """
+        schedule = self.config["selftest.schedule"]
+        if not schedule:
+            return
+        pending = self.store.meta("selftest_alert")
+        if pending:
+            alert = self.store.get_alert(pending)
+            if alert is None or now - alert.opened_at >= self.config["supervision.receipt_timeout"]:
+                self.store.set_meta("selftest_alert", "")
+                if alert is not None:
+                    summary = self.coverage_view(alert.id, now)["summary"]
+                    log.info("self-test %s: %s", alert.id, summary)
+                    self.store.set_meta("selftest_result", summary)
+                    if alert.active:
+                        self.act("cancel", alert.id)
+            return
+        weekday, hour, minute = parse_weekly(schedule)
+        local = time.localtime(now)
+        days_back = (local.tm_wday - weekday) % 7
+        due = time.mktime((local.tm_year, local.tm_mon, local.tm_mday - days_back, hour, minute, 0, 0, 0, -1))
+        if due > now:
+            due -= 7 * 86400
+        last = float(self.store.meta("selftest_last") or 0)
+        if due <= last or now - due > 3600:
+            return  # done already, or missed by more than an hour (the node was off): wait a week
+        audible = self.config["selftest.audible"] == "monthly" and time.localtime(due).tm_mday <= 7
+        self.store.set_meta("selftest_last", str(due))
+        alert = self.report(Kind.TEST if audible else Kind.DRILL)
+        self.store.set_meta("selftest_alert", alert.id)
+        log.info("self-test %s started (%s)", alert.id, "audible" if audible else "silent")
+
     def coverage_view(self, alert_id: str, now: float | None = None) -> dict:
         """Who has received and sounded an alert's current state, and who is missing."""
         now = self.clock() if now is None else now
@@ -571,6 +608,7 @@ class Node:
                 self._expire(now)
                 self._repeat(now)
                 self._supervise(now)
+                self._selftest(now)
                 self._flush(now)
                 if now - self._last_purge >= PURGE_EVERY:
                     self._last_purge = now

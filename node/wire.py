@@ -12,16 +12,15 @@ Header (8 bytes)::
 
 Body, by type::
 
-    transition (10 bytes)            receipt (9 + 2k bytes)          heartbeat (11 + n bytes)
-    0  2 alert_reporter              0  2 alert_reporter             0  2 troubles (bit mask)
-    2  4 alert_counter               2  4 alert_counter              2  2 roster version
-    6  1 kind (1 raid, 2 test)       6  1 state                      4  2 latest alert reporter (0 none)
-    7  1 state (1 reported,          7  2 roster version             6  4 latest alert counter
-         2 confirmed, 3 all clear,   9  k received bitmap            10 1 latest alert state (0 none)
-         4 cancelled)                9+k k sounded bitmap            11 n age vector, 1 byte per
-    8  2 location code                                                     roster node (6 high bits:
-                                                                           age in 4 s units, 2 low:
-                                                                           that node's troubles)
+    transition (10 bytes)            receipt (9 + 2k bytes)        heartbeat (11 + n bytes)
+    0  2 alert_reporter              0   2 alert_reporter          0  2 troubles (bit mask)
+    2  4 alert_counter               2   4 alert_counter           2  2 roster version
+    6  1 kind: 1 raid, 2 test,       6   1 state                   4  2 latest alert reporter (0: none)
+         3 silent self-test          7   2 roster version          6  4 latest alert counter
+    7  1 state: 1 reported,          9   k received bitmap         10 1 latest alert state (0: none)
+         2 confirmed, 3 all clear,   9+k k sounded bitmap          11 n age vector, 1 byte per roster
+         4 cancelled                                                     node: 6 high bits its age in
+    8  2 location code                                                   4 s units, 2 low its troubles
 
 A silent verdict (4 bytes): subject node id (2), seconds since it was last
 known alive (2, saturating). Sent by a neighbour of the subject, flooded.
@@ -251,7 +250,7 @@ def _build(ftype: FrameType, origin: int, counter: int, fields: tuple, tail: byt
     if ftype is FrameType.TRANSITION:
         reporter, acounter, kind, state, location = fields
         _check_alert(reporter, acounter, roster)
-        if kind not in (Kind.RAID, Kind.TEST):
+        if kind not in (Kind.RAID, Kind.TEST, Kind.DRILL):
             raise FrameError("bad-field", f"kind {kind}")
         if state not in _WIRE_STATES:
             raise FrameError("bad-field", f"state {state}")

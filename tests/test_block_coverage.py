@@ -106,3 +106,29 @@ def test_a_busy_channel_shows_mesh_degraded(make_block):
     block.scheduler.after(0, jam)
     block.scheduler.run_for(90)
     assert "MESH DEGRADED" in block.nodes[2].store.troubles().get("mesh", "")
+
+
+def test_the_weekly_self_test_runs_silently_and_logs_who_received_it(tmp_path, request, caplog):
+    import logging
+    import time as _time
+
+    start = _time.localtime(Block.EPOCH)
+    day = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[start.tm_wday]
+    at = f"{day} {start.tm_hour:02d}:{start.tm_min + 5:02d}"   # five minutes into the simulation
+    from node import config
+    block = Block(tmp_path / "selftest", 4, "grid")
+    first = block.files.configs[0]   # the schedule is set on one node of the block
+    block.files.configs[0] = config.from_mapping({"selftest.schedule": at}, base=dict(first), source="test")
+    block.start()
+    request.addfinalizer(block.stop)
+    caplog.set_level(logging.INFO, logger="node.daemon")
+    sirens = [len(block.siren_pin(i).states) for i in block.nodes]
+    block.scheduler.run_for(300 + 200)
+    results = [r.getMessage() for r in caplog.records if r.getMessage().startswith("self-test")]
+    assert any("started (silent)" in m for m in results)
+    assert any("4 of 4 buildings received, 0 sounded" in m for m in results), results
+    assert "4 of 4 buildings received" in block.nodes[1].store.meta("selftest_result")
+    assert [len(block.siren_pin(i).states) for i in block.nodes] == sirens, "a silent self-test sounds nothing"
+    assert all(not n.store.active_alerts() for n in block.nodes.values()), "withdrawn after its results"
+    block.scheduler.run_for(3600)
+    assert sum("started" in r.getMessage() for r in caplog.records if r.getMessage().startswith("self-test")) == 1

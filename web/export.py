@@ -64,7 +64,7 @@ def cap_messages(alert: Alert, events: list[dict], place: str, block: str) -> li
         sent = cap_time(event["received_at"])
         root = ET.Element("alert", xmlns=CAP_NS)
         for tag, text in (("identifier", identifier), ("sender", sender), ("sent", sent),
-                          ("status", "Test" if alert.kind is Kind.TEST else "Actual"),
+                          ("status", "Actual" if alert.kind is Kind.RAID else "Test"),
                           ("msgType", msg_type), ("scope", "Restricted"),
                           ("restriction", "The block's residents, captains and legal observers")):
             ET.SubElement(root, tag).text = text
@@ -74,7 +74,7 @@ def cap_messages(alert: Alert, events: list[dict], place: str, block: str) -> li
         info = ET.SubElement(root, "info")
         ET.SubElement(info, "language").text = "en-US"
         ET.SubElement(info, "category").text = "Security"
-        ET.SubElement(info, "event").text = ("Test: " + what) if alert.kind is Kind.TEST else what
+        ET.SubElement(info, "event").text = what if alert.kind is Kind.RAID else ("Test: " + what)
         if response:
             ET.SubElement(info, "responseType").text = response
         for tag, text in (("urgency", urgency), ("severity", severity), ("certainty", certainty),
