@@ -394,7 +394,8 @@ def render(config: Config) -> str:
     """The effective settings as TOML-like lines, for ``silbato config show``."""
     lines = [f"# effective settings (file: {config.source})"]
     section = None
-    for setting in SETTINGS:
+    sections = list(dict.fromkeys(s.name.split(".", 1)[0] for s in SETTINGS))  # in order of first mention
+    for setting in sorted(SETTINGS, key=lambda s: sections.index(s.name.split(".", 1)[0])):
         head, key = setting.name.split(".", 1)
         if head != section:
             lines.append(f"\n[{head}]")

@@ -1,6 +1,7 @@
-"""A reduced run of the propagation benchmark, so the benchmark keeps working. No timing asserts."""
+"""The benchmark suite in its smoke sizes, so every benchmark keeps working. No timing asserts."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 
@@ -11,15 +12,12 @@ def load(name):
     return bench
 
 
-def test_propagation_benchmark_smoke(tmp_path, capsys):
-    bench = load("propagation")
-    rows = bench.main(["--alerts", "2", "--nodes", "3", "--json", str(tmp_path / "out.json")])
-    assert len(rows) == 6 and all(r["delivered"] == 1.0 for r in rows)
-    assert "MEDIUM_FAST" in capsys.readouterr().out
-    assert (tmp_path / "out.json").exists()
-
-
-def test_radio_link_benchmark_smoke(tmp_path, capsys):
-    rows = load("radio_link").main(["--cycles", "2", "--json", str(tmp_path / "radio.json")])
-    assert rows["replug to connected"]["n"] == 2
-    assert "unplug to TROUBLE" in capsys.readouterr().out
+def test_the_whole_suite_runs_in_smoke_sizes_and_writes_its_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    results = load("suite").main(["--smoke", "--json", str(out)])
+    printed = capsys.readouterr().out
+    for bench_id in ("P1", "P2", "P3", "P4", "P5", "P6", "P7"):
+        assert f"== {bench_id}" in printed
+    assert json.loads(out.read_text())["P1"]["name"] == "frames"
+    assert results["P3"]["result"][0]["delivered_ratio"] == 1.0
+    assert results["P1"]["result"][0]["bytes"] == 82

@@ -11,7 +11,7 @@ from node.alerts import State
 from node.cli import cli
 from node.store import REQUEST_TTL, Store
 from web.auth import Throttle
-from websupport import PASSWORD, add_captain, app_for, csrf_token, login, make_block, settle
+from websupport import PASSWORD, add_captain, app_for, csrf_token, everywhere, login, make_block, settle, until
 
 
 @pytest.fixture
@@ -188,7 +188,7 @@ def test_the_throttle_keeps_bounded_memory():
 
 def test_every_state_changing_request_needs_a_csrf_token(app, ana, block):
     alert = block.nodes[1].report()
-    settle(block, 10)
+    until(block, lambda: everywhere(block, alert.id, State.REPORTED))
     bad = {"csrf_token": "forged"}
     assert app.test_client().post("/captain/login", data={"name": "ana", "password": PASSWORD}).status_code == 403
     assert ana.post("/captain/act", data={"action": "confirm", "alert": alert.id}).status_code == 403
@@ -214,16 +214,17 @@ def test_a_raise_from_the_console_is_sent_to_the_block(ana, block):
     assert statuses(ana) == ["waiting for the node…"]
     page = ana.get("/captain?req=1").get_data(as_text=True)
     assert '<meta http-equiv="refresh" content="2">' in page  # without JavaScript, look again soon
-    settle(block, 10)
+    settle(block, 2)
     assert statuses(ana) == ["sent to the block"]
+    until(block, lambda: all(node.store.active_alerts() for node in block.nodes.values()))
     for node in block.nodes.values():
         (alert,) = node.store.active_alerts()
         assert (alert.reporter, alert.location, alert.state) == (3, 102, State.REPORTED)
 
 
 def test_a_captain_cannot_confirm_a_report_they_raised(app, ana, block):
-    block.nodes[1].report()
-    settle(block, 10)
+    first = block.nodes[1].report()
+    until(block, lambda: everywhere(block, first.id, State.REPORTED))
     act(ana, "raise", location="101")  # merges into node 1's report of the same place
     settle(block, 5)
     (alert,) = block.nodes[3].store.active_alerts()
@@ -235,9 +236,9 @@ def test_a_captain_cannot_confirm_a_report_they_raised(app, ana, block):
     bob = app.test_client()
     login(bob, "bob")
     act(bob, "confirm", alert=alert.id)
-    settle(block, 10)
+    settle(block, 2)
     assert statuses(bob)[0] == "sent to the block"
-    assert block.nodes[1].store.get_alert(alert.id).state is State.CONFIRMED
+    until(block, lambda: everywhere(block, alert.id, State.CONFIRMED))
 
 
 def test_a_node_never_confirms_its_own_report(app, ana, block):
@@ -254,16 +255,14 @@ def test_a_node_never_confirms_its_own_report(app, ana, block):
 def test_confirm_all_clear_and_cancel_through_the_daemon(ana, block):
     first = block.nodes[1].report()
     second = block.nodes[2].report(location=102)
-    settle(block, 60)
+    until(block, lambda: everywhere(block, first.id, State.REPORTED) and everywhere(block, second.id, State.REPORTED))
     act(ana, "confirm", alert=first.id)
-    settle(block, 5)
+    settle(block, 2)
     act(ana, "all_clear", alert=first.id)
     act(ana, "cancel", alert=second.id)
-    settle(block, 30)
+    settle(block, 2)
     assert statuses(ana) == ["sent to the block"] * 3
-    for node in block.nodes.values():
-        assert node.store.get_alert(first.id).state is State.ALL_CLEAR
-        assert node.store.get_alert(second.id).state is State.CANCELLED
+    until(block, lambda: everywhere(block, first.id, State.ALL_CLEAR) and everywhere(block, second.id, State.CANCELLED))
     act(ana, "cancel", alert=first.id)
     settle(block, 5)
     assert statuses(ana)[0].startswith("refused: cannot cancel all_clear alert")
@@ -271,7 +270,7 @@ def test_confirm_all_clear_and_cancel_through_the_daemon(ana, block):
 
 def test_a_test_from_the_console_never_changes_the_banner(ana, block):
     act(ana, "test", location="103")
-    settle(block, 10)
+    until(block, lambda: bool(block.nodes[1].store.active_alerts()))
     assert block.nodes[1].store.active_alerts()[0].kind.word == "test"
     html = ana.get("/").get_data(as_text=True)
     assert "ALL QUIET" in html and "A TEST is running" in html
@@ -314,7 +313,7 @@ def test_a_signed_request_waits_for_the_radio_before_it_is_sent(ana, block):
 
 def test_notes_stay_on_the_node(ana, block):
     alert = block.nodes[1].report()
-    settle(block, 10)
+    until(block, lambda: everywhere(block, alert.id, State.REPORTED))
     frames_before = len(block.nodes[3].store.db.execute("SELECT * FROM outbox").fetchall())
     token = csrf_token(ana, "/captain")
     response = ana.post(f"/captain/alerts/{alert.id}/notes", data={"text": "  two vans,\nno marks ", "csrf_token": token})

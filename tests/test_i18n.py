@@ -8,8 +8,9 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 
+from node.alerts import State
 from web import i18n
-from websupport import add_captain, app_for, login, make_block, settle
+from websupport import add_captain, app_for, everywhere, login, make_block, until
 
 WEB = Path(__file__).parent.parent / "web"
 TRANSLATED = [lang for lang in i18n.LANGUAGES if lang != "en"]  # English is the source language
@@ -62,9 +63,9 @@ def test_the_template_for_translators_is_current():
 def block(tmp_path_factory):
     b = make_block(tmp_path_factory.mktemp("i18n"))
     alert = b.nodes[1].report()
-    settle(b, 10)
+    until(b, lambda: everywhere(b, alert.id, State.REPORTED))
     b.nodes[2].act("confirm", alert.id)
-    settle(b, 10)
+    until(b, lambda: everywhere(b, alert.id, State.CONFIRMED))
     add_captain(b, 3, "ana")
     yield b
     b.stop()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from node.alerts import Kind
+from node.alerts import Kind, State
 from node.errors import StoreError
 from node.store import WEB_TABLES, Store
 from web import create_app
-from websupport import app_for, make_block, settle
+from websupport import app_for, everywhere, make_block, until
 
 STATIC = Path(__file__).parent.parent / "web" / "static"
 
@@ -22,10 +22,10 @@ STATIC = Path(__file__).parent.parent / "web" / "static"
 def block(tmp_path_factory):
     b = make_block(tmp_path_factory.mktemp("web"))
     first = b.nodes[1].report()
-    b.scheduler.run_for(30)
+    until(b, lambda: everywhere(b, first.id, State.REPORTED))
     b.nodes[2].act("confirm", first.id)
-    b.nodes[3].report(Kind.TEST, location=103)
-    b.scheduler.run_for(30)
+    test = b.nodes[3].report(Kind.TEST, location=103)
+    until(b, lambda: everywhere(b, first.id, State.CONFIRMED) and everywhere(b, test.id, State.REPORTED))
     yield b
     b.stop()
 
@@ -106,14 +106,14 @@ def test_the_banner_through_a_raid_s_whole_life(fresh):
     assert banner(client.get("/").get_data(as_text=True)) == "quiet: ALL QUIET"
 
     alert = fresh.nodes[1].report()
-    settle(fresh, 10)
+    until(fresh, lambda: everywhere(fresh, alert.id, State.REPORTED))
     html = client.get("/").get_data(as_text=True)
     assert banner(html) == "reported: RAID REPORTED, NOT YET CONFIRMED"
     assert "At Building 1. Responders are checking now." in html
     assert '<details id="rights" class="rights">' in html  # one tap away, closed
 
     fresh.nodes[2].act("confirm", alert.id)
-    settle(fresh, 10)
+    until(fresh, lambda: everywhere(fresh, alert.id, State.CONFIRMED))
     html = client.get("/").get_data(as_text=True)
     assert banner(html) == "confirmed: RAID CONFIRMED at Building 1"
     assert "What to do now:" in html and 'href="tel:5550100"' in html
@@ -124,7 +124,7 @@ def test_the_banner_through_a_raid_s_whole_life(fresh):
         assert point in html
 
     fresh.nodes[1].act("all_clear", alert.id)
-    settle(fresh, 10)
+    until(fresh, lambda: everywhere(fresh, alert.id, State.ALL_CLEAR))
     html = client.get("/").get_data(as_text=True)
     assert re.fullmatch(r"all_clear: ALL CLEAR since \S+( \S+)?", banner(html)), banner(html)
     assert "The raid at Building 1 is over." in html
@@ -133,10 +133,10 @@ def test_the_banner_through_a_raid_s_whole_life(fresh):
 def test_a_false_alarm_returns_to_all_quiet_and_a_test_never_changes_the_banner(fresh):
     client = app_for(fresh, 3).test_client()
     alert = fresh.nodes[1].report()
-    settle(fresh, 10)
+    until(fresh, lambda: everywhere(fresh, alert.id, State.REPORTED))
     fresh.nodes[1].act("cancel", alert.id)
-    fresh.nodes[2].report(Kind.TEST)
-    settle(fresh, 60)  # the two frames may collide on air: the re-sends come 15 s later
+    test = fresh.nodes[2].report(Kind.TEST)
+    until(fresh, lambda: everywhere(fresh, alert.id, State.CANCELLED) and everywhere(fresh, test.id, State.REPORTED))
     html = client.get("/").get_data(as_text=True)
     assert banner(html) == "quiet: ALL QUIET"
     assert "A TEST is running. This is only a test." in html
@@ -202,8 +202,8 @@ def test_all_output_is_escaped(fresh):
     store = Store(fresh.files.configs[2].db_file)
     store.db.execute("UPDATE peers SET place = ?, name = ? WHERE node_id = 1", [evil, "<b>B1"])
     store.close()
-    fresh.nodes[1].report()
-    settle(fresh, 10)
+    alert = fresh.nodes[1].report()
+    until(fresh, lambda: everywhere(fresh, alert.id, State.REPORTED))
     client = app_for(fresh, 3).test_client()
     for url in ("/", "/api/live"):
         body = client.get(url).get_data(as_text=True)
@@ -306,8 +306,8 @@ def test_the_event_stream_sends_the_state_now_and_after_a_change(fresh):
     lines = sse_lines(response)
     first = read_event(lines)
     assert first["state"] == "quiet" and "TODO EN CALMA" in first["html"]
-    fresh.nodes[1].report()
-    settle(fresh, 10)
+    alert = fresh.nodes[1].report()
+    until(fresh, lambda: everywhere(fresh, alert.id, State.REPORTED))
     second = read_event(lines)
     assert second["state"] == "reported" and second["version"] != first["version"]
     assert "REDADA REPORTADA" in second["html"]
@@ -365,7 +365,7 @@ def test_no_get_changes_the_node_s_state(fresh):
     from websupport import add_captain, login
 
     alert = fresh.nodes[1].report()
-    settle(fresh, 10)
+    until(fresh, lambda: everywhere(fresh, alert.id, State.REPORTED))
     add_captain(fresh, 3, "ana")
     app = app_for(fresh, 3, STREAM_SECONDS=0.1, KEEPALIVE=0.05)
     client = app.test_client()

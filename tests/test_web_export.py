@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import xmlschema
 
-from node.alerts import Kind
+from node.alerts import Kind, State
 from web.export import CAP_NS
-from websupport import add_captain, app_for, login, make_block, settle
+from websupport import add_captain, app_for, everywhere, login, make_block, until
 
 SCHEMA = xmlschema.XMLSchema(str(Path(__file__).parent / "cap" / "CAP-v1.2.xsd"))
 NS = {"cap": CAP_NS}
@@ -23,15 +23,15 @@ def block(tmp_path_factory):
     b = make_block(tmp_path_factory.mktemp("export"))
     add_captain(b, 3, "ana")
     raid = b.nodes[1].report()
-    settle(b, 10)
+    until(b, lambda: everywhere(b, raid.id, State.REPORTED))
     b.nodes[2].act("confirm", raid.id)
-    settle(b, 10)
+    until(b, lambda: everywhere(b, raid.id, State.CONFIRMED))
     b.nodes[1].act("all_clear", raid.id)
     false_alarm = b.nodes[2].report(location=102)
-    settle(b, 60)
+    until(b, lambda: everywhere(b, raid.id, State.ALL_CLEAR) and everywhere(b, false_alarm.id, State.REPORTED))
     b.nodes[2].act("cancel", false_alarm.id)
     test = b.nodes[3].report(Kind.TEST)
-    settle(b, 60)
+    until(b, lambda: everywhere(b, false_alarm.id, State.CANCELLED) and everywhere(b, test.id, State.REPORTED))
     b.ids = {"raid": raid.id, "false_alarm": false_alarm.id, "test": test.id}
     yield b
     b.stop()

@@ -9,7 +9,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from websupport import add_captain, app_for, login, make_block, settle
+from node.alerts import State
+from websupport import add_captain, app_for, everywhere, login, make_block, until
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +18,9 @@ def api(tmp_path_factory):
     block = make_block(tmp_path_factory.mktemp("openapi"))
     add_captain(block, 3, "ana")
     alert = block.nodes[1].report()
-    settle(block, 10)
+    until(block, lambda: everywhere(block, alert.id, State.REPORTED))
     block.nodes[2].act("confirm", alert.id)
-    settle(block, 10)
+    until(block, lambda: everywhere(block, alert.id, State.CONFIRMED))
     app = app_for(block, 3, STREAM_SECONDS=0.05, KEEPALIVE=0.02)
     client = app.test_client()
     assert login(client, "ana").status_code == 303

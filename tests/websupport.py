@@ -49,3 +49,13 @@ def login(client, name: str, password: str = PASSWORD, **kwargs):
 def settle(block: Block, seconds: float = 3.0) -> None:
     """Let the nodes pick up requests and the air carry frames, in virtual time."""
     block.scheduler.run_for(seconds)
+
+
+def until(block: Block, predicate, limit: float = 900.0) -> None:
+    """Run the block's virtual time until ``predicate()`` holds (frames may collide: re-sends follow)."""
+    assert block.scheduler.run_until_true(predicate, limit=limit, step=0.5) is not None, "never happened"
+
+
+def everywhere(block: Block, alert_id: str, state) -> bool:
+    """Whether every node holds ``alert_id`` in ``state``."""
+    return all((a := node.store.get_alert(alert_id)) is not None and a.state is state for node in block.nodes.values())

@@ -1,0 +1,68 @@
+"""The benchmark suite: every benchmark in one command, a table each, and one JSON file.
+
+    .venv/bin/python tests/bench/suite.py                       # the full run (about an hour on 2 cores)
+    .venv/bin/python tests/bench/suite.py --smoke               # tiny sizes, to check it all still runs
+    .venv/bin/python tests/bench/suite.py --only P1,P4          # some of them
+
+  P1 frames        frame sizes and airtime against JSON with a base64 signature
+  P2 latency       end of the hold to siren on, alert stored and frame queued (mock pins)
+  P3 block         30 nodes, 4+ hops, 10% loss: delivery, p50/p95 to the farthest siren
+  P4 supervision   heartbeat airtime, time to TROUBLE, false TROUBLE over a simulated week
+  P5 line          a 5-node line with 0% and 20% loss, every preset
+  P6 radio         start-up, unplug to TROUBLE, replug to connected (real meshtastic library)
+  P7 web           live page fan-out under load
+
+Simulated figures (P1, P3, P4, P5) are the same on every machine; wall-clock ones
+(P2, P6, P7) vary with it, so compare them side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+BENCHES = {
+    "P1": ("frames", [], []),
+    "P2": ("local_latency", [], ["--holds", "50"]),
+    "P3": ("block", [], ["--alerts", "3", "--nodes", "10", "--presets", "MEDIUM_FAST"]),
+    "P4": ("supervision", [], ["--days", "0.05", "--nodes", "10"]),
+    "P5": ("propagation", [], ["--alerts", "2", "--nodes", "3"]),
+    "P6": ("radio_link", [], ["--cycles", "2"]),
+    "P7": ("web_fanout", [], ["--clients", "5", "--alerts", "2", "--seconds", "2", "--rate", "20"]),
+}
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that each benchmark runs")
+    parser.add_argument("--only", default="", help="comma-separated ids, such as P1,P4")
+    parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="where the results go")
+    args = parser.parse_args(argv)
+    chosen = [b.strip() for b in args.only.split(",") if b.strip()] or list(BENCHES)
+    results: dict[str, object] = {"smoke": args.smoke, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for bench_id in chosen:
+        name, full, smoke = BENCHES[bench_id]
+        print(f"\n== {bench_id} {name} ==", flush=True)
+        started = time.monotonic()
+        results[bench_id] = {"name": name, "result": load(name).main(smoke if args.smoke else full),
+                             "seconds": round(time.monotonic() - started, 1)}
+    args.json.write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nwritten to {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
