@@ -110,8 +110,6 @@ SETTINGS: tuple[Setting, ...] = (
             "Phone number of the local rapid-response hotline, shown on the page. Empty: not shown."),
     Setting("web.live_clients", int, 200,
             "How many open pages get live updates at once (one server thread each); more poll every 15 s."),
-    Setting("web.silent_after", float, 3600.0,
-            "Seconds without hearing a building before the page shows it as silent."),
     Setting("wifi.mode", str, "off",
             "Building Wi-Fi, written by 'silbato wifi apply': ap (the node is a hotspot and its page a "
             "captive portal), lan (the node joins the building's Wi-Fi as silbato-<name>.local) or off."),
@@ -385,9 +383,6 @@ def _validate_web(values: dict[str, Any], source: str) -> None:
     """The web page's settings (see ``web``)."""
     if not 1 <= values["web.live_clients"] <= 2000:
         raise ConfigError(f"{source}: web.live_clients: expected 1 to 2000, got {values['web.live_clients']}")
-    if not 0 < values["web.silent_after"] < float("inf"):
-        raise ConfigError(f"{source}: web.silent_after: expected a positive number of seconds, "
-                          f"got {values['web.silent_after']}")
 
 
 def render(config: Config) -> str:

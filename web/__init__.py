@@ -26,7 +26,9 @@ STATIC = Path(__file__).parent / "static"
 def settings(config) -> dict[str, Any]:
     """The app's settings from a node's ``node.config.Config`` (``silbato web`` and ``silbato sim``)."""
     return {"DATABASE": str(config.db_file), "LANGUAGES": config.languages, "HOTLINE": config["web.hotline"],
-            "LIVE_CLIENTS": config["web.live_clients"], "SILENT_AFTER": config["web.silent_after"]}
+            "LIVE_CLIENTS": config["web.live_clients"],
+            # the daemon's supervision says which buildings are silent; this is the fallback before it has
+            "SILENT_AFTER": 3 * config["supervision.period"]}
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -34,7 +36,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     - ``DATABASE``: the node's SQLite file; ``NODE_NAME``: overrides the name shown (default:
       this node's roster name); ``LANGUAGES``: the node's languages, the first is the default;
-      ``HOTLINE``: the phone number shown; ``SILENT_AFTER``: seconds before a building is silent;
+      ``HOTLINE``: the phone number shown; ``SILENT_AFTER``: seconds before a building that the
+      daemon's supervision has not judged yet is shown silent;
     - ``LIVE_CLIENTS``: live streams at once; ``STREAM_SECONDS``: about how long one lasts;
       ``KEEPALIVE``: seconds between keep-alive comments; ``LIVE_POLL``: seconds between
       database checks; ``REFRESH``: seconds between reloads of a page without JavaScript;

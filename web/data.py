@@ -67,13 +67,19 @@ def this_node(s: Store) -> int | None:
 
 
 def alert_rows(now: float | None = None, s: Store | None = None, limit: int = 200) -> list[dict]:
-    """Active alerts first, then recent ones, with place names, times (ISO and seconds) and ages."""
+    """Active alerts first, then recent ones, with place names, times (ISO and seconds) and ages.
+
+    ``buildings``: how many buildings' receipts say they hold an active alert's current
+    state (``None`` before any receipt, and for ended alerts); ``of``: the roster's size.
+    """
     s = s or store()
     now = node_time() if now is None else now
     places = s.places()
-    names = {p["node_id"]: p["name"] for p in s.peers()}
+    peers = s.peers()
+    names = {p["node_id"]: p["name"] for p in peers}
     rows = []
     for a in s.alerts(limit):
+        received = s.coverage(a.id, a.state)[0] if a.active else set()
         rows.append({
             "id": a.id, "kind": a.kind.word, "state": a.state.word, "active": a.active,
             "place": places.get(a.location, f"location {a.location}"), "location": a.location,
@@ -81,24 +87,32 @@ def alert_rows(now: float | None = None, s: Store | None = None, limit: int = 20
             "received_at": iso(a.opened_at), "updated_at": iso(a.updated_at),
             "received_ts": a.opened_at, "updated_ts": a.updated_at,
             "age_seconds": max(0, int(now - a.opened_at)),
-            "buildings": None,  # how many buildings hold it: counted once receipts exist
+            "buildings": len(received) or None, "of": len(peers),
         })
     return rows
 
 
 def node_rows(s: Store, now: float, silent_after: float) -> list[dict]:
-    """The block's buildings with their health: ``ok``, ``trouble`` or ``silent``."""
+    """The block's buildings with their health: ``ok``, ``trouble`` or ``silent``.
+
+    This node's health is its own TROUBLE lines; another building's is the daemon's
+    supervision verdict (``peers.status``; ``unknown``, never heard, shows as silent).
+    Before the daemon has judged a building, it is silent if not heard for ``silent_after`` s.
+    """
     me = this_node(s)
     own_troubles = s.troubles()
     rows = []
     for p in s.peers():
         heard = p["last_heard"]
+        verdict = p.get("status")
         if p["node_id"] == me:
             health = "trouble" if own_troubles else "ok"
-        elif p["troubles"]:
-            health = "trouble"
-        elif heard is None or now - heard > silent_after:
+        elif verdict in ("ok", "trouble", "silent"):
+            health = verdict
+        elif verdict == "unknown" or heard is None or now - heard > silent_after:
             health = "silent"
+        elif p.get("remote_troubles") or p["troubles"]:
+            health = "trouble"
         else:
             health = "ok"
         rows.append({"id": p["node_id"], "name": p["name"], "place": p["place"], "location": p["location"],
@@ -139,7 +153,7 @@ def digest(doc: dict) -> str:
     """A version for ``doc`` that changes when what the page shows changes, not as time passes."""
     stable = {
         "banner": doc["banner"], "troubles": doc["troubles"],
-        "alerts": [(r["id"], r["state"], r["place"], r["updated_ts"]) for r in doc["alerts"]],
+        "alerts": [(r["id"], r["state"], r["place"], r["updated_ts"], r["buildings"]) for r in doc["alerts"]],
         "nodes": [(n["id"], n["name"], n["place"], n["health"], n["health"] != "ok" and n["last_heard_ts"])
                   for n in doc["nodes"]],
     }
