@@ -87,9 +87,9 @@ def test_a_building_is_silent_or_in_trouble(fresh):
     fresh.scheduler.run_for(10)
     now = fresh.clock()
     store = Store(fresh.files.configs[2].db_file)
-    store.peer_heard(1, now - 7200)          # not heard for two hours
-    store.peer_heard(2, now - 10, troubles=1)  # its heartbeat reports a TROUBLE
-    store.set_trouble("radio", "radio unplugged", now)
+    store.set_peer_status(1, "silent", now - 7200, 0)  # the daemon's supervision verdicts
+    store.set_peer_status(2, "trouble", now - 10, 1)
+    store.set_trouble("radio", "radio unplugged", now)  # this node's own
     store.close()
     client = app_for(fresh, 3).test_client()
     health = {n["id"]: n["health"] for n in client.get("/api/nodes").get_json()}
@@ -97,6 +97,18 @@ def test_a_building_is_silent_or_in_trouble(fresh):
     html = client.get("/").get_data(as_text=True)
     assert "radio unplugged" in html and 'class="health-silent"' in html
     assert client.get("/api/health").get_json()["status"] == "trouble"
+
+
+def test_before_the_daemon_judges_a_building_it_is_silent_if_not_heard_for_long(fresh):
+    now = fresh.clock()
+    store = Store(fresh.files.configs[2].db_file)
+    store.db.execute("UPDATE peers SET status = NULL, last_heard = ?, remote_troubles = 0 WHERE node_id = 1",
+                     [now - 4000])
+    store.db.execute("UPDATE peers SET status = NULL, last_heard = ?, remote_troubles = 0 WHERE node_id = 2",
+                     [now - 10])
+    store.close()
+    health = {n["id"]: n["health"] for n in app_for(fresh, 3, SILENT_AFTER=3600).test_client().get("/api/nodes").get_json()}
+    assert health[1] == "silent" and health[2] == "ok"
 
 
 # -- the banner ----------------------------------------------------------------------------------

@@ -96,8 +96,8 @@ def node_rows(s: Store, now: float, silent_after: float) -> list[dict]:
     """The block's buildings with their health: ``ok``, ``trouble`` or ``silent``.
 
     This node's health is its own TROUBLE lines; another building's is the daemon's
-    supervision verdict (``peers.status``; ``unknown``, never heard, shows as silent).
-    Before the daemon has judged a building, it is silent if not heard for ``silent_after`` s.
+    supervision verdict (``peers.status``). Until the daemon has judged a building
+    (no verdict, or ``unknown``), it is silent if not heard for ``silent_after`` seconds.
     """
     me = this_node(s)
     own_troubles = s.troubles()
@@ -109,7 +109,7 @@ def node_rows(s: Store, now: float, silent_after: float) -> list[dict]:
             health = "trouble" if own_troubles else "ok"
         elif verdict in ("ok", "trouble", "silent"):
             health = verdict
-        elif verdict == "unknown" or heard is None or now - heard > silent_after:
+        elif heard is None or now - heard > silent_after:  # not judged yet ("unknown" or no verdict)
             health = "silent"
         elif p.get("remote_troubles") or p["troubles"]:
             health = "trouble"
