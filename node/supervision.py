@@ -13,7 +13,9 @@ Gossip is fast between neighbours and slow across the block (about one
 heartbeat interval per hop), so the verdict is local: a *neighbour* of a
 building (a node that has heard it first-hand) that has no evidence of it for
 ``period`` seconds floods a signed SILENT verdict, once per outage; every node
-shows the building silent on the verdict, until it hears of the building again.
+shows the building silent on the verdict, until it hears of the building again,
+and marks it so in its own heartbeats, which carries the verdict to any node
+that missed the flood.
 A building is thus shown silent everywhere about ``period`` seconds after its
 last heartbeat, plus a flood's few seconds, while a far node's slow gossip never
 raises a false alarm. Far nodes still fall back on their own evidence after
@@ -30,7 +32,9 @@ from typing import Iterable, Sequence
 
 AGE_UNIT = 4.0           # seconds per step of the 6-bit age: each gossip hop adds at most this
 AGE_MAX = 63             # "no fresh evidence" (63 * 4 s = 252 s, beyond any supervision period)
+SILENT_MARK = 62         # "a neighbour of it called it silent": passes a verdict on to nodes that missed it
 MAX_NODES = 36           # one byte per node keeps the heartbeat within 120 bytes
+MIN_INTERVAL = 30.0      # seconds: the shortest heartbeat interval, however few neighbours a node has
 TRANSIT = 1.0            # seconds a heartbeat may take on air and through the radio; counted as age
 
 # A node's own troubles, as 2 bits that travel in every heartbeat: its radio, or anything else.
@@ -70,10 +74,10 @@ def trouble_names(mask: int) -> list[str]:
 def heartbeat_interval(airtime: float, *, neighbours: int = 8, budget: float = 0.05, period: float = 180.0) -> float:
     """Seconds between heartbeats: what keeps the heartbeats a node hears (its own and its
     ``neighbours``', of ``airtime`` seconds each) within ``budget`` of the channel, but at
-    least 3.8 per supervision period, and at most one each 20 s.
+    least 3.8 per supervision period, and at most one each MIN_INTERVAL seconds.
     """
     wanted = (neighbours + 1) * airtime / budget
-    return max(20.0, min(wanted, period / 3.8))
+    return max(MIN_INTERVAL, min(wanted, period / 3.8))
 
 
 class Supervisor:
@@ -107,6 +111,11 @@ class Supervisor:
             if units >= AGE_MAX:
                 continue
             node = self.members[i]
+            if units == SILENT_MARK:
+                # A verdict this node may have missed: take it if its own news is no newer.
+                if node != self.me and now - self.evidence.get(node, -math.inf) > self.period / 2:
+                    self.verdict(node, min(self.evidence.get(node, now - self.period), now - self.period))
+                continue
             when = now - units * AGE_UNIT - TRANSIT  # the heartbeat took time to arrive: never newer
             if when > self.evidence.get(node, -math.inf):
                 self.evidence[node] = when
@@ -134,7 +143,13 @@ class Supervisor:
             if when is None:
                 out.append(AGE_MAX << 2)
                 continue
-            units = min(AGE_MAX, math.ceil(max(0.0, now - when) / AGE_UNIT - 1e-9))
+            if node != self.me and self.verdicts.get(node, -math.inf) >= when - AGE_UNIT:
+                out.append(SILENT_MARK << 2)
+                continue
+            units = math.ceil(max(0.0, now - when) / AGE_UNIT - 1e-9)
+            if units >= SILENT_MARK:
+                out.append(AGE_MAX << 2)  # older than an age can say: no news (never rounded down)
+                continue
             out.append(units << 2 | (self.troubles.get(node, 0) & 0x03))
         return bytes(out)
 

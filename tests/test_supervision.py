@@ -2,7 +2,7 @@
 
 import pytest
 
-from node.supervision import (AGE_MAX, AGE_UNIT, Supervisor, heartbeat_interval, trouble_bits, trouble_mask,
+from node.supervision import (AGE_MAX, AGE_UNIT, MIN_INTERVAL, SILENT_MARK, Supervisor, heartbeat_interval, trouble_bits, trouble_mask,
                               trouble_names)
 
 MEMBERS = [1, 2, 3, 4]
@@ -85,8 +85,8 @@ def test_a_node_notices_its_neighbour_missed_its_heartbeats():
 
 def test_heartbeat_interval_follows_the_budget_within_bounds():
     assert heartbeat_interval(0.365, neighbours=8, budget=0.05, period=180.0) == pytest.approx(180 / 3.8)
-    assert heartbeat_interval(0.365, neighbours=2, budget=0.05, period=180.0) == pytest.approx(3 * 0.365 / 0.05)
-    assert heartbeat_interval(0.05, neighbours=1, budget=0.5, period=180.0) == 20.0
+    assert heartbeat_interval(0.365, neighbours=4, budget=0.05, period=180.0) == pytest.approx(5 * 0.365 / 0.05)
+    assert heartbeat_interval(0.05, neighbours=1, budget=0.5, period=180.0) == MIN_INTERVAL == 30.0
     assert AGE_UNIT * AGE_MAX > 180.0
 
 
@@ -94,3 +94,14 @@ def test_trouble_bits_and_mask():
     assert trouble_bits(["radio-firmware"]) == 1 and trouble_bits(["storage", "speaker"]) == 2
     mask = trouble_mask(["radio-mqtt", "storage"])
     assert set(trouble_names(mask)) == {"radio-mqtt", "storage"} and mask & 3 == 3  # low bits: the summary
+
+
+def test_a_verdict_rides_in_heartbeats_to_a_node_that_missed_it():
+    a, b = sup(1), sup(2)
+    a.heard(3, 0.0)
+    b.merge(a.vector(10.0, 0), 10.0)
+    a.verdict(3, 0.0)
+    vector = a.vector(200.0, 0)
+    assert vector[2] >> 2 == SILENT_MARK
+    b.merge(vector, 200.0)
+    assert b.status(3, 201.0) == "silent"

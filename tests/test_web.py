@@ -194,6 +194,25 @@ def test_the_whole_page_weighs_under_30_kb(client, block):
     assert size <= 30 * 1024
 
 
+def test_a_long_history_keeps_the_page_under_30_kb(fresh):
+    from node.alerts import Alert, State as S
+
+    store = Store(fresh.files.configs[2].db_file)
+    now = fresh.clock()
+    for i in range(60):
+        store.save_alert(Alert(id=f"1-{1000 + i}", kind=Kind.RAID, location=101, reporter=1, state=S.CANCELLED,
+                               signer=1, opened_at=now - 3600 + i, updated_at=now - 3000 + i,
+                               last_report_at=now - 3600 + i))
+    store.close()
+    client = app_for(fresh, 3, HOTLINE="555 0100").test_client()
+    page = client.get("/?lang=tl")
+    assert page.get_data(as_text=True).count('class="alert state-cancelled') == 20
+    size = len(page.data) + sum(len(client.get(a).data) for a in re.findall(r'(?:href|src)="(/static/[^"]+)"',
+                                                                              page.get_data(as_text=True)))
+    assert size <= 30 * 1024, size
+    assert len(client.get("/api/alerts").get_json()) == 60
+
+
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",

@@ -20,7 +20,7 @@ from node.store import REQUEST_TTL, WEB_TABLES, Store
 # What a captain can ask the node to do.
 ACTIONS = ("raise", "test", "confirm", "all_clear", "cancel")
 NOTE_MAX = 280  # characters: a short note, not a report
-HISTORY = 50    # ended alerts shown
+HISTORY = 20    # ended alerts on the page (the API lists more)
 
 
 def _open(key: str, **kwargs) -> Store:
