@@ -42,11 +42,12 @@ ENDED_REPEATS = 6
 MAX_RESENDS = 8           # re-sends of one state while live buildings are missing from its receipts
 RECEIPT_DELAY = (2.0, 20.0)   # seconds: the random wait before a receipt, so 30 nodes do not send at once
 RECEIPT_GAP = 30.0        # seconds between two receipts of one alert state from this node
-MAX_RECEIPTS = 4          # receipts of one alert state from this node
+MAX_RECEIPTS = 8          # receipts of one alert state from this node (each only when it learned more)
 REPAIR_GAP = 60.0         # seconds between passing one alert to neighbours that lack it
 RELAY_DELAY = (0.3, 2.5)  # seconds: the random wait before relaying a new alert state to neighbours
 RELAY_ENOUGH = 2          # copies heard from neighbours in that wait that make this node's relay needless
 MESH_DEGRADED = 0.40      # channel utilisation above which the mesh is degraded
+VERDICT_JITTER = 8.0      # seconds: the random wait before calling a neighbour silent
 PURGE_EVERY = 3600.0
 # Captains' requests (written by the web process) are polled every REQUEST_POLL seconds
 # by ``run``, and refused when older than store.REQUEST_TTL.
@@ -80,6 +81,7 @@ class Node:
         self._relay_frames: dict[tuple[int, int], tuple[str, State]] = {}
         self._next_heartbeat = 0.0
         self._early_heartbeat = -1e12
+        self._verdicts_due: dict[int, float] = {}  # node -> when this node will call it silent
         self._kick = threading.Event()
         self.id = 0
         self.location = 0
@@ -383,7 +385,7 @@ class Node:
             del self._relays[key]
             if copies < enough:
                 self.counts["relay"] += 1
-                self._send_ephemeral(data, now, hop_limit=0)
+                self._send_ephemeral(data, now, hop_limit=None if key[0] == "silent-again" else 0)
             else:
                 self.counts["relay-suppressed"] += 1
         if len(self._relay_frames) > 500:
@@ -482,13 +484,22 @@ class Node:
         self._relay_due(now)
         own = supervision.trouble_bits(self.store.troubles())
         for node, last in self.supervisor.due_verdicts(now):
+            # Neighbours that heard a building's last heartbeat together would call it silent
+            # together, and collide: each waits a random few seconds, and one verdict is enough.
+            due = self._verdicts_due.setdefault(node, now + self.rng.uniform(0.0, VERDICT_JITTER))
+            if now < due:
+                continue
+            del self._verdicts_due[node]
             self.supervisor.verdict(node, last)
             with self.store.transaction():
                 counter = self.store.next_counter()
             frame = wire.SilentFrame(self.id, counter, node, int(min(now - last, 0xFFFF)))
             log.warning("TROUBLE: %s is silent: nothing from it for %.0f s; telling the block",
                         self.roster.members[node].name, now - last)
-            self._send_ephemeral(wire.encode(frame, self.key, self.roster.block), now, hop_limit=None)
+            data = wire.encode(frame, self.key, self.roster.block)
+            self._send_ephemeral(data, now, hop_limit=None)
+            # Once more a few seconds later, flooded again: a verdict lost to a collision costs minutes.
+            self._relays[("silent-again", counter)] = [now + self.rng.uniform(2.0, 6.0), 0, data, 1 << 30]
             self.counts["silent-verdict"] += 1
         if now >= self._next_heartbeat:
             self.heartbeat_interval = self._heartbeat_interval()

@@ -90,7 +90,8 @@ def test_a_receipt_storm_stays_under_meshtastic_s_25_percent_backoff(make_block)
     block.scheduler.run_until(start + 120)
     busiest = max(block.air.utilisation(i, 120) for i in block.nodes)
     assert busiest <= 0.25, busiest
-    assert all(n.counts["receipt"] <= 4 for n in block.nodes.values())
+    assert all(n.counts["receipt"] <= 8 for n in block.nodes.values())
+    block.scheduler.run_for(180)   # receipts pass on what they learned, a hop at a time
     view = block.nodes[1].coverage_view(alert.id)
     assert len(view["received"]) == 30, view["summary"]
 
