@@ -228,12 +228,12 @@ class MeshtasticLink(Link):
         from meshtastic.protobuf import portnums_pb2
 
         with self._send_lock:
-            packet = self._call(lambda: iface.sendData(
+            packet = self._call(iface, lambda: iface.sendData(
                 bytes(frame), portNum=portnums_pb2.PortNum.PRIVATE_APP, channelIndex=self.channel,
                 hopLimit=self.hop_limit if hop_limit is None else hop_limit, wantAck=False,
                 onResponse=self._on_response),
                 refuse=MeshInterface.MeshInterfaceError)
-            self._await_taken(packet.id)
+            self._await_taken(iface, packet.id)
         self.counts["sent"] += 1
         now = time.monotonic()
         self._pending[packet.id] = (now, bytes(frame))
@@ -253,13 +253,13 @@ class MeshtasticLink(Link):
             wait = self._last_text + TEXT_INTERVAL - time.monotonic()
             if wait > 0:
                 self._stopping.wait(wait)
-            packet = self._call(lambda: iface.sendText(text, channelIndex=self.channel, hopLimit=self.hop_limit),
+            packet = self._call(iface, lambda: iface.sendText(text, channelIndex=self.channel, hopLimit=self.hop_limit),
                                 refuse=MeshInterface.MeshInterfaceError)
-            self._await_taken(packet.id)
+            self._await_taken(iface, packet.id)
             self._last_text = time.monotonic()
         self.counts["text"] += 1
 
-    def _call(self, fn: Callable[[], object], *, refuse: type[Exception]):
+    def _call(self, iface, fn: Callable[[], object], *, refuse: type[Exception]):
         """Run a library call in a worker thread so it can never block the caller past send_timeout."""
         result: dict[str, object] = {}
 
@@ -273,17 +273,17 @@ class MeshtasticLink(Link):
         worker.start()
         worker.join(self.send_timeout)
         if worker.is_alive():
-            self._declare_lost(f"radio at {self.where} did not take a frame within {self.send_timeout:.0f} s")
+            self._declare_lost(f"radio at {self.where} did not take a frame within {self.send_timeout:.0f} s", iface)
             raise RadioError(f"radio at {self.where} stopped taking frames")
         error = result.get("error")
         if isinstance(error, refuse):
             raise FrameRefused(f"radio refused the frame: {error}") from error
         if error is not None:
-            self._declare_lost(f"radio at {self.where} failed: {error}")
+            self._declare_lost(f"radio at {self.where} failed: {error}", iface)
             raise RadioError(f"radio at {self.where} failed: {error}") from error
         return result["value"]
 
-    def _await_taken(self, packet_id: int) -> None:
+    def _await_taken(self, iface, packet_id: int) -> None:
         """Wait for the radio's queueStatus for ``packet_id``: only then is the frame in the radio.
 
         Bytes written just as the cable is pulled vanish without an error, so a frame
@@ -294,7 +294,7 @@ class MeshtasticLink(Link):
                 self._taken_cond.release()
                 try:
                     self._declare_lost(f"radio at {self.where} did not confirm a frame within "
-                                       f"{self.send_timeout:.0f} s")
+                                       f"{self.send_timeout:.0f} s", iface)
                 finally:
                     self._taken_cond.acquire()
                 raise RadioError(f"radio at {self.where} did not confirm the frame")
@@ -389,7 +389,11 @@ class MeshtasticLink(Link):
                 reason = self._troubles.get("radio") or f"radio at {self.where} lost (unplugged?)"
                 self._declare_lost(reason)
 
-    def _declare_lost(self, reason: str) -> None:
+    def _declare_lost(self, reason: str, iface=None) -> None:
+        """Drop the connection. ``iface``: the interface that failed; if the supervisor has
+        already replaced it, the new one is fine and stays."""
+        if iface is not None and iface is not self._iface:
+            return
         if self._iface is None and not self.connected.is_set():
             return
         self.connected.clear()

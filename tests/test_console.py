@@ -5,13 +5,13 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from websupport import PASSWORD, add_captain, app_for, csrf_token, everywhere, login, make_block, settle, until
 from werkzeug.security import check_password_hash
 
 from node.alerts import State
 from node.cli import cli
 from node.store import REQUEST_TTL, Store
 from web.auth import Throttle
-from websupport import PASSWORD, add_captain, app_for, csrf_token, everywhere, login, make_block, settle, until
 
 
 @pytest.fixture
@@ -316,7 +316,8 @@ def test_notes_stay_on_the_node(ana, block):
     until(block, lambda: everywhere(block, alert.id, State.REPORTED))
     frames_before = len(block.nodes[3].store.db.execute("SELECT * FROM outbox").fetchall())
     token = csrf_token(ana, "/captain")
-    response = ana.post(f"/captain/alerts/{alert.id}/notes", data={"text": "  two vans,\nno marks ", "csrf_token": token})
+    response = ana.post(f"/captain/alerts/{alert.id}/notes",
+                        data={"text": "  two vans,\nno marks ", "csrf_token": token})
     assert response.status_code == 303
     page = ana.get(f"/captain/alerts/{alert.id}").get_data(as_text=True)
     assert "two vans, no marks" in page and "ana" in page
@@ -341,7 +342,8 @@ def test_the_api_takes_a_captain_s_requests_with_a_csrf_header(ana, block):
     done = ana.get(response.headers["Location"]).get_json()
     assert done["status"] == "sent" and done["alert"] == block.nodes[3].store.active_alerts()[0].id
     assert [r["id"] for r in ana.get("/api/requests").get_json()] == [created["id"]]
-    for body, code in (({"action": "explode"}, 400), ({"action": "raise"}, 400), ({"action": "raise", "location": 999}, 409),
+    for body, code in (({"action": "explode"}, 400), ({"action": "raise"}, 400),
+                       ({"action": "raise", "location": 999}, 409),
                        ({"action": "confirm", "alert": "nope"}, 400), ({"action": "confirm", "alert": "9-9"}, 409),
                        ({"action": "raise", "location": "101"}, 400), ([], 400)):
         assert ana.post("/api/requests", json=body, headers=headers).status_code == code, body

@@ -7,10 +7,10 @@ import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
+from websupport import add_captain, app_for, everywhere, login, make_block, until
 
 from node.alerts import State
 from web import i18n
-from websupport import add_captain, app_for, everywhere, login, make_block, until
 
 WEB = Path(__file__).parent.parent / "web"
 TRANSLATED = [lang for lang in i18n.LANGUAGES if lang != "en"]  # English is the source language

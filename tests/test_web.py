@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from websupport import app_for, everywhere, make_block, until
 
 from node.alerts import Kind, State
 from node.errors import StoreError
 from node.store import WEB_TABLES, Store
 from web import create_app
-from websupport import app_for, everywhere, make_block, until
 
 STATIC = Path(__file__).parent.parent / "web" / "static"
 
@@ -107,7 +107,8 @@ def test_before_the_daemon_judges_a_building_it_is_silent_if_not_heard_for_long(
     store.db.execute("UPDATE peers SET status = NULL, last_heard = ?, remote_troubles = 0 WHERE node_id = 2",
                      [now - 10])
     store.close()
-    health = {n["id"]: n["health"] for n in app_for(fresh, 3, SILENT_AFTER=3600).test_client().get("/api/nodes").get_json()}
+    client = app_for(fresh, 3, SILENT_AFTER=3600).test_client()
+    health = {n["id"]: n["health"] for n in client.get("/api/nodes").get_json()}
     assert health[1] == "silent" and health[2] == "ok"
 
 
@@ -195,7 +196,8 @@ def test_the_whole_page_weighs_under_30_kb(client, block):
 
 
 def test_a_long_history_keeps_the_page_under_30_kb(fresh):
-    from node.alerts import Alert, State as S
+    from node.alerts import Alert
+    from node.alerts import State as S
 
     store = Store(fresh.files.configs[2].db_file)
     now = fresh.clock()
@@ -271,6 +273,34 @@ def test_a_flood_from_one_address_gets_429_and_the_node_s_own_pages_are_never_li
     assert client.get("/", environ_base={"REMOTE_ADDR": "192.0.2.8"}).status_code == 200  # another phone
     assert client.get("/static/silbato.css", environ_base=remote).status_code == 200  # cached assets
     assert all(client.get("/api/alerts").status_code == 200 for _ in range(10))  # 127.0.0.1
+
+
+def test_an_overloaded_server_answers_503_at_once(block):
+    from werkzeug.test import Client
+
+    from web.server import MAX_QUEUE, Server, shed_when_overloaded
+
+    busy = [True]
+    client = Client(shed_when_overloaded(app_for(block, 3), lambda: busy[0]))
+    response = client.get("/")
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    busy[0] = False
+    assert client.get("/").status_code == 200
+
+    server = Server(app_for(block, 3), "127.0.0.1", 0, live_clients=2)
+    dispatcher = server._server.task_dispatcher
+    try:
+        assert not server.overloaded()
+        with dispatcher.lock:
+            dispatcher.queue.extend([None] * (MAX_QUEUE + 1))  # never run: the server is not serving
+            assert not server.overloaded(), "a queue with idle threads is a burst, not overload"
+            dispatcher.active_count = len(dispatcher.threads)
+            assert server.overloaded()
+            dispatcher.active_count = 0
+            dispatcher.queue.clear()
+    finally:
+        server.shutdown()
 
 
 def test_a_broken_web_table_is_a_503(fresh):

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
+from websupport import add_captain, app_for
 
 from node.sim import Block
 from web.server import Server
-from websupport import add_captain, app_for
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

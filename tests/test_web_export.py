@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import xmlschema
+from websupport import add_captain, app_for, everywhere, login, make_block, until
 
 from node.alerts import Kind, State
 from web.export import CAP_NS
-from websupport import add_captain, app_for, everywhere, login, make_block, until
 
 SCHEMA = xmlschema.XMLSchema(str(Path(__file__).parent / "cap" / "CAP-v1.2.xsd"))
 NS = {"cap": CAP_NS}

@@ -8,9 +8,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
+from websupport import add_captain, app_for, everywhere, login, make_block, until
 
 from node.alerts import State
-from websupport import add_captain, app_for, everywhere, login, make_block, until
 
 
 @pytest.fixture(scope="module")

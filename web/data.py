@@ -200,7 +200,8 @@ def submit(action: str, captain: str, *, alert_id: str = "", location: int | Non
             abort(409, "this node does not hold that alert")
         location = None
     try:
-        request_id = writer().add_request(action, captain=captain, now=node_time(), alert_id=alert_id, location=location)
+        request_id = writer().add_request(action, captain=captain, now=node_time(), alert_id=alert_id,
+                                          location=location)
     except StoreError as exc:
         current_app.logger.error("could not write a request: %s", exc)
         abort(503, "the node's database is busy; try again")

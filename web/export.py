@@ -23,8 +23,8 @@ import hashlib
 import io
 import json
 import re
-import zipfile
 import xml.etree.ElementTree as ET
+import zipfile
 
 from node.alerts import Alert, Kind, State
 from node.store import Store

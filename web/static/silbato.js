@@ -97,10 +97,14 @@
       status("live");
       try { apply(JSON.parse(event.data)); } catch (e) { /* keep the page as it is */ }
     });
-    source.onopen = function () { status("live"); };
+    var lostTimer = null;
+    source.onopen = function () { clearTimeout(lostTimer); status("live"); };
     source.onerror = function () {
-      /* CLOSED: the server refused (every live slot taken); otherwise the browser retries. */
-      if (source.readyState === 2) { source.close(); if (!polling) { poll(); } } else { status("lost"); }
+      /* CLOSED: the server refused (every live slot taken); otherwise the browser retries,
+         as it does every few minutes when the server ends a stream: say so only if it lasts. */
+      if (source.readyState === 2) { source.close(); if (!polling) { poll(); } return; }
+      clearTimeout(lostTimer);
+      lostTimer = setTimeout(function () { status("lost"); }, 5000);
     };
   } else {
     poll();
