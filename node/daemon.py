@@ -82,6 +82,7 @@ class Node:
         self._next_heartbeat = 0.0
         self._early_heartbeat = -1e12
         self._verdicts_due: dict[int, float] = {}  # node -> when this node will call it silent
+        self._peer_rows: dict[int, tuple] = {}      # node -> ((status, troubles), last heard) as stored
         self._kick = threading.Event()
         self.id = 0
         self.location = 0
@@ -532,12 +533,22 @@ class Node:
         if len(self._receipts) > 200:  # forget finished receipts of old alerts
             for key in [k for k, e in self._receipts.items() if e[0] is None][:100]:
                 del self._receipts[key]
+        # Into the store for the page: only what changed, or a minute's news, in one commit
+        # (a write per peer per second would wear out the SD card).
+        changes = []
         for m in self.members:
             if m == self.id:
                 continue
-            status = self.supervisor.status(m, now)
+            row = (self.supervisor.status(m, now), self.supervisor.troubles.get(m, 0))
             when = self.supervisor.evidence.get(m)
-            self.store.set_peer_status(m, status, when, self.supervisor.troubles.get(m, 0))
+            written = self._peer_rows.get(m)
+            if written is None or written[0] != row or (when or 0) - (written[1] or 0) >= 60:
+                changes.append((m, row, when))
+        if changes:
+            with self.store.transaction():
+                for m, (status, troubles), when in changes:
+                    self.store.set_peer_status(m, status, when, troubles)
+                    self._peer_rows[m] = (status, troubles), when
         utilisation = getattr(self.link, "channel_utilisation", None)
         if utilisation is not None and utilisation > MESH_DEGRADED:
             self._trouble("mesh", f"MESH DEGRADED: the channel is busy {utilisation:.0%} of the time", now)
