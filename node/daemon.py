@@ -52,6 +52,49 @@ PURGE_EVERY = 3600.0
 # Captains' requests (written by the web process) are polled every REQUEST_POLL seconds
 # by ``run``, and refused when older than store.REQUEST_TTL.
 REQUEST_POLL = 0.2
+# Per-origin rate limit on frames from the air (``OriginRateLimit``). A legitimate node sends a
+# few frames a minute: a heartbeat every 30 s or more, a receipt per alert state at most every
+# 30 s, re-sends from 30 s doubling, and its captains' actions. A rogue one can send a frame
+# every 0.1 s on SHORT_FAST (about 1 s on LONG_FAST), 600 a minute.
+FLOOD_BURST = 30          # frames an origin may send at once (a radio's queue after a reconnect)
+FLOOD_RATE = 20 / 60.0    # frames per second an origin may keep sending: 20 a minute
+
+
+class OriginRateLimit:
+    """A token bucket per origin node, for verified frames (a forger cannot spend another node's allowance).
+
+    An origin may send ``burst`` frames at once and ``rate`` a second after that. One that
+    goes over is *flooding*: all its frames are dropped, and still spend its allowance, until
+    the bucket is full again (it kept below ``rate`` for a while). So a flood at the channel's
+    rate gets ``burst`` frames through in all, not one every few seconds. Times are seconds on
+    the node's clock; a clock set back refills nothing and locks no one out.
+    """
+
+    def __init__(self, burst: int = FLOOD_BURST, rate: float = FLOOD_RATE):
+        self.burst, self.rate = float(burst), rate
+        self._buckets: dict[int, tuple[float, float]] = {}  # origin -> (frames left, when counted)
+        self.flooding: set[int] = set()
+
+    def _left(self, origin: int, now: float) -> float:
+        left, when = self._buckets.get(origin, (self.burst, now))
+        return min(self.burst, left + max(0.0, now - when) * self.rate)
+
+    def allow(self, origin: int, now: float) -> bool:
+        """Count one frame from ``origin``: True to take it, False to drop it."""
+        left = self._left(origin, now)
+        if origin in self.flooding and left >= self.burst:
+            self.flooding.discard(origin)  # it calmed down
+        allowed = origin not in self.flooding and left >= 1
+        if not allowed:
+            self.flooding.add(origin)
+        self._buckets[origin] = (max(0.0, left - 1), now)
+        return allowed
+
+    def calmed(self, now: float) -> list[int]:
+        """Flooding origins whose allowance is full again: they are no longer flooding."""
+        calm = [origin for origin in self.flooding if self._left(origin, now) >= self.burst]
+        self.flooding.difference_update(calm)
+        return calm
 
 
 class Node:
@@ -87,6 +130,8 @@ class Node:
         self.id = 0
         self.location = 0
         self._own_report: tuple[str, float] | None = None  # (alert id, when) of this button's last new report
+        self.rate_limit = OriginRateLimit()
+        self._flooding_shown: list[int] = []  # the origins TROUBLE (flooding) names in the store
 
     # -- lifecycle of the daemon itself ------------------------------------------------
 
@@ -294,6 +339,11 @@ class Node:
                 log.log(level, "frame refused: %s (header %s)", exc, wire.peek_origin(bytes(data)) if
                         isinstance(data, (bytes, bytearray)) else None)
                 return
+            if not self.rate_limit.allow(frame.origin, now):
+                self.counts["rate-limited"] += 1  # dropped before it touches the store
+                log.debug("frame from node %s dropped: it is flooding the channel", frame.origin)
+                self._show_flooding(now)
+                return
             self.counts["accepted"] += 1
             sound: Alert | None = None
             try:
@@ -361,6 +411,26 @@ class Node:
             self._schedule_receipt(alert.id, alert.state, now)
             return alert
         return None
+
+    def _show_flooding(self, now: float) -> None:
+        """TROUBLE (flooding) names the buildings whose frames are dropped; written only when that changes."""
+        flooding = sorted(self.rate_limit.flooding)
+        if flooding == self._flooding_shown:
+            return
+        for origin in set(flooding) - set(self._flooding_shown):
+            log.warning("node %s sends more than %d frames a minute; its frames are dropped until it calms down",
+                        origin, round(self.rate_limit.rate * 60))
+        try:
+            if flooding:
+                names = ", ".join(f"{m.name} ({m.place})" for m in map(self.roster.members.get, flooding) if m)
+                self._trouble("flooding", f"{names}: more frames than a node ever sends; dropped until it calms down",
+                              now)
+            else:
+                self.store.clear_trouble("flooding")
+                log.info("no node is flooding the channel any more")
+            self._flooding_shown = flooding
+        except Exception:
+            log.exception("could not record TROUBLE flooding")
 
     # -- receipts, heartbeats and repair -----------------------------------------------------
 
@@ -627,6 +697,8 @@ class Node:
             with self._lock:
                 now = self.clock()
                 self._process_requests(now)
+                if self.rate_limit.calmed(now):
+                    self._show_flooding(now)
                 self._expire(now)
                 self._repeat(now)
                 self._supervise(now)

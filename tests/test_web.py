@@ -276,31 +276,27 @@ def test_a_flood_from_one_address_gets_429_and_the_node_s_own_pages_are_never_li
 
 
 def test_an_overloaded_server_answers_503_at_once(block):
+    from types import SimpleNamespace
+
     from werkzeug.test import Client
 
     from web.server import MAX_QUEUE, Server, shed_when_overloaded
 
-    busy = [True]
-    client = Client(shed_when_overloaded(app_for(block, 3), lambda: busy[0]))
+    shedding = [True]
+    client = Client(shed_when_overloaded(app_for(block, 3), lambda: shedding[0]))
     response = client.get("/")
     assert response.status_code == 503 and response.headers["Retry-After"] == "5"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
-    busy[0] = False
+    shedding[0] = False
     assert client.get("/").status_code == 200
 
-    server = Server(app_for(block, 3), "127.0.0.1", 0, live_clients=2)
-    dispatcher = server._server.task_dispatcher
-    try:
-        assert not server.overloaded()
-        with dispatcher.lock:
-            dispatcher.queue.extend([None] * (MAX_QUEUE + 1))  # never run: the server is not serving
-            assert not server.overloaded(), "a queue with idle threads is a burst, not overload"
-            dispatcher.active_count = len(dispatcher.threads)
-            assert server.overloaded()
-            dispatcher.active_count = 0
-            dispatcher.queue.clear()
-    finally:
-        server.shutdown()
+    def overloaded(queued: int, busy: int, threads: int = 10) -> bool:
+        dispatcher = SimpleNamespace(queue=[None] * queued, active_count=busy, threads=set(range(threads)))
+        return Server.overloaded(SimpleNamespace(_server=SimpleNamespace(task_dispatcher=dispatcher)))
+
+    assert not overloaded(MAX_QUEUE + 1, busy=3), "a queue while threads are idle is a burst, not overload"
+    assert not overloaded(MAX_QUEUE, busy=10)
+    assert overloaded(MAX_QUEUE + 1, busy=10)
 
 
 def test_a_broken_web_table_is_a_503(fresh):
@@ -390,7 +386,7 @@ def test_live_slots_are_bounded_and_the_next_page_gets_503(block):
 
 
 def test_a_stream_ends_by_itself_so_the_browser_reconnects(block):
-    app = app_for(block, 3, STREAM_SECONDS=0.2, KEEPALIVE=0.05)
+    app = app_for(block, 3, STREAM_SECONDS=1.0, KEEPALIVE=0.05)
     body = app.test_client().get("/api/events").get_data(as_text=True)
     assert body.startswith("retry: 3000\n\n") and body.count("event: state") == 1 and ": keepalive" in body
     assert app.extensions["silbato.live"].clients == 0
