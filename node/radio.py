@@ -216,6 +216,16 @@ class MeshtasticLink(Link):
         return dict(self._troubles)
 
     @property
+    def channel_utilisation(self) -> float | None:
+        """The radio's own channel utilisation (0 to 1) from its telemetry, or None if unknown."""
+        iface = self._iface
+        if iface is None or not self.connected.is_set() or iface.myInfo is None:
+            return None
+        node = iface.nodesByNum.get(iface.myInfo.my_node_num) or {}
+        value = node.get("deviceMetrics", {}).get("channelUtilization")
+        return None if value is None else float(value) / 100.0
+
+    @property
     def alive(self) -> bool:
         """The supervisor and the reader threads run (a radio may still be unplugged)."""
         return self._stopping.is_set() or all(thread.is_alive() for thread in self._threads)

@@ -378,6 +378,16 @@ class SimMeshtasticRadio:
     def _nak(self, packet: mesh_pb2.MeshPacket, reason: str) -> None:
         self._routing(packet, reason)
 
+    def report_utilisation(self, percent: float) -> None:
+        """Send the client this radio's device telemetry, as firmware does every few minutes."""
+        from meshtastic.protobuf import telemetry_pb2
+
+        metrics = telemetry_pb2.Telemetry(time=int(time.time()),
+                                          device_metrics=telemetry_pb2.DeviceMetrics(channel_utilization=percent,
+                                                                                     air_util_tx=percent / 4))
+        self._reply(mesh_pb2.MeshPacket(id=0x5A5A0000 + self.configs), portnums_pb2.PortNum.TELEMETRY_APP,
+                    metrics.SerializeToString())
+
     # -- what the air brings ----------------------------------------------------------------
 
     def _heard(self, packet: Packet) -> None:

@@ -185,3 +185,15 @@ def test_plain_meshtastic_users_get_a_bell_text_in_the_first_language(serial_blo
     block.nodes[2].act("confirm", alert.id)
     assert node2.wait_for(lambda: len(block.radios[2].texts) == 1, timeout=CONNECT)
     assert "REDADA CONFIRMADA" in block.radios[2].texts[0]
+
+
+def test_the_radio_s_channel_utilisation_telemetry_shows_mesh_degraded(serial_block):
+    block = serial_block(n=2)
+    node, radio = block.nodes[1], block.radios[1]
+    radio.report_utilisation(12.5)
+    assert node.wait_for(lambda: node.link.channel_utilisation == 0.125, timeout=CONNECT)
+    assert "mesh" not in node.store.troubles()
+    radio.report_utilisation(47.0)
+    assert node.wait_for(lambda: "MESH DEGRADED" in node.store.troubles().get("mesh", ""), timeout=CONNECT)
+    radio.report_utilisation(20.0)
+    assert node.wait_for(lambda: "mesh" not in node.store.troubles(), timeout=CONNECT)
