@@ -169,3 +169,23 @@ def stream(seed: int, seeds: list[bytes], count: int) -> Iterator[tuple[str, byt
     rng = random.Random(seed)
     for _ in range(count):
         yield mutate(rng, seeds)
+
+
+# -- what a node shows ------------------------------------------------------------------------------
+
+def snapshot(node) -> dict:
+    """Everything a frame from the air could change in ``node``'s store."""
+    tables = ("alerts", "aliases", "events", "counters", "coverage", "troubles", "outbox")
+    rows = {t: node.store.db.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+    rows["peers"] = node.store.db.execute("SELECT node_id, last_heard, troubles FROM peers").fetchall()
+    return rows
+
+
+def siren(node):
+    """``node``'s siren pin (mock pins: its ``states`` list every change)."""
+    return node.pin_factory.pin(node.config["hardware.siren_pin"])
+
+
+def sounded(node) -> bool:
+    """Whether ``node``'s siren came on since its pin's states were last cleared."""
+    return any(state for _, state in siren(node).states)
