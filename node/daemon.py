@@ -54,8 +54,10 @@ PURGE_EVERY = 3600.0
 REQUEST_POLL = 0.2
 # Per-origin rate limit on frames from the air (``OriginRateLimit``). A legitimate node sends a
 # few frames a minute: a heartbeat every 30 s or more, a receipt per alert state at most every
-# 30 s, re-sends from 30 s doubling, and its captains' actions. A rogue one can send a frame
-# every 0.1 s on SHORT_FAST (about 1 s on LONG_FAST), 600 a minute.
+# 30 s, re-sends from 30 s doubling, and its captains' actions. In the simulator (three alerts
+# at once, captains acting, 20% loss) no receiver ever got more than 3 a minute from one
+# origin, nor a burst above 8. The channel carries a transition every 0.09 s on SHORT_FAST
+# (650 a minute) and every 1.0 s on LONG_FAST (60 a minute): a flood on any preset goes over.
 FLOOD_BURST = 30          # frames an origin may send at once (a radio's queue after a reconnect)
 FLOOD_RATE = 20 / 60.0    # frames per second an origin may keep sending: 20 a minute
 

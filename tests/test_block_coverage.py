@@ -42,6 +42,13 @@ def test_the_coverage_view_lists_the_buildings_that_are_switched_off(make_block)
         assert view["received"] == [1, 2, 3, 4] and view["sounded"] == [1, 2, 3, 4]
         assert view["missing"] == ["B5", "B6"]
         assert view["summary"] == "REPORTED: 4 of 6 buildings received, 4 sounded; missing: B5, B6"
+    # the page and the API show the same view
+    from web import create_app, settings
+    client = create_app({**settings(block.files.configs[0]), "CLOCK": block.clock}).test_client()
+    row = client.get("/api/alerts").get_json()[0]
+    assert row["coverage"] == "REPORTED: 4 of 6 buildings received, 4 sounded; missing: B5, B6"
+    assert (row["buildings"], row["sounded"], row["of"], row["missing"]) == (4, 4, 6, ["B5", "B6"])
+    assert "missing: B5, B6" in client.get("/").get_data(as_text=True)
 
 
 def test_a_confirmed_alert_s_coverage_is_its_own(make_block):

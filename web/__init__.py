@@ -28,7 +28,8 @@ def settings(config) -> dict[str, Any]:
     return {"DATABASE": str(config.db_file), "LANGUAGES": config.languages, "HOTLINE": config["web.hotline"],
             "LIVE_CLIENTS": config["web.live_clients"],
             # the daemon's supervision says which buildings are silent; this is the fallback before it has
-            "SILENT_AFTER": 3 * config["supervision.period"]}
+            "SILENT_AFTER": 3 * config["supervision.period"],
+            "RECEIPT_TIMEOUT": config["supervision.receipt_timeout"]}
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -37,7 +38,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     - ``DATABASE``: the node's SQLite file; ``NODE_NAME``: overrides the name shown (default:
       this node's roster name); ``LANGUAGES``: the node's languages, the first is the default;
       ``HOTLINE``: the phone number shown; ``SILENT_AFTER``: seconds before a building that the
-      daemon's supervision has not judged yet is shown silent;
+      daemon's supervision has not judged yet is shown silent; ``RECEIPT_TIMEOUT``: seconds after
+      an alert state before buildings without a receipt are listed missing;
     - ``LIVE_CLIENTS``: live streams at once; ``STREAM_SECONDS``: about how long one lasts;
       ``KEEPALIVE``: seconds between keep-alive comments; ``LIVE_POLL``: seconds between
       database checks; ``REFRESH``: seconds between reloads of a page without JavaScript;
@@ -49,7 +51,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(
         DATABASE=os.environ.get("SILBATO_WEB_DATABASE", ""), NODE_NAME=None, LANGUAGES=["en", "es"],
-        HOTLINE="", LIVE_CLIENTS=200, SILENT_AFTER=3600.0, STREAM_SECONDS=300.0, KEEPALIVE=20.0,
+        HOTLINE="", LIVE_CLIENTS=200, SILENT_AFTER=3600.0, RECEIPT_TIMEOUT=120.0, STREAM_SECONDS=300.0, KEEPALIVE=20.0,
         LIVE_POLL=0.1, REFRESH=15, CLOCK=time.time, ON_REQUEST=None, RATE_LIMIT=(120, 60.0),
         SECRET_KEY=secrets.token_bytes(32), SESSION_COOKIE_NAME="silbato_session",
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", PERMANENT_SESSION_LIFETIME=12 * 3600,

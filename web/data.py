@@ -11,8 +11,9 @@ import datetime as dt
 import hashlib
 import json
 
-from flask import abort, current_app, g
+from flask import abort, current_app, g, has_app_context
 
+from node import coverage
 from node.alerts import parse_alert_id
 from node.errors import StoreError, TransitionError
 from node.store import REQUEST_TTL, WEB_TABLES, Store
@@ -69,17 +70,23 @@ def this_node(s: Store) -> int | None:
 def alert_rows(now: float | None = None, s: Store | None = None, limit: int = 200) -> list[dict]:
     """Active alerts first, then recent ones, with place names, times (ISO and seconds) and ages.
 
-    ``buildings``: how many buildings' receipts say they hold an active alert's current
-    state (``None`` before any receipt, and for ended alerts); ``of``: the roster's size.
+    ``buildings``/``sounded``: how many buildings' receipts say they hold (and sounded) the
+    alert's current state (``None`` before any receipt); ``of``: the roster's size;
+    ``missing``: the names of buildings without a receipt once ``RECEIPT_TIMEOUT`` seconds
+    have passed since the state; ``coverage``: all that as one English sentence.
     """
     s = s or store()
     now = node_time() if now is None else now
+    timeout = current_app.config.get("RECEIPT_TIMEOUT", 120.0) if has_app_context() else 120.0
     places = s.places()
     peers = s.peers()
     names = {p["node_id"]: p["name"] for p in peers}
     rows = []
     for a in s.alerts(limit):
-        received = s.coverage(a.id, a.state)[0] if a.active else set()
+        received, sounded = s.coverage(a.id, a.state)
+        late = now - a.updated_at >= timeout
+        missing = [names[n] for n in sorted(names) if n not in received] if late and received else []
+        view = coverage.View(a.state.word, received, sounded)
         rows.append({
             "id": a.id, "kind": a.kind.word, "state": a.state.word, "active": a.active,
             "place": places.get(a.location, f"location {a.location}"), "location": a.location,
@@ -87,7 +94,8 @@ def alert_rows(now: float | None = None, s: Store | None = None, limit: int = 20
             "received_at": iso(a.opened_at), "updated_at": iso(a.updated_at),
             "received_ts": a.opened_at, "updated_ts": a.updated_at,
             "age_seconds": max(0, int(now - a.opened_at)),
-            "buildings": len(received) or None, "of": len(peers),
+            "buildings": len(received) or None, "sounded": len(sounded) if received else None, "of": len(peers),
+            "missing": missing, "coverage": view.summary(len(peers), missing) if received else None,
         })
     return rows
 
