@@ -175,7 +175,8 @@ class Block:
         threading.Thread(target=control.serve_forever, name=f"web-{port_base}", daemon=True).start()
         self._servers.append(control)
         for i, cfg in enumerate(self.files.configs, start=1):
-            app = create_app({**settings(cfg), "LIVE_CLIENTS": self.SIM_LIVE_CLIENTS, "CLOCK": self.clock,
+            app = create_app({**settings(cfg), "EXEMPT_LOOPBACK": True, "LIVE_CLIENTS": self.SIM_LIVE_CLIENTS,
+                              "CLOCK": self.clock,
                               "ON_REQUEST": self._nudge(i)})
             self._servers.append(server.Server(app, host, port_base + i,
                                                live_clients=self.SIM_LIVE_CLIENTS).start())

@@ -263,8 +263,8 @@ def test_error_pages_reveal_nothing(block):
         assert client.get(url).status_code == 404 and "Traceback" not in body and "werkzeug" not in body.lower()
 
 
-def test_a_flood_from_one_address_gets_429_and_the_node_s_own_pages_are_never_limited(block):
-    client = app_for(block, 3, RATE_LIMIT=(5, 60.0)).test_client()
+def test_a_flood_from_one_address_gets_429_and_the_sim_s_own_pages_are_never_limited(block):
+    client = app_for(block, 3, RATE_LIMIT=(5, 60.0), EXEMPT_LOOPBACK=True).test_client()
     remote = {"REMOTE_ADDR": "192.0.2.7"}
     codes = [client.get("/api/alerts", environ_base=remote).status_code for _ in range(7)]
     assert codes == [200] * 5 + [429] * 2
@@ -272,7 +272,9 @@ def test_a_flood_from_one_address_gets_429_and_the_node_s_own_pages_are_never_li
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
     assert client.get("/", environ_base={"REMOTE_ADDR": "192.0.2.8"}).status_code == 200  # another phone
     assert client.get("/static/silbato.css", environ_base=remote).status_code == 200  # cached assets
-    assert all(client.get("/api/alerts").status_code == 200 for _ in range(10))  # 127.0.0.1
+    assert all(client.get("/api/alerts").status_code == 200 for _ in range(10))  # 127.0.0.1 in the sim
+    node = app_for(block, 3, RATE_LIMIT=(5, 60.0)).test_client()  # a node's settings: loopback counts too
+    assert [node.get("/api/alerts").status_code for _ in range(7)] == [200] * 5 + [429] * 2
 
 
 def test_an_overloaded_server_answers_503_at_once(block):

@@ -28,6 +28,8 @@ def settings(config) -> dict[str, Any]:
     return {"DATABASE": str(config.db_file), "LANGUAGES": config.languages, "HOTLINE": config["web.hotline"],
             "LIVE_CLIENTS": config["web.live_clients"],
             # the daemon's supervision says which buildings are silent; this is the fallback before it has
+            # on a node, loopback is a maintainer's tool or an attacker on the node: limit it too
+            "EXEMPT_LOOPBACK": False,
             "SILENT_AFTER": 3 * config["supervision.period"],
             "RECEIPT_TIMEOUT": config["supervision.receipt_timeout"]}
 
@@ -45,14 +47,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
       database checks; ``REFRESH``: seconds between reloads of a page without JavaScript;
     - ``CLOCK``: the node's clock (virtual in the sim); ``ON_REQUEST``: called after a
       captain's request is written (the sim wakes its node; a node daemon polls);
-    - ``RATE_LIMIT``: (requests, seconds) per client address, or ``None``;
+    - ``RATE_LIMIT``: (requests, seconds) per client address, or ``None``; ``EXEMPT_LOOPBACK``:
+      whether 127.0.0.1 is exempt (the sim's pages; ``settings()`` for a node says no);
     - ``SECRET_KEY``: signs sessions; new at every start unless given, so a restart logs captains out.
     """
     app = Flask(__name__)
     app.config.from_mapping(
         DATABASE=os.environ.get("SILBATO_WEB_DATABASE", ""), NODE_NAME=None, LANGUAGES=["en", "es"],
         HOTLINE="", LIVE_CLIENTS=200, SILENT_AFTER=3600.0, RECEIPT_TIMEOUT=120.0, STREAM_SECONDS=300.0, KEEPALIVE=20.0,
-        LIVE_POLL=0.1, REFRESH=15, CLOCK=time.time, ON_REQUEST=None, RATE_LIMIT=(120, 60.0),
+        LIVE_POLL=0.1, REFRESH=15, CLOCK=time.time, ON_REQUEST=None, RATE_LIMIT=(120, 60.0), EXEMPT_LOOPBACK=True,
         SECRET_KEY=secrets.token_bytes(32), SESSION_COOKIE_NAME="silbato_session",
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", PERMANENT_SESSION_LIFETIME=12 * 3600,
         WTF_CSRF_TIME_LIMIT=None,  # a token lives as long as the session: no surprise 403 mid-raid

@@ -103,7 +103,8 @@ def init_app(app) -> None:
 
     @app.before_request
     def shed_load():
-        if limiter is None or request.endpoint == "static" or _local(request.remote_addr):
+        if limiter is None or request.endpoint == "static" or (app.config["EXEMPT_LOOPBACK"]
+                                                               and _local(request.remote_addr)):
             return None
         wait = limiter.hit(request.remote_addr or "?")
         if wait:

@@ -11,9 +11,10 @@
   P5 line          a 5-node line with 0% and 20% loss, every preset
   P6 radio         start-up, unplug to TROUBLE, replug to connected (real meshtastic library)
   P7 web           live page fan-out under load
+  P8 overload      10,000 page requests at 200/s: 429/503, never 500; hold to siren meanwhile
 
 Simulated figures (P1, P3, P4, P5) are the same on every machine; wall-clock ones
-(P2, P6, P7) vary with it, so compare them side by side in one run.
+(P2, P6, P7, P8) vary with it, so compare them side by side in one run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ BENCHES = {
     "P5": ("propagation", [], ["--alerts", "2", "--nodes", "3"]),
     "P6": ("radio_link", [], ["--cycles", "2"]),
     "P7": ("web_fanout", [], ["--clients", "5", "--alerts", "2", "--seconds", "2", "--rate", "20"]),
+    "P8": ("web_overload", [], ["--requests", "200", "--rate", "100", "--holds", "2"]),
 }
 
 
