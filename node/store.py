@@ -415,7 +415,9 @@ class Store:
         """Delete ended alerts, their events and sent frames older than ``retention`` seconds.
 
         Then truncate the WAL, so no copy of a purged row survives in the ``-wal`` file.
-        Returns the number of alerts removed.
+        Returns the number of alerts removed. Raises ``StoreError`` if a reader (the page)
+        held a read transaction through the busy timeout: the rows are deleted, but copies
+        stay in the ``-wal`` (and old pages in the database file) until a later purge.
         """
         cutoff = now - retention
         ended = [int(s) for s in ENDED]
@@ -438,7 +440,10 @@ class Store:
             self.db.execute("DELETE FROM notes WHERE created_at < ? AND alert_id NOT IN (SELECT id FROM alerts)",
                             [cutoff])
         try:
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: checkpoint failed: {exc}") from exc
+        if busy:  # SQLite reports a checkpoint blocked by a reader in the result, not as an error
+            raise StoreError(f"{self.path}: purged {len(ids)} alerts, but a reader kept the write-ahead log; "
+                             "copies of the purged rows stay on disk until the next purge")
         return len(ids)
