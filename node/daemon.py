@@ -699,8 +699,8 @@ class Node:
             with self._lock:
                 now = self.clock()
                 self._process_requests(now)
-                if self.rate_limit.calmed(now):
-                    self._show_flooding(now)
+                self.rate_limit.calmed(now)
+                self._show_flooding(now)  # writes only when the set of flooding origins changed
                 self._expire(now)
                 self._repeat(now)
                 self._supervise(now)

@@ -73,6 +73,44 @@ def test_a_clock_set_back_locks_no_one_out():
     assert all(limit.allow(1, 1_800_000_000.0 - 365 * 86400 + i * 6.0) for i in range(100))
 
 
+def test_the_flooding_trouble_comes_and_goes_with_the_flood(tmp_path):
+    """On one node, frames handed straight to it: the trouble names the building, and clears
+    once the origin calms down, whether its next frame or the next tick notices first."""
+    from adversary import install
+    from node.daemon import Node
+    from node.hardware import mock_factory
+
+    clock = [1_800_000_000.0]
+    node = Node(install(tmp_path)[2], pin_factory=mock_factory(), clock=lambda: clock[0]).start()
+    try:
+        counter = iter(range(1, 10_000))
+
+        def heartbeat(origin: int) -> bytes:
+            return sign(wire.HeartbeatFrame(origin, next(counter), 0, 2, 0, 0, 0, b""))
+
+        for _ in range(FLOOD):
+            clock[0] += GAP
+            node.on_frame(heartbeat(1))
+        assert node.counts["accepted"] == FLOOD_BURST and node.counts["rate-limited"] == FLOOD - FLOOD_BURST
+        assert node.store.troubles()["flooding"].startswith("B1 (Building 1): ")
+        node.on_frame(heartbeat(3))
+        assert node.counts["accepted"] == FLOOD_BURST + 1, "another building is heard meanwhile"
+        clock[0] += FLOOD_BURST / FLOOD_RATE + 1
+        node.on_frame(heartbeat(1))  # calm again: taken, and the next tick clears the trouble
+        assert node.counts["accepted"] == FLOOD_BURST + 2
+        node.tick()
+        assert "flooding" not in node.store.troubles()
+        for _ in range(FLOOD):  # a second flood; this time it just stops, and a tick notices
+            clock[0] += GAP
+            node.on_frame(heartbeat(1))
+        assert "flooding" in node.store.troubles()
+        clock[0] += FLOOD_BURST / FLOOD_RATE + 1
+        node.tick()
+        assert "flooding" not in node.store.troubles()
+    finally:
+        node.stop()
+
+
 # -- a rogue node on the air ------------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 CI runs 10,000 frames through Hypothesis (derandomized) and 10,000 through a seeded
 mutation loop into a running node; ``SILBATO_LONG=1`` runs 100,000 of each, and
-100,000 more through atheris (libFuzzer) when it is installed.
+1,000,000 more through atheris (libFuzzer) when it is installed.
 """
 
 from __future__ import annotations
