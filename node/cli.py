@@ -213,6 +213,39 @@ def roster_show(ctx: click.Context) -> None:
         click.echo(f"  {m.id:5d} {m.name:8s} location {m.location:5d} {m.place}{'  REVOKED' if m.revoked else ''}")
 
 
+# -- wipe -------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Do not ask; for scripts and for when the door is being forced.")
+@click.pass_context
+def wipe(ctx: click.Context, yes: bool) -> None:
+    """Destroy this node's key, database and captains' accounts (in 10 s or less)."""
+    import time
+
+    from node import wipe as wipe_mod
+    from node.store import Store
+
+    cfg = load_config(ctx)
+    if not yes:
+        click.confirm("Destroy this node's key, its database and its captains' accounts?", abort=True)
+    started = time.monotonic()
+    key = cfg.key_file
+    if cfg.db_file.exists():
+        try:  # a running daemon tells the block in its last heartbeat, then wipes itself
+            store = Store(cfg.db_file)
+            store.add_request("wipe", captain="silbato wipe", now=time.time())
+            store.close()
+        except SilbatoError as exc:
+            click.echo(f"could not ask the node daemon ({exc}); wiping the files directly", err=True)
+        deadline = started + wipe_mod.WIPE_WITHIN / 2
+        while key.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    destroyed = wipe_mod.destroy(wipe_mod.node_files(cfg))  # whatever is left, daemon or not
+    click.echo(f"wiped in {time.monotonic() - started:.1f} s"
+               + (f": {', '.join(str(p) for p in destroyed)}" if destroyed else ""))
+    click.echo("Ask the organizers to revoke this node's key in the roster.")
+
+
 # -- radio ------------------------------------------------------------------------------
 
 @cli.group()

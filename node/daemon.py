@@ -131,6 +131,7 @@ class Node:
         self._kick = threading.Event()
         self.id = 0
         self.location = 0
+        self.wiped = False
         self._own_report: tuple[str, float] | None = None  # (alert id, when) of this button's last new report
         self.rate_limit = OriginRateLimit()
         self._flooding_shown: list[int] = []  # the origins TROUBLE (flooding) names in the store
@@ -162,7 +163,7 @@ class Node:
             self._next_heartbeat = now + self.rng.uniform(0, self.heartbeat_interval)
             places = {m.location: m.place for m in self.roster.members.values() if not m.revoked}
             self.hardware = Hardware(cfg, on_hold=self.button_held, on_press=self.button_pressed,
-                                     on_confirm=self.confirm_held, speaker=speech.from_config(cfg, places),
+                                     on_confirm=self.confirm_held, on_wipe=lambda: self.wipe("both buttons"), speaker=speech.from_config(cfg, places),
                                      pin_factory=self.pin_factory, clock=self.clock)
             self._stack.append(self.hardware.close)
             self.link.start(self.on_frame, self.on_refused)
@@ -499,7 +500,47 @@ class Node:
         self._relays[("silent", frame.origin, frame.counter)] = [now + self.rng.uniform(*RELAY_DELAY), 0, data,
                                                                  1 << 30]
 
+    def wipe(self, why: str) -> list:
+        """Destroy this node's key, database and captains' accounts, after telling the block.
+
+        The last heartbeat carries the ``wiped`` trouble bit, so every node shows that this
+        building must be revoked. Then the files are overwritten and removed, and the node
+        stops: without its key it cannot start again. Takes well under ``wipe.WIPE_WITHIN``.
+        """
+        from node import wipe as wipe_mod
+
+        started = time.monotonic()
+        log.critical("WIPE (%s): telling the block, then destroying the key and the database", why)
+        with self._lock:
+            try:
+                with self.store.transaction():
+                    counter = self.store.next_counter()
+                frame = wire.HeartbeatFrame(self.id, counter, supervision.trouble_mask(["wiped"]),
+                                            self.roster.version, 0, 0, 0, b"")
+                data = wire.encode(frame, self.key, self.roster.block)
+                if self.link.instant:
+                    self.link.send(data, hop_limit=None)
+                else:
+                    self._ephemeral.appendleft((data, None))
+                    self._kick.set()
+            except Exception as exc:  # the wipe goes on whatever the radio or the disk says
+                log.error("wipe: could not tell the block: %s", exc)
+        if not self.link.instant:  # give the sender a moment to hand the notice to the radio
+            deadline = time.monotonic() + 3.0
+            while self._ephemeral and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.stop()
+        destroyed = wipe_mod.destroy(wipe_mod.node_files(self.config))
+        log.critical("WIPE done in %.1f s: %s", time.monotonic() - started,
+                     ", ".join(str(p) for p in destroyed) or "nothing left to destroy")
+        self.wiped = True
+        return destroyed
+
     def _apply_heartbeat(self, frame: wire.HeartbeatFrame, now: float) -> None:
+        if frame.troubles & supervision.trouble_mask(["wiped"]) & ~3:
+            name = self.roster.members[frame.origin].name
+            self._trouble(f"wiped-{frame.origin}", f"{name} was wiped: ask the organizers to revoke its key", now)
+            log.critical("node %s (%s) says it was wiped; its key must be revoked", frame.origin, name)
         if frame.roster_version == self.roster.version:
             self.supervisor.merge(frame.vector, now)
             # It missed our recent heartbeats: send the next one early rather than let it age.
@@ -695,6 +736,8 @@ class Node:
 
     def tick(self) -> None:
         """Expire quiet alerts, re-send what this node signed, flush the outbox, purge. Never raises."""
+        if self.wiped:
+            return
         try:
             with self._lock:
                 now = self.clock()
@@ -722,6 +765,8 @@ class Node:
 
     def process_requests(self) -> None:
         """Apply the captains' pending requests now. Never raises."""
+        if self.wiped:
+            return
         try:
             with self._lock:
                 self._process_requests(self.clock())
@@ -736,6 +781,9 @@ class Node:
         with the reason the page shows.
         """
         for req in self.store.pending_requests():
+            if req["action"] == "wipe" and req["captain"] == "silbato wipe":   # the CLI, as root on the node
+                self.wipe("silbato wipe")
+                return
             try:
                 alert = self._apply_request(req, now)
             except SilbatoError as exc:
@@ -981,6 +1029,9 @@ def run(config: Config, *, stopping: threading.Event | None = None, link: Link |
                 node.tick()
             else:
                 node.process_requests()  # a captain's click is acted on within REQUEST_POLL seconds
+            if node.wiped:
+                log.critical("node wiped; the daemon exits and cannot start again without a new key")
+                return 3
             if notifier.watchdog_due():
                 problems = health_problems(node)
                 if problems != reported:

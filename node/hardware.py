@@ -378,6 +378,9 @@ class PanicButton:
         self._button.close()
 
 
+WIPE_HOLD = 10.0  # seconds both buttons must stay down to wipe the node
+
+
 class Hardware:
     """The node's devices, built from the ``hardware.*`` settings.
 
@@ -395,12 +398,15 @@ class Hardware:
 
     def __init__(self, config: Mapping[str, Any], *, on_hold: Callable[[], Any],
                  on_press: Callable[[], Any] | None = None, on_confirm: Callable[[], Any] | None = None,
+                 on_wipe: Callable[[], Any] | None = None,
                  speaker: speech.Speaker | None = None, pin_factory=None,
                  clock: Callable[[], float] = time.time, wait: Wait = _wait):
         self.hold_time = config["hardware.hold_time"]
         self._quiet = parse_quiet_hours(config["hardware.quiet_hours"])
         self._clock = clock
         self._on_hold, self._on_press, self._on_confirm = on_hold, on_press, on_confirm
+        self._on_wipe = on_wipe
+        self._wiping = threading.Lock()  # one wipe gesture watched at a time
         self.confirm_button: PanicButton | None = None
         built: list[Any] = []
         try:
@@ -450,6 +456,13 @@ class Hardware:
         self._press(self.button, bool(self._call(self._on_press)))
 
     def _press(self, button: PanicButton, used: bool) -> None:
+        other = self.confirm_button if button is self.button else self.button
+        if self.confirm_button is not None and other.is_pressed and self._on_wipe is not None:
+            # Both buttons down together: the wipe gesture. Neither hold reports or confirms.
+            button.consumed = other.consumed = True
+            self.light.end_progress()
+            threading.Thread(target=self._watch_wipe, name="wipe-gesture", daemon=True).start()
+            return
         if not used and self.sounding:
             log.info("button pressed while the alarm sounds: this node is silenced; the alert is unchanged")
             self.silence()
@@ -457,6 +470,23 @@ class Hardware:
         button.consumed = used
         if not used:
             self.light.progress(self.hold_time)
+
+    def _watch_wipe(self) -> None:
+        """Wipe the node if both buttons stay down for WIPE_HOLD seconds."""
+        if not self._wiping.acquire(blocking=False):
+            return
+        try:
+            log.warning("both buttons down: the node wipes itself if they stay down for %.0f s", WIPE_HOLD)
+            stop = threading.Event()
+            deadline = time.monotonic() + WIPE_HOLD
+            while time.monotonic() < deadline:
+                if not (self.button.is_pressed and self.confirm_button.is_pressed):
+                    log.info("wipe gesture released early: nothing wiped")
+                    return
+                stop.wait(0.05)
+            self._call(self._on_wipe)
+        finally:
+            self._wiping.release()
 
     def _held(self, button: PanicButton, handler: Callable[[], Any] | None) -> None:
         if button.consumed:

@@ -51,7 +51,7 @@ def trouble_bits(subsystems: Iterable[str]) -> int:
 
 # The 16-bit trouble mask of a heartbeat's header: the 4 shared bits, then more detail.
 _MASK_BITS = {"radio": 4, "storage": 8, "roster": 16, "speaker": 32, "mesh": 64, "radio-firmware": 128,
-              "radio-channel": 256, "radio-mqtt": 512, "radio-region": 1024, "hardware": 2048}
+              "radio-channel": 256, "radio-mqtt": 512, "radio-region": 1024, "hardware": 2048, "wiped": 4096}
 
 
 def trouble_mask(subsystems: Iterable[str]) -> int:

@@ -1,0 +1,52 @@
+"""Wiping a node that may be seized: destroy its key, its database and its captains' accounts.
+
+``destroy(paths)`` overwrites each file with random bytes, syncs it and unlinks it. The
+daemon wipes itself (``Node.wipe``: it first tells the block in a last heartbeat); the CLI
+asks a running daemon to, and wipes the files itself if none answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+WIPE_WITHIN = 10.0  # seconds: the promise for the whole wipe
+
+
+def node_files(config) -> list[Path]:
+    """The files that identify a node or hold what it knows: its key, the database (with WAL and
+    SHM: alerts, notes, captains' accounts) and the block's Meshtastic channel key."""
+    db = Path(config.db_file)
+    return [Path(config.key_file), db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"),
+            Path(config["radio.channel_key_file"])]
+
+
+def destroy(paths: Iterable[Path]) -> list[Path]:
+    """Overwrite, sync and remove each existing file; returns those destroyed. Never raises."""
+    done = []
+    for path in paths:
+        try:
+            size = path.stat().st_size
+            with open(path, "r+b", buffering=0) as fh:
+                remaining = size
+                while remaining > 0:
+                    chunk = os.urandom(min(remaining, 1 << 20))
+                    fh.write(chunk)
+                    remaining -= len(chunk)
+                os.fsync(fh.fileno())
+            path.unlink()
+            done.append(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.error("wipe: could not destroy %s: %s", path, exc)
+            try:
+                path.unlink()
+                done.append(path)
+            except OSError:
+                pass
+    return done
