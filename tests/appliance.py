@@ -64,7 +64,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def silbato(*args, exe: Path = EXE, check: bool = True, env: dict | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the ``silbato`` command (by default this checkout's) and return the finished process."""
-    # cwd "/": "python -c" puts the working directory first on sys.path, and /work/main has node/.
+    # cwd "/": "python -c" puts the working directory first on sys.path, and the checkout has node/.
     result = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout,
                             env=env or clean_env(), stdin=subprocess.DEVNULL, cwd="/")
     if check and result.returncode != 0:
