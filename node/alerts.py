@@ -155,7 +155,7 @@ def _check_signer(reporter: int, t: Transition) -> None:
         raise TransitionError(f"alert {t.alert_id}: confirming needs a signer other than the reporter")
 
 
-_ACTION_STATE = {"confirm": State.CONFIRMED, "all_clear": State.ALL_CLEAR, "cancel": State.CANCELLED}
+ACTION_STATE = {"confirm": State.CONFIRMED, "all_clear": State.ALL_CLEAR, "cancel": State.CANCELLED}
 
 
 def request(current: Alert | None, action: str, signer: int, alert_ref: str = "") -> Transition:
@@ -163,11 +163,11 @@ def request(current: Alert | None, action: str, signer: int, alert_ref: str = ""
 
     Stricter than :func:`apply`: a node only clears what it has seen confirmed.
     """
-    if action not in _ACTION_STATE:
+    if action not in ACTION_STATE:
         raise TransitionError(f"unknown action {action!r}")
     if current is None:
         raise TransitionError(f"cannot {action.replace('_', ' ')} unknown alert {alert_ref}")
-    state = _ACTION_STATE[action]
+    state = ACTION_STATE[action]
     if state is State.ALL_CLEAR and current.state is State.REPORTED:
         raise TransitionError(f"alert {current.id} is not confirmed; cancel it instead of clearing it")
     if current.state in ENDED:

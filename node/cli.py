@@ -324,20 +324,16 @@ def radio_configure(ctx: click.Context, path: str) -> None:
 @click.pass_context
 def radio_keygen(ctx: click.Context) -> None:
     """Create the block's channel key file (32 random bytes, base64, mode 0600) if it is absent."""
-    import base64
-    import os
-
     cfg = load_config(ctx)
     path = Path(cfg["radio.channel_key_file"])
     if path.exists():
         raise click.ClickException(f"{path}: a channel key exists; every node of the block must share one key")
+    from node.keys import b64, write_secret
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(base64.b64encode(os.urandom(32)).decode("ascii") + "\n")
-    except OSError as exc:
-        raise click.ClickException(f"{path}: cannot write: {exc.strerror}") from None
+        write_secret(path, b64(os.urandom(32)))
+    except SilbatoError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"created {path}; copy it to every node of the block, then run 'silbato radio configure'")
 
 

@@ -349,9 +349,6 @@ def _validate(values: dict[str, Any], source: str) -> None:
     if not 0 < values["supervision.airtime_budget"] <= 0.5:
         raise ConfigError(f"{source}: supervision.airtime_budget: expected a share above 0 and at most 0.5, "
                           f"got {values['supervision.airtime_budget']}")
-    for name in ("supervision.period", "supervision.receipt_timeout"):
-        if not 0 < values[name] < float("inf"):
-            raise ConfigError(f"{source}: {name}: expected a positive number of seconds, got {values[name]}")
     if not 0 <= values["supervision.heartbeat_interval"] < float("inf"):
         raise ConfigError(f"{source}: supervision.heartbeat_interval: expected 0 or a number of seconds, "
                           f"got {values['supervision.heartbeat_interval']}")
@@ -367,7 +364,8 @@ def _validate(values: dict[str, Any], source: str) -> None:
     if not 1 <= values["radio.hop_limit"] <= 7:
         raise ConfigError(f"{source}: radio.hop_limit: expected 1 to 7, got {values['radio.hop_limit']}")
     for name in ("alerts.merge_window", "alerts.expire_after", "alerts.retention",
-                 "alerts.repeat_max_interval", "hardware.hold_time"):
+                 "alerts.repeat_max_interval", "hardware.hold_time", "supervision.period",
+                 "supervision.receipt_timeout"):
         if not 0 < values[name] < float("inf"):  # also refuses NaN
             raise ConfigError(f"{source}: {name}: expected a positive number of seconds, got {values[name]}")
     bad = [lang for lang in values["node.languages"].split(",") if lang.strip() not in ("en", "es", "ko", "tl")]

@@ -43,3 +43,12 @@ class View:
         text = (f"{self.state.replace('_', ' ').upper()}: {len(self.received)} of {total} buildings received, "
                 f"{len(self.sounded)} sounded")
         return text + (f"; missing: {', '.join(missing_names)}" if missing_names else "")
+
+
+def describe(state: str, received: Iterable[int], sounded: Iterable[int], names: dict[int, str], *,
+             late: bool) -> dict:
+    """The view the page, the API and the daemon show: the roster's size, the names of buildings
+    without a receipt (only once ``late``, after the receipt timeout), and one sentence."""
+    view = View(state, set(received), set(sounded))
+    missing = [names[m] for m in view.missing(names)] if late else []
+    return {"of": len(names), "missing": missing, "summary": view.summary(len(names), missing)}

@@ -274,7 +274,7 @@ class Node:
             try:
                 t = alerts.request(current, action, self.id, alert_id)
             except TransitionError as exc:
-                self._reject(alert_id, alerts._ACTION_STATE.get(action, State.REPORTED), str(exc), self.id,
+                self._reject(alert_id, alerts.ACTION_STATE.get(action, State.REPORTED), str(exc), self.id,
                              "local", None, now)
                 raise
             return self._act(lambda counter: t, now)
@@ -712,14 +712,11 @@ class Node:
             if alert is None:
                 raise TransitionError(f"unknown alert {alert_id}")
             received, sounded = self.store.coverage(alert.id, alert.state)
-            view = coverage.View(alert.state.word, received, sounded)
-            expected = set(self.members)
             late = now - alert.updated_at >= self.config["supervision.receipt_timeout"]
-            missing = view.missing(expected) if late else []
-            names = [self.roster.members[m].name for m in missing]
+            view = coverage.describe(alert.state.word, received, sounded,
+                                     {m: self.roster.members[m].name for m in self.members}, late=late)
             return {"alert": alert.id, "state": alert.state.word, "received": sorted(received),
-                    "sounded": sorted(sounded), "of": len(expected), "missing": names,
-                    "summary": view.summary(len(expected), names)}
+                    "sounded": sorted(sounded), **view}
 
     def _reject(self, alert_id: str, state: State, reason: str, signer: int, source: str,
                 counter: int | None, now: float) -> None:
@@ -742,6 +739,8 @@ class Node:
             with self._lock:
                 now = self.clock()
                 self._process_requests(now)
+                if self.wiped:  # a request wiped the node: nothing is left to look after
+                    return
                 self.rate_limit.calmed(now)
                 self._show_flooding(now)  # writes only when the set of flooding origins changed
                 self._expire(now)

@@ -48,6 +48,27 @@ def public_bytes(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` and a newline to ``path`` with mode 0600, synced, replacing it atomically.
+
+    Raises ``KeyFileError``. Used for node and organizer keys and the block's channel key.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)  # a stale .tmp could carry looser permissions
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # whatever the umask
+            fh.write(text + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot write key: {exc.strerror or exc}") from None
+
+
 class SigningKey:
     """An Ed25519 private key kept in a 0600 file: a node's identity or the organizers' key."""
 
@@ -74,20 +95,7 @@ class SigningKey:
         if path.exists() and not force:
             raise KeyFileError(f"{path}: key already exists; refusing to replace a node identity")
         key = cls.generate()
-        seed = key._private.private_bytes_raw()
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.unlink(missing_ok=True)  # a stale .tmp could carry looser permissions
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                os.fchmod(fh.fileno(), 0o600)  # whatever the umask
-                fh.write(b64(seed) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise KeyFileError(f"{path}: cannot write key: {exc.strerror or exc}") from None
+        write_secret(path, b64(key._private.private_bytes_raw()))
         return key
 
     @classmethod

@@ -84,9 +84,7 @@ def alert_rows(now: float | None = None, s: Store | None = None, limit: int = 20
     rows = []
     for a in s.alerts(limit):
         received, sounded = s.coverage(a.id, a.state)
-        late = now - a.updated_at >= timeout
-        missing = [names[n] for n in sorted(names) if n not in received] if late and received else []
-        view = coverage.View(a.state.word, received, sounded)
+        view = coverage.describe(a.state.word, received, sounded, names, late=now - a.updated_at >= timeout)
         rows.append({
             "id": a.id, "kind": a.kind.word, "state": a.state.word, "active": a.active,
             "place": places.get(a.location, f"location {a.location}"), "location": a.location,
@@ -95,7 +93,7 @@ def alert_rows(now: float | None = None, s: Store | None = None, limit: int = 20
             "received_ts": a.opened_at, "updated_ts": a.updated_at,
             "age_seconds": max(0, int(now - a.opened_at)),
             "buildings": len(received) or None, "sounded": len(sounded) if received else None, "of": len(peers),
-            "missing": missing, "coverage": view.summary(len(peers), missing) if received else None,
+            "missing": view["missing"] if received else [], "coverage": view["summary"] if received else None,
         })
     return rows
 
