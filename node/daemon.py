@@ -23,7 +23,6 @@ from dataclasses import replace
 from typing import Callable
 
 from node import alerts, coverage, speech, supervision, wire
-from node.airtime import MESH_OVERHEAD, time_on_air
 from node.alerts import Alert, Kind, Outcome, State, Transition
 from node.config import Config, parse_weekly
 from node.errors import FrameError, RadioError, SilbatoError, StoreError, TransitionError
@@ -47,7 +46,7 @@ REPAIR_GAP = 60.0         # seconds between passing one alert to neighbours that
 RELAY_DELAY = (0.3, 2.5)  # seconds: the random wait before relaying a new alert state to neighbours
 RELAY_ENOUGH = 2          # copies heard from neighbours in that wait that make this node's relay needless
 MESH_DEGRADED = 0.40      # channel utilisation above which the mesh is degraded
-VERDICT_JITTER = 8.0      # seconds: the random wait before calling a neighbour silent
+VERDICT_JITTER = 8.0      # seconds: the random wait before calling a neighbour silent (within VERDICT_LEAD)
 PURGE_EVERY = 3600.0
 # Captains' requests (written by the web process) are polled every REQUEST_POLL seconds
 # by ``run``, and refused when older than store.REQUEST_TTL.
@@ -126,6 +125,7 @@ class Node:
         self._relay_frames: dict[tuple[int, int], tuple[str, State]] = {}
         self._next_heartbeat = 0.0
         self._early_heartbeat = -1e12
+        self._last_poll = -1e12
         self._verdicts_due: dict[int, float] = {}  # node -> when this node will call it silent
         self._peer_rows: dict[int, tuple] = {}      # node -> ((status, troubles), last heard) as stored
         self._kick = threading.Event()
@@ -157,8 +157,16 @@ class Node:
             self.store.set_meta("block", self.roster.block)
             self.members = sorted(self.roster.members)
             now = self.clock()
-            self.supervisor = supervision.Supervisor(self.id, self.members, period=cfg["supervision.period"],
-                                                     now=now)
+            period = supervision.effective_period(cfg["supervision.period"], cfg["radio.preset"],
+                                                  cfg["supervision.airtime_budget"])
+            if period > cfg["supervision.period"]:
+                log.warning("supervision.period %.0f s is too short for %s (a heartbeat takes %.2f s on air, "
+                            "the budget is %.0f%%): the block supervises with %.0f s; a silent building shows "
+                            "TROUBLE after that", cfg["supervision.period"], cfg["radio.preset"],
+                            supervision.heartbeat_airtime(cfg["radio.preset"]),
+                            100 * cfg["supervision.airtime_budget"], period)
+            self.supervisor = supervision.Supervisor(self.id, self.members, period=period, now=now)
+            self.heartbeat_airtime = supervision.heartbeat_airtime(cfg["radio.preset"], len(self.members))
             self.heartbeat_interval = self._heartbeat_interval()
             self._next_heartbeat = now + self.rng.uniform(0, self.heartbeat_interval)
             places = {m.location: m.place for m in self.roster.members.values() if not m.revoked}
@@ -491,7 +499,7 @@ class Node:
         """A neighbour of ``frame.subject`` says it has gone silent: show it, and pass the word on."""
         if frame.subject == self.id:
             log.warning("node %s says this node is silent; answering with a heartbeat", frame.origin)
-            self._next_heartbeat = min(self._next_heartbeat, now + self.rng.uniform(1.0, 5.0))
+            self._heartbeat_early(now)
             return
         self.supervisor.verdict(frame.subject, now - frame.silent_for)
         log.warning("TROUBLE: %s is silent (%d s, says node %s)", self.roster.members[frame.subject].name,
@@ -545,9 +553,10 @@ class Node:
             self.supervisor.merge(frame.vector, now)
             # It missed our recent heartbeats: send the next one early rather than let it age.
             if (self.supervisor.stale_about_me(frame.vector, self.heartbeat_interval)
-                    and now - self._early_heartbeat > self.heartbeat_interval / 2):
+                    and now - self._early_heartbeat > min(self.heartbeat_interval / 2,
+                                                          self.supervisor.period / supervision.POLLS)):
                 self._early_heartbeat = now
-                self._next_heartbeat = min(self._next_heartbeat, now + self.rng.uniform(1.0, 5.0))
+                self._heartbeat_early(now)
         # Repair: a neighbour whose latest alert state is behind ours gets our copy of the signed frame.
         latest = self._latest_alert()
         if latest is None:
@@ -567,11 +576,14 @@ class Node:
         cfg = self.config
         if cfg["supervision.heartbeat_interval"]:
             return cfg["supervision.heartbeat_interval"]
-        airtime = time_on_air(wire.frame_size(wire.FrameType.HEARTBEAT, min(len(self.members), wire.MAX_VECTOR))
-                              + MESH_OVERHEAD, cfg["radio.preset"])
         neighbours = len(self.supervisor.neighbours) or len(self.members) - 1
-        return supervision.heartbeat_interval(airtime, neighbours=neighbours, budget=cfg["supervision.airtime_budget"],
-                                              period=cfg["supervision.period"])
+        return supervision.heartbeat_interval(self.heartbeat_airtime, neighbours=neighbours,
+                                              budget=cfg["supervision.airtime_budget"], period=self.supervisor.period)
+
+    def _heartbeat_early(self, now: float) -> None:
+        """Bring the next heartbeat forward: to answer a neighbour that missed ours, or to poll one."""
+        self._next_heartbeat = min(self._next_heartbeat, now + supervision.early_delay(self.heartbeat_airtime,
+                                                                                         self.rng))
 
     def _latest_alert(self) -> Alert | None:
         active = self.store.active_alerts()
@@ -597,7 +609,10 @@ class Node:
         """Heartbeats and receipts when due, then the block's liveness into the store."""
         self._relay_due(now)
         own = supervision.trouble_bits(self.store.troubles())
-        for node, last in self.supervisor.due_verdicts(now):
+        due_now = self.supervisor.due_verdicts(now)
+        # A wait for a building that came back, or that another neighbour has named, is over.
+        self._verdicts_due = {n: d for n, d in self._verdicts_due.items() if n in {node for node, _ in due_now}}
+        for node, last in due_now:
             # Neighbours that heard a building's last heartbeat together would call it silent
             # together, and collide: each waits a random few seconds, and one verdict is enough.
             due = self._verdicts_due.setdefault(node, now + self.rng.uniform(0.0, VERDICT_JITTER))
@@ -615,6 +630,11 @@ class Node:
             # Once more a few seconds later, flooded again: a verdict lost to a collision costs minutes.
             self._relays[("silent-again", counter)] = [now + self.rng.uniform(2.0, 6.0), 0, data, 1 << 30]
             self.counts["silent-verdict"] += 1
+        if self.supervisor.wants_poll(now) and now - self._last_poll >= self.supervisor.period / supervision.POLLS:
+            # A neighbour has been quiet for half the period: ask after it before calling it silent.
+            self._last_poll = now
+            self.counts["poll"] += 1
+            self._heartbeat_early(now)
         if now >= self._next_heartbeat:
             self.heartbeat_interval = self._heartbeat_interval()
             self._next_heartbeat = now + self._jitter(self.heartbeat_interval)

@@ -98,7 +98,9 @@ class Block:
                 node = Node(cfg, link=self._link(i, cfg), pin_factory=self.factories[i], clock=self.clock,
                             rng=random.Random(self.seed * 1000 + i))
                 self.nodes[i] = node.start()
-                self.scheduler.every(1.0, lambda i=i: self._tick(i), offset=i * 0.01)
+                # Each node ticks once a second at its own phase, as real nodes booted at random moments do.
+                phase = 0.001 + random.Random(self.seed * 7919 + i).random() * 0.998
+                self.scheduler.every(1.0, lambda i=i: self._tick(i), offset=phase)
         except BaseException:
             self.stop()
             raise

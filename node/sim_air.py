@@ -480,6 +480,10 @@ class SimRadio(Link):
 
     def utilisation(self, now: float, window: float) -> float:
         since = now - window
-        busy = sum(max(0.0, min(start + d, now) - max(start, since)) for start, d in self.busy_log
-                   if start + d > since)
+        busy, until = 0.0, since  # overlapping receptions (a collision) keep the channel busy once, not twice
+        for start, d in sorted(self.busy_log):
+            end = min(start + d, now)
+            if end > until:
+                busy += end - max(start, until)
+                until = end
         return min(1.0, busy / window) if window > 0 else 0.0

@@ -3,7 +3,8 @@
 Every node sends a heartbeat to its direct neighbours only (hop limit 0), every
 ``interval`` seconds. The heartbeat carries the sender's *age vector*: for each
 node on the roster, how long ago the sender last had first-hand or gossiped
-evidence that the node was alive, in units of ``AGE_UNIT`` seconds (6 bits,
+evidence that the node was alive, in units of ``AGE_UNIT`` seconds (a 45th of a
+longer period; 6 bits,
 rounded up), together with two bits of that node's own troubles (radio, other). A node takes,
 for each building, the freshest evidence from anyone. Ages are rounded *up*
 before they are sent, so gossip can make evidence look older but never newer:
@@ -21,6 +22,18 @@ last heartbeat, plus a flood's few seconds, while a far node's slow gossip never
 raises a false alarm. Far nodes still fall back on their own evidence after
 ``3 * period`` in case no verdict can reach them.
 
+Lost heartbeats are made good by asking rather than by sending more often: a
+node whose neighbour has been quiet for half the period *polls* (sends its next
+heartbeat early, showing the neighbour's age), and a node that sees in a
+neighbour's heartbeat that it was missed answers with an early heartbeat. Both
+wait a random span of many airtimes first, so neighbours hidden from each other
+that answer the same cue do not collide. With polls, 2.5 heartbeats per period
+keep false TROUBLE under 1 per node-week at 10% loss (tests/bench/supervision.py).
+
+The period is the configured one unless the preset is too slow for it
+(``effective_period``): the block then stretches it, the same on every node, so
+that heartbeats stay within the airtime budget and leave the channel to alerts.
+
 One byte per roster node rides in each heartbeat, so supervision covers the
 first ``MAX_NODES`` nodes of a roster.
 """
@@ -30,12 +43,22 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
-AGE_UNIT = 4.0           # seconds per step of the 6-bit age: each gossip hop adds at most this
-AGE_MAX = 63             # "no fresh evidence" (63 * 4 s = 252 s, beyond any supervision period)
+from node import wire
+from node.airtime import MESH_OVERHEAD, time_on_air
+
+AGE_UNIT = 4.0           # seconds per step of the 6-bit age at the default period; it grows with a longer one
+AGE_MAX = 63             # "no fresh evidence" (63 units: beyond the supervision period, whatever it is)
 SILENT_MARK = 62         # "a neighbour of it called it silent": passes a verdict on to nodes that missed it
+AGE_STEPS = 45           # a period spans this many age units, so every age up to it can be said
 MAX_NODES = 36           # one byte per node keeps the heartbeat within 120 bytes
 MIN_INTERVAL = 30.0      # seconds: the shortest heartbeat interval, however few neighbours a node has
 TRANSIT = 1.0            # seconds a heartbeat may take on air and through the radio; counted as age
+BEATS_PER_PERIOD = 2.5   # heartbeats per period, at least: with polls (below) enough for under 1 false TROUBLE a week
+REFERENCE_NEIGHBOURS = 8  # the neighbourhood the period is sized for when the preset is slow
+VERDICT_LEAD = 10.0      # seconds before the period that a verdict falls due: its random wait (8 s) and flood
+POLL_FROM = 0.6          # share of the period a neighbour may be quiet before this node asks after it
+POLLS = 12               # at most this many polls, and answers to them, per period
+EARLY_WINDOW = 25        # heartbeats' airtimes: an early heartbeat waits a random 1 s to this many after its cue
 
 # A node's own troubles, as 2 bits that travel in every heartbeat: its radio, or anything else.
 TROUBLE_BITS = {"radio": 1, "storage": 2, "roster": 2, "speaker": 2, "mesh": 2, "hardware": 2}
@@ -71,13 +94,43 @@ def trouble_names(mask: int) -> list[str]:
     return [name for name, bit in _MASK_BITS.items() if mask & bit]
 
 
+def heartbeat_airtime(preset: str, members: int = MAX_NODES) -> float:
+    """Seconds on air of a heartbeat with an age vector for ``members`` nodes, on ``preset``."""
+    return time_on_air(wire.frame_size(wire.FrameType.HEARTBEAT, min(members, wire.MAX_VECTOR)) + MESH_OVERHEAD, preset)
+
+
+def effective_period(configured: float, preset: str, budget: float) -> float:
+    """The supervision period the block runs: ``configured``, or longer when the preset is too slow for it.
+
+    At least ``BEATS_PER_PERIOD`` heartbeats must fit in a period, and a node with
+    ``REFERENCE_NEIGHBOURS`` neighbours must hear them all within ``budget`` of the channel.
+    MEDIUM_FAST and faster keep the default 180 s; on LONG_FAST a heartbeat (36 nodes) takes
+    1.3 s on air, and the period grows to about ten minutes rather than let heartbeats crowd
+    out the alerts. It depends only on settings every node shares (not on how many
+    neighbours a node hears), so the whole block judges with the same period.
+    """
+    needed = BEATS_PER_PERIOD * (REFERENCE_NEIGHBOURS + 1) * heartbeat_airtime(preset) / budget
+    return max(configured, math.ceil(needed / 10.0) * 10.0)
+
+
 def heartbeat_interval(airtime: float, *, neighbours: int = 8, budget: float = 0.05, period: float = 180.0) -> float:
     """Seconds between heartbeats: what keeps the heartbeats a node hears (its own and its
     ``neighbours``', of ``airtime`` seconds each) within ``budget`` of the channel, but at
-    least 3.8 per supervision period, and at most one each MIN_INTERVAL seconds.
+    least ``BEATS_PER_PERIOD`` per supervision period, and at most one each MIN_INTERVAL seconds.
     """
     wanted = (neighbours + 1) * airtime / budget
-    return max(MIN_INTERVAL, min(wanted, period / 3.8))
+    return max(MIN_INTERVAL, min(wanted, period / BEATS_PER_PERIOD))
+
+
+def early_delay(airtime: float, rng) -> float:
+    """Seconds to wait before a heartbeat sent early (a poll, or the answer to one).
+
+    Every neighbour that a node missed answers the same cue, and neighbours that heard a
+    building's last heartbeat together start asking after it together; those hidden from
+    each other would collide every time if they all went within a second or two, so the
+    wait spans many heartbeats' airtimes.
+    """
+    return rng.uniform(1.0, 1.0 + EARLY_WINDOW * airtime)
 
 
 class Supervisor:
@@ -88,6 +141,7 @@ class Supervisor:
         self.members = list(members)[:MAX_NODES]
         self.index = {m: i for i, m in enumerate(self.members)}
         self.period = period
+        self.unit = max(AGE_UNIT, period / AGE_STEPS)   # seconds per age step (same on every node)
         self.started = now
         self.evidence: dict[int, float] = {}   # node -> newest time known alive
         self.troubles: dict[int, int] = {}     # node -> its trouble bits, as of that evidence
@@ -116,7 +170,7 @@ class Supervisor:
                 if node != self.me and now - self.evidence.get(node, -math.inf) > self.period / 2:
                     self.verdict(node, min(self.evidence.get(node, now - self.period), now - self.period))
                 continue
-            when = now - units * AGE_UNIT - TRANSIT  # the heartbeat took time to arrive: never newer
+            when = now - units * self.unit - TRANSIT  # the heartbeat took time to arrive: never newer
             if when > self.evidence.get(node, -math.inf):
                 self.evidence[node] = when
                 self.troubles[node] = byte & 0x03
@@ -125,13 +179,17 @@ class Supervisor:
         """Whether a neighbour's vector shows it missed this node's recent heartbeats.
 
         A node that sees its own entry older than 1.3 heartbeat intervals in a neighbour's
-        heartbeat sends its next one early: a lost heartbeat is made good in seconds, not
-        left to age toward a false TROUBLE.
+        heartbeat (or older than ``POLL_FROM`` of the period, when that neighbour polls) sends
+        its next one early: a lost heartbeat is made good in seconds, not left to age toward
+        a false TROUBLE.
         """
         i = self.index.get(self.me)
         if i is None or i >= len(vector):
             return False
-        return (vector[i] >> 2) * AGE_UNIT > 1.3 * interval + AGE_UNIT
+        units = vector[i] >> 2
+        if units == SILENT_MARK:
+            return True
+        return units * self.unit > min(1.3 * interval + self.unit, POLL_FROM * self.period)
 
     def vector(self, now: float, own_troubles: int) -> bytes:
         """This node's age vector for its next heartbeat."""
@@ -143,15 +201,30 @@ class Supervisor:
             if when is None:
                 out.append(AGE_MAX << 2)
                 continue
-            if node != self.me and self.verdicts.get(node, -math.inf) >= when - AGE_UNIT:
+            if node != self.me and self.verdicts.get(node, -math.inf) >= when - self.unit:
                 out.append(SILENT_MARK << 2)
                 continue
-            units = math.ceil(max(0.0, now - when) / AGE_UNIT - 1e-9)
+            units = math.ceil(max(0.0, now - when) / self.unit - 1e-9)
             if units >= SILENT_MARK:
                 out.append(AGE_MAX << 2)  # older than an age can say: no news (never rounded down)
                 continue
             out.append(units << 2 | (self.troubles.get(node, 0) & 0x03))
         return bytes(out)
+
+    def wants_poll(self, now: float) -> bool:
+        """Whether a neighbour has been quiet for over ``POLL_FROM`` of the period (but not yet the period).
+
+        Before calling a neighbour silent, a node asks: its next heartbeat goes early, showing the
+        neighbour's age, and a live neighbour that sees itself missed answers with an early heartbeat
+        of its own (``stale_about_me``). A node whose only news of a building is that building's own
+        heartbeats (a leaf, or a pair with no neighbour in common) is thus not left to chance.
+        """
+        for node in self.neighbours:
+            if node == self.me or self.verdicts.get(node, -math.inf) >= self.evidence.get(node, -math.inf):
+                continue
+            if POLL_FROM * self.period < now - self.evidence.get(node, -math.inf) <= self.period:
+                return True
+        return False
 
     def age(self, node: int, now: float) -> float | None:
         when = self.evidence.get(node)
@@ -163,11 +236,16 @@ class Supervisor:
             self.verdicts[node] = last_alive
 
     def due_verdicts(self, now: float) -> list[tuple[int, float]]:
-        """Neighbours silent for ``period`` that no verdict has named yet: (node, last alive)."""
+        """Neighbours silent for ``period`` (less ``VERDICT_LEAD``) that no verdict has named yet: (node, last alive).
+
+        The lead is the random wait before a verdict and its flood: the block shows the building
+        silent about ``period`` seconds after it went quiet, not ``period`` plus those.
+        """
         out = []
         for node in sorted(self.neighbours):
             when = self.evidence.get(node, -math.inf)
-            if node != self.me and now - when > self.period and self.verdicts.get(node, -math.inf) < when:
+            if (node != self.me and now - when > self.period - VERDICT_LEAD
+                    and self.verdicts.get(node, -math.inf) < when):
                 out.append((node, when))
         return out
 
@@ -177,7 +255,7 @@ class Supervisor:
             return "trouble" if self.troubles.get(node) else "ok"
         when = self.evidence.get(node)
         named = self.verdicts.get(node)
-        if named is not None and (when is None or when <= named + AGE_UNIT):
+        if named is not None and (when is None or when <= named + self.unit):
             return "silent"  # a neighbour said so, and nothing newer has been heard of it
         limit = self.period if node in self.neighbours else 3 * self.period
         if when is None or now - when > limit:

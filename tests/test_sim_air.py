@@ -198,3 +198,14 @@ def test_channel_utilisation_counts_what_a_radio_hears_and_sends():
     assert air.utilisation(2, 60) == pytest.approx(5 * one / 60, rel=0.01)
     assert air.utilisation(1, 60) == pytest.approx(5 * one / 60, rel=0.01)
     assert air.radios[2].channel_utilisation == pytest.approx(5 * one / 60, rel=0.01)
+
+
+def test_overlapping_receptions_keep_the_channel_busy_once_not_twice():
+    # 1 - 2 - 3: radios 1 and 3 cannot hear each other, so both send at once and collide at 2
+    air = SimAir(3, "line", hop_limit=0, preset="LONG_FAST")
+    air.radios[1].send(b"a" * 100)
+    air.radios[3].send(b"c" * 100)
+    air.scheduler.run_until(60)
+    one = time_on_air(100 + MESH_OVERHEAD, "LONG_FAST")
+    assert air.collisions >= 1
+    assert air.utilisation(2, 60) == pytest.approx(one / 60, rel=0.01)

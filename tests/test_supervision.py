@@ -2,8 +2,12 @@
 
 import pytest
 
-from node.supervision import (AGE_MAX, AGE_UNIT, MIN_INTERVAL, SILENT_MARK, Supervisor, heartbeat_interval, trouble_bits, trouble_mask,
-                              trouble_names)
+import random
+
+from node.supervision import (AGE_MAX, AGE_UNIT, BEATS_PER_PERIOD, EARLY_WINDOW, MIN_INTERVAL, POLL_FROM, SILENT_MARK, Supervisor,
+                              VERDICT_LEAD,
+                              early_delay, effective_period, heartbeat_airtime, heartbeat_interval, trouble_bits,
+                              trouble_mask, trouble_names)
 
 MEMBERS = [1, 2, 3, 4]
 
@@ -44,7 +48,7 @@ def test_gossip_never_makes_evidence_newer_than_it_was():
 def test_a_neighbour_silent_for_the_period_is_due_a_verdict_once():
     s = sup(1)
     s.heard(2, 0.0)
-    assert s.due_verdicts(170.0) == []
+    assert s.due_verdicts(160.0) == []
     assert s.due_verdicts(181.0) == [(2, 0.0)]
     s.verdict(2, 0.0)
     assert s.due_verdicts(200.0) == [] and s.status(2, 200.0) == "silent"
@@ -84,7 +88,7 @@ def test_a_node_notices_its_neighbour_missed_its_heartbeats():
 
 
 def test_heartbeat_interval_follows_the_budget_within_bounds():
-    assert heartbeat_interval(0.365, neighbours=8, budget=0.05, period=180.0) == pytest.approx(180 / 3.8)
+    assert heartbeat_interval(0.365, neighbours=13, budget=0.05, period=180.0) == pytest.approx(180 / BEATS_PER_PERIOD)
     assert heartbeat_interval(0.365, neighbours=4, budget=0.05, period=180.0) == pytest.approx(5 * 0.365 / 0.05)
     assert heartbeat_interval(0.05, neighbours=1, budget=0.5, period=180.0) == MIN_INTERVAL == 30.0
     assert AGE_UNIT * AGE_MAX > 180.0
@@ -105,3 +109,61 @@ def test_a_verdict_rides_in_heartbeats_to_a_node_that_missed_it():
     assert vector[2] >> 2 == SILENT_MARK
     b.merge(vector, 200.0)
     assert b.status(3, 201.0) == "silent"
+
+
+def test_the_period_stretches_only_when_the_preset_is_too_slow_for_it():
+    assert effective_period(180.0, "SHORT_FAST", 0.05) == 180.0
+    assert effective_period(180.0, "MEDIUM_FAST", 0.05) == 180.0
+    long_fast = effective_period(180.0, "LONG_FAST", 0.05)
+    # 2.5 heartbeats of 1.3 s from nine nodes within 5%: about ten minutes
+    assert long_fast == pytest.approx(BEATS_PER_PERIOD * 9 * heartbeat_airtime("LONG_FAST") / 0.05, abs=10.0)
+    assert 500.0 < long_fast < 700.0
+    assert effective_period(900.0, "LONG_FAST", 0.05) == 900.0          # a longer setting is kept
+    assert effective_period(180.0, "LONG_FAST", 0.20) < long_fast        # a bigger budget needs less
+
+
+def test_ages_can_say_the_whole_of_a_stretched_period():
+    s = Supervisor(1, MEMBERS, period=600.0, now=0.0)
+    s.heard(2, 0.0)
+    vector = s.vector(500.0, 0)
+    assert s.unit > AGE_UNIT and (vector[1] >> 2) < SILENT_MARK           # 500 s is still an age, not "no news"
+    far = Supervisor(3, MEMBERS, period=600.0, now=0.0)
+    far.merge(vector, 500.0)
+    assert 500.0 - far.evidence[2] == pytest.approx(500.0, abs=s.unit + 1.0)
+    assert far.status(2, 501.0) == "ok"
+
+
+def test_a_node_polls_a_neighbour_quiet_for_most_of_the_period_and_stops_once_it_is_named():
+    s = sup(1)
+    s.heard(2, 0.0)
+    s.heard(3, 80.0)
+    assert not s.wants_poll(100.0)
+    assert s.wants_poll(POLL_FROM * 180.0 + 1)      # node 2 quiet for over 0.6 of the period
+    s.heard(2, 120.0)
+    assert not s.wants_poll(150.0)                  # it answered
+    assert s.wants_poll(200.0)                      # now node 3 has been quiet for 120 s
+    s.verdict(3, 80.0)
+    s.heard(2, 199.0)
+    assert not s.wants_poll(200.0)                  # node 3 is called silent: no more asking
+
+
+def test_a_poll_makes_its_subject_answer_before_its_next_regular_heartbeat():
+    subject, poller = sup(2), sup(1)
+    poller.heard(2, 0.0)
+    poll = poller.vector(POLL_FROM * 180.0 + 1, 0)   # node 2 last heard 109 s ago
+    assert subject.stale_about_me(poll, interval=90.0)  # 1.3 intervals would be 121 s: the poll still gets an answer
+    assert not subject.stale_about_me(poller.vector(80.0, 0), interval=90.0)
+
+
+def test_a_verdict_falls_due_just_before_the_period_so_the_block_shows_it_by_then():
+    s = sup(1)
+    s.heard(2, 0.0)
+    assert s.due_verdicts(180.0 - VERDICT_LEAD - 1) == []
+    assert s.due_verdicts(180.0 - VERDICT_LEAD + 1) == [(2, 0.0)]
+
+
+def test_early_heartbeats_spread_over_many_airtimes():
+    rng = random.Random(5)
+    delays = [early_delay(0.365, rng) for _ in range(1000)]
+    assert min(delays) >= 1.0 and max(delays) <= 1.0 + EARLY_WINDOW * 0.365
+    assert max(delays) - min(delays) > 10 * 0.365   # wide enough that two answers rarely overlap

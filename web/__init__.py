@@ -20,6 +20,8 @@ from typing import Any, Mapping
 from flask import Flask, url_for
 from flask_wtf.csrf import CSRFProtect
 
+from node import supervision
+
 STATIC = Path(__file__).parent / "static"
 
 
@@ -30,7 +32,8 @@ def settings(config) -> dict[str, Any]:
             # the daemon's supervision says which buildings are silent; this is the fallback before it has
             # on a node, loopback is a maintainer's tool or an attacker on the node: limit it too
             "EXEMPT_LOOPBACK": False,
-            "SILENT_AFTER": 3 * config["supervision.period"],
+            "SILENT_AFTER": 3 * supervision.effective_period(config["supervision.period"], config["radio.preset"],
+                                                             config["supervision.airtime_budget"]),
             "RECEIPT_TIMEOUT": config["supervision.receipt_timeout"]}
 
 

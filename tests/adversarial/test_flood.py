@@ -159,14 +159,18 @@ def test_a_rogue_node_flooding_reports_makes_one_incident_and_a_trouble(block):
     first = "1-%d" % wire.peek_origin(frames[0])[1]
     for i in (2, 3):
         node = block.nodes[i]
+        # Node 3 hears the flood through node 2's rebroadcasts, which wait until node 1 stops.
+        assert block.scheduler.run_until_true(lambda: node.counts["rate-limited"] > FLOOD / 3,
+                                              limit=len(frames) * GAP * 3) is not None
         assert incidents(node) == [first], "one incident, not hundreds"
         assert len(sounding_events(node, first)) == 1, "the siren sounds once"
         assert node.counts["accepted"] <= FLOOD_BURST + 10  # its burst, and the block's own frames
-        assert node.counts["rate-limited"] > FLOOD / 3
         assert len(node.store.events()) <= FLOOD_BURST, "dropped frames never touch the store"
         assert "B1 (Building 1)" in node.store.troubles()["flooding"]
         TALLY["flood frames dropped by the rate limit"] += node.counts["rate-limited"]
-    # The rogue stops: the trouble clears, and node 1's own frames are heard again.
+    # The rogue stops (and node 2 has passed its flood on): the trouble clears, and node 1's own frames are heard again.
+    assert block.scheduler.run_until_true(lambda: not any(r.queue for r in block.air.radios.values()),
+                                          limit=len(frames) * GAP * 3) is not None
     block.scheduler.run_for(FLOOD_BURST / FLOOD_RATE + 30)
     assert all("flooding" not in block.nodes[i].store.troubles() for i in (2, 3))
     report = block.nodes[1].report(location=102)
@@ -187,8 +191,12 @@ def test_a_rogue_node_reporting_every_place_and_withdrawing_is_bounded(block):
                                                        location), key, roster.block))
     flood(block, frames)
     TALLY["flood frames sent (rogue node)"] += len(frames)
+    # node 3 hears it through node 2's rebroadcasts, which wait until node 1 stops
+    assert block.scheduler.run_until_true(lambda: not any(r.queue for r in block.air.radios.values()),
+                                          limit=len(frames) * GAP * 3) is not None
     for i in (2, 3):
-        assert 1 <= len(incidents(block.nodes[i])) <= FLOOD_BURST // 2, "bounded by the burst, not hundreds"
+        # At most a burst of frames is taken; relayed, reports and withdrawals need not arrive in pairs.
+        assert 1 <= len(incidents(block.nodes[i])) <= FLOOD_BURST, "bounded by the burst, not hundreds"
 
 
 def test_a_legitimate_node_is_heard_during_a_flood(block):

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from node import supervision, wire
-from node.airtime import MESH_OVERHEAD, time_on_air
+from node.daemon import VERDICT_JITTER
 from node.sim_air import Scheduler, SimAir, hops
 
 
@@ -57,35 +57,67 @@ class Peer:
         self.radio = air.radios[me]
         self.radio.on_packet = self.heard
         self.alive = True
-        self.next_beat = air.rng.uniform(0, interval)
+        self.airtime = supervision.heartbeat_airtime(air.preset, len(members))
+        self.phase = air.rng.uniform(0.0, 1.0)   # the daemon ticks once a second, at its own phase
+        self.generation = 0
+        self.next_beat = 0.0
+        self.schedule_beat(air.rng.uniform(0, interval))
         self.last_early = -1e9
+        self.last_poll = -1e9
+        self.verdicts_due: dict[int, float] = {}
+        self.polls = 0
         self.heartbeats = 0
         self.verdicts_sent = 0
         self.relays: dict = {}
         air.scheduler.at(air.rng.uniform(0, CHECK), self.tick)
 
     def tick(self) -> None:
-        """Like the daemon's tick (every CHECK seconds here): heartbeats and verdicts when due."""
+        """Like the daemon's tick (every CHECK seconds here): verdicts when due."""
         if not self.alive:
             return
         now = self.air.scheduler.now()
-        if now >= self.next_beat - 1e-9:
-            self.beat()
-        for node, last in self.sup.due_verdicts(now):
+        if self.sup.wants_poll(now) and now - self.last_poll >= self.sup.period / supervision.POLLS:
+            self.last_poll = now
+            self.polls += 1
+            early = now + supervision.early_delay(self.airtime, self.air.rng)
+            if early < self.next_beat:
+                self.schedule_beat(early)
+        due_now = self.sup.due_verdicts(now)
+        self.verdicts_due = {n: d for n, d in self.verdicts_due.items() if n in {node for node, _ in due_now}}
+        for node, last in due_now:
+            # The daemon's random wait before a verdict (on top of this benchmark's CHECK-second ticks).
+            due = self.verdicts_due.setdefault(node, now + self.air.rng.uniform(0.0, VERDICT_JITTER))
+            if now < due:
+                continue
+            del self.verdicts_due[node]
             self.sup.verdict(node, last)   # once per outage, and heard back by flooding neighbours
             self.verdicts_sent += 1
             size = wire.frame_size(wire.FrameType.SILENT)
             # subject, seconds silent, then the sender and its count: a frame's (origin, counter)
-            self.radio.emit(bytes([0xFF, node]) + int(min(now - last, 0xFFFF)).to_bytes(2, "big")
-                            + bytes([self.me]) + self.verdicts_sent.to_bytes(2, "big") + bytes(size - 7))
+            verdict = (bytes([0xFF, node]) + int(min(now - last, 0xFFFF)).to_bytes(2, "big")
+                       + bytes([self.me]) + self.verdicts_sent.to_bytes(2, "big") + bytes(size - 7))
+            self.radio.emit(verdict)
+            # and once more, flooded again, a few seconds later, as the daemon does
+            self.air.scheduler.after(self.air.rng.uniform(2.0, 6.0),
+                                     lambda verdict=verdict: self.alive and self.radio.emit(verdict))
             if self.episodes is not None:
                 self.episodes.saw(node, now) if self.air.radios[node].plugged else None
         self.air.scheduler.after(CHECK, self.tick)
 
-    def beat(self) -> None:
+    def schedule_beat(self, when: float) -> None:
+        """The next heartbeat goes out at the first of this node's once-a-second ticks from ``when``."""
+        self.next_beat = when
+        self.generation += 1
+        generation = self.generation
+        tick = math.ceil(when - self.phase - 1e-9) + self.phase
+        self.air.scheduler.at(max(tick, self.air.scheduler.now()), lambda: self.beat(generation))
+
+    def beat(self, generation: int) -> None:
+        if generation != self.generation or not self.alive:
+            return
         now = self.air.scheduler.now()
         self.heartbeats += 1
-        self.next_beat = now + self.interval * self.air.rng.uniform(0.75, 1.25)
+        self.schedule_beat(now + self.interval * self.air.rng.uniform(0.75, 1.25))
         vector = self.sup.vector(now, 0)
         size = wire.frame_size(wire.FrameType.HEARTBEAT, len(vector))
         self.radio.emit(bytes([self.me]) + vector + bytes(size - 1 - len(vector)), hop_limit=0)
@@ -113,17 +145,19 @@ class Peer:
         vector = packet.payload[1:1 + len(self.sup.members)]
         self.sup.heard(sender, now, 0)
         self.sup.merge(vector, now)
-        if self.sup.stale_about_me(vector, self.interval) and now - self.last_early > self.interval / 2:
+        if self.sup.stale_about_me(vector, self.interval) and now - self.last_early > min(self.interval / 2, self.sup.period / supervision.POLLS):
             self.last_early = now
-            self.next_beat = min(self.next_beat, now + self.air.rng.uniform(1.0, 5.0))
+            early = now + supervision.early_delay(self.airtime, self.air.rng)
+            if early < self.next_beat:
+                self.schedule_beat(early)
 
 
 
 def run(n: int, days: float, loss: float, preset: str, seed: int, period: float, budget: float) -> dict:
     air = SimAir(n, "random", loss=loss, preset=preset, seed=seed, scheduler=Scheduler())
     members = sorted(air.radios)
-    airtime = time_on_air(wire.frame_size(wire.FrameType.HEARTBEAT, n) + MESH_OVERHEAD, preset)
-    interval = supervision.heartbeat_interval(airtime, budget=budget, period=period)
+    airtime = supervision.heartbeat_airtime(preset, n)
+    period = supervision.effective_period(period, preset, budget)   # as the daemon does: longer on slow presets
     episodes = Episodes(merge=2 * period)
     # Each node sizes its heartbeat interval to the neighbours it hears, as the daemon does.
     peers = {i: Peer(air, i, members, supervision.heartbeat_interval(airtime, neighbours=len(air.links[i]),
@@ -152,11 +186,12 @@ def run(n: int, days: float, loss: float, preset: str, seed: int, period: float,
             if i != victim and i not in detect and p.sup.status(victim, now) == "silent":
                 detect[i] = now - stopped
     node_weeks = n * (horizon - warmup) / (7 * 86400.0)
-    return {"nodes": n, "preset": preset, "loss": loss, "simulated_days": days, "wall_s": round(wall, 1),
+    return {"nodes": n, "preset": preset, "period_s": period, "loss": loss, "simulated_days": days, "wall_s": round(wall, 1),
             "heartbeat_interval_s": round(statistics.mean(p.interval for p in peers.values()), 1), "heartbeat_airtime_s": round(airtime, 3),
             "utilisation_mean": statistics.mean(util), "utilisation_max": max(util),
             "false_trouble_per_node_week": episodes.count / node_weeks, "false_trouble_episodes": episodes.count,
             "verdicts_sent": sum(p.verdicts_sent for p in peers.values()),
+            "polls_per_node_day": sum(p.polls for p in peers.values()) / n / days,
             "time_to_trouble_max_s": max(detect.values()) if detect else math.inf,
             "time_to_trouble_median_s": statistics.median(detect.values()) if detect else math.inf,
             "detected_by": len(detect), "diameter_hops": max(hops(air.links, 1).values())}
