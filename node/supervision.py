@@ -54,6 +54,7 @@ MAX_NODES = 36           # one byte per node keeps the heartbeat within 120 byte
 MIN_INTERVAL = 30.0      # seconds: the shortest heartbeat interval, however few neighbours a node has
 TRANSIT = 1.0            # seconds a heartbeat may take on air and through the radio; counted as age
 BEATS_PER_PERIOD = 2.5   # heartbeats per period, at least: with polls (below) enough for under 1 false TROUBLE a week
+MAX_BEATS_PER_PERIOD = 6  # and at most this many, however few neighbours a node has
 REFERENCE_NEIGHBOURS = 8  # the neighbourhood the period is sized for when the preset is slow
 VERDICT_LEAD = 10.0      # seconds before the period that a verdict falls due: its random wait (8 s) and flood
 POLL_FROM = 0.6          # share of the period a neighbour may be quiet before this node asks after it
@@ -116,10 +117,12 @@ def effective_period(configured: float, preset: str, budget: float) -> float:
 def heartbeat_interval(airtime: float, *, neighbours: int = 8, budget: float = 0.05, period: float = 180.0) -> float:
     """Seconds between heartbeats: what keeps the heartbeats a node hears (its own and its
     ``neighbours``', of ``airtime`` seconds each) within ``budget`` of the channel, but at
-    least ``BEATS_PER_PERIOD`` per supervision period, and at most one each MIN_INTERVAL seconds.
+    least ``BEATS_PER_PERIOD`` per supervision period, and at most one each MIN_INTERVAL seconds
+    and ``MAX_BEATS_PER_PERIOD`` per period: a node with one neighbour would otherwise fill the
+    channel of that neighbour, which may hear a dozen others.
     """
     wanted = (neighbours + 1) * airtime / budget
-    return max(MIN_INTERVAL, min(wanted, period / BEATS_PER_PERIOD))
+    return max(MIN_INTERVAL, period / MAX_BEATS_PER_PERIOD, min(wanted, period / BEATS_PER_PERIOD))
 
 
 def early_delay(airtime: float, rng) -> float:
