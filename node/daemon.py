@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Callable
 
 from node import alerts, coverage, speech, supervision, wire
+from node.airtime import MESH_OVERHEAD, time_on_air
 from node.alerts import Alert, Kind, Outcome, State, Transition
 from node.config import Config, parse_weekly
 from node.errors import FrameError, RadioError, SilbatoError, StoreError, TransitionError
@@ -43,6 +44,7 @@ RECEIPT_DELAY = (2.0, 20.0)   # seconds: the random wait before a receipt, so 30
 RECEIPT_GAP = 30.0        # seconds between two receipts of one alert state from this node
 MAX_RECEIPTS = 8          # receipts of one alert state from this node (each only when it learned more)
 REPAIR_GAP = 60.0         # seconds between passing one alert to neighbours that lack it
+REPAIR_WINDOW = 12        # transitions' airtimes: the random wait before a repair, so neighbours do not collide
 RELAY_DELAY = (0.3, 2.5)  # seconds: the random wait before relaying a new alert state to neighbours
 RELAY_ENOUGH = 2          # copies heard from neighbours in that wait that make this node's relay needless
 MESH_DEGRADED = 0.40      # channel utilisation above which the mesh is degraded
@@ -167,6 +169,8 @@ class Node:
                             100 * cfg["supervision.airtime_budget"], period)
             self.supervisor = supervision.Supervisor(self.id, self.members, period=period, now=now)
             self.heartbeat_airtime = supervision.heartbeat_airtime(cfg["radio.preset"], len(self.members))
+            self.frame_airtime = time_on_air(wire.frame_size(wire.FrameType.TRANSITION) + MESH_OVERHEAD,
+                                             cfg["radio.preset"])
             self.heartbeat_interval = self._heartbeat_interval()
             self._next_heartbeat = now + self.rng.uniform(0, self.heartbeat_interval)
             places = {m.location: m.place for m in self.roster.members.values() if not m.revoked}
@@ -557,19 +561,41 @@ class Node:
                                                           self.supervisor.period / supervision.POLLS)):
                 self._early_heartbeat = now
                 self._heartbeat_early(now)
-        # Repair: a neighbour whose latest alert state is behind ours gets our copy of the signed frame.
-        latest = self._latest_alert()
-        if latest is None:
-            return
+        # Repair. A neighbour that lacks an alert state this node holds gets this node's copy of the
+        # signed frame; if this node lacks the one it shows, this node's next heartbeat goes early,
+        # so that the neighbour sees it is behind and repairs it in turn.
         theirs = self.store.resolve(frame.latest_alert_id) if frame.latest_alert_id else None
-        behind = theirs is None or (theirs == latest.id and frame.latest_state != int(latest.state))
-        if behind and now - self._repaired.get(latest.id, -1e12) >= REPAIR_GAP:
-            stored = self.store.alert_frame(latest.id)
-            if stored is not None:
-                self._repaired[latest.id] = now
-                self.counts["repair"] += 1
-                log.info("node %s lacks alert %s %s; passing it on", frame.origin, latest.id, latest.state.word)
-                self._send_ephemeral(stored, now, hop_limit=0)
+        known = self.store.get_alert(theirs) if theirs else None
+        if theirs and (known is None or int(known.state) < frame.latest_state):
+            if now - self._early_heartbeat > min(self.heartbeat_interval / 2, self.supervisor.period / supervision.POLLS):
+                self._early_heartbeat = now
+                self._heartbeat_early(now)
+        if known is not None and int(known.state) > frame.latest_state:
+            self._repair(known, frame.origin, now)   # it missed a later state, say the withdrawal
+        latest = self._latest_alert()
+        if latest is not None and latest.id != theirs:
+            self._repair(latest, frame.origin, now)  # its latest is older than ours, or it has none
+
+    def _repair(self, alert: Alert, neighbour: int, now: float) -> None:
+        """Pass ``alert``'s signed frame to the neighbours, after a random wait, unless another neighbour does first.
+
+        Every neighbour of a node that is behind hears the same heartbeat; those hidden from each
+        other would collide at it if they all answered at once, so each waits a random span of
+        several frames' airtime and stands down on hearing another's copy.
+        """
+        if now - self._repaired.get(alert.id, -1e12) < REPAIR_GAP or (alert.id, alert.state) in self._relays:
+            return
+        stored = self.store.alert_frame(alert.id)
+        if stored is None:
+            return
+        self._repaired[alert.id] = now
+        self.counts["repair"] += 1
+        log.info("node %s lacks alert %s %s; passing it on", neighbour, alert.id, alert.state.word)
+        key = (alert.id, alert.state)
+        self._relays[key] = [now + self.rng.uniform(0.3, 0.3 + REPAIR_WINDOW * self.frame_airtime), 0, stored, 1]
+        origin = wire.peek_origin(stored)
+        if origin is not None:
+            self._relay_frames[origin] = key
 
     def _heartbeat_interval(self) -> float:
         """Seconds to the next heartbeat: set, or sized to the airtime budget and the neighbours heard."""

@@ -140,3 +140,29 @@ def test_the_weekly_self_test_runs_silently_and_logs_who_received_it(tmp_path, r
     assert all(not n.store.active_alerts() for n in block.nodes.values()), "withdrawn after its results"
     block.scheduler.run_for(3600)
     assert sum("started" in r.getMessage() for r in caplog.records if r.getMessage().startswith("self-test")) == 1
+
+
+def test_a_node_that_missed_a_withdrawal_and_a_new_alert_is_repaired_by_its_neighbour(make_block):
+    block = make_block(3, "line", seed=2)
+    block.scheduler.run_for(120)
+    first = block.nodes[1].report()
+    assert block.scheduler.run_until_true(lambda: block.nodes[3].store.get_alert(first.id) is not None,
+                                          limit=60) is not None
+    block.air.radios[3].plugged = False          # node 3 hears nothing for a while
+    block.nodes[1].act("cancel", first.id)
+    second = block.nodes[1].report(location=102)
+    assert block.scheduler.run_until_true(lambda: block.nodes[2].store.get_alert(second.id) is not None,
+                                          limit=60) is not None
+    assert block.nodes[3].store.get_alert(second.id) is None
+    assert block.nodes[3].store.get_alert(first.id).state is State.REPORTED
+    block.scheduler.run_for(10)
+    switch_off(block, 1)                         # no re-sends from the reporter: node 2 alone can tell it
+    block.air.radios[3].plugged = True
+
+    def repaired():
+        mine = block.nodes[3].store
+        return mine.get_alert(first.id).state is State.CANCELLED and mine.get_alert(second.id) is not None
+
+    # within two of node 3's heartbeats, at most
+    assert block.scheduler.run_until_true(repaired, limit=2 * block.nodes[3].heartbeat_interval + 30) is not None
+    assert block.nodes[2].counts["repair"] >= 1
