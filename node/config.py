@@ -90,7 +90,8 @@ SETTINGS: tuple[Setting, ...] = (
             "The radio's Meshtastic modem preset, for sizing heartbeats to the airtime budget "
             "(SHORT_FAST, MEDIUM_FAST, LONG_FAST, ...; 'silbato radio info' shows the radio's own)."),
     Setting("supervision.period", float, 180.0,
-            "Seconds without any sign of life before a building is shown as TROUBLE (silent) everywhere."),
+            "Seconds without any sign of life before a building is shown as TROUBLE (silent) everywhere; "
+            "the block uses a longer period on a preset too slow for it at the airtime budget (LONG_FAST: 590)."),
     Setting("supervision.airtime_budget", float, 0.05,
             "Share of the channel that heartbeats may use, which sets how often they are sent."),
     Setting("supervision.heartbeat_interval", float, 0.0,

@@ -166,3 +166,15 @@ def test_a_node_that_missed_a_withdrawal_and_a_new_alert_is_repaired_by_its_neig
     # within two of node 3's heartbeats, at most
     assert block.scheduler.run_until_true(repaired, limit=2 * block.nodes[3].heartbeat_interval + 30) is not None
     assert block.nodes[2].counts["repair"] >= 1
+
+
+def test_on_a_slow_preset_the_block_supervises_with_a_longer_period_and_says_so(make_block, caplog):
+    caplog.set_level("WARNING", logger="node.daemon")
+    slow = make_block(3, "line", preset="LONG_FAST")
+    fast = make_block(3, "line", preset="MEDIUM_FAST")
+    assert fast.nodes[1].supervisor.period == 180.0
+    periods = {node.supervisor.period for node in slow.nodes.values()}
+    assert len(periods) == 1 and 500.0 < periods.pop() < 700.0      # the same on every node
+    assert "supervision.period 180 s is too short for LONG_FAST" in caplog.text
+    # heartbeats follow: at most 6 a period, however few neighbours a node hears
+    assert all(node.heartbeat_interval >= node.supervisor.period / 6 for node in slow.nodes.values())
