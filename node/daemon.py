@@ -366,9 +366,13 @@ class Node:
                     self.store.mark_seen(frame.origin, frame.counter)
                     troubles = frame.troubles if isinstance(frame, wire.HeartbeatFrame) else None
                     self.store.peer_heard(frame.origin, now, troubles)
-                    self.supervisor.heard(frame.origin, now,
-                                          supervision.trouble_bits_from_mask(troubles) if troubles is not None
-                                          else None)
+                    # Heartbeats and receipts come from their signer itself, one hop away: first-hand
+                    # news that it is alive. A transition or a verdict may be a relay or a repair,
+                    # minutes old, from a node anywhere in the block.
+                    if isinstance(frame, (wire.HeartbeatFrame, wire.ReceiptFrame)):
+                        self.supervisor.heard(frame.origin, now,
+                                              supervision.trouble_bits_from_mask(troubles) if troubles is not None
+                                              else None)
                     if isinstance(frame, wire.TransitionFrame):
                         sound = self._apply_remote(frame, now, bytes(data))
                     elif isinstance(frame, wire.ReceiptFrame):
@@ -570,11 +574,16 @@ class Node:
             if now - self._early_heartbeat > min(self.heartbeat_interval / 2, self.supervisor.period / supervision.POLLS):
                 self._early_heartbeat = now
                 self._heartbeat_early(now)
-        if known is not None and int(known.state) > frame.latest_state:
+        if known is not None and int(known.state) > frame.latest_state and known.state in alerts.ON_AIR:
             self._repair(known, frame.origin, now)   # it missed a later state, say the withdrawal
+        # Our latest alert, to a neighbour that has none, or whose latest has ended here or is clearly
+        # older. (Which of two active alerts is "latest" can differ between nodes by moments: those
+        # it has both, and would otherwise pass to each other for as long as both are active.)
         latest = self._latest_alert()
-        if latest is not None and latest.id != theirs:
-            self._repair(latest, frame.origin, now)  # its latest is older than ours, or it has none
+        if latest is not None and latest.id != theirs and (
+                theirs is None or (known is not None and (known.state not in alerts.ACTIVE
+                                                          or latest.opened_at - known.opened_at > REPAIR_GAP))):
+            self._repair(latest, frame.origin, now)
 
     def _repair(self, alert: Alert, neighbour: int, now: float) -> None:
         """Pass ``alert``'s signed frame to the neighbours, after a random wait, unless another neighbour does first.
@@ -588,6 +597,8 @@ class Node:
         stored = self.store.alert_frame(alert.id)
         if stored is None:
             return
+        if len(self._repaired) > 200:
+            self._repaired = {a: t for a, t in self._repaired.items() if now - t < REPAIR_GAP}
         self._repaired[alert.id] = now
         self.counts["repair"] += 1
         log.info("node %s lacks alert %s %s; passing it on", neighbour, alert.id, alert.state.word)
@@ -657,7 +668,7 @@ class Node:
             self._relays[("silent-again", counter)] = [now + self.rng.uniform(2.0, 6.0), 0, data, 1 << 30]
             self.counts["silent-verdict"] += 1
         if self.supervisor.wants_poll(now) and now - self._last_poll >= self.supervisor.period / supervision.POLLS:
-            # A neighbour has been quiet for half the period: ask after it before calling it silent.
+            # A neighbour has been quiet for most of the period: ask after it before calling it silent.
             self._last_poll = now
             self.counts["poll"] += 1
             self._heartbeat_early(now)

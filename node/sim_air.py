@@ -481,7 +481,7 @@ class SimRadio(Link):
     def utilisation(self, now: float, window: float) -> float:
         since = now - window
         busy, until = 0.0, since  # overlapping receptions (a collision) keep the channel busy once, not twice
-        for start, d in sorted(self.busy_log):
+        for start, d in sorted(entry for entry in self.busy_log if entry[0] + entry[1] > since):
             end = min(start + d, now)
             if end > until:
                 busy += end - max(start, until)

@@ -23,7 +23,7 @@ raises a false alarm. Far nodes still fall back on their own evidence after
 ``3 * period`` in case no verdict can reach them.
 
 Lost heartbeats are made good by asking rather than by sending more often: a
-node whose neighbour has been quiet for half the period *polls* (sends its next
+node whose neighbour has been quiet for 0.6 of the period *polls* (sends its next
 heartbeat early, showing the neighbour's age), and a node that sees in a
 neighbour's heartbeat that it was missed answers with an early heartbeat. Both
 wait a random span of many airtimes first, so neighbours hidden from each other
@@ -152,8 +152,8 @@ class Supervisor:
         self.verdicts: dict[int, float] = {}   # node -> last time alive, per a SILENT verdict
 
     def heard(self, node: int, now: float, troubles: int | None = None) -> None:
-        """First-hand evidence: a frame signed by ``node`` was just received."""
-        if node not in self.index:
+        """First-hand evidence: a heartbeat or receipt signed by ``node`` was just received from it."""
+        if node not in self.index or node == self.me:
             return
         self.neighbours.add(node)
         if now >= self.evidence.get(node, -math.inf):

@@ -178,3 +178,24 @@ def test_on_a_slow_preset_the_block_supervises_with_a_longer_period_and_says_so(
     assert "supervision.period 180 s is too short for LONG_FAST" in caplog.text
     # heartbeats follow: at most 6 a period, however few neighbours a node hears
     assert all(node.heartbeat_interval >= node.supervisor.period / 6 for node in slow.nodes.values())
+
+
+def test_two_alerts_at_once_are_not_passed_back_and_forth(make_block):
+    block = make_block(3, "line", seed=1)
+    block.scheduler.run_for(120)
+    one, other = block.nodes[1].report(), block.nodes[3].report()
+    block.scheduler.run_for(1800)
+    assert all(n.store.get_alert(one.id) and n.store.get_alert(other.id) for n in block.nodes.values())
+    assert all(n.counts["repair"] <= 2 for n in block.nodes.values()), {i: n.counts["repair"]
+                                                                       for i, n in block.nodes.items()}
+
+
+def test_a_far_node_s_flooded_alert_does_not_make_it_a_neighbour(make_block):
+    block = make_block(6, "line", seed=1)
+    alert = block.nodes[1].report()
+    block.scheduler.run_for(60)
+    block.nodes[1].act("cancel", alert.id)
+    block.scheduler.run_for(300)
+    assert block.nodes[6].store.get_alert(alert.id) is not None
+    assert block.nodes[6].supervisor.neighbours == {5}
+    assert block.nodes[3].supervisor.neighbours == {2, 4}
