@@ -167,7 +167,8 @@ class Node:
                             "TROUBLE after that", cfg["supervision.period"], cfg["radio.preset"],
                             supervision.heartbeat_airtime(cfg["radio.preset"]),
                             100 * cfg["supervision.airtime_budget"], period)
-            self.supervisor = supervision.Supervisor(self.id, self.members, period=period, now=now)
+            self.supervisor = supervision.Supervisor(self.id, self.members, period=period, now=now,
+                                                     unit=supervision.age_unit(cfg["radio.preset"]))
             self.heartbeat_airtime = supervision.heartbeat_airtime(cfg["radio.preset"], len(self.members))
             self.frame_airtime = time_on_air(wire.frame_size(wire.FrameType.TRANSITION) + MESH_OVERHEAD,
                                              cfg["radio.preset"])

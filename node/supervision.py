@@ -3,8 +3,8 @@
 Every node sends a heartbeat to its direct neighbours only (hop limit 0), every
 ``interval`` seconds. The heartbeat carries the sender's *age vector*: for each
 node on the roster, how long ago the sender last had first-hand or gossiped
-evidence that the node was alive, in units of ``AGE_UNIT`` seconds (a 45th of a
-longer period; 6 bits,
+evidence that the node was alive, in units of ``AGE_UNIT`` seconds (longer on
+slow presets; 6 bits,
 rounded up), together with two bits of that node's own troubles (radio, other). A node takes,
 for each building, the freshest evidence from anyone. Ages are rounded *up*
 before they are sent, so gossip can make evidence look older but never newer:
@@ -46,10 +46,10 @@ from typing import Iterable, Sequence
 from node import wire
 from node.airtime import MESH_OVERHEAD, time_on_air
 
-AGE_UNIT = 4.0           # seconds per step of the 6-bit age at the default period; it grows with a longer one
+AGE_UNIT = 4.0           # seconds per step of the 6-bit age, at least; longer on slow presets (age_unit)
 AGE_MAX = 63             # "no fresh evidence" (63 units: beyond the supervision period, whatever it is)
 SILENT_MARK = 62         # "a neighbour of it called it silent": passes a verdict on to nodes that missed it
-AGE_STEPS = 45           # a period spans this many age units, so every age up to it can be said
+AGE_AIRTIMES = 10        # on slow presets an age unit is this many heartbeats' airtime (LONG_FAST: 13 s)
 MAX_NODES = 36           # one byte per node keeps the heartbeat within 120 bytes
 MIN_INTERVAL = 30.0      # seconds: the shortest heartbeat interval, however few neighbours a node has
 TRANSIT = 1.0            # seconds a heartbeat may take on air and through the radio; counted as age
@@ -100,6 +100,16 @@ def heartbeat_airtime(preset: str, members: int = MAX_NODES) -> float:
     return time_on_air(wire.frame_size(wire.FrameType.HEARTBEAT, min(members, wire.MAX_VECTOR)) + MESH_OVERHEAD, preset)
 
 
+def age_unit(preset: str) -> float:
+    """Seconds per step of the 6-bit age on ``preset``: 4 s, or ten heartbeats' airtime if longer.
+
+    It follows the preset alone, which every node of a block shares (they could not hear each
+    other otherwise), so every node reads a neighbour's ages in the unit they were written in;
+    61 units span 1.3 times the period a slow preset stretches to.
+    """
+    return max(AGE_UNIT, AGE_AIRTIMES * heartbeat_airtime(preset))
+
+
 def effective_period(configured: float, preset: str, budget: float) -> float:
     """The supervision period the block runs: ``configured``, or longer when the preset is too slow for it.
 
@@ -139,12 +149,12 @@ def early_delay(airtime: float, rng) -> float:
 class Supervisor:
     """One node's view of the block's liveness. ``members`` is the roster's node ids, in order."""
 
-    def __init__(self, me: int, members: Sequence[int], *, period: float, now: float):
+    def __init__(self, me: int, members: Sequence[int], *, period: float, now: float, unit: float = AGE_UNIT):
         self.me = me
         self.members = list(members)[:MAX_NODES]
         self.index = {m: i for i, m in enumerate(self.members)}
         self.period = period
-        self.unit = max(AGE_UNIT, period / AGE_STEPS)   # seconds per age step (same on every node)
+        self.unit = unit   # seconds per age step: the same on every node (``age_unit``)
         self.started = now
         self.evidence: dict[int, float] = {}   # node -> newest time known alive
         self.troubles: dict[int, int] = {}     # node -> its trouble bits, as of that evidence

@@ -6,7 +6,7 @@ import random
 
 from node.supervision import (AGE_MAX, AGE_UNIT, BEATS_PER_PERIOD, EARLY_WINDOW, MIN_INTERVAL, POLL_FROM, SILENT_MARK, Supervisor,
                               VERDICT_LEAD,
-                              early_delay, effective_period, heartbeat_airtime, heartbeat_interval, trouble_bits,
+                              age_unit, early_delay, effective_period, heartbeat_airtime, heartbeat_interval, trouble_bits,
                               trouble_mask, trouble_names)
 
 MEMBERS = [1, 2, 3, 4]
@@ -123,11 +123,15 @@ def test_the_period_stretches_only_when_the_preset_is_too_slow_for_it():
 
 
 def test_ages_can_say_the_whole_of_a_stretched_period():
-    s = Supervisor(1, MEMBERS, period=600.0, now=0.0)
+    assert age_unit("MEDIUM_FAST") == age_unit("SHORT_FAST") == AGE_UNIT
+    for preset in ("MEDIUM_SLOW", "LONG_FAST", "LONG_SLOW"):
+        assert (SILENT_MARK - 1) * age_unit(preset) > 1.2 * effective_period(180.0, preset, 0.05)
+    unit = age_unit("LONG_FAST")
+    s = Supervisor(1, MEMBERS, period=590.0, now=0.0, unit=unit)
     s.heard(2, 0.0)
     vector = s.vector(500.0, 0)
     assert s.unit > AGE_UNIT and (vector[1] >> 2) < SILENT_MARK           # 500 s is still an age, not "no news"
-    far = Supervisor(3, MEMBERS, period=600.0, now=0.0)
+    far = Supervisor(3, MEMBERS, period=590.0, now=0.0, unit=unit)
     far.merge(vector, 500.0)
     assert 500.0 - far.evidence[2] == pytest.approx(500.0, abs=s.unit + 1.0)
     assert far.status(2, 501.0) == "ok"

@@ -53,7 +53,7 @@ class Peer:
                  episodes: Episodes):
         self.episodes = episodes
         self.air, self.me, self.interval = air, me, interval
-        self.sup = supervision.Supervisor(me, members, period=period, now=0.0)
+        self.sup = supervision.Supervisor(me, members, period=period, now=0.0, unit=supervision.age_unit(air.preset))
         self.radio = air.radios[me]
         self.radio.on_packet = self.heard
         self.alive = True
