@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node import __version__
+from node import __version__, supervision
 from node.config import Config
 from node.errors import SilbatoError
 from node.host import SERVICES, Host
@@ -32,6 +32,9 @@ def collect(cfg: Config, host: Host) -> dict[str, Any]:
         "uptime": _uptime(),
         "services": {unit: host.service_state(unit) for unit in SERVICES},
         "alerts": [], "troubles": {}, "radio": "unknown", "daemon_since": None,
+        "preset": cfg["radio.preset"], "supervision_period_set": cfg["supervision.period"],
+        "supervision_period": supervision.effective_period(cfg["supervision.period"], cfg["radio.preset"],
+                                                           cfg["supervision.airtime_budget"]),
     }
     if cfg.db_file.exists():  # absent before the daemon's first start
         out.update(_from_store(cfg.db_file))
@@ -88,6 +91,10 @@ def lines(summary: dict[str, Any], *, clock=time.time) -> list[str]:
            "services  " + ", ".join(f"{unit.removesuffix('.service')} {state}"
                                     for unit, state in summary["services"].items()),
            f"radio     {summary['radio']}",
+           f"watch     a silent building shows TROUBLE after {summary['supervision_period']:.0f} s"
+           + (f" (supervision.period is {summary['supervision_period_set']:.0f} s: too short for "
+              f"{summary['preset']} at the airtime budget)"
+              if summary["supervision_period"] > summary["supervision_period_set"] else ""),
            f"health    {summary['health']}"]
     alerts = summary["alerts"]
     out.append(f"alerts    {len(alerts)} active" if alerts else "alerts    none active")

@@ -41,6 +41,14 @@ def test_the_summary_lists_active_alerts_by_place_and_the_troubles(tmp_path):
     text = "\n".join(status.lines(summary, clock=lambda: 1000.0 + 3 * 3600 + 120))
     assert "silbato-node 3h 2m" in text and "2-5        raid confirmed  Building 2" in text
     assert "TROUBLE (radio) no radio configured" in text
+    assert "watch     a silent building shows TROUBLE after 180 s\n" in text
+
+
+def test_the_summary_says_when_a_slow_preset_stretches_the_supervision_period(tmp_path):
+    files = provision(tmp_path / "block", 2, overrides={"radio.preset": "LONG_FAST"})
+    summary = status.collect(files.configs[0], DirectoryHost(Layout(tmp_path / "root")))
+    text = "\n".join(status.lines(summary))
+    assert "shows TROUBLE after 590 s (supervision.period is 180 s: too short for LONG_FAST" in text
 
 
 def test_the_command_prints_json_under_a_root(tmp_path):
