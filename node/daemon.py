@@ -494,7 +494,10 @@ class Node:
     def _apply_receipt(self, frame: wire.ReceiptFrame, now: float) -> None:
         alert = self.store.get_alert(frame.alert_id)
         if alert is None:
-            return  # a receipt for an alert this node never heard: heartbeats will bring it
+            # A receipt for an alert this node never heard: its heartbeat, sent early, shows the
+            # neighbours that it is behind, and they repair it.
+            self._pull(now)
+            return
         if frame.roster_version == self.roster.version:
             received = coverage.from_bitmap(frame.received, self.members)
             sounded = coverage.from_bitmap(frame.sounded, self.members)
@@ -572,9 +575,7 @@ class Node:
         theirs = self.store.resolve(frame.latest_alert_id) if frame.latest_alert_id else None
         known = self.store.get_alert(theirs) if theirs else None
         if theirs and (known is None or int(known.state) < frame.latest_state):
-            if now - self._early_heartbeat > min(self.heartbeat_interval / 2, self.supervisor.period / supervision.POLLS):
-                self._early_heartbeat = now
-                self._heartbeat_early(now)
+            self._pull(now)
         if known is not None and int(known.state) > frame.latest_state and known.state in alerts.ON_AIR:
             self._repair(known, frame.origin, now)   # it missed a later state, say the withdrawal
         # Our latest alert, to a neighbour that has none, or whose latest has ended here or is clearly
@@ -585,6 +586,13 @@ class Node:
                 theirs is None or (known is not None and (known.state not in alerts.ACTIVE
                                                           or latest.opened_at - known.opened_at > REPAIR_GAP))):
             self._repair(latest, frame.origin, now)
+
+    def _pull(self, now: float) -> None:
+        """This node lacks an alert state a neighbour has: bring its heartbeat forward, so they see it is behind."""
+        if now - self._early_heartbeat > min(self.heartbeat_interval / 2, self.supervisor.period / supervision.POLLS):
+            self._early_heartbeat = now
+            self.counts["pull"] += 1
+            self._heartbeat_early(now)
 
     def _repair(self, alert: Alert, neighbour: int, now: float) -> None:
         """Pass ``alert``'s signed frame to the neighbours, after a random wait, unless another neighbour does first.

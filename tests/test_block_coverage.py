@@ -199,3 +199,30 @@ def test_a_far_node_s_flooded_alert_does_not_make_it_a_neighbour(make_block):
     assert block.nodes[6].store.get_alert(alert.id) is not None
     assert block.nodes[6].supervisor.neighbours == {5}
     assert block.nodes[3].supervisor.neighbours == {2, 4}
+
+
+def test_a_receipt_for_an_alert_it_missed_makes_a_node_ask_for_it(make_block):
+    from node import coverage, wire
+    from node.alerts import parse_alert_id
+
+    block = make_block(3, "line", seed=4)
+    block.scheduler.run_for(120)
+    block.air.radios[3].plugged = False
+    block.scheduler.run_for(30)
+    alert = block.nodes[1].report()
+    assert block.scheduler.run_until_true(lambda: block.nodes[2].store.get_alert(alert.id) is not None,
+                                          limit=30) is not None
+    block.scheduler.run_for(5)
+    switch_off(block, 1)                          # no re-sends: node 2 alone can tell node 3
+    block.air.radios[3].plugged = True
+    two, three = block.nodes[2], block.nodes[3]
+    with two.store.transaction():
+        counter = two.store.next_counter()
+    receipt = wire.ReceiptFrame(2, counter, *parse_alert_id(alert.id), State.REPORTED, two.roster.version,
+                                coverage.to_bitmap({1, 2}, two.members), coverage.to_bitmap({1, 2}, two.members))
+    regular = three._next_heartbeat
+    three.on_frame(wire.encode(receipt, two.key, two.roster.block))
+    assert three.counts["pull"] == 1, (dict(three.counts), three._early_heartbeat, block.clock())
+    assert three._next_heartbeat < regular or regular - block.clock() < 15
+    # its early heartbeat shows node 2 that it lacks the alert; node 2 repairs it in seconds, not a heartbeat later
+    assert block.scheduler.run_until_true(lambda: three.store.get_alert(alert.id) is not None, limit=30) is not None
