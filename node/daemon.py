@@ -496,7 +496,7 @@ class Node:
         if alert is None:
             # A receipt for an alert this node never heard: its heartbeat, sent early, shows the
             # neighbours that it is behind, and they repair it.
-            self._pull(now)
+            self._answer_early(now, "pull")
             return
         if frame.roster_version == self.roster.version:
             received = coverage.from_bitmap(frame.received, self.members)
@@ -564,18 +564,15 @@ class Node:
         if frame.roster_version == self.roster.version:
             self.supervisor.merge(frame.vector, now)
             # It missed our recent heartbeats: send the next one early rather than let it age.
-            if (self.supervisor.stale_about_me(frame.vector, self.heartbeat_interval)
-                    and now - self._early_heartbeat > min(self.heartbeat_interval / 2,
-                                                          self.supervisor.period / supervision.POLLS)):
-                self._early_heartbeat = now
-                self._heartbeat_early(now)
+            if self.supervisor.stale_about_me(frame.vector, self.heartbeat_interval):
+                self._answer_early(now, "answer")
         # Repair. A neighbour that lacks an alert state this node holds gets this node's copy of the
         # signed frame; if this node lacks the one it shows, this node's next heartbeat goes early,
         # so that the neighbour sees it is behind and repairs it in turn.
         theirs = self.store.resolve(frame.latest_alert_id) if frame.latest_alert_id else None
         known = self.store.get_alert(theirs) if theirs else None
         if theirs and (known is None or int(known.state) < frame.latest_state):
-            self._pull(now)
+            self._answer_early(now, "pull")
         if known is not None and int(known.state) > frame.latest_state and known.state in alerts.ON_AIR:
             self._repair(known, frame.origin, now)   # it missed a later state, say the withdrawal
         # Our latest alert, to a neighbour that has none, or whose latest has ended here or is clearly
@@ -587,11 +584,13 @@ class Node:
                                                           or latest.opened_at - known.opened_at > REPAIR_GAP))):
             self._repair(latest, frame.origin, now)
 
-    def _pull(self, now: float) -> None:
-        """This node lacks an alert state a neighbour has: bring its heartbeat forward, so they see it is behind."""
+    def _answer_early(self, now: float, why: str) -> None:
+        """Bring the heartbeat forward, at most once each POLLS-th of the period (or half an interval):
+        to ``answer`` a neighbour that missed ours, or to ``pull`` an alert state this node lacks,
+        since the heartbeat shows the neighbours that it is behind."""
         if now - self._early_heartbeat > min(self.heartbeat_interval / 2, self.supervisor.period / supervision.POLLS):
             self._early_heartbeat = now
-            self.counts["pull"] += 1
+            self.counts[why] += 1
             self._heartbeat_early(now)
 
     def _repair(self, alert: Alert, neighbour: int, now: float) -> None:
