@@ -18,8 +18,8 @@ shows the building silent on the verdict, until it hears of the building again,
 and marks it so in its own heartbeats, which carries the verdict to any node
 that missed the flood.
 A building is thus shown silent everywhere about ``period`` seconds after its
-last heartbeat, plus a flood's few seconds, while a far node's slow gossip never
-raises a false alarm. Far nodes still fall back on their own evidence after
+last heartbeat (a verdict falls due ``VERDICT_LEAD`` early, for its random wait
+and its flood), while a far node's slow gossip never raises a false alarm. Far nodes still fall back on their own evidence after
 ``3 * period`` in case no verdict can reach them.
 
 Lost heartbeats are made good by asking rather than by sending more often: a

@@ -79,9 +79,7 @@ class Peer:
         if self.sup.wants_poll(now) and now - self.last_poll >= self.sup.period / supervision.POLLS:
             self.last_poll = now
             self.polls += 1
-            early = now + supervision.early_delay(self.airtime, self.air.rng)
-            if early < self.next_beat:
-                self.schedule_beat(early)
+            self.beat_early(now)
         due_now = self.sup.due_verdicts(now)
         self.verdicts_due = {n: d for n, d in self.verdicts_due.items() if n in {node for node, _ in due_now}}
         for node, last in due_now:
@@ -111,6 +109,12 @@ class Peer:
         generation = self.generation
         tick = math.ceil(when - self.phase - 1e-9) + self.phase
         self.air.scheduler.at(max(tick, self.air.scheduler.now()), lambda: self.beat(generation))
+
+    def beat_early(self, now: float) -> None:
+        """Bring the next heartbeat forward by the daemon's random early wait, if that is sooner."""
+        early = now + supervision.early_delay(self.airtime, self.air.rng)
+        if early < self.next_beat:
+            self.schedule_beat(early)
 
     def beat(self, generation: int) -> None:
         if generation != self.generation or not self.alive:
@@ -147,9 +151,7 @@ class Peer:
         self.sup.merge(vector, now)
         if self.sup.stale_about_me(vector, self.interval) and now - self.last_early > min(self.interval / 2, self.sup.period / supervision.POLLS):
             self.last_early = now
-            early = now + supervision.early_delay(self.airtime, self.air.rng)
-            if early < self.next_beat:
-                self.schedule_beat(early)
+            self.beat_early(now)
 
 
 
