@@ -59,7 +59,7 @@ def main() -> None:
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Run the node daemon (button, siren, radio, store) until SIGTERM."""
-    from node import daemon
+    from node.daemon import node as daemon
 
     cfg = load_config(ctx)
     _setup_logging(cfg["log.level"])
@@ -107,7 +107,7 @@ def keys() -> None:
 @click.pass_context
 def keys_init(ctx: click.Context, force: bool) -> None:
     """Create this node's key (mode 0600) and print its public key for the roster."""
-    from node.keys import SigningKey
+    from node.protocol.keys import SigningKey
 
     cfg = load_config(ctx)
     try:
@@ -122,7 +122,7 @@ def keys_init(ctx: click.Context, force: bool) -> None:
 @click.pass_context
 def keys_show(ctx: click.Context) -> None:
     """Print this node's public key."""
-    from node.keys import SigningKey
+    from node.protocol.keys import SigningKey
 
     cfg = load_config(ctx)
     try:
@@ -142,7 +142,7 @@ def roster() -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 def roster_keygen(path: str) -> None:
     """Create the organizers' signing key at PATH (0600) and its public key at PATH.pub."""
-    from node.keys import SigningKey
+    from node.protocol.keys import SigningKey
 
     try:
         key = SigningKey.create(Path(path))
@@ -159,7 +159,7 @@ def roster_keygen(path: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default="-", help="Where to write the signed roster.")
 def roster_sign(body: str, key_path: str, out: str) -> None:
     """Sign BODY, a JSON file {"block", "version", "nodes": [...]}, with the organizers' key."""
-    from node.keys import SigningKey, sign_roster
+    from node.protocol.keys import SigningKey, sign_roster
 
     try:
         data = json.loads(Path(body).read_text(encoding="utf-8"))
@@ -181,7 +181,7 @@ def roster_sign(body: str, key_path: str, out: str) -> None:
 @click.pass_context
 def roster_install(ctx: click.Context, file: str) -> None:
     """Verify FILE against the organizers' key and install it, refusing an older version."""
-    from node.keys import install_roster, load_public
+    from node.protocol.keys import install_roster, load_public
 
     cfg = load_config(ctx)
     try:
@@ -201,7 +201,7 @@ def roster_install(ctx: click.Context, file: str) -> None:
 @click.pass_context
 def roster_show(ctx: click.Context) -> None:
     """Print the installed roster after checking its signature."""
-    from node.keys import Roster, load_public
+    from node.protocol.keys import Roster, load_public
 
     cfg = load_config(ctx)
     try:
@@ -222,7 +222,7 @@ def wipe(ctx: click.Context, yes: bool) -> None:
     """Destroy this node's key, database and captains' accounts (in 10 s or less)."""
     import time
 
-    from node import wipe as wipe_mod
+    from node.daemon import wipe as wipe_mod
     from node.store import Store
 
     cfg = load_config(ctx)
@@ -254,7 +254,7 @@ def radio() -> None:
 
 
 def _open_radio(cfg: config_mod.Config):
-    from node.radio import open_interface
+    from node.radio.interface import open_interface
 
     if not (cfg["radio.port"] or cfg["radio.tcp"]):
         raise click.ClickException("no radio configured: set radio.port (or radio.tcp)")
@@ -268,7 +268,7 @@ def _open_radio(cfg: config_mod.Config):
 @click.pass_context
 def radio_info(ctx: click.Context) -> None:
     """Print the radio's firmware, node number, region, preset, channel and health."""
-    from node.radio import close_interface, describe
+    from node.radio.interface import close_interface, describe
 
     cfg = load_config(ctx)
     iface = _open_radio(cfg)
@@ -292,7 +292,8 @@ def radio_configure(ctx: click.Context, path: str) -> None:
     """Apply the block's radio settings and its private channel key to the radio."""
     import yaml
 
-    from node.radio import close_interface, configure, describe, load_channel_key
+    from node.radio.interface import close_interface, describe
+    from node.radio.provision import configure, load_channel_key
 
     cfg = load_config(ctx)
     try:
@@ -328,7 +329,7 @@ def radio_keygen(ctx: click.Context) -> None:
     path = Path(cfg["radio.channel_key_file"])
     if path.exists():
         raise click.ClickException(f"{path}: a channel key exists; every node of the block must share one key")
-    from node.keys import b64, write_secret
+    from node.protocol.keys import b64, write_secret
 
     try:
         write_secret(path, b64(os.urandom(32)))
@@ -445,7 +446,7 @@ def hardware_group() -> None:
 
 def _this_place(cfg: config_mod.Config) -> dict[int, str]:
     """This node's location and place name from its key and roster, for the spoken test; a sample without them."""
-    from node.keys import Roster, SigningKey, load_public
+    from node.protocol.keys import Roster, SigningKey, load_public
 
     try:
         roster = Roster.load(cfg.roster_file, load_public(Path(cfg["node.organizer_key"])))
@@ -468,12 +469,13 @@ def hardware_test(ctx: click.Context, mock: bool, yes: bool, wait: float, step: 
 
     Stop silbato-node first: the test needs its GPIO pins. Exits 1 if any step failed.
     """
-    from node import hardware
+    from node.hardware import check as hardware
+    from node.hardware.devices import mock_factory
 
     cfg = load_config(ctx)
     factory = press = None
     if mock:
-        factory = hardware.mock_factory()
+        factory = mock_factory()
         press = hardware.scripted_hold(factory, cfg["hardware.hold_time"] * 1.5)
     ask = None if yes or mock else (lambda question: click.confirm(question, default=True))
     ok = hardware.check(cfg, say=click.echo, ask=ask, pin_factory=factory, press=press, wait=wait, step=step,
@@ -528,7 +530,7 @@ def _root_option(fn):
 
 
 def _layout(root: Path):
-    from node.host import Layout, host_for
+    from node.appliance.host import Layout, host_for
 
     layout = Layout(root)
     return layout, host_for(layout)
@@ -549,7 +551,7 @@ def _root_config(ctx: click.Context, layout) -> config_mod.Config:
 
 
 def _wheel_for(source: str | None, workdir: Path) -> Path:
-    from node import release
+    from node.appliance import release
 
     if source is None:
         checkout = release.share_dir()
@@ -571,8 +573,8 @@ def install(ctx: click.Context, root: Path, source: str | None) -> None:
     """Make this machine a node (run as root): user, settings, release, units, key, services. Idempotent."""
     import shutil
 
-    from node import install as install_mod
-    from node.release import temporary_dir
+    from node.appliance import install as install_mod
+    from node.appliance.release import temporary_dir
 
     layout, host = _layout(root)
     if host.real and os.geteuid() != 0:
@@ -596,7 +598,7 @@ def install(ctx: click.Context, root: Path, source: str | None) -> None:
 @click.pass_context
 def uninstall(ctx: click.Context, root: Path, purge: bool, yes: bool) -> None:
     """Stop and remove the services and the releases; keep settings and state unless --purge."""
-    from node import install as install_mod
+    from node.appliance import install as install_mod
 
     layout, host = _layout(root)
     if host.real and os.geteuid() != 0:
@@ -620,8 +622,8 @@ def update(ctx: click.Context, root: Path, source: str, as_json: bool, force: bo
     """Install a release beside the current one, try it, switch, and roll back if it is not healthy."""
     import shutil
 
-    from node.release import temporary_dir
-    from node.update import Outcome, Updater
+    from node.appliance.release import temporary_dir
+    from node.appliance.update import Outcome, Updater
 
     layout, host = _layout(root)
     if host.real and os.geteuid() != 0:
@@ -676,7 +678,7 @@ def doctor(ctx: click.Context, root: Path, db_path: Path | None, as_json: bool) 
     """Check settings, key, roster, radio, GPIO, database, clock, disk and services; exit 1 on any FAIL."""
     from dataclasses import asdict
 
-    from node import doctor as doctor_mod
+    from node.appliance import doctor as doctor_mod
 
     layout, host = _layout(root)
     results = doctor_mod.Doctor(host, config_path=_root_config_path(ctx, layout), db=db_path).run()
@@ -695,7 +697,7 @@ def doctor(ctx: click.Context, root: Path, db_path: Path | None, as_json: bool) 
 @click.pass_context
 def status(ctx: click.Context, root: Path, as_json: bool) -> None:
     """A short summary: version, uptime, services, radio, active alerts and troubles."""
-    from node import status as status_mod
+    from node.appliance import status as status_mod
 
     layout, host = _layout(root)
     summary = status_mod.collect(_root_config(ctx, layout), host)
@@ -716,7 +718,7 @@ def wifi() -> None:
 @click.pass_context
 def wifi_apply(ctx: click.Context, root: Path) -> None:
     """Write the NetworkManager, dnsmasq and avahi files for wifi.mode, and reload them."""
-    from node import wifi as wifi_mod
+    from node.appliance import wifi as wifi_mod
 
     layout, host = _layout(root)
     if host.real and os.geteuid() != 0:
@@ -741,7 +743,7 @@ def fleet(ctx: click.Context, ssh_config: Path | None) -> None:
 
 
 def _ssh(ctx: click.Context):
-    from node.fleet import Ssh
+    from node.appliance.fleet import Ssh
 
     return Ssh(ctx.obj.get("ssh_config"), say=click.echo)
 
@@ -757,8 +759,8 @@ def fleet_update(ctx: click.Context, hosts: tuple[str, ...], source: str, batch:
     """Update HOSTS: the first alone (the canary), then BATCH at a time; stop at the first failure."""
     import shutil
 
-    from node import fleet as fleet_mod
-    from node.release import temporary_dir, wheel_version
+    from node.appliance import fleet as fleet_mod
+    from node.appliance.release import temporary_dir, wheel_version
 
     workdir = temporary_dir()
     try:
@@ -781,7 +783,7 @@ def fleet_update(ctx: click.Context, hosts: tuple[str, ...], source: str, batch:
 @click.pass_context
 def fleet_status(ctx: click.Context, hosts: tuple[str, ...]) -> None:
     """Each node's version, health and the alerts it holds."""
-    from node import fleet as fleet_mod
+    from node.appliance import fleet as fleet_mod
 
     try:
         found = fleet_mod.status(hosts, ssh=_ssh(ctx))
@@ -800,7 +802,7 @@ def fleet_status(ctx: click.Context, hosts: tuple[str, ...]) -> None:
 @click.pass_context
 def fleet_roster(ctx: click.Context, file: Path, hosts: tuple[str, ...], batch: int) -> None:
     """Install the signed roster FILE on HOSTS (canary first) and restart their daemons."""
-    from node import fleet as fleet_mod
+    from node.appliance import fleet as fleet_mod
 
     try:
         results = fleet_mod.roster(hosts, file, ssh=_ssh(ctx), batch=batch)

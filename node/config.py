@@ -313,7 +313,7 @@ def parse_pins(value: str, count: int) -> tuple[int, ...]:
 
 
 def _validate_hardware(values: dict[str, Any], source: str) -> None:
-    """The hardware and speaker settings (see ``node.hardware``)."""
+    """The hardware and speaker settings (see ``node.hardware.devices``)."""
     if values["hardware.siren_kind"] not in ("relay", "buzzer", "piezo"):
         raise ConfigError(f"{source}: hardware.siren_kind: expected relay, buzzer or piezo, "
                           f"got {values['hardware.siren_kind']!r}")
@@ -343,7 +343,7 @@ def _validate(values: dict[str, Any], source: str) -> None:
             parse_host_port(values["radio.tcp"])
         except ValueError as exc:
             raise ConfigError(f"{source}: radio.tcp: {exc}") from None
-    from node.airtime import PRESETS
+    from node.protocol.airtime import PRESETS
 
     if values["radio.preset"] not in PRESETS:
         raise ConfigError(f"{source}: radio.preset: expected one of {', '.join(PRESETS)}, got {values['radio.preset']!r}")

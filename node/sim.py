@@ -2,7 +2,7 @@
 
 N complete nodes, each with gpiozero mock pins, its own SQLite file, its own key
 on one shared signed roster, and its own web page on ``127.0.0.1:port_base+i``.
-They talk through the simulated air (``node.sim_air``). The control endpoint on
+They talk through the simulated air (``node.radio.sim_air``). The control endpoint on
 ``127.0.0.1:port_base`` exists only in the sim:
 
 - ``GET /nodes``: the nodes, their page URLs and active alerts;
@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from node import config as config_mod
-from node.daemon import Node
+from node.daemon.node import Node
 from node.errors import SilbatoError
-from node.hardware import mock_factory
-from node.keys import SigningKey, install_roster, sign_roster
-from node.sim_air import Scheduler, SimAir
+from node.hardware.devices import mock_factory
+from node.protocol.keys import SigningKey, install_roster, sign_roster
+from node.radio.sim_air import Scheduler, SimAir
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ class Block:
         """Node i's link: straight onto the air, or through the real meshtastic library to a pty radio."""
         if self.radio == "air":
             return self.air.radios[i]
-        from node.radio import MeshtasticLink
-        from node.sim_radio import SimMeshtasticRadio
+        from node.radio.link import MeshtasticLink
+        from node.radio.sim_radio import SimMeshtasticRadio
 
         path = self.files.root / "dev" / "serial" / "by-id" / f"usb-Silbato_sim_radio_{i}-if00"
         self.radios[i] = SimMeshtasticRadio(self.air, i, path, psk=bytes(range(1, 17)))

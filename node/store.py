@@ -19,9 +19,9 @@ from typing import Iterable, Collection, Iterator
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from node.alerts import ENDED, Alert, Kind, State
+from node.protocol.alerts import ENDED, Alert, Kind, State
 from node.errors import StoreError
-from node.keys import Roster
+from node.protocol.keys import Roster
 
 migrations = Migrations("silbato")
 

@@ -41,7 +41,7 @@ def build_release(workdir: Path, version: str, *, broken: bool = False, store_pa
     end = text.index("\n", start)
     init.write_text(text[:start] + f'__version__ = "{version}"' + text[end:])
     if broken:
-        with open(src / "node" / "doctor.py", "a") as fh:
+        with open(src / "node" / "appliance" / "doctor.py", "a") as fh:
             fh.write(BROKEN_CHECK)
     if store_patch:
         with open(src / "node" / "store.py", "a") as fh:
@@ -93,7 +93,7 @@ def copy_system_units(root: Path) -> None:
 
 def add_roster(roots: dict[int, Path], organizer, block: str = "elm-st") -> dict:
     """Sign a roster of the nodes under ``roots`` (node id -> root), install it on each; return it."""
-    from node.keys import SigningKey, sign_roster
+    from node.protocol.keys import SigningKey, sign_roster
 
     nodes = []
     for i, root in roots.items():

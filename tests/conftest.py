@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from node.keys import Roster, SigningKey, sign_roster
+from node.protocol.keys import Roster, SigningKey, sign_roster
 
 BLOCK = "elm-st"
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from node.alerts import (ENDED, ON_AIR, Alert, Kind, Outcome, State, Transition, alert_id, apply, expired,
+from node.protocol.alerts import (ENDED, ON_AIR, Alert, Kind, Outcome, State, Transition, alert_id, apply, expired,
                          merge_target, parse_alert_id, request)
 from node.errors import TransitionError
 

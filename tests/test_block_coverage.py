@@ -2,7 +2,7 @@
 
 import pytest
 
-from node.alerts import State
+from node.protocol.alerts import State
 from node.sim import Block
 
 
@@ -202,8 +202,8 @@ def test_a_far_node_s_flooded_alert_does_not_make_it_a_neighbour(make_block):
 
 
 def test_a_receipt_for_an_alert_it_missed_makes_a_node_ask_for_it(make_block):
-    from node import coverage, wire
-    from node.alerts import parse_alert_id
+    from node.protocol import coverage, wire
+    from node.protocol.alerts import parse_alert_id
 
     block = make_block(3, "line", seed=4)
     block.scheduler.run_for(120)

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from websupport import PASSWORD, add_captain, app_for, csrf_token, everywhere, login, make_block, settle, until
 from werkzeug.security import check_password_hash
 
-from node.alerts import State
+from node.protocol.alerts import State
 from node.cli import cli
 from node.store import REQUEST_TTL, Store
 from web.auth import Throttle

@@ -1,6 +1,6 @@
 """Receipt bitmaps and the coverage view (node.coverage)."""
 
-from node.coverage import View, from_bitmap, to_bitmap
+from node.protocol.coverage import View, from_bitmap, to_bitmap
 
 MEMBERS = [3, 5, 8, 13, 21, 34, 55, 89, 144]
 

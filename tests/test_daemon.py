@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from node import wire
-from node.alerts import Kind, State
-from node.daemon import Node
+from node.protocol import wire
+from node.protocol.alerts import Kind, State
+from node.daemon.node import Node
 from node.errors import SilbatoError, TransitionError
-from node.keys import SigningKey
+from node.protocol.keys import SigningKey
 from node.sim import Block, provision
 
 

@@ -8,13 +8,13 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from node import doctor as doctor_mod
+from node.appliance import doctor as doctor_mod
 from node.cli import cli
-from node.doctor import FAIL, PASS, WARN, Doctor
-from node.host import DirectoryHost, Layout
+from node.appliance.doctor import FAIL, PASS, WARN, Doctor
+from node.appliance.host import DirectoryHost, Layout
 from node.sim import provision
-from node.sim_air import SimAir
-from node.sim_radio import SimMeshtasticRadio
+from node.radio.sim_air import SimAir
+from node.radio.sim_radio import SimMeshtasticRadio
 from node.store import Store
 
 
@@ -94,7 +94,7 @@ def test_roster_passes_when_signed_warns_when_old_and_fails_when_tampered(node):
 
 
 def test_roster_fails_when_this_node_is_not_on_it(node):
-    from node.keys import SigningKey
+    from node.protocol.keys import SigningKey
 
     cfg, toml, dev = node
     SigningKey.create(cfg.key_file, force=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from appliance import add_roster, clean_env, current, silbato
-from node.keys import SigningKey
+from node.protocol.keys import SigningKey
 from node.store import Store
 
 SSHD = Path("/usr/sbin/sshd")
@@ -177,8 +177,8 @@ def test_a_good_release_switches_both_nodes_and_a_broken_one_stops_at_the_canary
 
 
 def test_status_shows_each_node_s_version_health_and_alerts(fleet):
-    from node.alerts import Alert, Kind, State
-    from node.keys import Roster
+    from node.protocol.alerts import Alert, Kind, State
+    from node.protocol.keys import Roster
 
     config, roots, organizer = fleet
     store = Store(roots["node-b"] / "var" / "lib" / "silbato" / "silbato.db")
@@ -196,7 +196,7 @@ def test_status_shows_each_node_s_version_health_and_alerts(fleet):
 
 
 def test_roster_goes_to_every_node_canary_first(fleet, tmp_path):
-    from node.keys import sign_roster
+    from node.protocol.keys import sign_roster
 
     config, roots, organizer = fleet
     document = json.loads((roots["node-a"] / "roster.json").read_text())

@@ -16,12 +16,13 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin, PinState
 from gpiozero.tones import Tone
 
 from node import config as config_mod
-from node.alerts import State
+from node.protocol.alerts import State
 from node.cli import cli
-from node.daemon import Node
+from node.daemon.node import Node
 from node.errors import HardwareError
-from node.hardware import (PATTERNS, SILENCEABLE, TONES, Hardware, check, in_quiet_hours, pattern_duration,
-                           pattern_for, pattern_steps, scripted_hold)
+from node.hardware.check import check, scripted_hold
+from node.hardware.devices import Hardware
+from node.hardware.patterns import PATTERNS, SILENCEABLE, TONES, in_quiet_hours, pattern_duration, pattern_for, pattern_steps
 from node.sim import Block, provision
 
 HOLD = 0.05  # seconds: the hold time in these tests

@@ -9,7 +9,7 @@ from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 from websupport import add_captain, app_for, everywhere, login, make_block, until
 
-from node.alerts import State
+from node.protocol.alerts import State
 from web import i18n
 
 WEB = Path(__file__).parent.parent / "web"

@@ -8,8 +8,8 @@ import pytest
 
 from appliance import current, installed, silbato
 from node import config as config_mod
-from node.host import DirectoryHost, Layout
-from node.install import PATH_SETTINGS, config_template, install
+from node.appliance.host import DirectoryHost, Layout
+from node.appliance.install import PATH_SETTINGS, config_template, install
 
 
 @pytest.fixture(scope="module")

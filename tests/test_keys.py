@@ -9,7 +9,7 @@ import os
 import pytest
 
 from node.errors import KeyFileError, RosterError
-from node.keys import Roster, SigningKey, b64, install_roster, load_public, sign_roster
+from node.protocol.keys import Roster, SigningKey, b64, install_roster, load_public, sign_roster
 
 
 def mode(path) -> int:

@@ -6,12 +6,13 @@ import time
 
 import pytest
 
-from node.alerts import Kind, State
+from node.protocol.alerts import Kind, State
 from node.errors import RadioError
-from node.radio import FrameRefused, MeshtasticLink, check_radio
+from node.radio.interface import check_radio
+from node.radio.link import FrameRefused, MeshtasticLink
 from node.sim import Block
-from node.sim_air import SimAir
-from node.sim_radio import SimMeshtasticRadio, StreamParser, frame
+from node.radio.sim_air import SimAir
+from node.radio.sim_radio import SimMeshtasticRadio, StreamParser, frame
 
 CONNECT = 20  # seconds: generous bounds for waits, never speed asserts
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from meshtastic.protobuf import apponly_pb2
 
 from node.cli import cli
-from node.sim_air import SimAir
-from node.sim_radio import SimMeshtasticRadio
+from node.radio.sim_air import SimAir
+from node.radio.sim_radio import SimMeshtasticRadio
 
 REPO = Path(__file__).parent.parent
 

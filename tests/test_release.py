@@ -8,8 +8,8 @@ import zipfile
 import pytest
 
 from appliance import REPO, build_release
-from node import release
-from node.release import ReleaseError
+from node.appliance import release
+from node.appliance.release import ReleaseError
 
 
 def test_only_a_silbato_wheel_is_taken(tmp_path):

@@ -16,8 +16,8 @@ import time
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from node.daemon import health_problems, run
-from node.radio import NullLink
+from node.daemon.node import health_problems, run
+from node.radio.link import NullLink
 from node.service import JournalFormatter, Notifier, under_journald
 from node.sim import provision
 
@@ -105,7 +105,7 @@ def test_ready_comes_after_start_up_and_the_watchdog_only_while_healthy(tmp_path
 
 
 def test_health_names_a_broken_database(tmp_path):
-    from node.daemon import Node
+    from node.daemon.node import Node
 
     cfg = provision(tmp_path / "block", 2).configs[0]
     node = Node(cfg, pin_factory=MockFactory()).start()
@@ -181,7 +181,7 @@ def test_silbato_run_under_systemd_says_ready_and_logs_for_journald(tmp_path, sy
     with os.fdopen(read) as fh:
         lines = fh.read().splitlines()
     assert lines and all(line.startswith("<") for line in lines), lines
-    assert any(line.startswith("<6>node.daemon: node 1 (B1) started") for line in lines), lines
+    assert any(line.startswith("<6>node.daemon.node: node 1 (B1) started") for line in lines), lines
 
 
 def test_journald_is_recognised_only_on_its_own_stream(tmp_path):

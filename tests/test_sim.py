@@ -2,7 +2,7 @@
 
 import pytest
 
-from node.alerts import State
+from node.protocol.alerts import State
 from node.sim import Block
 
 HOLD = 0.05  # wall-clock seconds for the button hold in these tests

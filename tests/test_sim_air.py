@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from node.sim_air import (MESH_OVERHEAD, PRESETS, Scheduler, SimAir, hops, link_range_m, path_loss_db,
+from node.radio.sim_air import (MESH_OVERHEAD, PRESETS, Scheduler, SimAir, hops, link_range_m, path_loss_db,
                            snr_floor, time_on_air, topology)
 
 
@@ -162,7 +162,7 @@ def test_weak_receivers_rebroadcast_sooner():
     air = SimAir(2, "line", seed=5)
     strong = [air.rebroadcast_delay(10.0) for _ in range(300)]
     weak = [air.rebroadcast_delay(-20.0) for _ in range(300)]
-    slot = air.rebroadcast_delay.__self__ and __import__("node.sim_air", fromlist=["slot_time"]).slot_time(air.preset)
+    slot = air.rebroadcast_delay.__self__ and __import__("node.radio.sim_air", fromlist=["slot_time"]).slot_time(air.preset)
     assert min(weak) >= 16 * slot and max(weak) <= (16 + 8) * slot + 1e-9     # CW 3: 2^3 slots after 2*CWmax
     assert max(strong) > 100 * slot                                           # CW 8: up to 256 slots
     assert sum(weak) / len(weak) < sum(strong) / len(strong)

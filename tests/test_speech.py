@@ -15,11 +15,11 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from node import config as config_mod
-from node.alerts import State
-from node.daemon import Node
-from node.hardware import Hardware
+from node.protocol.alerts import State
+from node.daemon.node import Node
+from node.hardware.devices import Hardware
 from node.sim import provision
-from node.speech import CHIMES, SENTENCES, Speaker, from_config, wav_seconds
+from node.hardware.speech import CHIMES, SENTENCES, Speaker, from_config, wav_seconds
 
 PLACES = {101: "Building 1", 103: "Building 3"}
 

@@ -5,16 +5,16 @@ import json
 from click.testing import CliRunner
 
 from node import __version__
-from node import status
-from node.alerts import Alert, Kind, State
+from node.appliance import status
+from node.protocol.alerts import Alert, Kind, State
 from node.cli import cli
-from node.host import DirectoryHost, Layout
+from node.appliance.host import DirectoryHost, Layout
 from node.sim import provision
 from node.store import Store
 
 
 def files_roster(files):
-    from node.keys import Roster
+    from node.protocol.keys import Roster
 
     return Roster.load(files.configs[0].roster_file, files.organizer.public)
 

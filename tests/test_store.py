@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node import store as store_mod
-from node.alerts import Alert, Kind, State
+from node.protocol.alerts import Alert, Kind, State
 from node.errors import StoreError
 from node.store import REPLAY_WINDOW, Store
 

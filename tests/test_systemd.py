@@ -16,7 +16,7 @@ import pytest
 from appliance import REPO, copy_system_units, silbato
 
 LIMITS = {"silbato-node.service": 1.0, "silbato-web.service": 1.5}
-README = (REPO / "README.md").read_text(encoding="utf-8")
+README = (REPO / "docs" / "appliance.md").read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ import pytest
 
 from appliance import build_release, current, installed, silbato
 from node import config as config_mod
-from node.alerts import Alert, Kind, State
-from node.host import Host, Layout
+from node.protocol.alerts import Alert, Kind, State
+from node.appliance.host import Host, Layout
 from node.store import Store
-from node.update import KEEP, Updater
+from node.appliance.update import KEEP, Updater
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from websupport import app_for, everywhere, make_block, until
 
-from node.alerts import Kind, State
+from node.protocol.alerts import Kind, State
 from node.errors import StoreError
 from node.store import WEB_TABLES, Store
 from web import create_app
@@ -196,8 +196,8 @@ def test_the_whole_page_weighs_under_30_kb(client, block):
 
 
 def test_a_long_history_keeps_the_page_under_30_kb(fresh):
-    from node.alerts import Alert
-    from node.alerts import State as S
+    from node.protocol.alerts import Alert
+    from node.protocol.alerts import State as S
 
     store = Store(fresh.files.configs[2].db_file)
     now = fresh.clock()

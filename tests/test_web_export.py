@@ -11,7 +11,7 @@ import pytest
 import xmlschema
 from websupport import add_captain, app_for, everywhere, login, make_block, until
 
-from node.alerts import Kind, State
+from node.protocol.alerts import Kind, State
 from web.export import CAP_NS
 
 SCHEMA = xmlschema.XMLSchema(str(Path(__file__).parent / "cap" / "CAP-v1.2.xsd"))

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from websupport import add_captain, app_for, everywhere, login, make_block, until
 
-from node.alerts import State
+from node.protocol.alerts import State
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from node import config as config_mod
-from node import wifi
+from node.appliance import wifi
 from node.errors import ConfigError
-from node.host import DirectoryHost, Layout
+from node.appliance.host import DirectoryHost, Layout
 from node.sim import provision
 
 

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node import wire
-from node.alerts import Kind, State
+from node.protocol import wire
+from node.protocol.alerts import Kind, State
 from node.errors import FrameError
-from node.keys import Roster, SigningKey, sign_roster
-from node.wire import MAX_FRAME, FrameType, HeartbeatFrame, ReceiptFrame, SilentFrame, TransitionFrame, frame_size
+from node.protocol.keys import Roster, SigningKey, sign_roster
+from node.protocol.wire import MAX_FRAME, FrameType, HeartbeatFrame, ReceiptFrame, SilentFrame, TransitionFrame, frame_size
 
 FRAMES = {
     FrameType.TRANSITION: TransitionFrame(origin=2, counter=41, alert_reporter=1, alert_counter=7,

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from flask import Flask, url_for
 from flask_wtf.csrf import CSRFProtect
 
-from node import supervision
+from node.protocol import supervision
 
 STATIC = Path(__file__).parent / "static"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
 from flask_wtf.csrf import generate_csrf
 
-from node.alerts import State
+from node.protocol.alerts import State
 from web import auth, data, export, live
 from web.openapi import document
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, session, url_for
 
-from node.alerts import State
+from node.protocol.alerts import State
 from web import auth, data, live
 
 bp = Blueprint("captain", __name__, url_prefix="/captain", template_folder="templates")

@@ -13,8 +13,8 @@ import json
 
 from flask import abort, current_app, g, has_app_context
 
-from node import coverage
-from node.alerts import parse_alert_id
+from node.protocol import coverage
+from node.protocol.alerts import parse_alert_id
 from node.errors import StoreError, TransitionError
 from node.store import REQUEST_TTL, WEB_TABLES, Store
 

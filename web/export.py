@@ -26,7 +26,7 @@ import re
 import xml.etree.ElementTree as ET
 import zipfile
 
-from node.alerts import Alert, Kind, State
+from node.protocol.alerts import Alert, Kind, State
 from node.store import Store
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"

@@ -21,10 +21,10 @@ from typing import Iterator
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node import config as config_mod
-from node import wire
-from node.alerts import Kind, State
-from node.keys import Roster, SigningKey, b64, install_roster, sign_roster
-from node.wire import HeartbeatFrame, ReceiptFrame, SilentFrame, TransitionFrame
+from node.protocol import wire
+from node.protocol.alerts import Kind, State
+from node.protocol.keys import Roster, SigningKey, b64, install_roster, sign_roster
+from node.protocol.wire import HeartbeatFrame, ReceiptFrame, SilentFrame, TransitionFrame
 
 LONG = os.environ.get("SILBATO_LONG") == "1"
 # What the suite tried, by name ("frames fuzzed"); printed at the end of the run (conftest.py).

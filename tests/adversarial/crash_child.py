@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from node import config as config_mod
-from node.daemon import Node
-from node.hardware import mock_factory
+from node.daemon.node import Node
+from node.hardware.devices import mock_factory
 
 
 def main(root: Path) -> None:

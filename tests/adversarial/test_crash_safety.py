@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from adversary import LONG, TALLY, install
-from node import wire
-from node.alerts import State
+from node.protocol import wire
+from node.protocol.alerts import State
 
 RUNS = 1_000 if LONG else 100
 CHILD = Path(__file__).with_name("crash_child.py")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import pytest
 
 from adversary import TALLY, sign
-from node import wire
-from node.airtime import MESH_OVERHEAD, time_on_air
-from node.alerts import Kind, State
-from node.daemon import FLOOD_BURST, FLOOD_RATE, OriginRateLimit
-from node.keys import SigningKey
+from node.protocol import wire
+from node.protocol.airtime import MESH_OVERHEAD, time_on_air
+from node.protocol.alerts import Kind, State
+from node.daemon.node import FLOOD_BURST, FLOOD_RATE, OriginRateLimit
+from node.protocol.keys import SigningKey
 from node.sim import Block
 
 PRESET = "SHORT_FAST"  # the fastest channel: the worst flood
@@ -77,8 +77,8 @@ def test_the_flooding_trouble_comes_and_goes_with_the_flood(tmp_path):
     """On one node, frames handed straight to it: the trouble names the building, and clears
     once the origin calms down, whether its next frame or the next tick notices first."""
     from adversary import install
-    from node.daemon import Node
-    from node.hardware import mock_factory
+    from node.daemon.node import Node
+    from node.hardware.devices import mock_factory
 
     clock = [1_800_000_000.0]
     node = Node(install(tmp_path)[2], pin_factory=mock_factory(), clock=lambda: clock[0]).start()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 
 from adversary import TALLY, forged_frames, install, sign, siren, snapshot, sounded, valid_frames
-from node.alerts import Kind, State
-from node.daemon import Node
-from node.hardware import mock_factory
-from node.wire import TransitionFrame
+from node.protocol.alerts import Kind, State
+from node.daemon.node import Node
+from node.hardware.devices import mock_factory
+from node.protocol.wire import TransitionFrame
 
 
 @pytest.fixture

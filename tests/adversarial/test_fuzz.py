@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adversary import LONG, ROSTER, TALLY, install, key, mutate, stream, valid_frames
-from node import wire
-from node.daemon import Node
+from node.protocol import wire
+from node.daemon.node import Node
 from node.errors import FrameError
-from node.hardware import mock_factory
+from node.hardware.devices import mock_factory
 
 FRAMES = 100_000 if LONG else 10_000
 SEEDS = valid_frames()
@@ -138,7 +138,7 @@ import sys
 sys.path.insert(0, sys.argv.pop(1))
 import atheris
 with atheris.instrument_imports():
-    from node import wire
+    from node.protocol import wire
     from node.errors import FrameError
 from adversary import ROSTER, valid_frames
 SEEN = {wire.peek_origin(f) for f in valid_frames()}

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from adversary import TALLY
-from node import wire
-from node.alerts import Alert, Kind, State
+from node.protocol import wire
+from node.protocol.alerts import Alert, Kind, State
 from node.store import Store
 
 CODE = "codes and numbers: ids, kinds, states, counters, bit masks"

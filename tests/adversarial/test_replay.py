@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 
 from adversary import TALLY, siren, snapshot, sounded
-from node import alerts, wire
-from node.alerts import Kind, State
+from node.protocol import alerts, wire
+from node.protocol.alerts import Kind, State
 from node.sim import Block
 
 HOUR = 3600.0

@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from node.alerts import State
+from node.protocol.alerts import State
 from node.sim import Block
-from node.sim_air import hops
+from node.radio.sim_air import hops
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -9,10 +9,10 @@ import base64
 import json
 import sys
 
-from node import wire
-from node.airtime import MESH_OVERHEAD, time_on_air
-from node.alerts import Kind, State
-from node.keys import SigningKey
+from node.protocol import wire
+from node.protocol.airtime import MESH_OVERHEAD, time_on_air
+from node.protocol.alerts import Kind, State
+from node.protocol.keys import SigningKey
 
 PRESETS = ("SHORT_FAST", "MEDIUM_FAST", "LONG_FAST")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from node.daemon import Node
+from node.daemon.node import Node
 from node.sim import Block, provision
 
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from node.alerts import State
+from node.protocol.alerts import State
 from node.sim import Block
 
 

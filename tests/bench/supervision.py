@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from node import supervision, wire
-from node.daemon import VERDICT_JITTER
-from node.sim_air import Scheduler, SimAir, hops
+from node.protocol import supervision, wire
+from node.daemon.node import VERDICT_JITTER
+from node.radio.sim_air import Scheduler, SimAir, hops
 
 
 CHECK = 5.0  # seconds between supervision checks in this benchmark (the daemon checks every second)

@@ -32,7 +32,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from node.alerts import Kind
+from node.protocol.alerts import Kind
 from node.sim import Block
 
 

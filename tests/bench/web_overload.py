@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from node import hardware
-    from node.daemon import Node
+    from node.daemon.node import Node
+    from node.hardware import devices as hardware
     from node.sim import provision
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""The node's link to the mesh. The only module that imports meshtastic or pyserial.
+"""The node's link to the mesh: the daemon's only way to the radio.
 
 A ``Link`` carries opaque frames: ``send(frame)`` hands one to the radio, and
 ``start(on_receive)`` registers the callback that gets every frame heard.
@@ -32,13 +32,12 @@ import collections
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from typing import Callable
 
-from node.config import parse_host_port
 from node.errors import RadioError
+from node.radio.interface import CLOSE_TIMEOUT, CONNECT_TIMEOUT, close_interface, describe, open_interface
 
 log = logging.getLogger(__name__)
 
@@ -132,38 +131,12 @@ def text_alert(state: str, place: str, alert_id: str, language: str) -> str | No
 
 # -- the real radio ------------------------------------------------------------------------
 
-MIN_FIRMWARE = (2, 6, 11)
-DEFAULT_PSK = b"\x01"           # Meshtastic's well-known default channel key, shown as AQ==
-CONNECT_TIMEOUT = 15.0          # seconds for the config handshake
 SEND_TIMEOUT = 5.0              # seconds for the library to take one frame
-CLOSE_TIMEOUT = 3.0             # seconds for close() before we abandon the old interface
 BACKOFF = (0.2, 0.5, 1.0, 2.0)  # seconds between reconnect attempts; the last repeats
 TEXT_INTERVAL = 2.0             # seconds: the firmware takes one text message per 2 s
 TRANSIENT_NAKS = {"DUTY_CYCLE_LIMIT", "RATE_LIMIT_EXCEEDED", "NO_CHANNEL", "NO_INTERFACE", "TIMEOUT",
                   "MAX_RETRANSMIT"}
 
-
-def firmware_tuple(version: str) -> tuple[int, int, int] | None:
-    match = re.match(r"(\d+)\.(\d+)\.(\d+)", version or "")
-    return tuple(int(x) for x in match.groups()) if match else None  # type: ignore[return-value]
-
-
-def check_radio(firmware: str, psk: bytes, mqtt_enabled: bool, region: int) -> dict[str, str]:
-    """Start-up checks on the radio's settings, as TROUBLE sentences saying what to do."""
-    found: dict[str, str] = {}
-    version = firmware_tuple(firmware)
-    if version is None or version < MIN_FIRMWARE:
-        found["radio-firmware"] = (f"radio firmware {firmware or 'unknown'} is older than 2.6.11 and has the "
-                                   "duplicate-key flaw CVE-2025-52464: flash 2.6.11 or newer")
-    if psk in (b"", DEFAULT_PSK):
-        found["radio-channel"] = ("the radio's channel uses the public default key" if psk else
-                                  "the radio's channel has no key") + \
-            ": run 'silbato radio configure' to set the block's private channel key"
-    if mqtt_enabled:
-        found["radio-mqtt"] = "MQTT uplink is on, so alerts could leave the block: turn MQTT off on the radio"
-    if region == 0:
-        found["radio-region"] = "the radio's LoRa region is unset, so it will not transmit: set the region"
-    return found
 
 
 class MeshtasticLink(Link):
@@ -455,146 +428,3 @@ class MeshtasticLink(Link):
         self.connected.clear()
         if iface is not None:
             close_interface(iface)
-
-
-def close_interface(iface, timeout: float = CLOSE_TIMEOUT) -> None:
-    """Close a meshtastic interface, giving up after ``timeout`` seconds (its close() can hang)."""
-    def quiet_close() -> None:
-        try:
-            iface.close()
-        except Exception as exc:
-            log.debug("closing the radio interface: %s", exc)
-
-    closer = threading.Thread(target=quiet_close, name="radio-close", daemon=True)
-    closer.start()
-    closer.join(timeout)
-    if closer.is_alive():
-        log.warning("closing the radio interface hung; abandoning it")
-
-
-_REPORTING: dict[type, type] = {}
-
-
-def _reporting(base: type) -> type:
-    """``base`` (a meshtastic interface class) that also reports each queueStatus to the link.
-
-    The library keeps queueStatus to itself; the link needs it to know the radio
-    really took a frame.
-    """
-    if base not in _REPORTING:
-        class Reporting(base):  # type: ignore[misc, valid-type]
-            silbato_on_queue_status = None
-
-            def _handleQueueStatusFromRadio(self, queueStatus) -> None:  # noqa: N802, N803 (the library's names)
-                super()._handleQueueStatusFromRadio(queueStatus)
-                if self.silbato_on_queue_status is not None:
-                    self.silbato_on_queue_status(queueStatus)
-
-        Reporting.__name__ = f"Reporting{base.__name__}"
-        _REPORTING[base] = Reporting
-    return _REPORTING[base]
-
-
-# -- provisioning and inspection (``silbato radio configure`` and ``silbato radio info``) ----
-
-def open_interface(*, port: str = "", tcp: str = "", timeout: float = CONNECT_TIMEOUT):
-    """A connected meshtastic interface for ``port`` (serial) or ``tcp`` (host:port); raises RadioError."""
-    try:
-        if port:
-            if not os.path.exists(port):
-                raise RadioError(f"no radio at {port}: check the USB cable")
-            from meshtastic.serial_interface import SerialInterface
-            return _reporting(SerialInterface)(port, noNodes=False, timeout=int(timeout))
-        from meshtastic.tcp_interface import TCPInterface
-        host, number = parse_host_port(tcp)
-        return _reporting(TCPInterface)(host, portNumber=number, timeout=int(timeout))
-    except RadioError:
-        raise
-    except Exception as exc:
-        raise RadioError(f"radio at {port or tcp} did not answer: {exc}") from exc
-
-
-def describe(iface, channel: int) -> tuple[dict[str, object], dict[str, str]]:
-    """What the radio says about itself, and the start-up checks' TROUBLE sentences."""
-    from meshtastic.protobuf import config_pb2
-
-    node = iface.localNode
-    firmware = getattr(iface.metadata, "firmware_version", "") if getattr(iface, "metadata", None) else ""
-    channels = node.channels or []
-    settings = channels[channel].settings if len(channels) > channel else None
-    psk = bytes(settings.psk) if settings is not None else b""
-    lora = node.localConfig.lora
-    lora_enum = config_pb2.Config.LoRaConfig
-    info: dict[str, object] = {
-        "firmware": firmware or "unknown",
-        "node": f"!{iface.myInfo.my_node_num:08x}",
-        "region": lora_enum.RegionCode.Name(lora.region),
-        "preset": lora_enum.ModemPreset.Name(lora.modem_preset),
-        "hop_limit": lora.hop_limit,
-        "channel": f"{channel} ({settings.name if settings is not None and settings.name else 'unnamed'})",
-        "channel_key": "none" if not psk else "public default (AQ==)" if psk == DEFAULT_PSK else
-                       f"private, {len(psk) * 8}-bit",
-        "mqtt": "on" if node.moduleConfig.mqtt.enabled else "off",
-    }
-    return info, check_radio(firmware, psk, node.moduleConfig.mqtt.enabled, lora.region)
-
-
-def load_channel_key(path: str) -> bytes:
-    """The block's channel key: base64 of 16 or 32 random bytes, in a file only root can read."""
-    import base64
-
-    try:
-        text = open(path, encoding="ascii").read().strip()
-        key = base64.b64decode(text, validate=True)
-    except OSError as exc:
-        raise RadioError(f"{path}: cannot read the channel key: {exc.strerror} "
-                         "(create one with 'silbato radio keygen')") from None
-    except ValueError:
-        raise RadioError(f"{path}: the channel key is not base64") from None
-    if len(key) not in (16, 32):
-        raise RadioError(f"{path}: the channel key must be 16 or 32 bytes (AES-128 or AES-256), got {len(key)}")
-    return key
-
-
-def configure(iface, settings: dict, *, key: bytes, channel: int, source: str = "settings") -> list[str]:
-    """Apply ``settings`` (the ``meshtastic --configure`` YAML as a dict) and the channel key.
-
-    Returns one line per step done. Unknown sections or fields raise RadioError naming them.
-    """
-    from google.protobuf import json_format
-    from meshtastic.protobuf import channel_pb2
-
-    node = iface.localNode
-    done: list[str] = []
-    unknown = set(settings) - {"config", "module_config", "channel_name", "owner", "owner_short"}
-    if unknown:
-        raise RadioError(f"{source}: unknown top-level key {sorted(unknown)[0]!r}")
-    plans = []
-    for group, target in (("config", node.localConfig), ("module_config", node.moduleConfig)):
-        for section, values in (settings.get(group) or {}).items():
-            name = _snake(section)
-            if name not in target.DESCRIPTOR.fields_by_name:
-                raise RadioError(f"{source}: {group}.{section}: no such section")
-            message = getattr(target, name)
-            try:
-                json_format.ParseDict(values or {}, message)
-            except json_format.ParseError as exc:
-                raise RadioError(f"{source}: {group}.{section}: {exc}") from None
-            plans.append((group, name))
-    node.beginSettingsTransaction()
-    for group, name in plans:
-        node.writeConfig(name)
-        done.append(f"wrote {group}.{name}")
-    chan = node.channels[channel]
-    chan.settings.psk = key
-    chan.settings.name = str(settings.get("channel_name", "silbato"))[:11]
-    chan.role = channel_pb2.Channel.Role.PRIMARY if channel == 0 else channel_pb2.Channel.Role.SECONDARY
-    node.writeChannel(channel)
-    done.append(f"wrote channel {channel} ({chan.settings.name}) with the block's private key")
-    node.commitSettingsTransaction()
-    done.append("committed")
-    return done
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

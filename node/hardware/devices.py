@@ -1,6 +1,6 @@
 """Button, siren, status light and speaker. The only module that imports gpiozero.
 
-Wiring (BCM numbering, defaults in ``node.config``; the README has the diagram):
+Wiring (BCM numbering, defaults in ``node.config``; docs/hardware.md has the diagram):
 
 - panic button between GPIO17 and GND (internal pull-up; pressed reads low);
 - optional confirm button between ``hardware.confirm_pin`` and GND;
@@ -12,7 +12,7 @@ Wiring (BCM numbering, defaults in ``node.config``; the README has the diagram):
   an RGB LED or three LEDs on ``hardware.rgb_pins`` (red, green, blue), each through 330 ohm,
   common cathode to GND.
 
-The speaker needs no GPIO; ``node.speech`` renders and plays its announcements.
+The speaker needs no GPIO; ``node.hardware.speech`` renders and plays its announcements.
 
 Every device takes ``pin_factory``; tests and ``silbato sim`` pass gpiozero's
 ``MockFactory``, a laptop can set ``GPIOZERO_PIN_FACTORY=mock``.
@@ -29,93 +29,13 @@ from gpiozero import LED, RGBLED, Button, Buzzer, OutputDevice, TonalBuzzer
 from gpiozero.exc import GPIOZeroError
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from node import speech
-from node.alerts import State
+from node.hardware import speech
+from node.hardware.patterns import PIEZO_MID_TONE, SILENCEABLE, in_quiet_hours, pattern_for, pattern_steps
+from node.protocol.alerts import State
 from node.config import parse_pins, parse_quiet_hours
 from node.errors import HardwareError
 
 log = logging.getLogger(__name__)
-
-# Patterns are data: (on seconds, off seconds) steps, played ``repeat`` times. An off time
-# of 0 joins a step to the next: a relay stays on, a piezo changes pitch.
-Pattern = tuple[tuple[tuple[float, float], ...], int]
-
-PATTERNS: dict[str, Pattern] = {
-    "reported_origin": (((0.1, 0.1),) * 3, 1),         # short chirps at the node that reported
-    "reported": (((0.3, 0.2), (0.3, 0.0)), 1),           # indoor ding-dong elsewhere
-    "reported_quiet": (((0.05, 0.0),), 1),               # REPORTED elsewhere during quiet hours
-    "confirmed": (((1.0, 0.5), (1.0, 0.5), (1.0, 1.5)), 10),  # the whistle: three long blasts (repeat: see below)
-    "all_clear": (((0.2, 0.1), (0.4, 0.0)), 1),          # rising two-tone
-    "cancelled": (((0.3, 0.0), (0.5, 0.0)), 1),          # falling tone
-    "test": (((0.05, 0.0),), 1),                         # one quiet chirp
-    "ack": (((0.05, 0.05),) * 2, 1),                     # a hold was taken but changed nothing
-}
-
-# The piezo's note for each step of a pattern (within the TonalBuzzer's A5-A7 range,
-# where small piezos are loud). Relays and active buzzers have one pitch.
-TONES: dict[str, tuple[str, ...]] = {
-    "reported_origin": ("A6", "A6", "A6"),
-    "reported": ("E6", "C6"),
-    "reported_quiet": ("C6",),
-    "confirmed": ("E7", "E7", "E7"),
-    "all_clear": ("C6", "G6"),
-    "cancelled": ("G6", "C6"),
-    "test": ("A6",),
-    "ack": ("A6", "A6"),
-}
-PIEZO_MID_TONE = "A6"
-
-# What a short press silences: the alarms. Not the chirps that answer a captain's own hold.
-SILENCEABLE = frozenset({"reported", "reported_quiet", "confirmed", "all_clear", "cancelled"})
-
-# Before this time (2024-01-01) the clock is taken as unknown and quiet hours do not apply.
-CLOCK_KNOWN_AFTER = 1_704_067_200.0
-
-
-def pattern_for(state: State, *, at_origin: bool, test: bool, quiet: bool = False) -> str:
-    """The name of the siren pattern for a new alert state ("" for none).
-
-    ``quiet`` (quiet hours) softens REPORTED elsewhere to one chirp and silences TEST;
-    it never changes CONFIRMED.
-    """
-    if test:
-        return "" if quiet else "test"
-    if state is State.REPORTED:
-        if at_origin:
-            return "reported_origin"
-        return "reported_quiet" if quiet else "reported"
-    return {State.CONFIRMED: "confirmed", State.ALL_CLEAR: "all_clear", State.CANCELLED: "cancelled"}.get(state, "")
-
-
-def pattern_steps(name: str, *, confirmed_duration: float = 60.0) -> list[tuple[float, float, str]]:
-    """Pattern ``name`` unrolled: (on seconds, off seconds, piezo note) per step.
-
-    CONFIRMED repeats its three blasts for about ``confirmed_duration`` seconds.
-    """
-    steps, repeat = PATTERNS[name]
-    if name == "confirmed":
-        repeat = max(1, round(confirmed_duration / sum(on + off for on, off in steps)))
-    notes = TONES[name]
-    return [(on, off, notes[i]) for _ in range(repeat) for i, (on, off) in enumerate(steps)]
-
-
-def pattern_duration(name: str, *, confirmed_duration: float = 60.0) -> float:
-    """Seconds pattern ``name`` lasts."""
-    return sum(on + off for on, off, _ in pattern_steps(name, confirmed_duration=confirmed_duration))
-
-
-def in_quiet_hours(span: tuple[int, int] | None, now: float) -> bool:
-    """Whether local time ``now`` falls in ``span`` ((start, end) minutes after midnight; may wrap).
-
-    A clock that is plainly unset (a Pi without network or RTC) never counts as quiet.
-    """
-    if span is None or now < CLOCK_KNOWN_AFTER:
-        return False
-    local = time.localtime(now)
-    minute = local.tm_hour * 60 + local.tm_min
-    start, end = span
-    return start <= minute < end if start < end else minute >= start or minute < end
-
 
 Wait = Callable[[threading.Event, float], bool]
 
@@ -538,170 +458,6 @@ class Hardware:
                 log.exception("closing %s failed", type(device).__name__)
 
 
-# -- silbato hardware test -----------------------------------------------------------------
-
 def mock_factory() -> MockFactory:
     """Mock pins for a laptop and for ``silbato hardware test --mock``; PWM-capable, so a piezo works."""
     return MockFactory(pin_class=MockPWMPin)
-
-
-def scripted_hold(factory: MockFactory, seconds: float) -> Callable[[int], None]:
-    """For ``--mock``: a stand-in maintainer who presses pin N now and lets go ``seconds`` later."""
-    def press(pin: int) -> None:
-        factory.pin(pin).drive_low()
-        release = threading.Timer(seconds, factory.pin(pin).drive_high)
-        release.daemon = True
-        release.start()
-    return press
-
-
-def check(config: Mapping[str, Any], *, say: Callable[[str], None], ask: Callable[[str], bool] | None = None,
-          pin_factory=None, press: Callable[[int], None] | None = None, wait: float = 30.0, step: float = 1.0,
-          places: Mapping[int, str] | None = None, cache_dir=None) -> bool:
-    """``silbato hardware test``: drive each part and say one PASS, FAIL, WARN or SKIP line per step.
-
-    ``ask(question)`` asks the maintainer whether they saw or heard something. With mock pins
-    the pins' history is checked instead; with neither, a step passes when the part was driven
-    without error. ``press(pin)`` scripts the button press (``--mock``). ``step``: seconds each
-    light mode and siren pattern is shown at most; ``wait``: seconds to wait for a press.
-    Returns True when no step failed.
-    """
-    failed = False
-
-    def report(word: str, part: str, detail: str) -> None:
-        nonlocal failed
-        failed = failed or word == "FAIL"
-        say(f"{word} {part}: {detail}")
-
-    mock = isinstance(pin_factory, MockFactory)
-    pause = threading.Event().wait  # paces the show for a human; nothing waits on it
-    held = {"panic": threading.Event(), "confirm": threading.Event()}
-
-    def on_hold(which: str) -> Callable[[], bool]:
-        def handler() -> bool:
-            held[which].set()
-            hw.siren.sound("ack")  # the chirp a real hold gets
-            return True
-        return handler
-
-    try:
-        hw = Hardware(config, on_hold=on_hold("panic"), on_confirm=on_hold("confirm"), pin_factory=pin_factory)
-    except HardwareError as exc:
-        report("FAIL", "gpio", f"{exc} (if silbato-node runs, stop it first: systemctl stop silbato-node)")
-        return False
-    try:
-        _check_light(hw, config, report, ask, pin_factory if mock else None, pause, step)
-        _check_siren(hw, config, report, ask, pin_factory if mock else None, pause, step)
-        buttons = [("panic button", hw.button, held["panic"])]
-        if hw.confirm_button is not None:
-            buttons.append(("confirm button", hw.confirm_button, held["confirm"]))
-        for label, button, event in buttons:
-            _check_button(label, button, event, say, report, press, wait)
-    finally:
-        hw.close()
-    _check_speaker(config, report, ask, places or {1: "Building 1"}, cache_dir)
-    say("hardware test: " + ("FAILED" if failed else "passed"))
-    return not failed
-
-
-def _check_light(hw: Hardware, config, report, ask, factory, pause, step) -> None:
-    rgb = hw.light.rgb
-    pins = [factory.pin(n) for n in (parse_pins(config["hardware.rgb_pins"], 3)[:2] if rgb
-                                     else [config["hardware.light_pin"]])] if factory else []
-    for pin in pins:
-        pin.clear_states()
-    for alarm, trouble in ((False, False), (False, True), (True, False)):
-        hw.light.show(alarm=alarm, trouble=trouble)
-        pause(step)
-    hw.light.show(alarm=False, trouble=False)
-    shown = "slow green blink, amber blink, steady red" if rgb else "slow blink, fast blink, steady on"
-    if factory:
-        ok = all(any(s.state for s in pin.states) for pin in pins)
-        report("PASS" if ok else "FAIL", "light", f"{shown} (mock pins {'lit' if ok else 'never lit'})")
-    elif ask:
-        ok = ask(f"Did the status light show: {shown}?")
-        report("PASS" if ok else "FAIL", "light", shown if ok else
-               f"not seen: check the LED, its 330 ohm resistor and GPIO{config['hardware.light_pin']}")
-    else:
-        report("PASS", "light", f"{shown} (driven; not confirmed by eye)")
-
-
-def _check_siren(hw: Hardware, config, report, ask, factory, pause, step) -> None:
-    pin = factory.pin(config["hardware.siren_pin"]) if factory else None
-    for name in PATTERNS:
-        if pin is not None:
-            pin.clear_states()
-        total = pattern_duration(name, confirmed_duration=config["hardware.confirmed_duration"])
-        played = min(step, total)
-        hw.siren.sound(name)
-        pause(played)
-        hw.siren.silence()
-        detail = f"played {played:.2f} s of {total:.2f} s ({config['hardware.siren_kind']})"
-        if pin is not None:
-            ok = any(s.state for s in pin.states) and not pin.state
-            report("PASS" if ok else "FAIL", f"siren {name}", detail if ok else f"{detail}: the pin never switched")
-        else:
-            report("PASS", f"siren {name}", f"{detail}, driven")
-    if ask and pin is None:
-        ok = ask(f"Did the siren sound {len(PATTERNS)} different patterns?")
-        report("PASS" if ok else "FAIL", "siren", "heard" if ok else
-               f"not heard: check the siren's supply and the relay or transistor on GPIO{config['hardware.siren_pin']}")
-
-
-def _check_button(label: str, button: PanicButton, held: threading.Event, say, report, press, wait) -> None:
-    hold = button.hold_time
-    pressed, on_press = threading.Event(), button.when_pressed
-
-    def seen() -> None:  # a press counts even if it is over before anyone looks
-        pressed.set()
-        if on_press is not None:
-            on_press()
-
-    button.when_pressed = seen
-    say(f"Press and hold the {label} (GPIO{button.pin}) for {hold:g} s; waiting {wait:g} s ...")
-    if press is not None:
-        press(button.pin)
-    if not pressed.wait(wait):
-        report("FAIL", label, f"no press within {wait:g} s: check the wiring between GPIO{button.pin} and GND")
-        return
-    if held.wait(hold + 1.0):
-        report("PASS", label, f"pressed and held {hold:g} s: hold detected (light: white blinks, then blue)")
-    elif button.is_pressed:
-        report("FAIL", label, f"pressed, but no hold was detected after {hold + 1.0:g} s")
-    else:
-        report("FAIL", label, f"pressed, but released before the {hold:g} s hold time")
-    button.wait_for_release(wait)
-
-
-def _check_speaker(config, report, ask, places: Mapping[int, str], cache_dir) -> None:
-    import tempfile
-
-    if not config["speaker.device"]:
-        report("SKIP", "speaker", "speaker.device is empty: this node has no speaker")
-        return
-    with tempfile.TemporaryDirectory(prefix="silbato-speaker-") as tmp:
-        speaker = speech.from_config(config, places, cache_dir=cache_dir or tmp)
-        try:
-            speaker.prepare()
-            for source in speaker.sources():
-                report({"none": "WARN"}.get(source.how, "PASS"), f"speaker {source.language}", source.detail)
-            location = next(iter(places))
-            clips = speaker.clips(State.CONFIRMED, location)
-            for clip in clips:
-                ok, message = speaker.play_file(clip)
-                if not ok:
-                    report("FAIL", "speaker", message)
-                    return
-            seconds = sum(speech.wav_seconds(c) for c in clips)
-            detail = f"played the CONFIRMED chime and {len(clips) - 1} announcements ({seconds:.1f} s) " \
-                     f"on {config['speaker.device']}"
-            if ask:
-                ok = ask("Did you hear the chime and the announcements?")
-                report("PASS" if ok else "FAIL", "speaker", detail if ok else "not heard: check the speaker, "
-                       f"its amplifier and the ALSA device {config['speaker.device']} (aplay -l lists devices)")
-            else:
-                report("PASS", "speaker", detail)
-            if speaker.trouble:
-                report("FAIL", "speaker", speaker.trouble)
-        finally:
-            speaker.close()

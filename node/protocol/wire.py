@@ -27,7 +27,7 @@ known alive (2, saturating). Sent by a neighbour of the subject, flooded.
 
 A receipt's bitmaps and a heartbeat's vector are in roster order, so they are
 read only when the sender's roster version is the receiver's; k is 1 to 19 and
-n is 0 to 36 (``node.coverage``, ``node.supervision``).
+n is 0 to 36 (``node.protocol.coverage``, ``node.protocol.supervision``).
 
 Signature (64 bytes): Ed25519 over ``b"silbato/1\\0" + block + b"\\0" + header + body``,
 where ``block`` is the roster's block name. The block name is not sent; it keeps a
@@ -47,9 +47,9 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Union
 
-from node.alerts import Kind, State, Transition, alert_id
+from node.protocol.alerts import Kind, State, Transition, alert_id
 from node.errors import FrameError
-from node.keys import Roster, SigningKey
+from node.protocol.keys import Roster, SigningKey
 
 VERSION = 1
 MAX_FRAME = 120
@@ -129,7 +129,7 @@ class ReceiptFrame:
 
 @dataclass(frozen=True)
 class HeartbeatFrame:
-    """The sender is alive: its troubles, its latest alert state, and its age vector (``node.supervision``)."""
+    """The sender is alive: its troubles, its latest alert state, and its age vector (``node.protocol.supervision``)."""
 
     origin: int
     counter: int

@@ -258,3 +258,34 @@ def install_roster(document: Any, organizer: Ed25519PublicKey, path: Path) -> Ro
     except OSError as exc:
         raise RosterError(f"{path}: cannot write roster: {exc.strerror or exc}") from None
     return roster
+
+
+# -- this node's identity, from its settings ------------------------------------------------
+
+@dataclass(frozen=True)
+class Identity:
+    """This node's signing key, the installed roster, and this node's entry on it."""
+
+    key: SigningKey
+    roster: Roster
+    me: Member
+
+
+def load_roster(cfg) -> Roster:
+    """The installed roster (``cfg.roster_file``), verified against ``node.organizer_key``; raises RosterError."""
+    return Roster.load(cfg.roster_file, load_public(Path(cfg["node.organizer_key"])))
+
+
+def load_identity(cfg) -> Identity:
+    """This node's key and roster entry (``cfg`` is a ``node.config.Config``).
+
+    Raises KeyFileError or RosterError, naming the file, when the key is missing or
+    not (or no longer) on the installed roster.
+    """
+    key = SigningKey.load(cfg.key_file)
+    roster = load_roster(cfg)
+    me = roster.find_key(key.public_raw)
+    if me is None or me.revoked:
+        raise RosterError(f"{cfg.key_file}: this node's key is {'revoked' if me else 'not'} on "
+                          f"roster v{roster.version}; ask the organizers for a roster with it")
+    return Identity(key, roster, me)

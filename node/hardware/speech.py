@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from node.alerts import State
+from node.protocol.alerts import State
 
 log = logging.getLogger(__name__)
 

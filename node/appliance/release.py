@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from node.errors import SilbatoError
-from node.host import Layout, base_python
+from node.appliance.host import Layout, base_python
 
 Say = Callable[[str], None]
 COMPLETE = ".complete"
@@ -267,7 +267,7 @@ def share_dir(release: Path | None = None) -> Path:
     """
     if release is not None:
         return release / "venv" / "share" / "silbato"
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").is_file() and (checkout / "systemd").is_dir():
         return checkout
     return Path(sys.prefix) / "share" / "silbato"

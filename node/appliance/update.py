@@ -1,6 +1,6 @@
 """``silbato update --from SOURCE``: move this node to another release, or stay on the old one.
 
-1. install the new release beside the old (``node.release``);
+1. install the new release beside the old (``node.appliance.release``);
 2. apply its migrations to a copy of the database (``silbato migrate --db COPY`` with the new code);
 3. run ``silbato doctor`` with the new code, on that copy;
 4. install its units, switch ``current`` and restart the services;
@@ -31,11 +31,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from node import doctor as doctor_mod
-from node import install as install_mod
-from node import release as release_mod
+from node.appliance import doctor as doctor_mod
+from node.appliance import install as install_mod
+from node.appliance import release as release_mod
 from node.config import Config
-from node.host import SERVICES, DirectoryHost, Host, Layout
+from node.appliance.host import SERVICES, DirectoryHost, Host, Layout
 
 Say = Callable[[str], None]
 

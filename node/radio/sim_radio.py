@@ -10,14 +10,14 @@ USB, so the node's ``MeshtasticLink`` is tested through the real library:
   the LoRa and device config, the MQTT module config, eight channels and
   ``config_complete_id``;
 - every packet sent gets a ``queueStatus``; refusals come back as routing NAKs;
-- packets go out on, and come in from, the simulated air of ``node.sim_air``.
+- packets go out on, and come in from, the simulated air of ``node.radio.sim_air``.
 
 It listens on a pty (``os.openpty``, raw mode) reached through a symlink, the
 way ``/dev/serial/by-id/...`` links reach ``/dev/ttyACM0``, and optionally on a
 loopback TCP port for ``TCPInterface``. ``unplug()`` and ``plug()`` model the USB
 cable: the symlink goes, the pty closes, and a replug gets a new pty path.
 
-This module imports meshtastic's protobuf classes only; ``node.radio`` stays the
+This module imports meshtastic's protobuf classes only; ``node.radio.interface`` stays the
 one module that imports the meshtastic interfaces.
 """
 
@@ -35,7 +35,7 @@ from pathlib import Path
 from meshtastic.protobuf import (admin_pb2, channel_pb2, config_pb2, localonly_pb2, mesh_pb2,
                                  module_config_pb2, portnums_pb2)
 
-from node.sim_air import Packet, SimAir, SimRadio
+from node.radio.sim_air import Packet, SimAir, SimRadio
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from node import release as release_mod
+from node.appliance import release as release_mod
 from node.config import Config
 from node.errors import ConfigError
-from node.host import Host, Layout
+from node.appliance.host import Host, Layout
 
 Say = Callable[[str], None]
 
@@ -86,7 +86,7 @@ def node_name(cfg: Config) -> str:
     if cfg["wifi.name"]:
         return cfg["wifi.name"]
     from node.errors import SilbatoError
-    from node.keys import Roster, SigningKey, load_public
+    from node.protocol.keys import Roster, SigningKey, load_public
 
     try:
         roster = Roster.load(cfg.roster_file, load_public(Path(cfg["node.organizer_key"])))
@@ -99,7 +99,7 @@ def node_name(cfg: Config) -> str:
 
 def _block(cfg: Config) -> str:
     from node.errors import SilbatoError
-    from node.keys import Roster, load_public
+    from node.protocol.keys import Roster, load_public
 
     try:
         return Roster.load(cfg.roster_file, load_public(Path(cfg["node.organizer_key"]))).block

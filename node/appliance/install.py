@@ -6,13 +6,13 @@ already right. The steps, in order:
 1. the ``silbato`` system user, in the groups ``gpio``, ``dialout`` and ``audio``;
 2. ``/etc/silbato/silbato.toml`` from a commented template, if absent (``config_template``);
 3. the state directory;
-4. the release, in ``/opt/silbato/releases/<version>`` with its own venv (``node.release``),
+4. the release, in ``/opt/silbato/releases/<version>`` with its own venv (``node.appliance.release``),
    and ``/opt/silbato/current`` pointing at it;
 5. the units from the release's ``systemd/``, then ``systemctl daemon-reload``;
 6. the node key, if missing;
 7. the services enabled, and started once a roster is installed.
 
-Under a root other than ``/`` the privileged commands are recorded, not run (``node.host``).
+Under a root other than ``/`` the privileged commands are recorded, not run (``node.appliance.host``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Callable
 
 from node import config as config_mod
-from node import release as release_mod
+from node.appliance import release as release_mod
 from node.errors import SilbatoError
-from node.host import GROUPS, SERVICES, TIMERS, USER, Host, Layout
+from node.appliance.host import GROUPS, SERVICES, TIMERS, USER, Host, Layout
 
 Say = Callable[[str], None]
 
@@ -172,7 +172,7 @@ def _state_dir(state: Path, host: Host, say: Say) -> None:
 
 
 def _node_key(cfg: config_mod.Config, host: Host, say: Say) -> None:
-    from node.keys import SigningKey
+    from node.protocol.keys import SigningKey
 
     if cfg.key_file.exists():
         say(f"node key: kept {cfg.key_file}")
@@ -197,7 +197,7 @@ def _enable(cfg: config_mod.Config, host: Host, say: Say) -> None:
 
 def uninstall(layout: Layout, host: Host, *, purge: bool, say: Say) -> None:
     """Stop and remove the services and releases; with ``purge``, also settings, state and user."""
-    from node import wifi
+    from node.appliance import wifi
 
     try:
         state = config_mod.load(layout.config_file).state_dir if layout.config_file.exists() else layout.state_dir

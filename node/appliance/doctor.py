@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 
 from node import config as config_mod
 from node.errors import SilbatoError
-from node.host import SERVICES, TIMERS, Host
+from node.appliance.host import SERVICES, TIMERS, Host
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
@@ -58,7 +58,7 @@ class Result:
 
 def _probe_radio(cfg: config_mod.Config) -> tuple[dict, dict[str, str]]:
     """Open the radio, read its settings and close it: (info, TROUBLE sentences)."""
-    from node.radio import close_interface, describe, open_interface
+    from node.radio.interface import close_interface, describe, open_interface
 
     iface = open_interface(port=cfg["radio.port"], tcp=cfg["radio.tcp"])
     try:
@@ -125,7 +125,7 @@ def _days(seconds: float) -> str:
 
 @check("config")
 def check_config(doctor: Doctor) -> Iterator[Result]:
-    from node import wifi
+    from node.appliance import wifi
 
     try:
         cfg = config_mod.load(doctor.config_path)
@@ -144,7 +144,7 @@ def check_config(doctor: Doctor) -> Iterator[Result]:
 
 @check("key")
 def check_key(doctor: Doctor) -> Iterator[Result]:
-    from node.keys import SigningKey
+    from node.protocol.keys import SigningKey
 
     if doctor.cfg is None:
         yield from _needs_config(doctor, "key")
@@ -160,7 +160,7 @@ def check_key(doctor: Doctor) -> Iterator[Result]:
 
 @check("roster")
 def check_roster(doctor: Doctor) -> Iterator[Result]:
-    from node.keys import Roster, SigningKey, load_public
+    from node.protocol.keys import Roster, SigningKey, load_public
 
     cfg = doctor.cfg
     if cfg is None:

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node import __version__, supervision
+from node import __version__
+from node.protocol import supervision
 from node.config import Config
 from node.errors import SilbatoError
-from node.host import SERVICES, Host
+from node.appliance.host import SERVICES, Host
 
 
 def _uptime() -> float | None:
@@ -49,7 +50,7 @@ def collect(cfg: Config, host: Host) -> dict[str, Any]:
 
 def _from_store(path: Path) -> dict[str, Any]:
     """Active alerts, troubles and the daemon's start time, read-only."""
-    from node.alerts import Kind
+    from node.protocol.alerts import Kind
     from node.store import Store
 
     try:

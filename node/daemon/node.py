@@ -22,14 +22,15 @@ import time
 from dataclasses import replace
 from typing import Callable
 
-from node import alerts, coverage, speech, supervision, wire
-from node.airtime import MESH_OVERHEAD, time_on_air
-from node.alerts import Alert, Kind, Outcome, State, Transition
+from node.protocol import alerts, coverage, supervision, wire
+from node.hardware import speech
+from node.protocol.airtime import MESH_OVERHEAD, time_on_air
+from node.protocol.alerts import Alert, Kind, Outcome, State, Transition
 from node.config import Config, parse_weekly
 from node.errors import FrameError, RadioError, SilbatoError, StoreError, TransitionError
-from node.hardware import Hardware
-from node.keys import Roster, SigningKey, load_public
-from node.radio import FrameRefused, Link, MeshtasticLink, NullLink, text_alert
+from node.hardware.devices import Hardware
+from node.protocol.keys import Roster, SigningKey, load_public
+from node.radio.link import FrameRefused, Link, MeshtasticLink, NullLink, text_alert
 from node.service import Notifier
 from node.store import REQUEST_TTL, Store
 
@@ -527,7 +528,7 @@ class Node:
         building must be revoked. Then the files are overwritten and removed, and the node
         stops: without its key it cannot start again. Takes well under ``wipe.WIPE_WITHIN``.
         """
-        from node import wipe as wipe_mod
+        from node.daemon import wipe as wipe_mod
 
         started = time.monotonic()
         log.critical("WIPE (%s): telling the block, then destroying the key and the database", why)
@@ -986,7 +987,7 @@ class Node:
 
     def on_refused(self, frame: bytes, reason: str) -> None:
         """The radio took a frame but refused to transmit it: queue it again if that may pass."""
-        from node.radio import TRANSIENT_NAKS
+        from node.radio.link import TRANSIENT_NAKS
 
         if reason not in TRANSIENT_NAKS:
             log.error("radio refused a frame for good (%s); it is dropped", reason)

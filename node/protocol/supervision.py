@@ -43,8 +43,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
-from node import wire
-from node.airtime import MESH_OVERHEAD, time_on_air
+from node.protocol import wire
+from node.protocol.airtime import MESH_OVERHEAD, time_on_air
 
 AGE_UNIT = 4.0           # seconds per step of the 6-bit age, at least; longer on slow presets (age_unit)
 AGE_MAX = 63             # "no fresh evidence" (63 units: beyond the supervision period, whatever it is)

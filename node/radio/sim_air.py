@@ -8,7 +8,7 @@
   packet it has not seen (dedup on origin + packet id) after a random
   contention delay, while the hop limit lasts. A radio transmits one packet at a
   time. Each link drops a packet with its loss probability, from a seeded RNG.
-- ``SimRadio`` is a ``node.radio.Link``, so a node cannot tell it from a radio.
+- ``SimRadio`` is a ``node.radio.link.Link``, so a node cannot tell it from a radio.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from node.airtime import MESH_OVERHEAD, PRESETS, slot_time, symbol_time, time_on_air  # noqa: F401
+from node.protocol.airtime import MESH_OVERHEAD, PRESETS, slot_time, symbol_time, time_on_air  # noqa: F401
 from node.errors import RadioError
-from node.radio import Link, Receive
+from node.radio.link import Link, Receive
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ class SimRadio(Link):
         self._pending: dict[tuple[int, int], Packet] = {}  # rebroadcasts waiting for their delay
         self._ids = itertools.count(1)
         self._on_receive: Receive | None = None
-        # A radio with its own firmware model (node.sim_radio) takes whole packets here instead.
+        # A radio with its own firmware model (node.radio.sim_radio) takes whole packets here instead.
         self.on_packet: Callable[[Packet], None] | None = None
 
     # -- Link ------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The block protocol: pure code, time passed in; no I/O, no threads, no hardware."""
