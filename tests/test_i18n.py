@@ -9,25 +9,26 @@ from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 from websupport import add_captain, app_for, everywhere, login, make_block, until
 
+from node.catalog import DIRECTORY, LANGUAGES, po_file
 from node.protocol.alerts import State
-from web import i18n
 
-WEB = Path(__file__).parent.parent / "web"
-TRANSLATED = [lang for lang in i18n.LANGUAGES if lang != "en"]  # English is the source language
+ROOT = Path(__file__).parent.parent
+TRANSLATED = [lang for lang in LANGUAGES if lang != "en"]  # English is the source language
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 
 def source_messages() -> set[str]:
-    with (WEB / "babel.cfg").open() as fh:
+    with (DIRECTORY / "babel.cfg").open() as fh:
         method_map, options_map = parse_mapping_cfg(fh)
     messages = set()
-    for _file, _line, message, _comments, _context in extract_from_dir(str(WEB), method_map, options_map):
-        messages.update(message if isinstance(message, tuple) else [message])
+    for folder in ("web", "node"):  # the page, and the node's announcements and text alerts
+        for _file, _line, message, _comments, _context in extract_from_dir(str(ROOT / folder), method_map, options_map):
+            messages.update(message if isinstance(message, tuple) else [message])
     return {m for m in messages if m}
 
 
 def catalog(lang: str):
-    with i18n.po_file(lang).open("rb") as fh:
+    with po_file(lang).open("rb") as fh:
         return read_po(fh)
 
 
@@ -52,9 +53,9 @@ def test_every_message_is_translated(lang):
 
 
 def test_the_template_for_translators_is_current():
-    with (WEB / "translations" / "messages.pot").open("rb") as fh:
+    with (DIRECTORY / "messages.pot").open("rb") as fh:
         template = {m.id for m in read_po(fh) if m.id}
-    assert template == source_messages(), "run the pybabel extract line at the top of web/babel.cfg"
+    assert template == source_messages(), "run the pybabel extract line at the top of node/translations/babel.cfg"
 
 
 # -- the reader's language ------------------------------------------------------------------------
@@ -84,7 +85,7 @@ BANNERS = {"en": "RAID CONFIRMED at Building 1", "es": "REDADA CONFIRMADA en Bui
            "ko": "단속 확인됨: Building 1", "tl": "KUMPIRMADONG RAID sa Building 1"}
 
 
-@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+@pytest.mark.parametrize("lang", LANGUAGES)
 def test_the_banner_in_each_language(app, lang):
     html = app.test_client().get(f"/?lang={lang}").get_data(as_text=True)
     assert f'<html lang="{lang}">' in html
@@ -110,7 +111,7 @@ def test_the_one_tap_switch_is_remembered_in_a_cookie(app):
     live = client.get("/api/live").get_json()
     assert "단속 확인됨" in live["html"]
     links = re.findall(r'<a href="\?lang=(\w+)" hreflang="\w+" lang="\w+"( aria-current="true")?>', again)
-    assert [code for code, _ in links] == list(i18n.LANGUAGES)
+    assert [code for code, _ in links] == list(LANGUAGES)
     assert [code for code, current in links if current] == ["ko"]
     assert client.get("/?lang=xx").headers.get("Set-Cookie") is None  # unknown languages are ignored
 
@@ -138,7 +139,7 @@ def visible_text(html: str) -> str:
     return re.sub(r"&\w+;|&#\d+;", " ", html)
 
 
-@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+@pytest.mark.parametrize("lang", LANGUAGES)
 @pytest.mark.parametrize("role", ["neighbor", "captain"])
 def test_every_page_for_every_role_in_every_language(app, block, lang, role):
     client = app.test_client()

@@ -1,10 +1,10 @@
-"""Languages of the page: English, Spanish, Korean and Tagalog, from gettext ``.po`` files.
+"""Languages of the page: Flask-Babel, reading the one message catalog (node/catalog.py).
 
 The reader's language is, in order: ``?lang=xx`` (a one-tap switch, remembered in the
 ``lang`` cookie), the ``lang`` cookie, the browser's ``Accept-Language``, then the
-node's first language (``node.languages``). The ``.po`` files under
-``web/translations/<lang>/LC_MESSAGES/`` are the only source: they are compiled in
-memory when first used, so there is no build step and no ``.mo`` file to go stale.
+node's first language (``node.languages``). Flask-Babel reads the compiled catalog
+from ``node/translations/<locale>/LC_MESSAGES/messages.mo``; the app does not start
+if one is missing or older than its ``.po`` file (``catalog.CatalogError``).
 
 Times are shown in the node's local time zone (set it with ``timedatectl``).
 """
@@ -12,62 +12,17 @@ Times are shown in the node's local time zone (set it with ``timedatectl``).
 from __future__ import annotations
 
 import datetime as dt
-import io
-import threading
-from pathlib import Path
 
-from babel import Locale, support
 from babel.dates import format_datetime, format_time, format_timedelta
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
 from flask import current_app, g, request
-from flask_babel import Babel, Domain, get_locale
+from flask_babel import Babel, get_locale
 
-TRANSLATIONS = Path(__file__).parent / "translations"
-LANGUAGES = ("en", "es", "ko", "tl")
-# Each language named in itself, for the switch.
-NAMES = {"en": "English", "es": "Español", "ko": "한국어", "tl": "Tagalog"}
-# Babel (CLDR) knows Tagalog as Filipino.
-_BABEL_CODE = {"tl": "fil"}
+from node import catalog
+from node.catalog import LANGUAGES, NAMES
+
 COOKIE = "lang"
-
-
-def po_file(lang: str) -> Path:
-    return TRANSLATIONS / lang / "LC_MESSAGES" / "messages.po"
-
-
-class PoDomain(Domain):
-    """A Flask-Babel domain that reads the ``.po`` files directly (compiled once, in memory)."""
-
-    def __init__(self) -> None:
-        super().__init__(domain="messages")
-        self._lock = threading.Lock()
-
-    def get_translations(self):
-        lang = language_of(get_locale())
-        with self._lock:
-            if lang not in self.cache:
-                self.cache[lang] = _load(lang)
-            return self.cache[lang]
-
-
-def _load(lang: str):
-    path = po_file(lang)
-    if lang == "en" or not path.exists():
-        return support.NullTranslations()  # English is the source language
-    with path.open("rb") as fh:
-        catalog = read_po(fh, locale=_BABEL_CODE.get(lang, lang))
-    buffer = io.BytesIO()
-    write_mo(buffer, catalog)
-    buffer.seek(0)
-    return support.Translations(buffer, domain="messages")
-
-
-def language_of(locale: Locale | None) -> str:
-    """Our language code for a Babel locale (``fil_PH`` is ``tl``)."""
-    if locale is None:
-        return "en"
-    return {"fil": "tl"}.get(locale.language, locale.language)
+# Accept-Language may name a language by its locale: Tagalog as Filipino (fil).
+_ACCEPTED = {code: lang for lang in LANGUAGES for code in (lang, catalog.LOCALES[lang])}
 
 
 def choose_language() -> str:
@@ -78,17 +33,17 @@ def choose_language() -> str:
     cookie = request.cookies.get(COOKIE, "")
     if cookie in LANGUAGES:
         return cookie
-    offered = [*LANGUAGES, "fil"]
-    best = request.accept_languages.best_match(offered)
+    best = request.accept_languages.best_match(list(_ACCEPTED))
     if best:
-        return "tl" if best == "fil" else best
+        return _ACCEPTED[best]
     return current_app.config["LANGUAGES"][0]
 
 
 def init_app(app) -> None:
-    """Flask-Babel with the ``.po`` domain; ``g.lang`` holds the reader's language."""
-    babel = Babel(app, locale_selector=lambda: _BABEL_CODE.get(lang(), lang()))
-    babel.domain_instance = PoDomain()  # overrides Flask-Babel's .mo loader
+    """Flask-Babel on the node's catalog, in the reader's language (``g.lang``)."""
+    catalog.check()
+    Babel(app, locale_selector=lambda: catalog.LOCALES[lang()],
+          default_translation_directories=str(catalog.DIRECTORY))
 
     @app.after_request
     def remember_language(response):

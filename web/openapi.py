@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from node.catalog import LANGUAGES
 from web.data import ACTIONS, NOTE_MAX
 
 STATES = ["reported", "confirmed", "all_clear", "cancelled", "expired"]
@@ -65,7 +66,7 @@ SCHEMAS = {
 }
 
 _LANG = {"name": "lang", "in": "query", "required": False,
-         "schema": {"type": "string", "enum": ["en", "es", "ko", "tl"]},
+         "schema": {"type": "string", "enum": list(LANGUAGES)},
          "description": "the reader's language (default: the lang cookie, then Accept-Language)"}
 _ALERT_ID = {"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}
 

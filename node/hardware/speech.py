@@ -17,9 +17,9 @@ neighbor, from ``speaker.recordings_dir``, as 16-bit PCM WAV files::
     <recordings_dir>/<lang>/reported-<location>.wav    one place (wins over the generic file)
     <recordings_dir>/<lang>/confirmed-<location>.wav
 
-``SENTENCES`` gives the words to record. A language with neither a voice nor a
-recording falls back to the next configured language: its turn is skipped, and
-``silbato hardware test`` says so.
+``SENTENCES`` gives the words to record (``%(place)s`` is the place's name). A
+language with neither a voice nor a recording falls back to the next configured
+language: its turn is skipped, and ``silbato hardware test`` says so.
 
 A missing speaker, aplay or espeak-ng is a TROUBLE line (``Speaker.trouble``),
 never an exception; the siren does not depend on any of it.
@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from node import catalog
+from node.catalog import N_
 from node.protocol.alerts import State
 
 log = logging.getLogger(__name__)
@@ -49,19 +51,22 @@ RATE = 22050          # Hz, the sample rate of chimes (espeak-ng writes 22050 Hz
 SPEED = 140           # espeak-ng words per minute: slower than its default 175, for a hallway
 SPOKEN = (State.REPORTED, State.CONFIRMED)
 
-# The announcement for each state, per language. {place} is the place's name from the roster.
-SENTENCES: dict[str, dict[State, str]] = {
-    "en": {State.REPORTED: "Alert: immigration agents reported at {place}. Do not open the door.",
-           State.CONFIRMED: "Confirmed alert: immigration agents at {place}. Do not open the door. Stay inside."},
-    "es": {State.REPORTED: "Alerta: agentes de inmigración reportados en {place}. No abra la puerta.",
-           State.CONFIRMED: "Alerta confirmada: agentes de inmigración en {place}. No abra la puerta. "
-                            "Quédense adentro."},
-    "ko": {State.REPORTED: "경보: {place}에서 이민 단속 요원이 신고되었습니다. 문을 열지 마세요.",
-           State.CONFIRMED: "확인된 경보: {place}에 이민 단속 요원이 있습니다. 문을 열지 마세요. 안에 계세요."},
-    "tl": {State.REPORTED: "Babala: may iniulat na ahente ng imigrasyon sa {place}. Huwag buksan ang pinto.",
-           State.CONFIRMED: "Kumpirmadong babala: may ahente ng imigrasyon sa {place}. Huwag buksan ang pinto. "
-                            "Manatili sa loob."},
+# The announcement of each state, in English; node/translations has the other languages.
+# %(place)s is the place's name from the roster.
+WORDS = {
+    State.REPORTED: N_("Alert: immigration agents reported at %(place)s. Do not open the door."),
+    State.CONFIRMED: N_("Confirmed alert: immigration agents at %(place)s. Do not open the door. Stay inside."),
 }
+# The same, per language (the words to record for a language espeak-ng cannot speak).
+SENTENCES: dict[str, dict[State, str]] = {
+    lang: {state: catalog.translations(lang).gettext(words) for state, words in WORDS.items()}
+    for lang in catalog.LANGUAGES}
+
+
+def sentence(language: str, state: State, place: str) -> str:
+    """The announcement of ``state`` at ``place`` in ``language``."""
+    return SENTENCES[language][state] % {"place": place}
+
 
 # The espeak-ng voice for each language; a language whose voice espeak-ng lacks uses recordings.
 VOICES = {"en": "en-us", "es": "es-419", "ko": "ko", "tl": "tl"}
@@ -247,7 +252,7 @@ class Speaker:
                 for location, place in sorted(self.places.items()):
                     if self._closing.is_set():
                         return
-                    text = SENTENCES[lang][state].format(place=place)
+                    text = sentence(lang, state, place)
                     path = self._sentence_path(lang, voice, state, location, text)
                     keep.add(path.name)
                     if not path.exists() and not self.render(voice, text, path):
@@ -307,7 +312,7 @@ class Speaker:
         voice = self._voices.get(lang)
         if voice:
             place = self.places.get(location, f"location {location}")
-            path = self._sentence_path(lang, voice, state, location, SENTENCES[lang][state].format(place=place))
+            path = self._sentence_path(lang, voice, state, location, sentence(lang, state, place))
             return path if path.exists() else None  # never rendered at alert time
         if self.recordings_dir is not None:
             for name in (f"{state.word}-{location}.wav", f"{state.word}.wav"):

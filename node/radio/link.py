@@ -36,6 +36,8 @@ import threading
 import time
 from typing import Callable
 
+from node import catalog
+from node.catalog import N_
 from node.errors import RadioError
 from node.radio.interface import CLOSE_TIMEOUT, CONNECT_TIMEOUT, close_interface, describe, open_interface
 
@@ -107,26 +109,24 @@ class NullLink(Link):
 
 # External Notification on a plain radio (and the phone apps) ring on a text message
 # with the bell character; they ignore PRIVATE_APP. Codes and place names only.
-TEXT_ALERTS: dict[str, dict[str, str]] = {
-    "en": {"reported": "RAID REPORTED at {place}, not yet confirmed.",
-           "confirmed": "RAID CONFIRMED at {place}. Do not open the door.",
-           "all_clear": "ALL CLEAR at {place}."},
-    "es": {"reported": "REDADA REPORTADA en {place}, aún sin confirmar.",
-           "confirmed": "REDADA CONFIRMADA en {place}. No abra la puerta.",
-           "all_clear": "TODO DESPEJADO en {place}."},
-    "ko": {"reported": "단속 신고: {place}, 아직 확인되지 않음.",
-           "confirmed": "단속 확인: {place}. 문을 열지 마세요.",
-           "all_clear": "상황 종료: {place}."},
-    "tl": {"reported": "MAY ULAT NG RAID sa {place}, hindi pa kumpirmado.",
-           "confirmed": "KUMPIRMADONG RAID sa {place}. Huwag buksan ang pinto.",
-           "all_clear": "LIGTAS NA sa {place}."},
+# The words for each state, in English; node/translations has the other languages.
+TEXT_ALERTS: dict[str, str] = {
+    "reported": N_("RAID REPORTED at %(place)s, not yet confirmed."),
+    "confirmed": N_("RAID CONFIRMED at %(place)s. Do not open the door."),
+    "all_clear": N_("ALL CLEAR at %(place)s."),
 }
 
 
 def text_alert(state: str, place: str, alert_id: str, language: str) -> str | None:
-    """The bell text for ``state`` (reported, confirmed, all_clear), or None for other states."""
-    sentence = TEXT_ALERTS.get(language, TEXT_ALERTS["en"]).get(state)
-    return None if sentence is None else f"\a SILBATO {alert_id}: " + sentence.format(place=place)
+    """The bell text for ``state`` (reported, confirmed, all_clear), or None for other states.
+
+    A language Silbato does not speak gets English.
+    """
+    words = TEXT_ALERTS.get(state)
+    if words is None:
+        return None
+    translations = catalog.translations(language if language in catalog.LANGUAGES else catalog.SOURCE)
+    return f"\a SILBATO {alert_id}: " + translations.gettext(words) % {"place": place}
 
 
 # -- the real radio ------------------------------------------------------------------------
