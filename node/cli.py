@@ -1,4 +1,8 @@
-"""The ``silbato`` command: a thin click group over the library. Errors become one clear line."""
+"""The ``silbato`` command: a thin click group over the library. Errors become one clear line.
+
+The appliance's commands (install, uninstall, update, doctor, status, wifi, fleet) live in
+``node.appliance.commands``, beside the code they run, and are added to the group at the end.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,20 @@ import click
 
 from node import __version__
 from node import config as config_mod
+from node.appliance import commands as appliance_commands
 from node.errors import SilbatoError
+
+
+class Group(click.Group):
+    """A click group that ends any command raising ``SilbatoError`` with its one line (exit 1)."""
+
+    group_class = type  # its subgroups are Groups too
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SilbatoError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 def _setup_logging(level: str) -> None:
@@ -31,14 +48,25 @@ def _setup_logging(level: str) -> None:
 def load_config(ctx: click.Context) -> config_mod.Config:
     """The effective settings for this invocation; a bad file is one line naming the file and key."""
     if ctx.obj.get("config") is None:
-        try:
-            ctx.obj["config"] = config_mod.load(ctx.obj["config_path"])
-        except SilbatoError as exc:
-            raise click.ClickException(str(exc)) from None
+        ctx.obj["config"] = config_mod.load(ctx.obj["config_path"])
     return ctx.obj["config"]
 
 
-@click.group()
+def open_store(ctx: click.Context):
+    """The node's database (``node.store.Store``), closed when the command ends."""
+    from node.store import Store
+
+    return ctx.with_resource(Store(load_config(ctx).db_file))
+
+
+def _read_json(path: str):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise click.ClickException(f"{path}: not valid JSON: {exc}") from None
+
+
+@click.group(cls=Group)
 @click.version_option(__version__, prog_name="silbato")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help=f"Settings file (TOML). Default: {config_mod.DEFAULT_CONFIG_PATH} if it exists.")
@@ -63,10 +91,7 @@ def run(ctx: click.Context) -> None:
 
     cfg = load_config(ctx)
     _setup_logging(cfg["log.level"])
-    try:
-        sys.exit(daemon.run(cfg))
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
+    sys.exit(daemon.run(cfg))
 
 
 @cli.command()
@@ -110,10 +135,7 @@ def keys_init(ctx: click.Context, force: bool) -> None:
     from node.protocol.keys import SigningKey
 
     cfg = load_config(ctx)
-    try:
-        key = SigningKey.create(cfg.key_file, force=force)
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
+    key = SigningKey.create(cfg.key_file, force=force)
     click.echo(f"created {cfg.key_file}")
     click.echo(f"public key: {key.public_b64}")
 
@@ -124,11 +146,7 @@ def keys_show(ctx: click.Context) -> None:
     """Print this node's public key."""
     from node.protocol.keys import SigningKey
 
-    cfg = load_config(ctx)
-    try:
-        click.echo(SigningKey.load(cfg.key_file).public_b64)
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
+    click.echo(SigningKey.load(load_config(ctx).key_file).public_b64)
 
 
 # -- roster ------------------------------------------------------------------------------
@@ -144,10 +162,7 @@ def roster_keygen(path: str) -> None:
     """Create the organizers' signing key at PATH (0600) and its public key at PATH.pub."""
     from node.protocol.keys import SigningKey
 
-    try:
-        key = SigningKey.create(Path(path))
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
+    key = SigningKey.create(Path(path))
     Path(path + ".pub").write_text(key.public_b64 + "\n")
     click.echo(f"created {path} (keep it off the nodes) and {path}.pub (install on every node)")
 
@@ -161,11 +176,9 @@ def roster_sign(body: str, key_path: str, out: str) -> None:
     """Sign BODY, a JSON file {"block", "version", "nodes": [...]}, with the organizers' key."""
     from node.protocol.keys import SigningKey, sign_roster
 
+    data = _read_json(body)
     try:
-        data = json.loads(Path(body).read_text(encoding="utf-8"))
         document = sign_roster(data, SigningKey.load(Path(key_path)))
-    except ValueError as exc:
-        raise click.ClickException(f"{body}: not valid JSON: {exc}") from None
     except SilbatoError as exc:
         raise click.ClickException(f"{body}: {exc}") from None
     text = json.dumps(document, indent=1, ensure_ascii=False) + "\n"
@@ -184,13 +197,9 @@ def roster_install(ctx: click.Context, file: str) -> None:
     from node.protocol.keys import install_roster, load_public
 
     cfg = load_config(ctx)
+    document = _read_json(file)
     try:
-        document = json.loads(Path(file).read_text(encoding="utf-8"))
         result = install_roster(document, load_public(Path(cfg["node.organizer_key"])), cfg.roster_file)
-    except ValueError as exc:
-        if isinstance(exc, SilbatoError):
-            raise click.ClickException(f"{file}: {exc}") from None
-        raise click.ClickException(f"{file}: not valid JSON: {exc}") from None
     except SilbatoError as exc:
         raise click.ClickException(f"{file}: {exc}") from None
     click.echo(f"installed roster v{result.version} of block {result.block!r} "
@@ -201,13 +210,9 @@ def roster_install(ctx: click.Context, file: str) -> None:
 @click.pass_context
 def roster_show(ctx: click.Context) -> None:
     """Print the installed roster after checking its signature."""
-    from node.protocol.keys import Roster, load_public
+    from node.protocol.keys import load_roster
 
-    cfg = load_config(ctx)
-    try:
-        r = Roster.load(cfg.roster_file, load_public(Path(cfg["node.organizer_key"])))
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
+    r = load_roster(load_config(ctx))
     click.echo(f"block {r.block!r}, version {r.version}")
     for m in r.members.values():
         click.echo(f"  {m.id:5d} {m.name:8s} location {m.location:5d} {m.place}{'  REVOKED' if m.revoked else ''}")
@@ -232,9 +237,8 @@ def wipe(ctx: click.Context, yes: bool) -> None:
     key = cfg.key_file
     if cfg.db_file.exists():
         try:  # a running daemon tells the block in its last heartbeat, then wipes itself
-            store = Store(cfg.db_file)
-            store.add_request("wipe", captain="silbato wipe", now=time.time())
-            store.close()
+            with Store(cfg.db_file) as store:  # closed at once: the daemon is about to delete the file
+                store.add_request("wipe", captain="silbato wipe", now=time.time())
         except SilbatoError as exc:
             click.echo(f"could not ask the node daemon ({exc}); wiping the files directly", err=True)
         deadline = started + wipe_mod.WIPE_WITHIN / 2
@@ -253,29 +257,13 @@ def radio() -> None:
     """The Meshtastic radio: inspect it, give it the block's settings."""
 
 
-def _open_radio(cfg: config_mod.Config):
-    from node.radio.interface import open_interface
-
-    if not (cfg["radio.port"] or cfg["radio.tcp"]):
-        raise click.ClickException("no radio configured: set radio.port (or radio.tcp)")
-    try:
-        return open_interface(port=cfg["radio.port"], tcp=cfg["radio.tcp"])
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
 @radio.command("info")
 @click.pass_context
 def radio_info(ctx: click.Context) -> None:
     """Print the radio's firmware, node number, region, preset, channel and health."""
-    from node.radio.interface import close_interface, describe
+    from node.radio.interface import probe
 
-    cfg = load_config(ctx)
-    iface = _open_radio(cfg)
-    try:
-        info, troubles = describe(iface, cfg["radio.channel"])
-    finally:
-        close_interface(iface)
+    info, troubles = probe(load_config(ctx))
     for key, value in info.items():
         click.echo(f"{key:12s} {value}")
     click.echo(f"{'health':12s} {'ok' if not troubles else 'TROUBLE'}")
@@ -292,7 +280,7 @@ def radio_configure(ctx: click.Context, path: str) -> None:
     """Apply the block's radio settings and its private channel key to the radio."""
     import yaml
 
-    from node.radio.interface import close_interface, describe
+    from node.radio.interface import describe, opened
     from node.radio.provision import configure, load_channel_key
 
     cfg = load_config(ctx)
@@ -304,19 +292,11 @@ def radio_configure(ctx: click.Context, path: str) -> None:
         raise click.ClickException(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(settings, dict):
         raise click.ClickException(f"{path}: expected a mapping at the top level")
-    try:
-        key = load_channel_key(cfg["radio.channel_key_file"])
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-    iface = _open_radio(cfg)
-    try:
+    key = load_channel_key(cfg["radio.channel_key_file"])
+    with opened(cfg) as iface:
         for line in configure(iface, settings, key=key, channel=cfg["radio.channel"], source=path):
             click.echo(line)
         _, troubles = describe(iface, cfg["radio.channel"])
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        close_interface(iface)
     for sentence in troubles.values():
         click.echo(f"TROUBLE: {sentence}")
 
@@ -325,16 +305,12 @@ def radio_configure(ctx: click.Context, path: str) -> None:
 @click.pass_context
 def radio_keygen(ctx: click.Context) -> None:
     """Create the block's channel key file (32 random bytes, base64, mode 0600) if it is absent."""
-    cfg = load_config(ctx)
-    path = Path(cfg["radio.channel_key_file"])
-    if path.exists():
-        raise click.ClickException(f"{path}: a channel key exists; every node of the block must share one key")
     from node.protocol.keys import b64, write_secret
 
-    try:
-        write_secret(path, b64(os.urandom(32)))
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
+    path = Path(load_config(ctx)["radio.channel_key_file"])
+    if path.exists():
+        raise click.ClickException(f"{path}: a channel key exists; every node of the block must share one key")
+    write_secret(path, b64(os.urandom(32)))
     click.echo(f"created {path}; copy it to every node of the block, then run 'silbato radio configure'")
 
 
@@ -346,16 +322,26 @@ def purge(ctx: click.Context) -> None:
     """Delete ended alerts older than alerts.retention now, and truncate the WAL."""
     import time
 
-    from node.store import Store
+    retention = load_config(ctx)["alerts.retention"]
+    removed = open_store(ctx).purge(time.time(), retention)
+    click.echo(f"purged {removed} alerts older than {retention:.0f} s")
 
-    cfg = load_config(ctx)
-    try:
-        store = Store(cfg.db_file)
-        removed = store.purge(time.time(), cfg["alerts.retention"])
-        store.close()
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"purged {removed} alerts older than {cfg['alerts.retention']:.0f} s")
+
+@cli.command()
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The database file (default: the node's).")
+@click.pass_context
+def migrate(ctx: click.Context, db_path: Path | None) -> None:
+    """Apply the database migrations of this release (the daemon also does this when it starts)."""
+    from node.store import Store, migrations
+
+    path = db_path or load_config(ctx).db_file
+    if not path.exists():
+        raise click.ClickException(f"{path}: no such database")
+    with Store(path, readonly=True) as store:
+        pending = [m.name for m in migrations.pending(store.db)]
+    Store(path).close()  # opening it for writing applies them
+    click.echo(f"applied {len(pending)} migrations: {', '.join(pending)}" if pending else "no migrations pending")
 
 
 # -- captains ----------------------------------------------------------------------------
@@ -373,27 +359,19 @@ def captain_add(ctx: click.Context, name: str, replace: bool) -> None:
     """Create captain NAME (a handle, not a real name); asks for a password of 8 or more characters."""
     import time
 
-    from node.store import Store
     from web.auth import MIN_PASSWORD, hash_password, valid_name
 
     if not valid_name(name):
         raise click.ClickException(f"{name!r}: a name is 1-32 letters, digits, '.', '_' or '-'")
-    cfg = load_config(ctx)
+    store = open_store(ctx)
+    if store.captain(name) is not None and not replace:
+        raise click.ClickException(f"captain {name!r} exists; add --replace to set a new password")
+    password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
-        store = Store(cfg.db_file)
-        try:
-            if store.captain(name) is not None and not replace:
-                raise click.ClickException(f"captain {name!r} exists; add --replace to set a new password")
-            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-            try:
-                hashed = hash_password(password)
-            except ValueError:
-                raise click.ClickException(f"a password needs at least {MIN_PASSWORD} characters") from None
-            store.add_captain(name, hashed, time.time(), replace=replace)
-        finally:
-            store.close()
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
+        hashed = hash_password(password)
+    except ValueError:
+        raise click.ClickException(f"a password needs at least {MIN_PASSWORD} characters") from None
+    store.add_captain(name, hashed, time.time(), replace=replace)
     click.echo(f"captain {name!r} {'has a new password' if replace else 'added'}")
 
 
@@ -402,18 +380,7 @@ def captain_add(ctx: click.Context, name: str, replace: bool) -> None:
 @click.pass_context
 def captain_remove(ctx: click.Context, name: str) -> None:
     """Remove captain NAME; their sessions end at their next click."""
-    from node.store import Store
-
-    cfg = load_config(ctx)
-    try:
-        store = Store(cfg.db_file)
-        try:
-            removed = store.remove_captain(name)
-        finally:
-            store.close()
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-    if not removed:
+    if not open_store(ctx).remove_captain(name):
         raise click.ClickException(f"no captain {name!r}")
     click.echo(f"captain {name!r} removed")
 
@@ -422,18 +389,7 @@ def captain_remove(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def captain_list(ctx: click.Context) -> None:
     """List this node's captains."""
-    from node.store import Store
-
-    cfg = load_config(ctx)
-    try:
-        store = Store(cfg.db_file)
-        try:
-            rows = store.captains()
-        finally:
-            store.close()
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-    for row in rows:
+    for row in open_store(ctx).captains():
         click.echo(row["name"])
 
 
@@ -446,14 +402,13 @@ def hardware_group() -> None:
 
 def _this_place(cfg: config_mod.Config) -> dict[int, str]:
     """This node's location and place name from its key and roster, for the spoken test; a sample without them."""
-    from node.protocol.keys import Roster, SigningKey, load_public
+    from node.protocol.keys import load_identity
 
     try:
-        roster = Roster.load(cfg.roster_file, load_public(Path(cfg["node.organizer_key"])))
-        me = roster.find_key(SigningKey.load(cfg.key_file).public_raw)
+        me = load_identity(cfg).me
     except (SilbatoError, OSError):
-        me = None
-    return {me.location: me.place} if me is not None else {1: "Building 1"}
+        return {1: "Building 1"}
+    return {me.location: me.place}
 
 
 @hardware_group.command("test")
@@ -512,306 +467,14 @@ def sim(n: int, topology: str, port_base: int, loss: float, preset: str, seed: i
     root = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="silbato-sim-"))
     try:
         run_demo(root, n, topology, port_base=port_base, loss=loss, preset=preset, seed=seed, scale=scale,
-                 radio=radio)
-    except (SilbatoError, OSError) as exc:
+                 radio=radio, say=click.echo)
+    except OSError as exc:  # a port in use
         raise click.ClickException(str(exc)) from None
 
 
 # -- the appliance: install, update, doctor, status, Wi-Fi, fleet ------------------------
 
-_ROOT_HELP = ("Act on the node installed under DIR instead of / (tests, trials): its settings are "
-              "DIR/etc/silbato/silbato.toml, and the commands that need root privileges (useradd, "
-              "systemctl, nmcli) are printed, not run.")
-
-
-def _root_option(fn):
-    return click.option("--root", "root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
-                        envvar="SILBATO_ROOT", show_default=True, help=_ROOT_HELP)(fn)
-
-
-def _layout(root: Path):
-    from node.appliance.host import Layout, host_for
-
-    layout = Layout(root)
-    return layout, host_for(layout)
-
-
-def _root_config_path(ctx: click.Context, layout) -> Path | None:
-    """``--config`` if given; else the layout's settings file (None: the default, for root /)."""
-    if ctx.obj.get("config_path"):
-        return Path(ctx.obj["config_path"])
-    return None if layout.is_system else layout.config_file
-
-
-def _root_config(ctx: click.Context, layout) -> config_mod.Config:
-    try:
-        return config_mod.load(_root_config_path(ctx, layout))
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _wheel_for(source: str | None, workdir: Path) -> Path:
-    from node.appliance import release
-
-    if source is None:
-        checkout = release.share_dir()
-        if not (checkout / "pyproject.toml").is_file():
-            raise click.ClickException("give --from: a wheel file, a source directory or a git URL")
-        source = str(checkout)
-    try:
-        return release.build_wheel(source, workdir, say=click.echo)
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-@cli.command()
-@_root_option
-@click.option("--from", "source", default=None, metavar="SOURCE",
-              help="The release: a wheel file, a source directory or a git URL. Default: this checkout.")
-@click.pass_context
-def install(ctx: click.Context, root: Path, source: str | None) -> None:
-    """Make this machine a node (run as root): user, settings, release, units, key, services. Idempotent."""
-    import shutil
-
-    from node.appliance import install as install_mod
-    from node.appliance.release import temporary_dir
-
-    layout, host = _layout(root)
-    if host.real and os.geteuid() != 0:
-        raise click.ClickException("run 'silbato install' as root (sudo), or give --root DIR")
-    workdir = temporary_dir()
-    try:
-        wheel = _wheel_for(source, workdir)
-        install_mod.install(layout, host, wheel, say=click.echo)
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    click.echo(f"install: done; check it with 'silbato doctor{'' if layout.is_system else f' --root {root}'}'")
-
-
-@cli.command()
-@_root_option
-@click.option("--purge", is_flag=True, help="Also remove the settings, the state directory (node key, alerts) "
-                                            "and the silbato user.")
-@click.option("--yes", is_flag=True, help="Do not ask before --purge deletes the node key and alerts.")
-@click.pass_context
-def uninstall(ctx: click.Context, root: Path, purge: bool, yes: bool) -> None:
-    """Stop and remove the services and the releases; keep settings and state unless --purge."""
-    from node.appliance import install as install_mod
-
-    layout, host = _layout(root)
-    if host.real and os.geteuid() != 0:
-        raise click.ClickException("run 'silbato uninstall' as root (sudo), or give --root DIR")
-    if purge and not yes:
-        click.confirm("Delete this node's key, its alerts and its settings for good?", abort=True)
-    try:
-        install_mod.uninstall(layout, host, purge=purge, say=click.echo)
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-@cli.command()
-@_root_option
-@click.option("--from", "source", required=True, metavar="SOURCE",
-              help="The new release: a wheel file, a source directory or a git URL.")
-@click.option("--json", "as_json", is_flag=True, help="End with the outcome as one line of JSON (for fleet).")
-@click.option("--force", is_flag=True, help="Reinstall even if this version is the current one.")
-@click.pass_context
-def update(ctx: click.Context, root: Path, source: str, as_json: bool, force: bool) -> None:
-    """Install a release beside the current one, try it, switch, and roll back if it is not healthy."""
-    import shutil
-
-    from node.appliance.release import temporary_dir
-    from node.appliance.update import Outcome, Updater
-
-    layout, host = _layout(root)
-    if host.real and os.geteuid() != 0:
-        raise click.ClickException("run 'silbato update' as root (sudo), or give --root DIR")
-    cfg = _root_config(ctx, layout)
-    workdir = temporary_dir()
-    try:
-        wheel = _wheel_for(source, workdir)
-        outcome = Updater(layout, host, cfg, config_path=_root_config_path(ctx, layout), say=click.echo).run(
-            wheel, force=force)
-    except (SilbatoError, OSError) as exc:
-        outcome = Outcome(layout.current_version(), None, "failed", str(exc))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    old, new = outcome.old or "nothing", outcome.new or "?"
-    word = {"updated": f"updated {old} -> {new}", "unchanged": f"unchanged at {new}",
-            "rolled back": f"rolled back to {old}: {outcome.reason}"}.get(outcome.result, f"failed: {outcome.reason}")
-    click.echo(f"update: {word}")
-    if as_json:
-        click.echo(outcome.json())
-    ctx.exit(0 if outcome.ok else 1)
-
-
-@cli.command()
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The database file (default: the node's).")
-@click.pass_context
-def migrate(ctx: click.Context, db_path: Path | None) -> None:
-    """Apply the database migrations of this release (the daemon also does this when it starts)."""
-    from node.store import Store, migrations
-
-    path = db_path or load_config(ctx).db_file
-    if not path.exists():
-        raise click.ClickException(f"{path}: no such database")
-    try:
-        store = Store(path, readonly=True)
-        pending = [m.name for m in migrations.pending(store.db)]
-        store.close()
-        Store(path).close()  # opening it for writing applies them
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"applied {len(pending)} migrations: {', '.join(pending)}" if pending else "no migrations pending")
-
-
-@cli.command()
-@_root_option
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Check this database file instead of the node's (update checks a migrated copy).")
-@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
-@click.pass_context
-def doctor(ctx: click.Context, root: Path, db_path: Path | None, as_json: bool) -> None:
-    """Check settings, key, roster, radio, GPIO, database, clock, disk and services; exit 1 on any FAIL."""
-    from dataclasses import asdict
-
-    from node.appliance import doctor as doctor_mod
-
-    layout, host = _layout(root)
-    results = doctor_mod.Doctor(host, config_path=_root_config_path(ctx, layout), db=db_path).run()
-    if as_json:
-        click.echo(json.dumps([asdict(r) for r in results]))
-    else:
-        for r in results:
-            click.echo(r.line())
-        click.echo(doctor_mod.summary(results))
-    ctx.exit(doctor_mod.exit_code(results))
-
-
-@cli.command()
-@_root_option
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for fleet status).")
-@click.pass_context
-def status(ctx: click.Context, root: Path, as_json: bool) -> None:
-    """A short summary: version, uptime, services, radio, active alerts and troubles."""
-    from node.appliance import status as status_mod
-
-    layout, host = _layout(root)
-    summary = status_mod.collect(_root_config(ctx, layout), host)
-    if as_json:
-        click.echo(json.dumps(summary))
-    else:
-        for line in status_mod.lines(summary):
-            click.echo(line)
-
-
-@cli.group()
-def wifi() -> None:
-    """The building's Wi-Fi: the node as a hotspot (ap) or on the building's network (lan)."""
-
-
-@wifi.command("apply")
-@_root_option
-@click.pass_context
-def wifi_apply(ctx: click.Context, root: Path) -> None:
-    """Write the NetworkManager, dnsmasq and avahi files for wifi.mode, and reload them."""
-    from node.appliance import wifi as wifi_mod
-
-    layout, host = _layout(root)
-    if host.real and os.geteuid() != 0:
-        raise click.ClickException("run 'silbato wifi apply' as root (sudo), or give --root DIR")
-    cfg = _root_config(ctx, layout)
-    try:
-        warnings = wifi_mod.apply(layout, host, cfg, say=click.echo)
-    except (SilbatoError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
-    for warning in warnings:
-        click.echo(f"WARN {warning}")
-    click.echo(f"wifi: mode {cfg['wifi.mode']} applied")
-
-
-@cli.group()
-@click.option("--ssh-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="An ssh_config file to use instead of ~/.ssh/config (ssh -F).")
-@click.pass_context
-def fleet(ctx: click.Context, ssh_config: Path | None) -> None:
-    """Look after the block's nodes over SSH from a maintainer's machine."""
-    ctx.obj["ssh_config"] = ssh_config
-
-
-def _ssh(ctx: click.Context):
-    from node.appliance.fleet import Ssh
-
-    return Ssh(ctx.obj.get("ssh_config"), say=click.echo)
-
-
-@fleet.command("update")
-@click.argument("hosts", nargs=-1, required=True)
-@click.option("--from", "source", required=True, metavar="SOURCE",
-              help="The release: a wheel file, a source directory or a git URL (built once, here).")
-@click.option("--batch", default=3, show_default=True, type=click.IntRange(1, 50),
-              help="Nodes updated at once after the canary (the first HOST).")
-@click.pass_context
-def fleet_update(ctx: click.Context, hosts: tuple[str, ...], source: str, batch: int) -> None:
-    """Update HOSTS: the first alone (the canary), then BATCH at a time; stop at the first failure."""
-    import shutil
-
-    from node.appliance import fleet as fleet_mod
-    from node.appliance.release import temporary_dir, wheel_version
-
-    workdir = temporary_dir()
-    try:
-        wheel = _wheel_for(source, workdir)
-        click.echo(f"fleet: release {wheel_version(wheel)}; canary {hosts[0]}, then {batch} at a time")
-        results, seconds = fleet_mod.timed(lambda: fleet_mod.update(hosts, wheel, ssh=_ssh(ctx), batch=batch))
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    for line in fleet_mod.update_table(results):
-        click.echo(line)
-    done = sum(r.ok for r in results)
-    click.echo(f"fleet: {done} of {len(results)} nodes on {wheel_version(wheel)} in {seconds:.1f} s")
-    ctx.exit(0 if done == len(results) else 1)
-
-
-@fleet.command("status")
-@click.argument("hosts", nargs=-1, required=True)
-@click.pass_context
-def fleet_status(ctx: click.Context, hosts: tuple[str, ...]) -> None:
-    """Each node's version, health and the alerts it holds."""
-    from node.appliance import fleet as fleet_mod
-
-    try:
-        found = fleet_mod.status(hosts, ssh=_ssh(ctx))
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-    for line in fleet_mod.status_lines(found):
-        click.echo(line)
-    ctx.exit(0 if all(summary is not None for _, summary, _ in found) else 1)
-
-
-@fleet.command("roster")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("hosts", nargs=-1, required=True)
-@click.option("--batch", default=3, show_default=True, type=click.IntRange(1, 50),
-              help="Nodes done at once after the canary (the first HOST).")
-@click.pass_context
-def fleet_roster(ctx: click.Context, file: Path, hosts: tuple[str, ...], batch: int) -> None:
-    """Install the signed roster FILE on HOSTS (canary first) and restart their daemons."""
-    from node.appliance import fleet as fleet_mod
-
-    try:
-        results = fleet_mod.roster(hosts, file, ssh=_ssh(ctx), batch=batch)
-    except SilbatoError as exc:
-        raise click.ClickException(str(exc)) from None
-    rows = [(r.host, r.new or "-", f"{r.result}: {r.reason}" if r.reason else r.result) for r in results]
-    for line in fleet_mod.table(rows, ("HOST", "ROSTER", "RESULT")):
-        click.echo(line)
-    ctx.exit(0 if all(r.ok for r in results) else 1)
+appliance_commands.add_to(cli)
 
 
 if __name__ == "__main__":

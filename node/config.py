@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import tomli_w
+
 from node.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/silbato/silbato.toml")
@@ -369,9 +371,11 @@ def _validate(values: dict[str, Any], source: str) -> None:
                  "supervision.receipt_timeout"):
         if not 0 < values[name] < float("inf"):  # also refuses NaN
             raise ConfigError(f"{source}: {name}: expected a positive number of seconds, got {values[name]}")
-    bad = [lang for lang in values["node.languages"].split(",") if lang.strip() not in ("en", "es", "ko", "tl")]
+    from node.catalog import LANGUAGES  # declared once, there
+
+    bad = [lang for lang in values["node.languages"].split(",") if lang.strip() not in LANGUAGES]
     if bad:
-        raise ConfigError(f"{source}: node.languages: expected some of en, es, ko, tl, got {bad[0]!r}")
+        raise ConfigError(f"{source}: node.languages: expected some of {', '.join(LANGUAGES)}, got {bad[0]!r}")
     if values["log.level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{source}: log.level: expected DEBUG, INFO, WARNING or ERROR, got {values['log.level']!r}")
     _validate_hardware(values, source)
@@ -385,16 +389,10 @@ def _validate_web(values: dict[str, Any], source: str) -> None:
 
 
 def render(config: Config) -> str:
-    """The effective settings as TOML-like lines, for ``silbato config show``."""
-    lines = [f"# effective settings (file: {config.source})"]
-    section = None
-    sections = list(dict.fromkeys(s.name.split(".", 1)[0] for s in SETTINGS))  # in order of first mention
-    for setting in sorted(SETTINGS, key=lambda s: sections.index(s.name.split(".", 1)[0])):
+    """The effective settings as TOML, one table per section, for ``silbato config show``."""
+    tables: dict[str, dict[str, Any]] = {}
+    for setting in SETTINGS:  # sections in order of first mention
         head, key = setting.name.split(".", 1)
-        if head != section:
-            lines.append(f"\n[{head}]")
-            section = head
         value = config[setting.name]
-        shown = f'"{value}"' if isinstance(value, (str, Path)) else str(value).lower() if isinstance(value, bool) else value
-        lines.append(f"{key} = {shown}")
-    return "\n".join(lines) + "\n"
+        tables.setdefault(head, {})[key] = str(value) if isinstance(value, Path) else value
+    return f"# effective settings (file: {config.source})\n\n" + tomli_w.dumps(tables)

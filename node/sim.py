@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from node import config as config_mod
 from node.daemon.node import Node
@@ -232,8 +232,12 @@ class Block:
 
 
 def run_demo(root: Path, n: int, topology: str, *, port_base: int, loss: float, preset: str, seed: int,
-             scale: float, radio: str = "air", stopping: threading.Event | None = None) -> None:
-    """The block demo: run until Ctrl-C (or ``stopping`` is set), printing where to look."""
+             scale: float, radio: str = "air", stopping: threading.Event | None = None,
+             say: Callable[[str], None] = lambda _: None) -> None:
+    """The block demo: run until Ctrl-C (or ``stopping`` is set), telling ``say`` where to look.
+
+    The last line said is JSON, ``{"stopped": true, "state": <root>}``.
+    """
     stopping = stopping or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -241,14 +245,14 @@ def run_demo(root: Path, n: int, topology: str, *, port_base: int, loss: float, 
     block.start()
     try:
         block.serve(port_base)
-        print(f"Silbato block demo: {n} nodes, {topology} topology, {preset}, {loss:.0%} loss per link, "
-              f"{'real meshtastic library on simulated radios' if radio == 'serial' else 'simulated air'}")
+        say(f"Silbato block demo: {n} nodes, {topology} topology, {preset}, {loss:.0%} loss per link, "
+            f"{'real meshtastic library on simulated radios' if radio == 'serial' else 'simulated air'}")
         for i in block.nodes:
-            print(f"  node {i} page: http://127.0.0.1:{port_base + i}/")
-        print(f"  control:     http://127.0.0.1:{port_base}/nodes")
-        print(f"Hold node 1's button: curl -X POST 'http://127.0.0.1:{port_base}/nodes/1/hold?seconds=3'")
-        print(f"Confirm from node 3:  curl -X POST http://127.0.0.1:{port_base}/nodes/3/confirm")
-        print("Ctrl-C stops the block.", flush=True)
+            say(f"  node {i} page: http://127.0.0.1:{port_base + i}/")
+        say(f"  control:     http://127.0.0.1:{port_base}/nodes")
+        say(f"Hold node 1's button: curl -X POST 'http://127.0.0.1:{port_base}/nodes/1/hold?seconds=3'")
+        say(f"Confirm from node 3:  curl -X POST http://127.0.0.1:{port_base}/nodes/3/confirm")
+        say("Ctrl-C stops the block.")
         while not stopping.wait(0.5):
             pass
     except KeyboardInterrupt:
@@ -256,4 +260,4 @@ def run_demo(root: Path, n: int, topology: str, *, port_base: int, loss: float, 
     finally:
         block.stop()
         log.info("block stopped; state kept in %s", root)
-        print(json.dumps({"stopped": True, "state": str(root)}))
+        say(json.dumps({"stopped": True, "state": str(root)}))

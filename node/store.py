@@ -157,6 +157,12 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     @contextmanager
     def transaction(self) -> Iterator["Store"]:
         """All writes inside commit together or not at all; sqlite errors become ``StoreError``."""

@@ -203,3 +203,14 @@ def test_render_round_trips_through_load(tmp_path):
     cfg = load(source, env={})
     again = load(write(tmp_path / "out.toml", render(cfg)), env={})
     assert dict(again) == dict(cfg)
+
+
+def test_render_quotes_a_value_with_a_quote_and_a_backslash(tmp_path):
+    import tomllib
+
+    awkward = 'C:\\radio "B7"\\'  # C:\radio "B7"\ : a quote and backslashes, one at the end
+    cfg = config.from_mapping({"wifi.ssid": awkward, "web.hotline": '\\"'})
+    parsed = tomllib.loads(render(cfg))
+    assert parsed["wifi"]["ssid"] == awkward and parsed["web"]["hotline"] == '\\"'
+    again = load(write(tmp_path / "out.toml", render(cfg)), env={})
+    assert dict(again) == dict(cfg)

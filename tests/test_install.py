@@ -121,3 +121,16 @@ def test_install_needs_root_privileges_for_the_real_root(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     result = CliRunner().invoke(cli, ["install", "--from", "x.whl"], obj={})
     assert result.exit_code == 1 and "run 'silbato install' as root" in result.output
+
+
+@pytest.mark.parametrize("words", [["uninstall"], ["update", "--from", "x.whl"], ["wifi", "apply"]])
+def test_every_command_that_changes_the_system_needs_root_privileges_and_says_which(monkeypatch, words):
+    from click.testing import CliRunner
+
+    from node.cli import cli
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("SILBATO_ROOT", raising=False)
+    result = CliRunner().invoke(cli, words, obj={})
+    name = " ".join(w for w in words if not w.startswith("-") and w != "x.whl")
+    assert result.exit_code == 1 and f"run 'silbato {name}' as root (sudo), or give --root DIR" in result.output

@@ -144,3 +144,31 @@ def test_an_unplugged_radio_keeps_the_frame_and_sends_it_once_back(make_block):
     assert run_until_all(block, alert.id, State.REPORTED, limit=30) is not None
     assert "radio" not in block.nodes[1].store.troubles()
     assert block.nodes[1].store.pending() == []
+
+
+def test_the_demo_tells_its_caller_where_to_look_and_prints_nothing(tmp_path, capfd):
+    import json
+    import threading
+
+    from test_cli import free_port_base
+
+    from node.sim import run_demo
+
+    base = free_port_base(2)
+    stopping, said = threading.Event(), []
+
+    def say(line):
+        said.append(line)
+        if "Ctrl-C stops the block" in line:
+            stopping.set()
+
+    # In a thread: run_demo takes SIGTERM only in the main thread, and pytest's must stay.
+    demo = threading.Thread(target=run_demo, args=(tmp_path / "demo", 2, "line"), daemon=True,
+                            kwargs={"port_base": base, "loss": 0.0, "preset": "MEDIUM_FAST", "seed": 1,
+                                    "scale": 5.0, "stopping": stopping, "say": say})
+    demo.start()
+    demo.join(60)
+    assert not demo.is_alive()
+    assert f"  node 2 page: http://127.0.0.1:{base + 2}/" in said
+    assert json.loads(said[-1]) == {"stopped": True, "state": str(tmp_path / "demo")}
+    assert capfd.readouterr().out == ""

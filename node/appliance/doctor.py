@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from node import config as config_mod
-from node.errors import SilbatoError
 from node.appliance.host import SERVICES, TIMERS, Host
+from node.errors import SilbatoError
+from node.radio.interface import probe
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
@@ -56,17 +57,6 @@ class Result:
         return f"{self.status} {self.check}: {self.detail}"
 
 
-def _probe_radio(cfg: config_mod.Config) -> tuple[dict, dict[str, str]]:
-    """Open the radio, read its settings and close it: (info, TROUBLE sentences)."""
-    from node.radio.interface import close_interface, describe, open_interface
-
-    iface = open_interface(port=cfg["radio.port"], tcp=cfg["radio.tcp"])
-    try:
-        return describe(iface, cfg["radio.channel"])
-    finally:
-        close_interface(iface)
-
-
 @dataclass
 class Doctor:
     """What the checks look at. ``config_path=None`` is the default settings file."""
@@ -77,7 +67,7 @@ class Doctor:
     clock: Callable[[], float] = time.time
     dev: Path = Path("/dev")
     disk_usage: Callable[[Path], tuple] = shutil.disk_usage
-    probe_radio: Callable[[config_mod.Config], tuple[dict, dict[str, str]]] = _probe_radio
+    probe_radio: Callable[[config_mod.Config], tuple[dict, dict[str, str]]] = probe  # opens the radio
     cfg: config_mod.Config | None = field(default=None, init=False)
 
     def run(self) -> list[Result]:
@@ -134,7 +124,7 @@ def check_config(doctor: Doctor) -> Iterator[Result]:
         return
     try:
         if cfg["wifi.mode"] != "off":
-            wifi._check(cfg)
+            wifi.check_settings(cfg)
     except SilbatoError as exc:
         yield Result(FAIL, "config", str(exc))
         return
@@ -160,19 +150,19 @@ def check_key(doctor: Doctor) -> Iterator[Result]:
 
 @check("roster")
 def check_roster(doctor: Doctor) -> Iterator[Result]:
-    from node.protocol.keys import Roster, SigningKey, load_public
+    from node.protocol.keys import SigningKey, load_roster
 
     cfg = doctor.cfg
     if cfg is None:
         yield from _needs_config(doctor, "roster")
         return
     try:
-        roster = Roster.load(cfg.roster_file, load_public(Path(cfg["node.organizer_key"])))
+        roster = load_roster(cfg)
     except SilbatoError as exc:
         yield Result(FAIL, "roster", str(exc))
         return
     described = f"v{roster.version} of block {roster.block!r}, {len(roster.members)} nodes, signed by the organizers"
-    try:
+    try:  # not keys.load_identity: this says which of missing and revoked it is, about the roster just shown
         me = roster.find_key(SigningKey.load(cfg.key_file).public_raw)
     except SilbatoError:
         me = None
@@ -227,15 +217,10 @@ def _daemon_troubles(doctor: Doctor, cfg: config_mod.Config) -> dict[str, str] |
     from node.store import Store
 
     try:
-        store = Store(doctor.db or cfg.db_file, readonly=True)
-    except SilbatoError:
+        with Store(doctor.db or cfg.db_file, readonly=True) as store:
+            return store.troubles()
+    except (SilbatoError, sqlite3.Error):
         return None
-    try:
-        return store.troubles()
-    except sqlite3.Error:
-        return None
-    finally:
-        store.close()
 
 
 @check("gpio")

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Callable
 
 from node.appliance import release as release_mod
-from node.config import Config
-from node.errors import ConfigError
 from node.appliance.host import Host, Layout
+from node.config import Config
+from node.errors import ConfigError, SilbatoError
 
 Say = Callable[[str], None]
 
@@ -54,7 +54,7 @@ MODE_FILES = {
 }
 
 
-def _check(cfg: Config) -> None:
+def check_settings(cfg: Config) -> None:
     """The wifi.* settings, checked before anything is written."""
     mode, security, password = cfg["wifi.mode"], cfg["wifi.security"], cfg["wifi.password"]
     if mode not in MODE_FILES:
@@ -85,24 +85,20 @@ def node_name(cfg: Config) -> str:
     """``wifi.name``, or this node's name on the roster in lower case, or ``node``."""
     if cfg["wifi.name"]:
         return cfg["wifi.name"]
-    from node.errors import SilbatoError
-    from node.protocol.keys import Roster, SigningKey, load_public
+    from node.protocol.keys import load_identity
 
     try:
-        roster = Roster.load(cfg.roster_file, load_public(Path(cfg["node.organizer_key"])))
-        me = roster.find_key(SigningKey.load(cfg.key_file).public_raw)
+        me = load_identity(cfg).me
     except (SilbatoError, OSError):
-        me = None
-    name = re.sub(r"[^a-z0-9-]+", "-", me.name.lower()).strip("-") if me else ""
-    return name or "node"
+        return "node"
+    return re.sub(r"[^a-z0-9-]+", "-", me.name.lower()).strip("-") or "node"
 
 
 def _block(cfg: Config) -> str:
-    from node.errors import SilbatoError
-    from node.protocol.keys import Roster, load_public
+    from node.protocol.keys import load_roster
 
     try:
-        return Roster.load(cfg.roster_file, load_public(Path(cfg["node.organizer_key"]))).block
+        return load_roster(cfg).block
     except (SilbatoError, OSError):
         return ""
 
@@ -116,7 +112,7 @@ def _security(cfg: Config) -> str:
 
 def render(cfg: Config, share: Path | None = None) -> dict[str, str]:
     """The files of ``wifi.mode``, by template name, filled in from the settings."""
-    _check(cfg)
+    check_settings(cfg)
     mode = cfg["wifi.mode"]
     templates = (share or release_mod.share_dir()) / "firmware_config" / "wifi"
     hostname = f"silbato-{node_name(cfg)}" if mode == "lan" else ""

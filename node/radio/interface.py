@@ -1,6 +1,7 @@
 """Opening, probing and closing a meshtastic interface, and the start-up checks on a radio's settings.
 
-Used by the link (``MeshtasticLink``), ``silbato radio info|configure`` and ``silbato doctor``.
+Used by the link (``MeshtasticLink``), and through ``opened`` and ``probe`` by
+``silbato radio info|configure`` and ``silbato doctor``.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import logging
 import os
 import re
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
-from node.config import parse_host_port
+from node.config import Config, parse_host_port
 from node.errors import RadioError
 
 log = logging.getLogger(__name__)
@@ -122,3 +125,24 @@ def describe(iface, channel: int) -> tuple[dict[str, object], dict[str, str]]:
         "mqtt": "on" if node.moduleConfig.mqtt.enabled else "off",
     }
     return info, check_radio(firmware, psk, node.moduleConfig.mqtt.enabled, lora.region)
+
+
+@contextmanager
+def opened(cfg: Config) -> Iterator:
+    """The radio of ``cfg`` (``radio.port`` or ``radio.tcp``), connected for the ``with`` block, then closed.
+
+    Raises RadioError when no radio is configured or it does not answer.
+    """
+    if not (cfg["radio.port"] or cfg["radio.tcp"]):
+        raise RadioError("no radio configured: set radio.port (or radio.tcp)")
+    iface = open_interface(port=cfg["radio.port"], tcp=cfg["radio.tcp"])
+    try:
+        yield iface
+    finally:
+        close_interface(iface)
+
+
+def probe(cfg: Config) -> tuple[dict[str, object], dict[str, str]]:
+    """Open the radio of ``cfg``, read its settings on ``radio.channel`` and close it: ``describe``'s pair."""
+    with opened(cfg) as iface:
+        return describe(iface, cfg["radio.channel"])
