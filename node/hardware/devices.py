@@ -30,6 +30,7 @@ from gpiozero.exc import GPIOZeroError
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from node.hardware import speech
+from node.hardware.player import Player
 from node.hardware.patterns import PIEZO_MID_TONE, SILENCEABLE, in_quiet_hours, pattern_for, pattern_steps
 from node.protocol.alerts import State
 from node.config import parse_pins, parse_quiet_hours
@@ -45,7 +46,7 @@ def _wait(stop: threading.Event, seconds: float) -> bool:
     return stop.wait(seconds)
 
 
-class Siren:
+class Siren(Player):
     """The siren on one pin. ``sound(name)`` plays a pattern in the background; ``silence()`` stops it.
 
     ``kind``: ``relay`` (OutputDevice), ``buzzer`` (Buzzer) or ``piezo`` (TonalBuzzer, needs a PWM pin).
@@ -106,19 +107,6 @@ class Siren:
         self._off()
         if not stop.is_set():
             self.playing = ""
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait until the pattern playing now has ended. Returns False on timeout."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
-
-    def silence(self) -> None:
-        """Stop this node's siren. Never changes an alert."""
-        with self._lock:
-            self._halt()
 
     def _halt(self) -> None:
         self._stop.set()

@@ -43,6 +43,7 @@ from typing import Any, Mapping, Sequence
 
 from node import catalog
 from node.catalog import N_
+from node.hardware.player import Player
 from node.protocol.alerts import State
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class LanguageSource:
     detail: str
 
 
-class Speaker:
+class Speaker(Player):
     """Chimes and announcements on ALSA device ``device``. Call ``start()`` once, ``close()`` at the end.
 
     ``places`` maps location codes to place names (from the roster). ``espeak`` and
@@ -384,19 +385,6 @@ class Speaker:
     def playing(self) -> bool:
         thread = self._thread
         return thread is not None and thread.is_alive()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait until the announcement playing now has ended. Returns False on timeout."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
-
-    def silence(self) -> None:
-        """Stop the announcement playing now, if any."""
-        with self._lock:
-            self._halt()
 
     def _halt(self) -> None:
         self._stop.set()
