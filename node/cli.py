@@ -87,11 +87,11 @@ def main() -> None:
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Run the node daemon (button, siren, radio, store) until SIGTERM."""
-    from node.daemon import node as daemon
+    from node.daemon import runtime
 
     cfg = load_config(ctx)
     _setup_logging(cfg["log.level"])
-    sys.exit(daemon.run(cfg))
+    sys.exit(runtime.run(cfg))
 
 
 @cli.command()

@@ -108,7 +108,7 @@ _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.
 
 
 class JournalFormatter(logging.Formatter):
-    """``<6>node.daemon: alert 1-7 reported by this node``: priority, logger, message, one line."""
+    """``<6>node.daemon.desk: alert 1-7 reported by this node``: priority, logger, message, one line."""
 
     def __init__(self) -> None:
         super().__init__("%(name)s: %(message)s")

@@ -220,9 +220,9 @@ def test_a_receipt_for_an_alert_it_missed_makes_a_node_ask_for_it(make_block):
         counter = two.store.next_counter()
     receipt = wire.ReceiptFrame(2, counter, *parse_alert_id(alert.id), State.REPORTED, two.roster.version,
                                 coverage.to_bitmap({1, 2}, two.members), coverage.to_bitmap({1, 2}, two.members))
-    regular = three._next_heartbeat
+    regular = three.liveness.next_heartbeat
     three.on_frame(wire.encode(receipt, two.key, two.roster.block))
-    assert three.counts["pull"] == 1, (dict(three.counts), three._early_heartbeat, block.clock())
-    assert three._next_heartbeat < regular or regular - block.clock() < 15
+    assert three.counts["pull"] == 1, (dict(three.counts), three.liveness.early_heartbeat, block.clock())
+    assert three.liveness.next_heartbeat < regular or regular - block.clock() < 15
     # its early heartbeat shows node 2 that it lacks the alert; node 2 repairs it in seconds, not a heartbeat later
     assert block.scheduler.run_until_true(lambda: three.store.get_alert(alert.id) is not None, limit=30) is not None

@@ -10,7 +10,7 @@ import pytest
 from node.protocol import wire
 from node.protocol.alerts import Kind, State
 from node.daemon.node import Node
-from node.errors import SilbatoError, TransitionError
+from node.errors import SilbatoError, StoreError, TransitionError
 from node.protocol.keys import SigningKey
 from node.sim import Block, provision
 
@@ -119,6 +119,24 @@ def test_active_alerts_expire_after_the_quiet_period(block):
     assert block.nodes[2].store.get_alert(alert.id).state is State.REPORTED
     settle(block, 10)
     assert {n.store.get_alert(alert.id).state for n in block.nodes.values()} == {State.EXPIRED}
+
+
+def test_a_failing_chore_does_not_keep_the_others_from_running(block, monkeypatch):
+    node = block.nodes[1]
+    alert = node.report()
+    settle(block)
+
+    def full_disk(alert):
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(node.store, "save_alert", full_disk)  # so the expiry fails, every tick
+    settle(block, 600)
+    assert block.nodes[2].store.get_alert(alert.id).state is State.EXPIRED
+    assert node.store.get_alert(alert.id).state is State.REPORTED, "this node could not expire it"
+    errors, heartbeats = node.counts["error"], node.counts["heartbeat"]
+    settle(block, 300)
+    assert node.counts["error"] - errors >= 290, "the expiry fails once a tick"
+    assert node.counts["heartbeat"] - heartbeats >= 3, "the heartbeats go on regardless"
 
 
 def test_a_node_not_on_the_roster_refuses_to_start(tmp_path):

@@ -16,7 +16,7 @@ import time
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from node.daemon.node import health_problems, run
+from node.daemon.runtime import health_problems, run
 from node.radio.link import NullLink
 from node.service import JournalFormatter, Notifier, under_journald
 from node.sim import provision

@@ -1,6 +1,6 @@
 """Flood: a rostered node gone rogue sends valid frames at the channel's maximum rate.
 
-The per-origin rate limit (``node.daemon.OriginRateLimit``) lets ``FLOOD_BURST`` of its
+The per-origin rate limit (``node.protocol.ratelimit.OriginRateLimit``) lets ``FLOOD_BURST`` of its
 frames through, drops the rest before they touch the store, and shows
 ``TROUBLE (flooding)`` naming the building; incident merging folds what got through into
 one incident, so the siren sounds once. Forged and replayed floods spend nobody's allowance.
@@ -14,7 +14,7 @@ from adversary import TALLY, sign
 from node.protocol import wire
 from node.protocol.airtime import MESH_OVERHEAD, time_on_air
 from node.protocol.alerts import Kind, State
-from node.daemon.node import FLOOD_BURST, FLOOD_RATE, OriginRateLimit
+from node.protocol.ratelimit import FLOOD_BURST, FLOOD_RATE, OriginRateLimit
 from node.protocol.keys import SigningKey
 from node.sim import Block
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from node.protocol import supervision, wire
-from node.daemon.node import VERDICT_JITTER
+from node.daemon.liveness import VERDICT_JITTER
 from node.radio.sim_air import Scheduler, SimAir, hops
 
 

@@ -1,0 +1,234 @@
+"""Liveness: heartbeats, polls and silent verdicts, and the block's liveness into the store.
+
+Each node sends a heartbeat on a jittered schedule sized to the airtime budget
+(``supervision.heartbeat_interval``), brings it forward to answer or poll a neighbour, and
+calls a neighbour silent (a signed verdict, flooded) when nothing first-hand has come from
+it for the supervision period. Heartbeats also carry this node's latest alert, so a
+neighbour that is behind is repaired (``Relays.repair``). Times are seconds on the node's clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+
+from node.config import Config
+from node.daemon.outbox import Outbox
+from node.daemon.relays import RELAY_DELAY, REPAIR_GAP, Relays
+from node.daemon.signer import Signer
+from node.daemon.troubles import Troubles
+from node.protocol import alerts, supervision, wire
+from node.protocol.alerts import Alert
+from node.protocol.keys import Roster
+from node.radio.link import Link
+from node.store import Store
+
+log = logging.getLogger(__name__)
+
+VERDICT_JITTER = 8.0      # seconds: the random wait before calling a neighbour silent (within VERDICT_LEAD)
+VERDICT_AGAIN = (2.0, 6.0)  # seconds: the random wait before flooding this node's own verdict once more
+MESH_DEGRADED = 0.40      # channel utilisation above which the mesh is degraded
+PEER_ROW_REFRESH = 60.0   # seconds of newer evidence that are worth a write of a peer's row by themselves
+# The heartbeat mask's own bit for "wiped", without the 2-bit summary (radio, anything else)
+# that every trouble also sets: a wiped node may have other troubles, but only this bit says wiped.
+SUMMARY_BITS = 0x03
+WIPED_BIT = supervision.trouble_mask(["wiped"]) & ~SUMMARY_BITS
+NEVER = -1e12             # a time long past: "never done"
+
+
+def jitter(rng: random.Random, seconds: float) -> float:
+    """``seconds`` give or take a quarter, at random: nodes that act at the same moment must not
+    keep transmitting at the same moment, or they collide every time."""
+    return seconds * rng.uniform(0.75, 1.25)
+
+
+def latest_alert(store: Store) -> Alert | None:
+    """The active alert updated last, or None."""
+    active = store.active_alerts()
+    return max(active, key=lambda a: a.updated_at) if active else None
+
+
+def start_supervisor(cfg: Config, me: int, members: list[int], now: float) -> supervision.Supervisor:
+    """This node's view of the block's liveness, on a period long enough for the preset (warned if lengthened)."""
+    period = supervision.effective_period(cfg["supervision.period"], cfg["radio.preset"],
+                                          cfg["supervision.airtime_budget"])
+    if period > cfg["supervision.period"]:
+        log.warning("supervision.period %.0f s is too short for %s (a heartbeat takes %.2f s on air, "
+                    "the budget is %.0f%%): the block supervises with %.0f s; a silent building shows "
+                    "TROUBLE after that", cfg["supervision.period"], cfg["radio.preset"],
+                    supervision.heartbeat_airtime(cfg["radio.preset"]),
+                    100 * cfg["supervision.airtime_budget"], period)
+    return supervision.Supervisor(me, members, period=period, now=now, unit=supervision.age_unit(cfg["radio.preset"]))
+
+
+class Liveness:
+    """Heartbeats, polls, verdicts and the peers' rows. Callers hold the node's lock."""
+
+    def __init__(self, me: int, members: list[int], roster: Roster, config: Config, *, store: Store,
+                 supervisor: supervision.Supervisor, signer: Signer, outbox: Outbox, relays: Relays,
+                 troubles: Troubles, link: Link, rng: random.Random, counts: collections.Counter[str]):
+        self.me, self.members, self.roster, self.config = me, members, roster, config
+        self.store, self.supervisor, self.signer, self.outbox = store, supervisor, signer, outbox
+        self.relays, self.troubles, self.link, self.rng, self.counts = relays, troubles, link, rng, counts
+        self.heartbeat_airtime = supervision.heartbeat_airtime(config["radio.preset"], len(members))  # seconds
+        self.heartbeat_interval = self._interval()
+        # The first heartbeat at a random moment of the first interval, as nodes boot at random moments.
+        self.next_heartbeat = supervisor.started + rng.uniform(0, self.heartbeat_interval)
+        self.early_heartbeat = NEVER   # when the heartbeat was last brought forward by ``answer_early``
+        self._last_poll = NEVER
+        self._verdicts_due: dict[int, float] = {}  # node -> when this node will call it silent
+        self._peer_rows: dict[int, tuple] = {}      # node -> ((status, troubles), last heard) as stored
+
+    def _interval(self) -> float:
+        """Seconds to the next heartbeat: set, or sized to the airtime budget and the neighbours heard."""
+        cfg = self.config
+        if cfg["supervision.heartbeat_interval"]:
+            return cfg["supervision.heartbeat_interval"]
+        neighbours = len(self.supervisor.neighbours) or len(self.members) - 1
+        return supervision.heartbeat_interval(self.heartbeat_airtime, neighbours=neighbours,
+                                              budget=cfg["supervision.airtime_budget"], period=self.supervisor.period)
+
+    def expected(self, now: float) -> set[int]:
+        """Buildings that should answer: every rostered node not known to be silent, but this one."""
+        return {m for m in self.members if m != self.me and not self.roster.members[m].revoked} \
+            - self.supervisor.silent(now)
+
+    # -- frames from the air -------------------------------------------------------------
+
+    def heard(self, frame: wire.Frame, now: float) -> None:
+        """Any verified frame: its origin was heard (inside the caller's transaction)."""
+        troubles = frame.troubles if isinstance(frame, wire.HeartbeatFrame) else None
+        self.store.peer_heard(frame.origin, now, troubles)
+        # Heartbeats and receipts come from their signer itself, one hop away: first-hand
+        # news that it is alive. A transition or a verdict may be a relay or a repair,
+        # minutes old, from a node anywhere in the block.
+        if isinstance(frame, (wire.HeartbeatFrame, wire.ReceiptFrame)):
+            self.supervisor.heard(frame.origin, now,
+                                  supervision.trouble_bits_from_mask(troubles) if troubles is not None else None)
+
+    def apply_heartbeat(self, frame: wire.HeartbeatFrame, now: float) -> None:
+        if frame.troubles & WIPED_BIT:
+            name = self.roster.members[frame.origin].name
+            self.troubles.record(f"wiped-{frame.origin}", f"{name} was wiped: ask the organizers to revoke its key",
+                                 now)
+            log.critical("node %s (%s) says it was wiped; its key must be revoked", frame.origin, name)
+        if frame.roster_version == self.roster.version:
+            self.supervisor.merge(frame.vector, now)
+            # It missed our recent heartbeats: send the next one early rather than let it age.
+            if self.supervisor.stale_about_me(frame.vector, self.heartbeat_interval):
+                self.answer_early(now, "answer")
+        # Repair. A neighbour that lacks an alert state this node holds gets this node's copy of the
+        # signed frame; if this node lacks the one it shows, this node's next heartbeat goes early,
+        # so that the neighbour sees it is behind and repairs it in turn.
+        theirs = self.store.resolve(frame.latest_alert_id) if frame.latest_alert_id else None
+        known = self.store.get_alert(theirs) if theirs else None
+        if theirs and (known is None or int(known.state) < frame.latest_state):
+            self.answer_early(now, "pull")
+        if known is not None and int(known.state) > frame.latest_state and known.state in alerts.ON_AIR:
+            self.relays.repair(known, frame.origin, now)   # it missed a later state, say the withdrawal
+        # Our latest alert, to a neighbour that has none, or whose latest has ended here or is clearly
+        # older. (Which of two active alerts is "latest" can differ between nodes by moments: those
+        # it has both, and would otherwise pass to each other for as long as both are active.)
+        latest = latest_alert(self.store)
+        if latest is not None and latest.id != theirs and (
+                theirs is None or (known is not None and (known.state not in alerts.ACTIVE
+                                                          or latest.opened_at - known.opened_at > REPAIR_GAP))):
+            self.relays.repair(latest, frame.origin, now)
+
+    def apply_silent(self, frame: wire.SilentFrame, now: float, data: bytes) -> None:
+        """A neighbour of ``frame.subject`` says it has gone silent: show it, and pass the word on."""
+        if frame.subject == self.me:
+            log.warning("node %s says this node is silent; answering with a heartbeat", frame.origin)
+            self._heartbeat_early(now)
+            return
+        self.supervisor.verdict(frame.subject, now - frame.silent_for)
+        log.warning("TROUBLE: %s is silent (%d s, says node %s)", self.roster.members[frame.subject].name,
+                    frame.silent_for, frame.origin)
+        # Every node relays a verdict once (they are rare, and a node that misses one waits long).
+        self.relays.relay_verdict(("silent", frame.origin, frame.counter), data, now, delay=RELAY_DELAY, hop_limit=0)
+
+    def answer_early(self, now: float, why: str) -> None:
+        """Bring the heartbeat forward, at most once each POLLS-th of the period (or half an interval):
+        to ``answer`` a neighbour that missed ours, or to ``pull`` an alert state this node lacks,
+        since the heartbeat shows the neighbours that it is behind."""
+        if now - self.early_heartbeat > min(self.heartbeat_interval / 2, self.supervisor.period / supervision.POLLS):
+            self.early_heartbeat = now
+            self.counts[why] += 1
+            self._heartbeat_early(now)
+
+    def _heartbeat_early(self, now: float) -> None:
+        """Bring the next heartbeat forward: to answer a neighbour that missed ours, or to poll one."""
+        self.next_heartbeat = min(self.next_heartbeat, now + supervision.early_delay(self.heartbeat_airtime, self.rng))
+
+    # -- chores, once a tick ---------------------------------------------------------------
+
+    def verdicts(self, now: float) -> None:
+        """Call silent, and tell the block about, each neighbour whose verdict fell due."""
+        due_now = self.supervisor.due_verdicts(now)
+        # A wait for a building that came back, or that another neighbour has named, is over.
+        self._verdicts_due = {n: d for n, d in self._verdicts_due.items() if n in {node for node, _ in due_now}}
+        for node, last in due_now:
+            # Neighbours that heard a building's last heartbeat together would call it silent
+            # together, and collide: each waits a random few seconds, and one verdict is enough.
+            due = self._verdicts_due.setdefault(node, now + self.rng.uniform(0.0, VERDICT_JITTER))
+            if now < due:
+                continue
+            del self._verdicts_due[node]
+            self.supervisor.verdict(node, last)
+            signed = self.signer.sign(wire.SilentFrame, node, int(min(now - last, 0xFFFF)))
+            log.warning("TROUBLE: %s is silent: nothing from it for %.0f s; telling the block",
+                        self.roster.members[node].name, now - last)
+            self.outbox.send_ephemeral(signed.data, now, hop_limit=None)
+            # Once more a few seconds later, flooded again: a verdict lost to a collision costs minutes.
+            self.relays.relay_verdict(("silent-again", signed.counter), signed.data, now, delay=VERDICT_AGAIN,
+                                      hop_limit=None)
+            self.counts["silent-verdict"] += 1
+
+    def poll(self, now: float) -> None:
+        """A neighbour has been quiet for most of the period: ask after it before calling it silent."""
+        if self.supervisor.wants_poll(now) and now - self._last_poll >= self.supervisor.period / supervision.POLLS:
+            self._last_poll = now
+            self.counts["poll"] += 1
+            self._heartbeat_early(now)
+
+    def heartbeat(self, now: float) -> None:
+        """This node's heartbeat, when due: its troubles, roster, latest alert and the ages it heard."""
+        if now < self.next_heartbeat:
+            return
+        self.heartbeat_interval = self._interval()
+        self.next_heartbeat = now + jitter(self.rng, self.heartbeat_interval)
+        latest = latest_alert(self.store)
+        reporter, acounter = alerts.parse_alert_id(latest.id) if latest else (0, 0)
+        troubles = self.store.troubles()
+        vector = self.supervisor.vector(now, supervision.trouble_bits(troubles))[:wire.MAX_VECTOR]
+        signed = self.signer.sign(wire.HeartbeatFrame, supervision.trouble_mask(troubles), self.roster.version,
+                                  reporter, acounter, int(latest.state) if latest else 0, vector)
+        self.outbox.send_ephemeral(signed.data, now, hop_limit=0)
+        self.counts["heartbeat"] += 1
+
+    def record_peers(self, now: float) -> None:
+        """The block's liveness into the store for the page: only what changed, or a minute's news,
+        in one commit (a write per peer per second would wear out the SD card)."""
+        changes = []
+        for m in self.members:
+            if m == self.me:
+                continue
+            row = (self.supervisor.status(m, now), self.supervisor.troubles.get(m, 0))
+            when = self.supervisor.evidence.get(m)
+            written = self._peer_rows.get(m)
+            if written is None or written[0] != row or (when or 0) - (written[1] or 0) >= PEER_ROW_REFRESH:
+                changes.append((m, row, when))
+        if changes:
+            with self.store.transaction():
+                for m, (status, troubles), when in changes:
+                    self.store.set_peer_status(m, status, when, troubles)
+                    self._peer_rows[m] = (status, troubles), when
+
+    def check_mesh(self, now: float) -> None:
+        """TROUBLE (mesh) while the radio reports the channel busier than MESH_DEGRADED."""
+        utilisation = getattr(self.link, "channel_utilisation", None)
+        if utilisation is not None and utilisation > MESH_DEGRADED:
+            self.troubles.record("mesh", f"MESH DEGRADED: the channel is busy {utilisation:.0%} of the time", now)
+        elif "mesh" in self.store.troubles():
+            self.store.clear_trouble("mesh")

@@ -1,0 +1,175 @@
+"""What this node sends: the store's outbox in order, ephemeral frames, and text alerts.
+
+Frames that must arrive (this node's transitions) wait in the store's outbox until the
+radio takes them. Frames that are useless later (heartbeats, receipts, relays, repairs,
+verdicts) and text alerts for plain Meshtastic apps wait only in memory, in bounded
+queues. A link whose ``send`` returns at once (the simulated air) is driven by ``flush``
+under the node's lock; a real radio, whose ``send`` may block for seconds, by the sender
+thread, so a slow or dead radio never holds up the button, the siren or frames from the air.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Callable
+
+from node.daemon.troubles import Troubles
+from node.errors import RadioError, StoreError
+from node.radio.link import TRANSIENT_NAKS, FrameRefused, Link
+from node.store import Store
+
+log = logging.getLogger(__name__)
+
+SENDER_WAKE = 1.0    # seconds: the sender thread looks at the outbox at least this often
+SENDER_JOIN = 10.0   # seconds: how long ``stop`` waits for a send in progress
+
+
+class Outbox:
+    """This node's frames to the link. ``lock`` is the node's; ``clock()`` gives seconds."""
+
+    def __init__(self, link: Link, store: Store, troubles: Troubles, *, lock: threading.RLock,
+                 clock: Callable[[], float], counts: collections.Counter[str]):
+        self.link, self.store, self.troubles = link, store, troubles
+        self._lock, self._clock, self.counts = lock, clock, counts
+        self._texts: collections.deque[str] = collections.deque(maxlen=20)
+        # (frame, hop limit): heartbeats, receipts, relays, repairs; the oldest go first when it is full
+        self._ephemeral: collections.deque[tuple[bytes, int | None]] = collections.deque(maxlen=50)
+        self._kick = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- queueing -----------------------------------------------------------------------------
+
+    def add_text(self, text: str) -> None:
+        """A text alert for plain Meshtastic apps, sent by the sender thread."""
+        self._texts.append(text)
+
+    def send_ephemeral(self, frame: bytes, now: float, hop_limit: int | None) -> None:
+        """Send a frame that is useless later (heartbeat, receipt, repair): never queued in the outbox."""
+        if self.link.instant:
+            try:
+                self.link.send(frame, hop_limit=hop_limit)
+            except RadioError as exc:
+                log.debug("ephemeral frame not sent: %s", exc)
+        else:
+            self._ephemeral.append((frame, hop_limit))
+            self._kick.set()
+
+    def send_first(self, frame: bytes) -> None:
+        """Send ``frame`` before anything else waiting, flooded (the wipe's last heartbeat). May raise RadioError."""
+        if self.link.instant:
+            self.link.send(frame, hop_limit=None)
+        else:
+            self._ephemeral.appendleft((frame, None))
+            self._kick.set()
+
+    def drain(self, seconds: float) -> None:
+        """Wait up to ``seconds`` (wall clock) for the sender to hand the ephemeral frames to the radio."""
+        if self.link.instant:
+            return
+        deadline = time.monotonic() + seconds
+        while self._ephemeral and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def flush(self, now: float) -> None:
+        """Hand queued frames to the radio in order, keeping the rest at the first failure.
+
+        An instant link is driven here, under the node's lock; a real radio is left to the
+        sender thread, which this only wakes.
+        """
+        self.sync_link_troubles(now)
+        if not self.link.instant:
+            self._kick.set()
+            return
+        for seq, frame in self.store.pending():
+            try:
+                self.link.send(frame)
+            except FrameRefused as exc:
+                log.error("frame %d dropped: %s", seq, exc)
+            except RadioError as exc:
+                self.troubles.record("radio", str(exc), now)
+                return
+            self.store.mark_sent(seq, now)
+
+    def sync_link_troubles(self, now: float) -> None:
+        """Mirror the link's TROUBLE sentences into the store, where the page and light see them."""
+        current = self.link.troubles
+        for subsystem, message in current.items():
+            self.troubles.record(subsystem, message, now)
+        for subsystem in self.store.troubles():
+            if subsystem.startswith("radio") and subsystem not in current:
+                self.store.clear_trouble(subsystem)
+                log.info("radio trouble cleared: %s", subsystem)
+
+    def on_refused(self, frame: bytes, reason: str) -> None:
+        """The radio took a frame but refused to transmit it: queue it again if that may pass."""
+        if reason not in TRANSIENT_NAKS:
+            log.error("radio refused a frame for good (%s); it is dropped", reason)
+            return
+        with self._lock:
+            try:
+                with self.store.transaction():
+                    self.store.enqueue(frame, self._clock())
+            except StoreError as exc:
+                log.error("could not re-queue a refused frame: %s", exc)
+                return
+        log.warning("radio refused a frame (%s); queued again", reason)
+        self._kick.set()
+
+    # -- the sender thread, for a link whose send may block --------------------------------------
+
+    def start(self) -> None:
+        """Start the sender thread; ``stop`` ends it."""
+        self._thread = threading.Thread(target=self._sender, name="outbox-sender", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._kick.set()
+        if self._thread is not None:
+            self._thread.join(timeout=SENDER_JOIN)
+
+    def _sender(self) -> None:
+        """Send the outbox in order through a link whose ``send`` may block (seconds, bounded)."""
+        while not self._stopping.is_set():
+            self._kick.wait(SENDER_WAKE)
+            self._kick.clear()
+            try:
+                self._send_pending()
+            except Exception:
+                self.counts["error"] += 1
+                log.exception("outbox sender failed; it goes on")
+
+    def _send_pending(self) -> None:
+        with self._lock:
+            pending = self.store.pending()
+        for seq, frame in pending:
+            if self._stopping.is_set():
+                return
+            try:
+                self.link.send(frame)  # not under the node's lock
+            except FrameRefused as exc:
+                log.error("frame %d dropped: %s", seq, exc)
+            except RadioError as exc:
+                log.info("outbox waits for the radio (%d frames): %s", len(pending), exc)
+                return
+            with self._lock:
+                self.store.mark_sent(seq, self._clock())
+                self.counts["sent"] += 1
+        while self._ephemeral and not self._stopping.is_set():
+            frame, hop_limit = self._ephemeral.popleft()
+            try:
+                self.link.send(frame, hop_limit=hop_limit)
+            except RadioError as exc:
+                log.debug("ephemeral frame not sent: %s", exc)
+        while self._texts and not self._stopping.is_set():
+            text = self._texts.popleft()
+            try:
+                self.link.send_text(text)
+            except RadioError as exc:
+                log.warning("text alert not sent: %s", exc)
