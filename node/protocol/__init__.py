@@ -1,1 +1,1 @@
-"""The block protocol: pure code, time passed in; no I/O, no threads, no hardware."""
+"""The block protocol as pure code: the time passed in, no threads, no radio or pins. Only ``keys`` reads files (key files and the roster)."""
