@@ -7,35 +7,29 @@ build steps. The wheel carries the ``.mo`` files, not the ``.po`` files
 (``exclude-package-data``); the sdist carries the ``.po`` files (``get_source_files``).
 """
 
+import sys
 from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
 from setuptools.errors import FileError, SetupError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # node.catalog compiles, as the node reads
 CATALOG = Path("node", "translations")  # relative to the project root, where setuptools runs
 
 
-def compile_catalog(po: Path, mo: Path) -> None:
-    """Compile ``po`` into ``mo``; a syntax error or a translation with other placeholders stops the build."""
+def compile_catalog(po: Path, mo: Path, *, record_source: bool) -> None:
+    """``node.catalog.compile_catalog``, its errors as setuptools' (a broken .po stops the build)."""
     try:
-        from babel.messages.mofile import write_mo
-        from babel.messages.pofile import PoFileError, read_po
-    except ImportError as exc:  # only without build isolation: [build-system] requires babel
+        import babel  # noqa: F401  (only without build isolation can it be missing)
+    except ImportError as exc:
         raise SetupError(f"compiling {po} needs babel (pip install babel): {exc}") from None
+    from node.catalog import CatalogError, compile_catalog as compile_one
+
     try:
-        with po.open("rb") as fh:
-            catalog = read_po(fh, abort_invalid=True)
-    except PoFileError as exc:
-        raise FileError(f"{po}: {exc}") from None
-    errors = [f"{po}: {message.id!r}: {error}" for message, found in catalog.check() for error in found]
-    if errors:
-        raise FileError("\n".join(errors))
-    mo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = mo.with_name(mo.name + ".tmp")
-    with tmp.open("wb") as fh:
-        write_mo(fh, catalog)
-    tmp.replace(mo)
+        compile_one(po, mo, record_source=record_source)
+    except CatalogError as exc:
+        raise FileError(str(exc)) from None
 
 
 class build_py_and_catalog(build_py):
@@ -44,7 +38,8 @@ class build_py_and_catalog(build_py):
     def run(self) -> None:
         super().run()  # in editable mode, copies nothing
         for po, mo in self._catalogs().items():
-            compile_catalog(po, Path(mo))
+            # In place (editable), the .po stays beside the .mo: record what it was compiled from.
+            compile_catalog(po, Path(mo), record_source=self.editable_mode)
 
     def _catalogs(self) -> dict[Path, str]:
         """Each ``.po`` file and where its ``.mo`` goes."""

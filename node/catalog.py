@@ -14,16 +14,20 @@ Building Silbato compiles each ``.po`` into the ``messages.mo`` beside it (setup
 into the wheel, or in place for ``pip install -e``); only the ``.mo`` files are read
 at run time, and they are not in git. Updating the words: docs/development.md.
 
-A compiled catalog that is missing, or older than its ``.po`` (edited since the
-last install), is a ``CatalogError`` for the page, which refuses to start, while
-the node logs an error and speaks and texts that language in English: an alert
-is never held up by a translation.
+In a source checkout the build also records the SHA-256 of each ``.po`` beside its
+``.mo`` (``messages.mo.sha256``), so a ``.po`` edited since the last install is
+noticed by its content, whatever the files' times say. Neither a missing nor a
+stale catalog holds anything up: each is logged as an error naming the fix (the
+page, the node, ``silbato doctor``). A missing catalog is English; a stale one is
+still used, since gettext looks words up by their English ``msgid``: it cannot show
+a wrong translation, only leave the newest words in English.
 """
 
 from __future__ import annotations
 
 import functools
 import gettext
+import hashlib
 import logging
 from pathlib import Path
 
@@ -45,7 +49,7 @@ REINSTALL = ("the catalogs are compiled when Silbato is built: install it again 
 
 
 class CatalogError(SilbatoError):
-    """A language's compiled catalog is missing or older than its ``.po`` file."""
+    """A language's compiled catalog is missing, or its ``.po`` file changed since it was compiled."""
 
 
 def N_(message: str) -> str:
@@ -63,6 +67,40 @@ def mo_file(language: str, directory: Path = DIRECTORY) -> Path:
     return po_file(language, directory).with_suffix(".mo")
 
 
+def source_file(language: str, directory: Path = DIRECTORY) -> Path:
+    """Where the build records the SHA-256 of the ``.po`` it compiled (source trees only)."""
+    mo = mo_file(language, directory)
+    return mo.with_name(mo.name + ".sha256")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def compile_catalog(po: Path, mo: Path, *, record_source: bool = False) -> None:
+    """Compile ``po`` into ``mo`` (the build calls this: setup.py). With ``record_source``, also
+    write the ``.po``'s SHA-256 beside ``mo``. A syntax error, or a translation whose
+    placeholders differ from its ``msgid``'s, raises ``CatalogError`` naming the file and message."""
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import PoFileError, read_po
+
+    try:
+        with po.open("rb") as fh:
+            parsed = read_po(fh, abort_invalid=True)
+    except PoFileError as exc:
+        raise CatalogError(f"{po}: {exc}") from None
+    errors = [f"{po}: {message.id!r}: {error}" for message, found in parsed.check() for error in found]
+    if errors:
+        raise CatalogError("\n".join(errors))
+    mo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = mo.with_name(mo.name + ".tmp")
+    with tmp.open("wb") as fh:
+        write_mo(fh, parsed)
+    tmp.replace(mo)
+    if record_source:
+        mo.with_name(mo.name + ".sha256").write_text(_digest(po) + "\n", encoding="ascii")
+
+
 def problem(language: str, directory: Path = DIRECTORY) -> str:
     """What is wrong with ``language``'s compiled catalog, as a sentence; empty when it is usable."""
     if language == SOURCE:
@@ -70,28 +108,33 @@ def problem(language: str, directory: Path = DIRECTORY) -> str:
     mo, po = mo_file(language, directory), po_file(language, directory)
     if not mo.is_file():
         return f"{mo} is missing"
-    # The .po travels only in the source tree (the wheel has the .mo alone), where times are the editor's.
-    if po.is_file() and po.stat().st_mtime_ns > mo.stat().st_mtime_ns:
-        return f"{po} changed after it was compiled"
+    # The .po travels only in the source tree (a wheel has the .mo alone): compare contents, since
+    # file times lie after a checkout, an unpacked archive or on a Pi whose clock is not set.
+    if po.is_file():
+        recorded = source_file(language, directory)
+        if not recorded.is_file() or recorded.read_text(encoding="ascii").strip() != _digest(po):
+            return f"{po} changed after it was compiled"
     return ""
 
 
-def check(directory: Path = DIRECTORY) -> None:
-    """Raise ``CatalogError`` unless every language's compiled catalog is usable."""
-    found = [p for p in (problem(language, directory) for language in LANGUAGES) if p]
-    if found:
-        raise CatalogError(f"{'; '.join(found)}: {REINSTALL}")
+def problems(directory: Path = DIRECTORY) -> list[str]:
+    """What is wrong with each language's compiled catalog, one sentence each, ending with the fix."""
+    return [f"{found}: {REINSTALL}" for found in (problem(language, directory) for language in LANGUAGES) if found]
 
 
 @functools.cache
 def translations(language: str, directory: Path = DIRECTORY) -> gettext.NullTranslations:
-    """The catalog of ``language``; for English, or when the catalog is unusable (logged), the English words."""
+    """The catalog of ``language``: the English words for English, or when it is missing (logged);
+    a stale one (logged) is still used, its newest words in English."""
     if language not in LANGUAGES:
         raise ValueError(f"{language!r} is not one of {', '.join(LANGUAGES)}")
     if language == SOURCE:
         return gettext.NullTranslations()
-    if trouble := problem(language, directory):
+    trouble = problem(language, directory)
+    if not mo_file(language, directory).is_file():
         log.error("%s, so %s is English here: %s", trouble, language, REINSTALL)
         return gettext.NullTranslations()
+    if trouble:
+        log.error("%s, so its newest words are English here: %s", trouble, REINSTALL)
     with mo_file(language, directory).open("rb") as fh:
         return gettext.GNUTranslations(fh)

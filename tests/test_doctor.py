@@ -190,6 +190,16 @@ def test_clock_passes_when_plausible_and_fails_when_never_set(node):
     assert bad.status == FAIL and "1970-01-01" in bad.detail
 
 
+def test_languages_pass_when_compiled_and_warn_naming_a_missing_catalog(node, tmp_path):
+    _, toml, dev = node
+    (ok,) = findings(doctor(toml, dev), "languages")
+    assert ok.status == PASS and "en, es, ko, tl" in ok.detail
+    (tmp_path / "catalog").mkdir()
+    missing = findings(doctor(toml, dev, catalog_dir=tmp_path / "catalog"), "languages")
+    assert statuses(missing) == {WARN} and len(missing) == 3  # es, ko, tl; English needs none
+    assert all("messages.mo is missing" in r.detail and "install it again" in r.detail for r in missing)
+
+
 def test_disk_passes_with_room_warns_when_low_and_fails_when_nearly_full(node):
     _, toml, dev = node
     gib = 2**30

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from node.errors import KeyFileError, RosterError
-from node.protocol.keys import Roster, SigningKey, b64, install_roster, load_public, sign_roster
+from node.protocol.keys import Roster, SigningKey, b64, install_roster, load_identity, load_public, sign_roster
 
 
 def mode(path) -> int:
@@ -274,3 +274,38 @@ def test_damaged_installed_roster_does_not_block_a_good_one(roster_setup):
 def test_load_without_installed_roster(roster_setup):
     with pytest.raises(RosterError, match="no roster installed"):
         Roster.load(roster_setup.root / "roster.json", roster_setup.organizer.public)
+
+
+# -- this node's identity from its settings ------------------------------------------------------
+
+
+class Settings(dict):
+    """The three settings load_identity reads, as node.config.Config offers them."""
+
+    def __init__(self, root, key_file):
+        super().__init__({"node.organizer_key": str(root / "organizer.pub")})
+        self.key_file, self.roster_file = key_file, root / "roster.json"
+
+
+def installed(roster_setup, node_id: int) -> Settings:
+    root = roster_setup.root
+    (root / "organizer.pub").write_text(roster_setup.organizer.public_b64 + "\n")
+    install_roster(roster_setup.document, roster_setup.organizer.public, root / "roster.json")
+    key_file = root / f"node{node_id}.key"
+    key_file.write_text(b64(roster_setup.keys[node_id]._private.private_bytes_raw()) + "\n")
+    os.chmod(key_file, 0o600)
+    return Settings(root, key_file)
+
+
+def test_load_identity_finds_this_node_and_refuses_a_revoked_or_unknown_key(roster_setup):
+    me = load_identity(installed(roster_setup, 2))
+    assert (me.me.id, me.me.place, me.roster.version) == (2, "Building 2", 1)
+    revoked = installed(roster_setup, 4)
+    with pytest.raises(RosterError, match="this node's key is revoked on roster v1"):
+        load_identity(revoked)
+    # A revoked node keeps its name and place (a host name, a spoken test), never its right to sign.
+    assert load_identity(revoked, revoked_ok=True).me.name == "B4"
+    stranger = Settings(roster_setup.root, roster_setup.root / "stranger.key")
+    SigningKey.create(stranger.key_file)
+    with pytest.raises(RosterError, match="this node's key is not on roster v1"):
+        load_identity(stranger, revoked_ok=True)

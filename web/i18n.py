@@ -3,8 +3,9 @@
 The reader's language is, in order: ``?lang=xx`` (a one-tap switch, remembered in the
 ``lang`` cookie), the ``lang`` cookie, the browser's ``Accept-Language``, then the
 node's first language (``node.languages``). Flask-Babel reads the compiled catalog
-from ``node/translations/<locale>/LC_MESSAGES/messages.mo``; the app does not start
-if one is missing or older than its ``.po`` file (``catalog.CatalogError``).
+from ``node/translations/<locale>/LC_MESSAGES/messages.mo``. One that is missing
+(that language shows in English) or compiled from an older ``.po`` is logged as an
+error when the app starts; the page serves all the same.
 
 Times are shown in the node's local time zone (set it with ``timedatectl``).
 """
@@ -12,6 +13,7 @@ Times are shown in the node's local time zone (set it with ``timedatectl``).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from babel.dates import format_datetime, format_time, format_timedelta
 from flask import current_app, g, request
@@ -19,6 +21,8 @@ from flask_babel import Babel, get_locale
 
 from node import catalog
 from node.catalog import LANGUAGES, NAMES
+
+log = logging.getLogger(__name__)
 
 COOKIE = "lang"
 # Accept-Language may name a language by its locale: Tagalog as Filipino (fil).
@@ -41,7 +45,8 @@ def choose_language() -> str:
 
 def init_app(app) -> None:
     """Flask-Babel on the node's catalog, in the reader's language (``g.lang``)."""
-    catalog.check()
+    for found in catalog.problems():  # the page still serves: a missing language is English
+        log.error("%s", found)
     Babel(app, locale_selector=lambda: catalog.LOCALES[lang()],
           default_translation_directories=str(catalog.DIRECTORY))
 

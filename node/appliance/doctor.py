@@ -68,6 +68,7 @@ class Doctor:
     dev: Path = Path("/dev")
     disk_usage: Callable[[Path], tuple] = shutil.disk_usage
     probe_radio: Callable[[config_mod.Config], tuple[dict, dict[str, str]]] = probe  # opens the radio
+    catalog_dir: Path | None = None             # the message catalog's folder (default: this release's)
     cfg: config_mod.Config | None = field(default=None, init=False)
 
     def run(self) -> list[Result]:
@@ -320,6 +321,18 @@ def check_clock(doctor: Doctor) -> Iterator[Result]:
             yield Result(WARN, "clock", f"{stamp}, not synchronised over the network (normal with no internet)")
             return
     yield Result(PASS, "clock", stamp)
+
+
+@check("languages")
+def check_languages(doctor: Doctor) -> Iterator[Result]:
+    """The compiled message catalog: a missing language speaks and shows English; the alert path never waits on it."""
+    from node import catalog
+
+    found = catalog.problems(doctor.catalog_dir or catalog.DIRECTORY)
+    for problem in found:
+        yield Result(WARN, "languages", problem)
+    if not found:
+        yield Result(PASS, "languages", f"{', '.join(catalog.LANGUAGES)}: compiled catalogs current")
 
 
 @check("disk")

@@ -88,7 +88,7 @@ def node_name(cfg: Config) -> str:
     from node.protocol.keys import load_identity
 
     try:
-        me = load_identity(cfg).me
+        me = load_identity(cfg, revoked_ok=True).me
     except (SilbatoError, OSError):
         return "node"
     return re.sub(r"[^a-z0-9-]+", "-", me.name.lower()).strip("-") or "node"

@@ -15,7 +15,7 @@ import random
 
 from node.config import Config
 from node.daemon.outbox import Outbox
-from node.daemon.relays import RELAY_DELAY, REPAIR_GAP, Relays
+from node.daemon.relays import NEVER, RELAY_DELAY, REPAIR_GAP, Relays
 from node.daemon.signer import Signer
 from node.daemon.troubles import Troubles
 from node.protocol import alerts, supervision, wire
@@ -34,7 +34,6 @@ PEER_ROW_REFRESH = 60.0   # seconds of newer evidence that are worth a write of 
 # that every trouble also sets: a wiped node may have other troubles, but only this bit says wiped.
 SUMMARY_BITS = 0x03
 WIPED_BIT = supervision.trouble_mask(["wiped"]) & ~SUMMARY_BITS
-NEVER = -1e12             # a time long past: "never done"
 
 
 def jitter(rng: random.Random, seconds: float) -> float:
@@ -49,7 +48,7 @@ def latest_alert(store: Store) -> Alert | None:
     return max(active, key=lambda a: a.updated_at) if active else None
 
 
-def start_supervisor(cfg: Config, me: int, members: list[int], now: float) -> supervision.Supervisor:
+def make_supervisor(cfg: Config, me: int, members: list[int], now: float) -> supervision.Supervisor:
     """This node's view of the block's liveness, on a period long enough for the preset (warned if lengthened)."""
     period = supervision.effective_period(cfg["supervision.period"], cfg["radio.preset"],
                                           cfg["supervision.airtime_budget"])

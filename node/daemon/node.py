@@ -38,7 +38,7 @@ from node.config import Config
 from node.daemon.chores import Chores
 from node.daemon.desk import Desk
 from node.daemon.inbox import Inbox
-from node.daemon.liveness import Liveness, start_supervisor
+from node.daemon.liveness import Liveness, make_supervisor
 from node.daemon.outbox import Outbox
 from node.daemon.relays import Receipts, Relays
 from node.daemon.signer import Signer
@@ -80,6 +80,7 @@ class Node:
         self.id = 0
         self.location = 0
         self.wiped = False
+        self._wiping = False   # set as a wipe begins: no chore starts on what it is destroying
 
     # -- lifecycle of the daemon itself ------------------------------------------------
 
@@ -116,7 +117,7 @@ class Node:
         self.store.set_meta("block", self.roster.block)
 
     def _start_supervision(self) -> None:
-        self.supervisor = start_supervisor(self.config, self.id, self.members, self.clock())
+        self.supervisor = make_supervisor(self.config, self.id, self.members, self.clock())
 
     def _start_hardware(self) -> None:
         places = {m.location: m.place for m in self.roster.members.values() if not m.revoked}
@@ -240,12 +241,12 @@ class Node:
         One chore failing (say, a full disk during expiry) is logged and counted, and the
         others still run: re-sends, heartbeats and the outbox do not wait for it.
         """
-        if self.wiped:
+        if self.wiped or self._wiping:
             return
         with self.lock:
             now = self.clock()
             for name, chore in self._tick_chores:
-                if self.wiped:  # a captains' request wiped the node: nothing is left to look after
+                if self.wiped or self._wiping:  # a wipe (a captains' request, the buttons): nothing is left to look after
                     return
                 try:
                     chore(now)
@@ -273,6 +274,7 @@ class Node:
         stops: without its key it cannot start again. Takes well under ``wipe.WIPE_WITHIN``.
         """
         started = time.monotonic()
+        self._wiping = True
         log.critical("WIPE (%s): telling the block, then destroying the key and the database", why)
         with self.lock:
             try:

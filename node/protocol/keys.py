@@ -276,16 +276,17 @@ def load_roster(cfg) -> Roster:
     return Roster.load(cfg.roster_file, load_public(Path(cfg["node.organizer_key"])))
 
 
-def load_identity(cfg) -> Identity:
+def load_identity(cfg, *, revoked_ok: bool = False) -> Identity:
     """This node's key and roster entry (``cfg`` is a ``node.config.Config``).
 
     Raises KeyFileError or RosterError, naming the file, when the key is missing or
-    not (or no longer) on the installed roster.
+    not on the installed roster, or revoked there (unless ``revoked_ok``: a revoked
+    node keeps its name and place, for a host name or a spoken test, never to sign).
     """
     key = SigningKey.load(cfg.key_file)
     roster = load_roster(cfg)
     me = roster.find_key(key.public_raw)
-    if me is None or me.revoked:
+    if me is None or (me.revoked and not revoked_ok):
         raise RosterError(f"{cfg.key_file}: this node's key is {'revoked' if me else 'not'} on "
                           f"roster v{roster.version}; ask the organizers for a roster with it")
     return Identity(key, roster, me)
