@@ -178,7 +178,7 @@ class Liveness:
             signed = self.signer.sign(wire.SilentFrame, node, int(min(now - last, 0xFFFF)))
             log.warning("TROUBLE: %s is silent: nothing from it for %.0f s; telling the block",
                         self.roster.members[node].name, now - last)
-            self.outbox.send_ephemeral(signed.data, now, hop_limit=None)
+            self.outbox.send_ephemeral(signed.data, hop_limit=None)
             # Once more a few seconds later, flooded again: a verdict lost to a collision costs minutes.
             self.relays.relay_verdict(("silent-again", signed.counter), signed.data, now, delay=VERDICT_AGAIN,
                                       hop_limit=None)
@@ -203,7 +203,7 @@ class Liveness:
         vector = self.supervisor.vector(now, supervision.trouble_bits(troubles))[:wire.MAX_VECTOR]
         signed = self.signer.sign(wire.HeartbeatFrame, supervision.trouble_mask(troubles), self.roster.version,
                                   reporter, acounter, int(latest.state) if latest else 0, vector)
-        self.outbox.send_ephemeral(signed.data, now, hop_limit=0)
+        self.outbox.send_ephemeral(signed.data, hop_limit=0)
         self.counts["heartbeat"] += 1
 
     def record_peers(self, now: float) -> None:

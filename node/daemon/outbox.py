@@ -47,7 +47,7 @@ class Outbox:
         """A text alert for plain Meshtastic apps, sent by the sender thread."""
         self._texts.append(text)
 
-    def send_ephemeral(self, frame: bytes, now: float, hop_limit: int | None) -> None:
+    def send_ephemeral(self, frame: bytes, hop_limit: int | None) -> None:
         """Send a frame that is useless later (heartbeat, receipt, repair): never queued in the outbox."""
         if self.link.instant:
             try:

@@ -104,7 +104,7 @@ class Relays:
             del self._relays[key]
             if relay.copies < relay.enough:
                 self.counts["relay"] += 1
-                self.outbox.send_ephemeral(relay.frame, now, hop_limit=relay.hop_limit)
+                self.outbox.send_ephemeral(relay.frame, hop_limit=relay.hop_limit)
             else:
                 self.counts["relay-suppressed"] += 1
         if len(self._relay_frames) > RELAYED_FRAMES_KEPT:
@@ -191,7 +191,7 @@ class Receipts:
             signed = self.signer.sign(wire.ReceiptFrame, *alerts.parse_alert_id(alert.id), key[1],
                                       self.roster.version, coverage.to_bitmap(received, self.members),
                                       coverage.to_bitmap(sounded, self.members))
-            self.outbox.send_ephemeral(signed.data, now, hop_limit=0)
+            self.outbox.send_ephemeral(signed.data, hop_limit=0)
             receipt.due, receipt.sent, receipt.last = None, receipt.sent + 1, now
             self.counts["receipt"] += 1
         if len(self._receipts) > RECEIPTS_KEPT:  # forget finished receipts of old alerts
