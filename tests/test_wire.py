@@ -252,6 +252,42 @@ def test_non_bytes_input_is_refused(roster_setup, data):
     assert reason(data, roster_setup.roster) == "not-bytes"
 
 
+class _Hostile(bytes):
+    """A bytes subclass whose own conversions raise: decode must never call them."""
+
+    def __bytes__(self):
+        raise RuntimeError("__bytes__ called")
+
+    def __len__(self):
+        raise RuntimeError("__len__ called")
+
+
+def test_a_bytes_subclass_is_read_through_its_buffer(roster_setup, frame):
+    data = encode(roster_setup, frame)
+    assert wire.decode(_Hostile(data), roster_setup.roster) == frame
+    assert reason(_Hostile(bytes(MAX_FRAME + 1)), roster_setup.roster) == "oversized"
+
+
+class _Counting(bytearray):
+    copies = 0
+
+    def __bytes__(self):
+        type(self).copies += 1
+        return super().__bytes__() if hasattr(bytearray, "__bytes__") else bytes(memoryview(self))
+
+
+def test_a_huge_buffer_is_refused_before_any_copy(roster_setup):
+    huge = _Counting(50 * 1024 * 1024)
+    assert reason(huge, roster_setup.roster) == "oversized"
+    assert _Counting.copies == 0
+
+
+def test_a_released_memoryview_is_refused(roster_setup, frame):
+    view = memoryview(encode(roster_setup, frame))
+    view.release()
+    assert reason(view, roster_setup.roster) == "not-bytes"
+
+
 @pytest.mark.parametrize("subject", [9, 2])  # not on the roster; the sender itself
 def test_a_silent_verdict_about_a_bad_subject_is_refused(roster_setup, subject):
     frame = SilentFrame(origin=2, counter=5, subject=subject, silent_for=200)

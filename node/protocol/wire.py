@@ -212,9 +212,16 @@ def decode(data: object, roster: Roster, seen: Callable[[int, int], bool] | None
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FrameError("not-bytes", type(data).__name__)
-    data = bytes(data)
-    if len(data) > MAX_FRAME:
-        raise FrameError("oversized", f"{len(data)} bytes > {MAX_FRAME}")
+    # Size first, through the buffer protocol (which a subclass cannot override): no copy of
+    # a huge buffer, and no __bytes__ or __len__ of a subclass runs.
+    try:
+        view = memoryview(data)
+    except (TypeError, ValueError) as exc:  # a released memoryview
+        raise FrameError("not-bytes", str(exc)) from None
+    with view:
+        if view.nbytes > MAX_FRAME:
+            raise FrameError("oversized", f"{view.nbytes} bytes > {MAX_FRAME}")
+        data = view.tobytes()
     if len(data) < MIN_FRAME:
         raise FrameError("truncated", f"{len(data)} bytes")
     version, ftype, origin, counter = _HEADER.unpack_from(data)
