@@ -228,19 +228,18 @@ def wipe(ctx: click.Context, yes: bool) -> None:
     import time
 
     from node.daemon import wipe as wipe_mod
-    from node.store import Store
 
     cfg = load_config(ctx)
     if not yes:
         click.confirm("Destroy this node's key, its database and its captains' accounts?", abort=True)
     started = time.monotonic()
     key = cfg.key_file
-    if cfg.db_file.exists():
+    if key.exists():
         try:  # a running daemon tells the block in its last heartbeat, then wipes itself
-            with Store(cfg.db_file) as store:  # closed at once: the daemon is about to delete the file
-                store.add_request("wipe", captain="silbato wipe", now=time.time())
-        except SilbatoError as exc:
-            click.echo(f"could not ask the node daemon ({exc}); wiping the files directly", err=True)
+            wipe_mod.ask(cfg)
+        except OSError as exc:
+            click.echo(f"could not ask the node daemon ({exc.strerror}: {exc.filename}); "
+                       "wiping the files directly", err=True)
         deadline = started + wipe_mod.WIPE_WITHIN / 2
         while key.exists() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -33,7 +33,8 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("node.state_dir", Path, Path("/var/lib/silbato"),
-            "Directory for the database, the node key and the installed roster."),
+            "Directory of the node daemon: its key and the installed roster; the database is in its db/ "
+            "folder, the only part the page's user may write."),
     Setting("node.key_file", str, "",
             "This node's Ed25519 private key (mode 0600). Empty: <state_dir>/node.key."),
     Setting("node.organizer_key", str, "/etc/silbato/organizer.pub",
@@ -109,6 +110,10 @@ SETTINGS: tuple[Setting, ...] = (
             "The block's Meshtastic channel key (base64, 16 or 32 bytes, mode 0600), used by 'silbato radio configure'."),
     Setting("web.host", str, "0.0.0.0", "Address the neighbors' page listens on."),
     Setting("web.port", int, 8080, "TCP port of the neighbors' page."),
+    Setting("web.state_dir", Path, Path("/var/lib/silbato-web"),
+            "Directory of the page's own files (its secret, readable only by the page's user)."),
+    Setting("web.session_idle", float, 1800.0,
+            "Seconds: a captain's session that has not been used for this long ends (a login lasts 12 h at most)."),
     Setting("web.hotline", str, "",
             "Phone number of the local rapid-response hotline, shown on the page. Empty: not shown."),
     Setting("web.live_clients", int, 200,
@@ -205,8 +210,18 @@ class Config(Mapping[str, Any]):
         return self.state_dir / "roster.json"
 
     @property
+    def db_dir(self) -> Path:
+        """The database's folder: the only part of the state directory the page's user may write."""
+        return self.state_dir / "db"
+
+    @property
     def db_file(self) -> Path:
-        return self.state_dir / "silbato.db"
+        return self.db_dir / "silbato.db"
+
+    @property
+    def web_secret_file(self) -> Path:
+        """The page's secret (signs its cookies), kept across restarts; ``silbato web rotate-secret``."""
+        return Path(self["web.state_dir"]) / "secret_key"
 
     @property
     def languages(self) -> list[str]:

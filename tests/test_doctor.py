@@ -8,6 +8,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from node import statedir
 from node.appliance import doctor as doctor_mod
 from node.cli import cli
 from node.appliance.doctor import FAIL, PASS, WARN, Doctor
@@ -240,6 +241,28 @@ def test_a_crashing_check_is_a_failure_not_a_crash(node, monkeypatch):
     monkeypatch.setattr(doctor_mod, "CHECKS", [*doctor_mod.CHECKS, ("broken", broken)])
     (bad,) = findings(doctor(toml, dev), "broken")
     assert bad.status == FAIL and "RuntimeError: boom" in bad.detail
+
+
+def test_separation_fails_when_the_page_could_read_a_key_or_write_the_state_directory(node, tmp_path):
+    cfg, toml, dev = node
+    channel = tmp_path / "channel.key"
+    channel.write_bytes(bytes(32))
+    os.chmod(channel, 0o600)
+    toml.write_text(toml.read_text() + f'[radio]\nchannel_key_file = "{channel}"\n')
+    statedir.prepare_db_dir(cfg)   # as the daemon leaves it
+    (good,) = findings(doctor(toml, dev), "separation")
+    assert good.status == PASS and "writes only" in good.detail
+    os.chmod(channel, 0o640)
+    (bad,) = findings(doctor(toml, dev), "separation")
+    assert bad.status == FAIL and "the channel key" in bad.detail and "640" in bad.detail
+    os.chmod(channel, 0o600)
+    os.chmod(cfg.state_dir, 0o770)
+    (bad,) = findings(doctor(toml, dev), "separation")
+    assert bad.status == FAIL and "ask for a wipe" in bad.detail
+    os.chmod(cfg.state_dir, 0o750)
+    os.chmod(cfg.db_dir, 0o700)
+    (warn,) = findings(doctor(toml, dev), "separation")
+    assert warn.status == WARN and "2770" in warn.detail
 
 
 def test_the_command_prints_one_line_per_finding_and_exits_1_on_failure(node):

@@ -75,3 +75,20 @@ def test_the_node_keeps_the_devices_it_needs_and_nothing_else():
     assert re.search(r"^WatchdogSec=\d+$", text, re.M)
     web = (REPO / "systemd" / "silbato-web.service").read_text()
     assert "PrivateDevices=yes" in web and "DeviceAllow" not in web
+
+
+def _directives(unit: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in (REPO / "systemd" / unit).read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def test_the_page_runs_as_its_own_user_and_writes_only_the_database_folder():
+    node, web = _directives("silbato-node.service"), _directives("silbato-web.service")
+    assert node["User"] == ["silbato"] and web["User"] == ["silbato-web"], "two users: the page is not the node"
+    assert web["Group"] == ["silbato"] and "SupplementaryGroups" not in web
+    assert web["StateDirectory"] == ["silbato-web"], "StateDirectory=silbato would hand the node's folder to the page"
+    assert web["ReadWritePaths"] == ["/var/lib/silbato/db"] and web["ProtectSystem"] == ["strict"]

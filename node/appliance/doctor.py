@@ -5,6 +5,7 @@ Checks, in order (each a function registered with ``@check``):
 ==========  ==============================================================================
 config      the settings file parses and every value is valid (Wi-Fi settings too)
 key         the node key exists, has mode 0600 and loads
+separation  the page's user cannot read the node key or the channel key, nor write the state directory
 roster      signed by the organizers' key, lists this node's key unrevoked; WARN after 30 days
 radio       configured and present; firmware 2.6.11 or newer, a private channel key, MQTT off
 gpio        /dev/gpiochip* present and no GPIO given two jobs
@@ -34,7 +35,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from node import config as config_mod
-from node.appliance.host import SERVICES, TIMERS, Host
+from node import statedir
+from node.appliance.host import SERVICES, TIMERS, USER, WEB_USER, Host
 from node.errors import SilbatoError
 from node.radio.interface import probe
 
@@ -147,6 +149,54 @@ def check_key(doctor: Doctor) -> Iterator[Result]:
         yield Result(FAIL, "key", str(exc))
         return
     yield Result(PASS, "key", f"{path}: mode 0600, public key {key.public_b64[:12]}...")
+
+
+def _web_identity(doctor: Doctor) -> tuple[int, set[int]] | None:
+    """The page's user's uid and groups, on a node where it exists (not under ``--root``)."""
+    import grp
+    import pwd
+
+    if not doctor.host.real:
+        return None
+    try:
+        user = pwd.getpwnam(WEB_USER)
+    except KeyError:
+        return None
+    return user.pw_uid, {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if WEB_USER in g.gr_mem}
+
+
+@check("separation")
+def check_separation(doctor: Doctor) -> Iterator[Result]:
+    """The page runs as its own user (``node/statedir.py``): a flaw in it must not become the node."""
+    if doctor.cfg is None:
+        yield from _needs_config(doctor, "separation")
+        return
+    cfg = doctor.cfg
+    web = _web_identity(doctor)
+    problems = []
+    for what, path in (("the node key", cfg.key_file), ("the channel key", Path(cfg["radio.channel_key_file"]))):
+        if not path.exists():
+            continue
+        mode = path.stat().st_mode & 0o777
+        if web is not None and statedir.readable_by(path, *web):
+            problems.append(f"{WEB_USER} can read {what} {path} (mode {mode:o}): chmod 600 it, owned by "
+                            f"{USER if path == cfg.key_file else 'root'}")
+        elif mode & statedir.SECRET_MODES:
+            problems.append(f"{what} {path} has mode {mode:o}: chmod 600 it")
+    if cfg.state_dir.exists() and cfg.state_dir.stat().st_mode & 0o022:
+        problems.append(f"{cfg.state_dir} is writable by its group or others: chmod 750 it "
+                        "(the page could ask for a wipe or replace the roster)")
+    for problem in problems:
+        yield Result(FAIL, "separation", problem)
+    if problems:
+        return
+    if cfg.db_dir.exists() and cfg.db_dir.stat().st_mode & 0o7777 != statedir.DB_DIR_MODE:
+        yield Result(WARN, "separation", f"{cfg.db_dir} has mode {cfg.db_dir.stat().st_mode & 0o7777:o}, "
+                                         f"not {statedir.DB_DIR_MODE:o}: the page may not be able to write "
+                                         "captains' requests (silbato-node sets it when it starts)")
+        return
+    who = WEB_USER if web is not None else "the page's user (not checkable here)"
+    yield Result(PASS, "separation", f"{who} cannot read the node key or the channel key, and writes only {cfg.db_dir}")
 
 
 @check("roster")

@@ -33,7 +33,8 @@ from typing import Iterator, Sequence
 
 from node.errors import SilbatoError
 
-USER = "silbato"
+USER = "silbato"          # the node daemon (and the purge)
+WEB_USER = "silbato-web"  # the page: primary group silbato, writes only <state_dir>/db (node/statedir.py)
 GROUPS = ("gpio", "dialout", "audio")  # GPIO chips, the radio's serial port, the speaker
 SERVICES = ("silbato-node.service", "silbato-web.service")
 TIMERS = ("silbato-purge.timer",)

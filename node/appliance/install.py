@@ -3,9 +3,11 @@
 Each step says what it did, and running ``install`` again changes nothing that is
 already right. The steps, in order:
 
-1. the ``silbato`` system user, in the groups ``gpio``, ``dialout`` and ``audio``;
+1. the ``silbato`` system user, in the groups ``gpio``, ``dialout`` and ``audio``, and the page's
+   own user ``silbato-web`` (primary group ``silbato``, no other);
 2. ``/etc/silbato/silbato.toml`` from a commented template, if absent (``config_template``);
-3. the state directory;
+3. the state directory, its ``db/`` folder (the only part the page may write) and the page's own
+   directory (``node/statedir.py`` says who may touch what);
 4. the release, in ``/opt/silbato/releases/<version>`` with its own venv (``node.appliance.release``),
    and ``/opt/silbato/current`` pointing at it;
 5. the units from the release's ``systemd/``, then ``systemctl daemon-reload``;
@@ -26,7 +28,8 @@ from typing import Callable
 from node import config as config_mod
 from node.appliance import release as release_mod
 from node.errors import SilbatoError
-from node.appliance.host import GROUPS, SERVICES, TIMERS, USER, Host, Layout
+from node import statedir
+from node.appliance.host import GROUPS, SERVICES, TIMERS, USER, WEB_USER, Host, Layout
 
 Say = Callable[[str], None]
 
@@ -34,7 +37,7 @@ UNIT_SUFFIXES = (".service", ".timer")
 
 # Settings whose value is a path on the node: under a root other than /, the settings file
 # that install writes points them into that root, so the node there is self-contained.
-PATH_SETTINGS = ("node.state_dir", "node.organizer_key", "radio.channel_key_file", "speaker.recordings_dir")
+PATH_SETTINGS = ("node.state_dir", "web.state_dir", "node.organizer_key", "radio.channel_key_file", "speaker.recordings_dir")
 
 
 def _toml_value(value) -> str:
@@ -120,7 +123,7 @@ def install(layout: Layout, host: Host, wheel: Path, *, say: Say, deps_from: Pat
         _user(host, say)
         _config(layout, host, say)
         cfg = config_mod.load(layout.config_file)
-        _state_dir(cfg.state_dir, host, say)
+        _state_dir(cfg, host, say)
         release = release_mod.install(layout, wheel, deps_from=deps_from, say=say)
         if layout.current_release() != release:
             layout.switch(release)
@@ -148,6 +151,13 @@ def _user(host: Host, say: Say) -> None:
         say(f"groups: {USER} is in {', '.join(groups)}" + ("" if host.real else " (recorded)"))
     if missing:
         say(f"groups: {', '.join(missing)} not on this machine (not a Raspberry Pi?); skipped")
+    if host.user_exists(WEB_USER):
+        say(f"user: {WEB_USER} exists")
+    else:
+        host.run(["useradd", "--system", "--gid", USER, "--home-dir", "/var/lib/silbato-web", "--no-create-home",
+                  "--shell", "/usr/sbin/nologin", "--comment", "Silbato page", WEB_USER])
+        say(f"user: created system user {WEB_USER} (the page), in group {USER} only" if host.real else
+            f"user: not created under {host.layout.root} (recorded: useradd --system {WEB_USER})")
 
 
 def _config(layout: Layout, host: Host, say: Say) -> None:
@@ -163,12 +173,26 @@ def _config(layout: Layout, host: Host, say: Say) -> None:
     say(f"config: created {layout.config_file} from the template")
 
 
-def _state_dir(state: Path, host: Host, say: Say) -> None:
+def _state_dir(cfg: config_mod.Config, host: Host, say: Say) -> None:
+    state = cfg.state_dir
     existed = state.is_dir()
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o750)
     host.chown(state, USER)
     say(f"state: {state} {'exists' if existed else 'created'}")
+    moved = cfg.state_dir.joinpath(cfg.db_file.name).exists() and not cfg.db_file.exists()
+    statedir.prepare_db_dir(cfg)
+    host.chown(cfg.db_dir, USER)
+    for path in sorted(cfg.db_dir.iterdir()):
+        host.chown(path, USER)
+    statedir.share_db(cfg)
+    say(f"state: {cfg.db_dir} (mode 2770: the only folder the page writes)"
+        + ("; moved the database into it" if moved else ""))
+    web = Path(cfg["web.state_dir"])
+    web.mkdir(parents=True, exist_ok=True)
+    os.chmod(web, 0o700)
+    host.chown(web, WEB_USER, USER)
+    say(f"state: {web} (mode 0700, the page's own)")
 
 
 def _node_key(cfg: config_mod.Config, host: Host, say: Say) -> None:
@@ -199,10 +223,15 @@ def uninstall(layout: Layout, host: Host, *, purge: bool, say: Say) -> None:
     """Stop and remove the services and releases; with ``purge``, also settings, state and user."""
     from node.appliance import wifi
 
+    web_state = layout.path(str(config_mod.BY_NAME["web.state_dir"].default))
     try:
-        state = config_mod.load(layout.config_file).state_dir if layout.config_file.exists() else layout.state_dir
+        if layout.config_file.exists():
+            cfg = config_mod.load(layout.config_file)
+            state, web_state = cfg.state_dir, Path(cfg["web.state_dir"])
+        else:
+            state = layout.state_dir
     except SilbatoError as exc:
-        say(f"config: {exc}; assuming the default state directory")
+        say(f"config: {exc}; assuming the default state directories")
         state = layout.state_dir
     with layout.lock():
         units = [layout.unit_dir / name for name in (*SERVICES, *TIMERS, "silbato-purge.service")]
@@ -221,10 +250,12 @@ def uninstall(layout: Layout, host: Host, *, purge: bool, say: Say) -> None:
             say(f"kept {layout.etc} and {state} (the node key and alerts); 'silbato uninstall --purge' removes them")
             return
     _remove(state, "state", say)
+    _remove(web_state, "page state", say)
     _remove(layout.etc, "config", say)
-    if host.user_exists(USER) or not host.real:
-        host.run(["userdel", USER], check=False)
-        say(f"user: removed {USER}" + ("" if host.real else " (recorded)"))
+    for user in (WEB_USER, USER):  # the page's user first: its primary group is the node's
+        if host.user_exists(user) or not host.real:
+            host.run(["userdel", user], check=False)
+            say(f"user: removed {user}" + ("" if host.real else " (recorded)"))
 
 
 def _remove(path: Path, what: str, say: Say) -> None:

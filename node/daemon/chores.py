@@ -1,7 +1,9 @@
 """Chores: the captains' requests from the web page, the weekly self-test, the retention purge.
 
 The web process only writes requests; ``process_requests`` is where one becomes a fact,
-signed through the alert desk, or is refused with the reason the page shows. Times are
+signed through the alert desk, or is refused with the reason the page shows. Only what a
+logged-in captain could ask on the page is taken (``CAPTAIN_ACTIONS``); any other row, a
+wipe included, is refused and logged: the page's user may write that table. Times are
 seconds on the node's clock; callers hold the node's lock.
 """
 
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
 
 from node.config import Config, parse_weekly
 from node.daemon.desk import Desk
@@ -22,21 +23,25 @@ log = logging.getLogger(__name__)
 PURGE_EVERY = 3600.0      # seconds between two retention purges
 SELFTEST_GRACE = 3600.0   # seconds after its time that a missed self-test still runs (the node was off)
 WEEK = 7 * 86400.0
+# What a captain may ask through the page (web.data.ACTIONS); notes need no daemon.
+CAPTAIN_ACTIONS = frozenset({"raise", "test", "confirm", "all_clear", "cancel"})
 
 
 class Chores:
-    """Requests, self-test and purge. ``wipe(why)`` wipes the node (a request from the CLI may ask)."""
+    """Requests, self-test and purge."""
 
-    def __init__(self, config: Config, store: Store, desk: Desk, *, wipe: Callable[[str], object]):
-        self.config, self.store, self.desk, self._wipe = config, store, desk, wipe
+    def __init__(self, config: Config, store: Store, desk: Desk):
+        self.config, self.store, self.desk = config, store, desk
         self._last_purge = 0.0
 
     def process_requests(self, now: float) -> None:
         """Sign and apply each pending request through ``report()``/``act()``; record the outcome on its row."""
         for req in self.store.pending_requests():
-            if req["action"] == "wipe" and req["captain"] == "silbato wipe":   # the CLI, as root on the node
-                self._wipe("silbato wipe")
-                return
+            if req["action"] not in CAPTAIN_ACTIONS:
+                log.warning("captain's request %d refused: %r is not something a captain can ask "
+                            "(a wipe comes only from 'silbato wipe' or the buttons)", req["id"], req["action"])
+                self.store.finish_request(req["id"], "refused", now, reason="not a captain's action")
+                continue
             try:
                 alert = self._apply_request(req, now)
             except SilbatoError as exc:

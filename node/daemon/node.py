@@ -34,6 +34,7 @@ import threading
 import time
 from typing import Callable
 
+from node import statedir
 from node.config import Config
 from node.daemon.chores import Chores
 from node.daemon.desk import Desk
@@ -43,7 +44,7 @@ from node.daemon.outbox import Outbox
 from node.daemon.relays import Receipts, Relays
 from node.daemon.signer import Signer
 from node.daemon.troubles import Troubles
-from node.daemon.wipe import destroy, node_files
+from node.daemon.wipe import destroy, node_files, requested as wipe_requested
 from node.hardware import speech
 from node.hardware.devices import Hardware
 from node.protocol import supervision, wire
@@ -109,7 +110,9 @@ class Node:
         self.members = sorted(self.roster.members)
 
     def _open_store(self) -> None:
+        statedir.prepare_db_dir(self.config)   # db/ is the only part the page's user may write
         self.store = Store(self.config.db_file)
+        statedir.share_db(self.config)
         self._on_stop(self.store.close)
         self.store.sync_peers(self.roster)
         # For the web page: which building is "this node", and the block's name for exports.
@@ -145,7 +148,7 @@ class Node:
         self.inbox = Inbox(self.roster, self.store, self.rate_limit, desk=self.desk, liveness=self.liveness,
                            relays=self.relays, receipts=self.receipts, troubles=self.troubles, counts=self.counts,
                            clock=self.clock, lock=self.lock, changed=self._changed)
-        self.chores = Chores(self.config, self.store, self.desk, wipe=self.wipe)
+        self.chores = Chores(self.config, self.store, self.desk)
         self._tick_chores = (
             ("captains' requests", self.chores.process_requests),
             ("flooding", self.troubles.calm),
@@ -265,6 +268,13 @@ class Node:
         except Exception:
             self.counts["error"] += 1
             log.exception("captains' requests failed; the node goes on")
+
+    def wipe_if_asked(self) -> bool:
+        """Wipe if ``silbato wipe`` asked (``node.daemon.wipe.ask``). Call without the node's lock."""
+        if self.wiped or self._wiping or not wipe_requested(self.config):
+            return False
+        self.wipe("silbato wipe")
+        return True
 
     def wipe(self, why: str) -> list:
         """Destroy this node's key, database and captains' accounts, after telling the block.

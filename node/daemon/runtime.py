@@ -87,7 +87,9 @@ def run(config: Config, *, stopping: threading.Event | None = None, link: Link |
     reported: list[str] = []
     try:
         while not stopping.wait(REQUEST_POLL):
-            if time.monotonic() >= next_tick:
+            if node.wipe_if_asked():  # 'silbato wipe': outside the node's lock, so the sender can tell the block
+                pass
+            elif time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + TICK_EVERY
                 node.tick()
             else:

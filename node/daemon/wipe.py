@@ -3,6 +3,10 @@
 ``destroy(paths)`` overwrites each file with random bytes, syncs it and unlinks it. The
 daemon wipes itself (``Node.wipe``: it first tells the block in a last heartbeat); the CLI
 asks a running daemon to, and wipes the files itself if none answers.
+
+The CLI asks by creating ``<state_dir>/wipe-requested`` (``ask``): a file in the folder
+only the daemon's user and root may write, so the page's user, who may write the
+database, can never ask for a wipe. The buttons ask the daemon directly.
 """
 
 from __future__ import annotations
@@ -22,7 +26,23 @@ def node_files(config) -> list[Path]:
     SHM: alerts, notes, captains' accounts) and the block's Meshtastic channel key."""
     db = Path(config.db_file)
     return [Path(config.key_file), db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"),
-            Path(config["radio.channel_key_file"])]
+            Path(config["radio.channel_key_file"]), request_file(config)]
+
+
+def request_file(config) -> Path:
+    """Where the CLI asks a running daemon to wipe (see the module docstring)."""
+    return Path(config.state_dir) / "wipe-requested"
+
+
+def ask(config) -> None:
+    """Ask a running daemon to wipe the node; it checks every ``REQUEST_POLL`` seconds."""
+    path = request_file(config)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+
+
+def requested(config) -> bool:
+    return request_file(config).exists()
 
 
 def destroy(paths: Iterable[Path]) -> list[Path]:
