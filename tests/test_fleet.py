@@ -123,7 +123,7 @@ Host node-down
     organizer = SigningKey.generate()
     add_roster({1: roots["node-a"], 2: roots["node-b"]}, organizer)
     for root in roots.values():
-        Store(root / "var" / "lib" / "silbato" / "silbato.db").close()
+        Store(root / "var" / "lib" / "silbato" / "db" / "silbato.db").close()
     return config, roots, organizer
 
 
@@ -181,7 +181,7 @@ def test_status_shows_each_node_s_version_health_and_alerts(fleet):
     from node.protocol.keys import Roster
 
     config, roots, organizer = fleet
-    store = Store(roots["node-b"] / "var" / "lib" / "silbato" / "silbato.db")
+    store = Store(roots["node-b"] / "var" / "lib" / "silbato" / "db" / "silbato.db")
     store.sync_peers(Roster.load(roots["node-b"] / "roster.json", organizer.public))  # as the daemon does
     store.save_alert(Alert("1-3", Kind.RAID, 101, 1, State.CONFIRMED, 2, 100.0, 120.0, 100.0))
     store.close()

@@ -70,7 +70,7 @@ def test_a_release_whose_doctor_fails_is_rolled_back(node_root, release_wheels):
 
 def test_a_release_whose_migration_fails_never_touches_the_live_database(node_root, tmp_path):
     root = node_root
-    db = root / "var" / "lib" / "silbato" / "silbato.db"
+    db = root / "var" / "lib" / "silbato" / "db" / "silbato.db"
     before = sqlite3.connect(db).execute("SELECT name FROM _sqlite_migrations ORDER BY name").fetchall()
     wheel = build_release(tmp_path / "bad-migration", "99.0.3", store_patch=(
         '\n\n@migrations()\ndef m999_broken_on_purpose(db):\n'

@@ -56,7 +56,7 @@ def kill_at_random(root: Path, rng: random.Random) -> list[str]:
 
 def test_no_committed_alert_is_lost_and_no_counter_reused_across_kills(tmp_path):
     install(tmp_path, (1,))
-    db = tmp_path / "node1" / "silbato.db"
+    db = tmp_path / "node1" / "db" / "silbato.db"
     rng = random.Random(9)
     committed: dict[str, State] = {}
     first_reports: list[int] = []
