@@ -53,10 +53,11 @@ def load_config(ctx: click.Context) -> config_mod.Config:
 
 
 def open_store(ctx: click.Context):
-    """The node's database (``node.store.Store``), closed when the command ends."""
-    from node.store import Store
+    """The node's database (``node.store.Store``), closed when the command ends; made, if it must be,
+    as the daemon would (``node.statedir``: even as root, the daemon and the page can write it)."""
+    from node import statedir
 
-    return ctx.with_resource(Store(load_config(ctx).db_file))
+    return ctx.with_resource(statedir.open_store(load_config(ctx)))
 
 
 def _read_json(path: str):

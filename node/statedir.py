@@ -37,22 +37,47 @@ def prepare_db_dir(config) -> Path:
     folder = config.db_dir
     folder.mkdir(parents=True, exist_ok=True)
     group = config.state_dir.stat().st_gid   # the daemon's group, which the page's user has
-    if folder.stat().st_gid != group:         # made by root (silbato migrate, a test): not root's group
-        try:
+    try:
+        _give_to_state_owner(config, folder)  # made by root (silbato migrate, a test)
+        if folder.stat().st_gid != group:
             os.chown(folder, -1, group)
-        except OSError as exc:
-            log.warning("could not give %s the group of %s: %s", folder, config.state_dir, exc)
+    except OSError as exc:
+        log.warning("could not give %s the owner of %s: %s", folder, config.state_dir, exc)
     _chmod(folder, DB_DIR_MODE)
     adopt_legacy_db(config)
     return folder
 
 
 def share_db(config) -> None:
-    """The database (once it exists) is 0660, so the page's user, in the group, can write it."""
+    """The database (once it exists) is 0660, so the page's user, in the group, can write it.
+
+    Run as root (``silbato captain add``, ``silbato migrate`` before the daemon ever ran), the
+    files are also given to the state directory's owner, or the daemon could not write them.
+    """
     for suffix in ("", "-wal", "-shm"):
         path = config.db_file.with_name(config.db_file.name + suffix)
         if path.exists():
+            _give_to_state_owner(config, path)
             _chmod(path, DB_MODE)
+
+
+def open_store(config, **kwargs):
+    """The node's store, its folder and files shared as this module says (the CLI and the daemon)."""
+    from node.store import Store
+
+    prepare_db_dir(config)
+    store = Store(config.db_file, **kwargs)
+    share_db(config)
+    return store
+
+
+def _give_to_state_owner(config, path: Path) -> None:
+    if os.geteuid() != 0:
+        return
+    owner = config.state_dir.stat()
+    st = path.stat()
+    if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def adopt_legacy_db(config) -> bool:

@@ -167,6 +167,9 @@ def test_as_the_page_user_the_keys_are_unreadable_and_only_the_database_is_writa
         node = Node(cfg, pin_factory=mock_factory(), clock=lambda: 1_800_000_000.0).start()
     finally:
         os.umask(old_umask)
+    for made_by_root in (cfg.db_dir, cfg.db_file, cfg.db_file.with_name("silbato.db-wal")):
+        st = made_by_root.stat()   # root made them (as 'silbato captain add' might): the daemon's now
+        assert (st.st_uid, st.st_gid) == (DAEMON_UID, GROUP), made_by_root
     try:
         result = subprocess.run(
             [system_python, "-I", "-S", "-c", PAGE_TRIES, str(cfg.state_dir), str(cfg.db_file),

@@ -52,7 +52,6 @@ from node.protocol.alerts import Alert, Kind
 from node.protocol.keys import load_identity
 from node.protocol.ratelimit import OriginRateLimit
 from node.radio.link import Link, NullLink
-from node.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +109,7 @@ class Node:
         self.members = sorted(self.roster.members)
 
     def _open_store(self) -> None:
-        statedir.prepare_db_dir(self.config)   # db/ is the only part the page's user may write
-        self.store = Store(self.config.db_file)
-        statedir.share_db(self.config)
+        self.store = statedir.open_store(self.config)   # db/ is the only part the page's user may write
         self._on_stop(self.store.close)
         self.store.sync_peers(self.roster)
         # For the web page: which building is "this node", and the block's name for exports.
