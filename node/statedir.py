@@ -81,7 +81,7 @@ def _give_to_state_owner(config, path: Path) -> None:
 
 
 def adopt_legacy_db(config) -> bool:
-    """Before 0.2 the database was ``<state_dir>/silbato.db``: move it (with WAL and SHM) into ``db/``."""
+    """Earlier installs kept the database at ``<state_dir>/silbato.db``: move it (with WAL and SHM) into ``db/``."""
     old = config.state_dir / config.db_file.name
     if not old.exists() or config.db_file.exists():
         return False
