@@ -1,14 +1,15 @@
-"""Every setting, declared once: name, type, default and help.
+"""Every setting, declared once: name, type, default, help, and the bounds or choices of its value.
 
 Settings load from a TOML file whose sections give dotted names (``[radio] port``
 is ``radio.port``), then from ``SILBATO_*`` environment variables
-(``SILBATO_RADIO_PORT``), which win. A bad file stops start-up with one line
-naming the file, the key and what was expected.
+(``SILBATO_RADIO_PORT``), which win. A bad value stops start-up with one line
+naming the file (or the variable), the key, what was expected and what was found.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -19,16 +20,62 @@ from typing import Any, Mapping
 import tomli_w
 
 from node.errors import ConfigError
+from node.protocol.airtime import PRESETS
 
 DEFAULT_CONFIG_PATH = Path("/etc/silbato/silbato.toml")
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a number may take: from ``low`` (or above it, if ``low_open``) to ``high``, finite."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        return math.isfinite(value) and above and value <= self.high  # NaN fails every comparison
+
+    def words(self) -> str:
+        """``from 1 to 65535``, ``above 0``, ``above 0 and at most 0.5``, ``0 or more``."""
+        low = f"above {self.low:g}" if self.low_open else f"{self.low:g} or more"
+        if self.high == math.inf:
+            return low
+        return f"above {self.low:g} and at most {self.high:g}" if self.low_open else f"from {self.low:g} to {self.high:g}"
+
+
+def between(low: float, high: float = math.inf) -> Range:
+    """``low`` to ``high``, both allowed."""
+    return Range(low, high)
+
+
+def above(low: float, high: float = math.inf) -> Range:
+    """More than ``low`` (seconds: ``above(0)``), at most ``high``."""
+    return Range(low, high, low_open=True)
+
+
+GPIO = between(1, 27)  # BCM numbers of the Pi's header
+
+
+@dataclass(frozen=True)
 class Setting:
+    """One setting. ``bounds`` (numbers) or ``choices`` (words) are checked on load, with one message."""
+
     name: str
     type: type
     default: Any
     help: str
+    bounds: Range | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def expected(self) -> str:
+        """What a value must be, in words: ``an integer from 1 to 65535``, ``one of ap, lan, off``."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        words = _TYPE_WORDS[self.type]
+        return f"{words} {self.bounds.words()}" if self.bounds else words
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -42,38 +89,51 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("node.languages", str, "en,es",
             "Comma-separated languages of this node's page and announcements (en, es, ko, tl)."),
     Setting("alerts.merge_window", float, 600.0,
-            "Seconds: repeated reports from the same place within this window merge into one incident."),
+            "Seconds: repeated reports from the same place within this window merge into one incident.",
+            bounds=above(0)),
     Setting("alerts.expire_after", float, 4 * 3600.0,
-            "Seconds: an active alert with no state change for this long becomes EXPIRED."),
+            "Seconds: an active alert with no state change for this long becomes EXPIRED.",
+            bounds=above(0)),
     Setting("alerts.retention", float, 72 * 3600.0,
-            "Seconds: ended alerts and their events older than this are purged."),
+            "Seconds: ended alerts and their events older than this are purged.",
+            bounds=above(0)),
     Setting("alerts.repeat_max_interval", float, 600.0,
-            "Seconds: the longest gap between re-sends of a state this node signed (backoff cap)."),
+            "Seconds: the longest gap between re-sends of a state this node signed (backoff cap).",
+            bounds=above(0)),
     Setting("hardware.button_pin", int, 17,
-            "GPIO (BCM) of the panic button; wire it between this pin and GND."),
+            "GPIO (BCM) of the panic button; wire it between this pin and GND.",
+            bounds=GPIO),
     Setting("hardware.hold_time", float, 2.0,
-            "Seconds the panic button must be held to raise a report."),
+            "Seconds the panic button must be held to raise a report.",
+            bounds=above(0, 60)),
     Setting("hardware.siren_pin", int, 27,
-            "GPIO (BCM) driving the siren relay or buzzer (active high)."),
+            "GPIO (BCM) driving the siren relay or buzzer (active high).",
+            bounds=GPIO),
     Setting("hardware.light_pin", int, 22,
-            "GPIO (BCM) of the status LED (through a 330 ohm resistor to GND)."),
+            "GPIO (BCM) of the status LED (through a 330 ohm resistor to GND).",
+            bounds=GPIO),
     Setting("hardware.siren_kind", str, "relay",
             "How the siren is wired: relay (relay module or transistor switching a siren), "
-            "buzzer (active buzzer) or piezo (passive piezo, driven with tones)."),
+            "buzzer (active buzzer) or piezo (passive piezo, driven with tones).",
+            choices=("relay", "buzzer", "piezo")),
     Setting("hardware.confirmed_duration", float, 60.0,
-            "Seconds the CONFIRMED whistle pattern (three long blasts) keeps repeating."),
+            "Seconds the CONFIRMED whistle pattern (three long blasts) keeps repeating.",
+            bounds=above(0)),
     Setting("hardware.quiet_hours", str, "",
             "Local time span HH:MM-HH:MM (e.g. 22:00-07:00) in which REPORTED and TEST sound softer. "
             "CONFIRMED is never softened. Empty: no quiet hours."),
     Setting("hardware.cancel_window", float, 10.0,
             "Seconds after a hold raised a report in which pressing the button again withdraws it "
-            "as a false alarm. Later, withdrawing is a captain's action."),
+            "as a false alarm. Later, withdrawing is a captain's action.",
+            bounds=above(0)),
     Setting("hardware.confirm_pin", int, 0,
             "GPIO (BCM) of the optional second button (to GND): held, it confirms another node's "
-            "report or declares all clear. 0: no second button."),
+            "report or declares all clear. 0: no second button.",
+            bounds=between(0, 27)),
     Setting("hardware.light_kind", str, "led",
             "Status light: led (one LED on hardware.light_pin) or rgb (an RGB LED or three LEDs "
-            "on hardware.rgb_pins)."),
+            "on hardware.rgb_pins).",
+            choices=("led", "rgb")),
     Setting("hardware.rgb_pins", str, "22,23,24",
             "GPIOs (BCM) of the red, green and blue LEDs when hardware.light_kind is rgb."),
     Setting("speaker.device", str, "",
@@ -85,53 +145,68 @@ SETTINGS: tuple[Setting, ...] = (
             "Serial device of the Meshtastic radio (prefer /dev/serial/by-id/...). Empty: no radio."),
     Setting("radio.tcp", str, "",
             "host:port of a Meshtastic radio or meshtasticd on the network, instead of radio.port."),
-    Setting("radio.channel", int, 0, "Meshtastic channel index the frames are sent on (0-7)."),
+    Setting("radio.channel", int, 0, "Meshtastic channel index the frames are sent on (0-7).",
+            bounds=between(0, 7)),
     Setting("radio.text_alerts", bool, True,
             "Also send REPORTED, CONFIRMED and ALL CLEAR as a text message with a bell, for plain Meshtastic users."),
-    Setting("radio.hop_limit", int, 7, "Meshtastic hop limit for our frames (1-7)."),
+    Setting("radio.hop_limit", int, 7, "Meshtastic hop limit for our frames (1-7).",
+            bounds=between(1, 7)),
     Setting("radio.preset", str, "MEDIUM_FAST",
             "The radio's Meshtastic modem preset, for sizing heartbeats to the airtime budget "
-            "(SHORT_FAST, MEDIUM_FAST, LONG_FAST, ...; 'silbato radio info' shows the radio's own)."),
+            "(SHORT_FAST, MEDIUM_FAST, LONG_FAST, ...; 'silbato radio info' shows the radio's own).",
+            choices=tuple(PRESETS)),
     Setting("supervision.period", float, 180.0,
             "Seconds without any sign of life before a building is shown as TROUBLE (silent) everywhere; "
-            "the block uses a longer period on a preset too slow for it at the airtime budget (LONG_FAST: 590)."),
+            "the block uses a longer period on a preset too slow for it at the airtime budget (LONG_FAST: 590).",
+            bounds=above(0)),
     Setting("supervision.airtime_budget", float, 0.05,
-            "Share of the channel that heartbeats may use, which sets how often they are sent."),
+            "Share of the channel that heartbeats may use, which sets how often they are sent.",
+            bounds=above(0, 0.5)),
     Setting("supervision.heartbeat_interval", float, 0.0,
-            "Seconds between heartbeats; 0 derives it from radio.preset and supervision.airtime_budget."),
+            "Seconds between heartbeats; 0 derives it from radio.preset and supervision.airtime_budget.",
+            bounds=between(0)),
     Setting("supervision.receipt_timeout", float, 120.0,
-            "Seconds after an alert state after which a building that has not confirmed receiving it is missing."),
+            "Seconds after an alert state after which a building that has not confirmed receiving it is missing.",
+            bounds=above(0)),
     Setting("selftest.schedule", str, "",
             "Weekly self-test, as DAY HH:MM in local time (e.g. 'Sun 12:00'); set it on one node of the block. "
             "Empty: no scheduled self-test."),
     Setting("selftest.audible", str, "never",
-            "never: the self-test is silent everywhere; monthly: the month's first one sounds the test chirp."),
+            "never: the self-test is silent everywhere; monthly: the month's first one sounds the test chirp.",
+            choices=("never", "monthly")),
     Setting("radio.channel_key_file", str, "/etc/silbato/channel.key",
             "The block's Meshtastic channel key (base64, 16 or 32 bytes, mode 0600), used by 'silbato radio configure'."),
     Setting("web.host", str, "0.0.0.0", "Address the neighbors' page listens on."),
-    Setting("web.port", int, 8080, "TCP port of the neighbors' page."),
+    Setting("web.port", int, 8080, "TCP port of the neighbors' page.",
+            bounds=between(1, 65535)),
     Setting("web.state_dir", Path, Path("/var/lib/silbato-web"),
             "Directory of the page's own files (its secret, readable only by the page's user)."),
     Setting("web.session_idle", float, 1800.0,
-            "Seconds: a captain's session that has not been used for this long ends (a login lasts 12 h at most)."),
+            "Seconds: a captain's session that has not been used for this long ends (a login lasts 12 h at most).",
+            bounds=above(0)),
     Setting("web.hotline", str, "",
             "Phone number of the local rapid-response hotline, shown on the page. Empty: not shown."),
     Setting("web.live_clients", int, 200,
-            "How many open pages get live updates at once (one server thread each); more poll every 15 s."),
+            "How many open pages get live updates at once (one server thread each); more poll every 15 s.",
+            bounds=between(1, 2000)),
     Setting("wifi.mode", str, "off",
             "Building Wi-Fi, written by 'silbato wifi apply': ap (the node is a hotspot and its page a "
-            "captive portal), lan (the node joins the building's Wi-Fi as silbato-<name>.local) or off."),
+            "captive portal), lan (the node joins the building's Wi-Fi as silbato-<name>.local) or off.",
+            choices=("ap", "lan", "off")),
     Setting("wifi.ssid", str, "",
             "Network name: of the hotspot (ap; empty: Silbato <block>), or of the building's Wi-Fi to join "
             "(lan; empty: keep the Wi-Fi the Pi already joins)."),
-    Setting("wifi.security", str, "wpa2", "ap: wpa2 (with wifi.password) or open. lan: wpa2 or open."),
+    Setting("wifi.security", str, "wpa2", "ap: wpa2 (with wifi.password) or open. lan: wpa2 or open.",
+            choices=("wpa2", "open")),
     Setting("wifi.password", str, "", "WPA2 passphrase, 8 to 63 characters (keep this file 0640)."),
     Setting("wifi.interface", str, "wlan0", "The Wi-Fi interface."),
     Setting("wifi.address", str, "10.42.0.1", "ap: the node's address on its hotspot (a /24 is handed out)."),
-    Setting("wifi.channel", int, 6, "ap: the 2.4 GHz channel (1-13)."),
+    Setting("wifi.channel", int, 6, "ap: the 2.4 GHz channel (1-13).",
+            bounds=between(1, 13)),
     Setting("wifi.name", str, "",
             "lan: the node is silbato-<name>.local. Empty: its name on the roster, in lower case (B7: silbato-b7)."),
-    Setting("log.level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR."),
+    Setting("log.level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
+            choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -228,6 +303,27 @@ class Config(Mapping[str, Any]):
         return [lang.strip() for lang in self["node.languages"].split(",") if lang.strip()]
 
 
+# Environment variables with the SILBATO_ prefix that are not settings, and who reads them. Any
+# other SILBATO_* variable is taken for a mistyped setting and stops every command.
+NON_SETTING_ENV: dict[str, str] = {
+    "SILBATO_ROOT": "--root of install, update, doctor, status... (docs/appliance.md)",
+    "SILBATO_REQUIRE_ALL_TESTS": "tests: a skipped test fails the run (.ci/test)",
+    "SILBATO_LONG": "tests: the adversarial suite's long sizes (docs/development.md)",
+    "SILBATO_SCREENSHOT_DIR": "tests: where the browser test saves the README's picture (docs/development.md)",
+    "SILBATO_WEB_DATABASE": "web: the database of create_app() without settings (web/__init__.py)",
+}
+
+
+def _unknown_env(env: Mapping[str, str]) -> None:
+    """Refuse a SILBATO_* variable that is neither a setting nor in NON_SETTING_ENV, with a hint."""
+    known = [env_name(s.name) for s in SETTINGS] + list(NON_SETTING_ENV)
+    for var in env:
+        if var.startswith("SILBATO_") and var not in known:
+            close = difflib.get_close_matches(var, known, n=1)
+            hint = f"; did you mean ${close[0]}?" if close else ""
+            raise ConfigError(f"${var}: unknown setting (environment variable{hint})")
+
+
 def load(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None,
          overrides: Mapping[str, Any] | None = None) -> Config:
     """Load settings. ``path=None`` reads the default file if it exists.
@@ -237,6 +333,7 @@ def load(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None
     """
     env = os.environ if env is None else env
     values = {s.name: s.default for s in SETTINGS}
+    origins: dict[str, str] = {}  # where each value that is not a default came from, for the messages
     source = "defaults"
     if path is None:
         explicit, file_path = False, DEFAULT_CONFIG_PATH
@@ -256,6 +353,7 @@ def load(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 raise ConfigError(f"{file_path}: {name}: unknown setting{hint}")
             values[name] = _coerce(setting, value, str(file_path))
+            origins[name] = str(file_path)
         source = str(file_path)
     elif explicit:
         raise ConfigError(f"{file_path}: config file not found")
@@ -263,27 +361,26 @@ def load(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None
         var = env_name(setting.name)
         if var in env:
             values[setting.name] = _coerce(setting, env[var], "$" + var)
-    unknown_env = [k for k in env if k.startswith("SILBATO_") and k not in {env_name(s.name) for s in SETTINGS}
-                   and k not in _NON_SETTING_ENV]
-    if unknown_env:
-        raise ConfigError(f"${unknown_env[0]}: unknown setting (environment variable)")
-    return from_mapping(overrides or {}, source=source, base=values)
+            origins[setting.name] = "$" + var
+    _unknown_env(env)
+    return from_mapping(overrides or {}, source=source, base=values, origins=origins)
 
 
 def from_mapping(overrides: Mapping[str, Any], *, source: str = "defaults",
-                 base: Mapping[str, Any] | None = None) -> Config:
-    """Defaults (or ``base``) with ``overrides`` applied, checked like a file."""
+                 base: Mapping[str, Any] | None = None, origins: Mapping[str, str] | None = None) -> Config:
+    """Defaults (or ``base``) with ``overrides`` applied, checked like a file.
+
+    ``origins`` names where a value of ``base`` came from (a file, ``$SILBATO_...``), for the messages.
+    """
     values = dict(base) if base is not None else {s.name: s.default for s in SETTINGS}
+    origins = dict(origins or {})
     for name, value in overrides.items():
         if name not in BY_NAME:
             raise ConfigError(f"{source}: {name}: unknown setting")
         values[name] = _coerce(BY_NAME[name], value, source)
-    _validate(values, source)
+        origins[name] = source
+    _validate(values, source, origins)
     return Config(values, source)
-
-
-# Environment variables with the SILBATO_ prefix that are not settings.
-_NON_SETTING_ENV = {"SILBATO_REQUIRE_ALL_TESTS", "SILBATO_ROOT"}  # SILBATO_ROOT: --root of install, update...
 
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -329,78 +426,31 @@ def parse_pins(value: str, count: int) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
-def _validate_hardware(values: dict[str, Any], source: str) -> None:
-    """The hardware and speaker settings (see ``node.hardware.devices``)."""
-    if values["hardware.siren_kind"] not in ("relay", "buzzer", "piezo"):
-        raise ConfigError(f"{source}: hardware.siren_kind: expected relay, buzzer or piezo, "
-                          f"got {values['hardware.siren_kind']!r}")
-    if values["hardware.light_kind"] not in ("led", "rgb"):
-        raise ConfigError(f"{source}: hardware.light_kind: expected led or rgb, got {values['hardware.light_kind']!r}")
-    for name in ("hardware.cancel_window", "hardware.confirmed_duration"):
-        if not 0 < values[name] < float("inf"):
-            raise ConfigError(f"{source}: {name}: expected a positive number of seconds, got {values[name]}")
-    for name, parse in (("hardware.quiet_hours", parse_quiet_hours),
-                        ("hardware.rgb_pins", lambda v: parse_pins(v, 3))):
+def _check_declared(setting: Setting, value: Any, source: str) -> None:
+    """The setting's declared ``bounds`` or ``choices``, with one message naming the key, the range and the value."""
+    if setting.choices and value not in setting.choices or setting.bounds and value not in setting.bounds:
+        raise ConfigError(f"{source}: {setting.name}: expected {setting.expected}, got {value!r}")
+
+
+def _validate(values: dict[str, Any], source: str, origins: Mapping[str, str]) -> None:
+    """Each setting's declared bounds or choices, then the checks a declaration cannot express."""
+    values["log.level"] = values["log.level"].upper()  # as Python's logging names them; 'info' is fine
+    for setting in SETTINGS:
+        _check_declared(setting, values[setting.name], origins.get(setting.name, source))
+    if values["radio.port"] and values["radio.tcp"]:
+        raise ConfigError(f"{source}: radio.tcp: set radio.port or radio.tcp, not both")
+    parsed = [("radio.tcp", lambda v: v and parse_host_port(v)), ("selftest.schedule", lambda v: v and parse_weekly(v)),
+              ("hardware.quiet_hours", parse_quiet_hours), ("hardware.rgb_pins", lambda v: parse_pins(v, 3))]
+    for name, parse in parsed:  # the words that have a grammar
         try:
             parse(values[name])
         except ValueError as exc:
-            raise ConfigError(f"{source}: {name}: {exc}") from None
-    for name in ("hardware.button_pin", "hardware.siren_pin", "hardware.light_pin", "hardware.confirm_pin"):
-        lowest = 0 if name == "hardware.confirm_pin" else 1  # confirm_pin 0: no second button
-        if not lowest <= values[name] <= 27:
-            raise ConfigError(f"{source}: {name}: expected a GPIO number {lowest}-27, got {values[name]}")
-
-
-def _validate(values: dict[str, Any], source: str) -> None:
-    """Range checks that a type alone cannot express."""
-    if values["radio.port"] and values["radio.tcp"]:
-        raise ConfigError(f"{source}: radio.tcp: set radio.port or radio.tcp, not both")
-    if values["radio.tcp"]:
-        try:
-            parse_host_port(values["radio.tcp"])
-        except ValueError as exc:
-            raise ConfigError(f"{source}: radio.tcp: {exc}") from None
-    from node.protocol.airtime import PRESETS
-
-    if values["radio.preset"] not in PRESETS:
-        raise ConfigError(f"{source}: radio.preset: expected one of {', '.join(PRESETS)}, got {values['radio.preset']!r}")
-    if not 0 < values["supervision.airtime_budget"] <= 0.5:
-        raise ConfigError(f"{source}: supervision.airtime_budget: expected a share above 0 and at most 0.5, "
-                          f"got {values['supervision.airtime_budget']}")
-    if not 0 <= values["supervision.heartbeat_interval"] < float("inf"):
-        raise ConfigError(f"{source}: supervision.heartbeat_interval: expected 0 or a number of seconds, "
-                          f"got {values['supervision.heartbeat_interval']}")
-    if values["selftest.schedule"]:
-        try:
-            parse_weekly(values["selftest.schedule"])
-        except ValueError as exc:
-            raise ConfigError(f"{source}: selftest.schedule: {exc}") from None
-    if values["selftest.audible"] not in ("never", "monthly"):
-        raise ConfigError(f"{source}: selftest.audible: expected never or monthly, got {values['selftest.audible']!r}")
-    if not 0 <= values["radio.channel"] <= 7:
-        raise ConfigError(f"{source}: radio.channel: expected 0 to 7, got {values['radio.channel']}")
-    if not 1 <= values["radio.hop_limit"] <= 7:
-        raise ConfigError(f"{source}: radio.hop_limit: expected 1 to 7, got {values['radio.hop_limit']}")
-    for name in ("alerts.merge_window", "alerts.expire_after", "alerts.retention",
-                 "alerts.repeat_max_interval", "hardware.hold_time", "supervision.period",
-                 "supervision.receipt_timeout"):
-        if not 0 < values[name] < float("inf"):  # also refuses NaN
-            raise ConfigError(f"{source}: {name}: expected a positive number of seconds, got {values[name]}")
+            raise ConfigError(f"{origins.get(name, source)}: {name}: {exc}") from None
     from node.catalog import LANGUAGES  # declared once, there
 
     bad = [lang for lang in values["node.languages"].split(",") if lang.strip() not in LANGUAGES]
     if bad:
-        raise ConfigError(f"{source}: node.languages: expected some of {', '.join(LANGUAGES)}, got {bad[0]!r}")
-    if values["log.level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"{source}: log.level: expected DEBUG, INFO, WARNING or ERROR, got {values['log.level']!r}")
-    _validate_hardware(values, source)
-    _validate_web(values, source)
-
-
-def _validate_web(values: dict[str, Any], source: str) -> None:
-    """The web page's settings (see ``web``)."""
-    if not 1 <= values["web.live_clients"] <= 2000:
-        raise ConfigError(f"{source}: web.live_clients: expected 1 to 2000, got {values['web.live_clients']}")
+        raise ConfigError(f"{origins.get('node.languages', source)}: node.languages: expected some of {', '.join(LANGUAGES)}, got {bad[0]!r}")
 
 
 def render(config: Config) -> str:

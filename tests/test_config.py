@@ -34,7 +34,7 @@ def test_defaults_match_the_declared_settings(no_default_file):
 def test_default_paths_derive_from_state_dir(no_default_file):
     cfg = load(env={})
     assert cfg.key_file == Path("/var/lib/silbato/node.key")
-    assert cfg.db_file == Path("/var/lib/silbato/silbato.db")
+    assert cfg.db_file == Path("/var/lib/silbato/db/silbato.db")
     assert cfg.roster_file == Path("/var/lib/silbato/roster.json")
     assert cfg.languages == ["en", "es"]
 
@@ -144,9 +144,41 @@ def test_environment_bad_int_names_the_variable(no_default_file):
     assert "expected an integer" in message
 
 
-def test_unknown_silbato_environment_variable_is_an_error(no_default_file):
-    with pytest.raises(ConfigError, match=r"\$SILBATO_RADIO_PROT: unknown setting"):
+def test_unknown_silbato_environment_variable_is_an_error_with_a_hint(no_default_file):
+    with pytest.raises(ConfigError, match=r"\$SILBATO_RADIO_PROT: unknown setting .*did you mean \$SILBATO_RADIO_PORT\?"):
         load(env={"SILBATO_RADIO_PROT": "/dev/ttyACM0"})
+    with pytest.raises(ConfigError, match=r"\$SILBATO_SCREENSHOTS_DIR: .*did you mean \$SILBATO_SCREENSHOT_DIR\?"):
+        load(env={"SILBATO_SCREENSHOTS_DIR": "docs"})
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def named_silbato_variables() -> set[str]:
+    """Every SILBATO_* variable the docs, the CI scripts, the units and the code name (not the tests' typos)."""
+    import re
+
+    files = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / ".ci").iterdir(),
+             *(REPO / "systemd").iterdir(), *(REPO / "node").rglob("*.py"), *(REPO / "web").rglob("*.py"),
+             *(REPO / "tests").rglob("*.py")]
+    found = set()
+    for path in files:
+        if path.is_file() and path.name != "test_config.py":  # this file names typos on purpose
+            found |= set(re.findall(r"\bSILBATO_[A-Z][A-Z_]*[A-Z]\b", path.read_text(encoding="utf-8")))
+    return found
+
+
+def test_the_scan_finds_the_documented_test_variables():
+    assert {"SILBATO_LONG", "SILBATO_SCREENSHOT_DIR", "SILBATO_ROOT", "SILBATO_RADIO_PORT"} <= named_silbato_variables()
+
+
+@pytest.mark.parametrize("variable", sorted(named_silbato_variables()))
+def test_every_named_silbato_variable_is_a_setting_or_known(no_default_file, variable):
+    """Exporting SILBATO_LONG=1 (or any variable the docs name) must not stop every command."""
+    is_setting = variable in {config.env_name(s.name) for s in SETTINGS}
+    assert is_setting or variable in config.NON_SETTING_ENV, f"{variable} is neither a setting nor known"
+    if not is_setting:
+        load(env={variable: "1"})  # accepted
 
 
 @pytest.mark.parametrize("hop_limit", [1, 7])
@@ -157,8 +189,60 @@ def test_hop_limit_edges_are_accepted(no_default_file, hop_limit):
 @pytest.mark.parametrize("hop_limit", [0, 8])
 def test_hop_limit_out_of_range_is_refused(tmp_path, hop_limit):
     path = write(tmp_path / "s.toml", f"[radio]\nhop_limit = {hop_limit}\n")
-    with pytest.raises(ConfigError, match=f"radio.hop_limit: expected 1 to 7, got {hop_limit}"):
+    with pytest.raises(ConfigError, match=f"{path}: radio.hop_limit: expected an integer from 1 to 7, got {hop_limit}$"):
         load(path, env={})
+
+
+BAD_VALUES = [  # (setting, a value of the right type out of its bounds or choices, the range in the message)
+    ("web.port", 99999, "an integer from 1 to 65535"), ("web.port", 0, "from 1 to 65535"),
+    ("web.port", -1, "from 1 to 65535"), ("web.live_clients", 0, "from 1 to 2000"),
+    ("web.session_idle", 0.0, "a number above 0"),
+    ("radio.channel", 8, "from 0 to 7"), ("radio.channel", -1, "from 0 to 7"), ("radio.hop_limit", 0, "from 1 to 7"),
+    ("radio.preset", "FAST", "one of SHORT_TURBO, SHORT_FAST"),
+    ("wifi.channel", 14, "from 1 to 13"), ("wifi.mode", "hotspot", "one of ap, lan, off"),
+    ("wifi.security", "wep", "one of wpa2, open"),
+    ("log.level", "LOUD", "one of DEBUG, INFO, WARNING, ERROR"),
+    ("alerts.merge_window", 0.0, "a number above 0"), ("alerts.expire_after", -5.0, "above 0"),
+    ("alerts.retention", float("inf"), "above 0"), ("alerts.repeat_max_interval", float("nan"), "above 0"),
+    ("hardware.hold_time", 61.0, "a number above 0 and at most 60"), ("hardware.cancel_window", 0.0, "above 0"),
+    ("hardware.confirmed_duration", -1.0, "above 0"), ("hardware.button_pin", 0, "from 1 to 27"),
+    ("hardware.siren_pin", 28, "from 1 to 27"), ("hardware.light_pin", 40, "from 1 to 27"),
+    ("hardware.confirm_pin", -1, "from 0 to 27"), ("hardware.siren_kind", "horn", "one of relay, buzzer, piezo"),
+    ("hardware.light_kind", "neon", "one of led, rgb"),
+    ("supervision.period", 0.0, "above 0"), ("supervision.receipt_timeout", 0.0, "above 0"),
+    ("supervision.airtime_budget", 0.6, "above 0 and at most 0.5"), ("supervision.airtime_budget", 0.0, "above 0"),
+    ("supervision.heartbeat_interval", -1.0, "a number 0 or more"),
+    ("selftest.audible", "weekly", "one of never, monthly"),
+]
+
+
+@pytest.mark.parametrize("name, value, expected", BAD_VALUES, ids=lambda v: str(v))
+def test_a_value_out_of_its_declared_bounds_names_the_key_the_range_and_the_value(name, value, expected):
+    with pytest.raises(ConfigError, match="^test: " + name.replace(".", r"\.") + ": expected .*" + expected) as exc:
+        config.from_mapping({name: value}, source="test")
+    assert str(exc.value).endswith(f"got {value!r}")
+
+
+@pytest.mark.parametrize("text", ["99999", "0", "-1", "http"])
+def test_a_bad_port_in_the_environment_is_one_line_naming_the_variable(no_default_file, text):
+    with pytest.raises(ConfigError, match=r"^\$SILBATO_WEB_PORT: web\.port: expected an integer"):
+        load(env={"SILBATO_WEB_PORT": text})
+
+
+def test_every_number_declares_its_bounds():
+    unbounded = [s.name for s in SETTINGS if s.type in (int, float) and s.bounds is None]
+    assert not unbounded, f"declare bounds for {unbounded}"
+
+
+@pytest.mark.parametrize("name, value", [("web.port", 1), ("web.port", 65535), ("radio.channel", 0),
+                                         ("supervision.heartbeat_interval", 0.0), ("hardware.confirm_pin", 0),
+                                         ("supervision.airtime_budget", 0.5), ("hardware.hold_time", 0.05)])
+def test_the_edges_of_the_bounds_are_accepted(name, value):
+    assert config.from_mapping({name: value})[name] == value
+
+
+def test_the_log_level_is_taken_in_any_case(no_default_file):
+    assert load(env={"SILBATO_LOG_LEVEL": "debug"})["log.level"] == "DEBUG"
 
 
 def test_known_languages_are_accepted(tmp_path):
@@ -174,7 +258,7 @@ def test_unknown_language_is_refused(tmp_path):
 
 def test_non_positive_seconds_are_refused(tmp_path):
     path = write(tmp_path / "s.toml", "[alerts]\nexpire_after = 0\n")
-    with pytest.raises(ConfigError, match="alerts.expire_after: expected a positive number"):
+    with pytest.raises(ConfigError, match="alerts.expire_after: expected a number above 0, got 0.0"):
         load(path, env={})
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 
 import pytest
 
 from node.errors import KeyFileError, RosterError
-from node.protocol.keys import Roster, SigningKey, b64, install_roster, load_identity, load_public, sign_roster
+from node.protocol.keys import (Roster, SigningKey, b64, install_roster, load_identity, load_organizer_key, load_public,
+                                sign_roster)
 
 
 def mode(path) -> int:
@@ -53,7 +55,7 @@ def test_create_refuses_to_overwrite(tmp_path):
     path = tmp_path / "node.key"
     SigningKey.create(path)
     before = path.read_bytes()
-    with pytest.raises(KeyFileError, match="already exists"):
+    with pytest.raises(KeyFileError, match="a key exists already; it was not replaced"):
         SigningKey.create(path)
     assert path.read_bytes() == before
 
@@ -99,6 +101,22 @@ def test_load_public_refuses_short_key(tmp_path):
     path.write_text(b64(b"\x01" * 31) + "\n")
     with pytest.raises(KeyFileError, match="expected 32 bytes"):
         load_public(path)
+
+
+def test_the_organizers_public_key_is_refused_for_signing_by_name(tmp_path):
+    private = tmp_path / "organizer.key"
+    key = SigningKey.create(private)
+    public = tmp_path / "organizer.key.pub"
+    public.write_text(key.public_b64 + "\n")
+    os.chmod(public, 0o600)  # as a user who obeyed the mode complaint would
+    with pytest.raises(KeyFileError, match="organizer.key.pub: that is the organizers' public key; "
+                                           r"sign with the private key \(organizer.key\)$"):
+        load_organizer_key(public)
+    on_a_node = tmp_path / "organizer.pub"  # its copy on a node: no private key beside it
+    on_a_node.write_text(key.public_b64 + "\n")
+    with pytest.raises(KeyFileError, match=r"sign with the private key \(organizer.key\)$"):
+        load_organizer_key(on_a_node)
+    assert load_organizer_key(private).public_raw == key.public_raw
 
 
 # -- signed roster -----------------------------------------------------------------------
@@ -262,6 +280,21 @@ def test_install_refuses_a_badly_signed_roster_and_writes_nothing(roster_setup):
     with pytest.raises(RosterError, match="bad signature"):
         install_roster(roster_setup.document, SigningKey.generate().public, path)
     assert not path.exists()
+
+
+def test_install_with_this_node_s_key_refuses_a_roster_that_misses_or_revokes_it(roster_setup):
+    path = roster_setup.root / "roster.json"
+    organizer = roster_setup.organizer.public
+    stranger = SigningKey.generate()
+    with pytest.raises(RosterError, match=rf"does not list this node's key \({re.escape(stranger.public_b64)}\): "
+                                          "ask the organizers to add it"):
+        install_roster(roster_setup.document, organizer, path, node_key=stranger.public_raw)
+    revoked = roster_setup.keys[4]
+    with pytest.raises(RosterError, match=rf"lists this node's key \({re.escape(revoked.public_b64)}\) as B4, revoked"):
+        install_roster(roster_setup.document, organizer, path, node_key=revoked.public_raw)
+    assert not path.exists()
+    installed = install_roster(roster_setup.document, organizer, path, node_key=roster_setup.keys[2].public_raw)
+    assert installed.find_key(roster_setup.keys[2].public_raw).name == "B2" and path.exists()
 
 
 def test_damaged_installed_roster_does_not_block_a_good_one(roster_setup):

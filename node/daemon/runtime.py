@@ -7,6 +7,7 @@ the hardware are up, and WATCHDOG=1 only while ``health_problems`` finds none.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -76,12 +77,9 @@ def run(config: Config, *, stopping: threading.Event | None = None, link: Link |
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     node = Node(config, link=link, pin_factory=pin_factory).start()
-    try:
-        with node.lock:  # for 'silbato status'; a full disk must not stop the node
-            node.store.set_meta("daemon_started_at", repr(time.time()))
-            node.store.set_meta("daemon_version", __version__)
-    except Exception:
-        log.exception("could not record the start time")
+    # For 'silbato status': when and as which process the daemon runs, so that it can tell a
+    # daemon started by hand from none at all. The pid is cleared at a clean stop.
+    _record(node, daemon_started_at=repr(time.time()), daemon_version=__version__, daemon_pid=str(os.getpid()))
     notifier.ready(f"node {node.id}: store, lifecycle and hardware up")
     next_tick = time.monotonic() + TICK_EVERY
     reported: list[str] = []
@@ -101,9 +99,21 @@ def run(config: Config, *, stopping: threading.Event | None = None, link: Link |
                 reported = _watchdog(node, notifier, reported)
     finally:
         notifier.stopping()
+        if not node.wiped:
+            _record(node, daemon_pid="")
         node.stop()
         log.info("node stopped")
     return 0
+
+
+def _record(node: Node, **meta: str) -> None:
+    """Write ``meta`` to the store's meta table; a full disk must not stop the node."""
+    try:
+        with node.lock:
+            for key, value in meta.items():
+                node.store.set_meta(key, value)
+    except Exception:
+        log.exception("could not record %s", ", ".join(meta))
 
 
 def _watchdog(node: Node, notifier: Notifier, reported: list[str]) -> list[str]:

@@ -57,7 +57,10 @@ def check(config: Mapping[str, Any], *, say: Callable[[str], None], ask: Callabl
     try:
         hw = Hardware(config, on_hold=on_hold("panic"), on_confirm=on_hold("confirm"), pin_factory=pin_factory)
     except HardwareError as exc:
-        report("FAIL", "gpio", f"{exc} (if silbato-node runs, stop it first: systemctl stop silbato-node)")
+        from node.hardware.devices import NO_GPIO
+
+        busy = "" if str(exc).startswith(NO_GPIO[:20]) else " (if silbato-node runs, stop it first: systemctl stop silbato-node)"
+        report("FAIL", "gpio", f"{exc}{busy}")
         return False
     try:
         _check_light(hw, config, report, ask, pin_factory if mock else None, pause, step)

@@ -15,18 +15,21 @@ Wiring (BCM numbering, defaults in ``node.config``; docs/hardware.md has the dia
 The speaker needs no GPIO; ``node.hardware.speech`` renders and plays its announcements.
 
 Every device takes ``pin_factory``; tests and ``silbato sim`` pass gpiozero's
-``MockFactory``, a laptop can set ``GPIOZERO_PIN_FACTORY=mock``.
+``MockFactory``; on a laptop ``silbato run --mock-pins`` does, or ``GPIOZERO_PIN_FACTORY=mock``.
+Off a Pi without either, ``Hardware`` refuses with one line (``NO_GPIO``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
-from gpiozero import LED, RGBLED, Button, Buzzer, OutputDevice, TonalBuzzer
-from gpiozero.exc import GPIOZeroError
+from gpiozero import LED, RGBLED, Button, Buzzer, Device, OutputDevice, TonalBuzzer
+from gpiozero.exc import BadPinFactory, GPIOZeroError
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from node.hardware import speech
@@ -316,6 +319,8 @@ class Hardware:
         self._on_wipe = on_wipe
         self._wiping = threading.Lock()  # one wipe gesture watched at a time
         self.confirm_button: PanicButton | None = None
+        if pin_factory is None:
+            pin_factory = default_pin_factory()
         built: list[Any] = []
         try:
             self.siren = Siren(config["hardware.siren_pin"], kind=config["hardware.siren_kind"],
@@ -444,6 +449,34 @@ class Hardware:
                 device.close()
             except Exception:
                 log.exception("closing %s failed", type(device).__name__)
+
+
+NO_GPIO = ("no GPIO on this machine: gpiozero found no pin library that works here (on a Pi: is python3-lgpio "
+           "installed, and is the node's user in the gpio group?). To try Silbato on a laptop, use mock pins: "
+           "'silbato run --mock-pins', 'silbato hardware test --mock', or GPIOZERO_PIN_FACTORY=mock")
+
+
+def default_pin_factory():
+    """gpiozero's pin factory for this machine: ``GPIOZERO_PIN_FACTORY``, else the Pi's GPIO. Raises HardwareError.
+
+    Off a Pi, gpiozero warns once per library it tries and then raises ``BadPinFactory``;
+    this says instead, in one line, that there is no GPIO here and how to use mock pins.
+    """
+    with warnings.catch_warnings(record=True) as tried:  # the libraries gpiozero fell back from
+        warnings.simplefilter("always")
+        try:
+            Device.ensure_pin_factory()
+        except BadPinFactory as exc:
+            for warning in tried:
+                log.debug("GPIO: %s", warning.message)
+            chosen = os.environ.get("GPIOZERO_PIN_FACTORY")
+            if chosen:
+                raise HardwareError(f"GPIOZERO_PIN_FACTORY={chosen}: {exc} (try mock, lgpio, rpigpio, pigpio "
+                                    "or native)") from None
+            raise HardwareError(NO_GPIO) from None
+    for warning in tried:
+        log.info("GPIO: %s", warning.message)
+    return Device.pin_factory
 
 
 def mock_factory() -> MockFactory:

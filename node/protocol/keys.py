@@ -93,7 +93,7 @@ class SigningKey:
         """Write a new key to ``path`` with mode 0600; refuse to overwrite unless ``force``."""
         path = Path(path)
         if path.exists() and not force:
-            raise KeyFileError(f"{path}: key already exists; refusing to replace a node identity")
+            raise KeyFileError(f"{path}: a key exists already; it was not replaced")
         key = cls.generate()
         write_secret(path, b64(key._private.private_bytes_raw()))
         return key
@@ -115,6 +115,20 @@ class SigningKey:
             return cls(Ed25519PrivateKey.from_private_bytes(seed))
         except ValueError:
             raise KeyFileError(f"{path}: not an Ed25519 key") from None
+
+
+def load_organizer_key(path: Path) -> SigningKey:
+    """The organizers' private key, for signing a roster; raises KeyFileError.
+
+    A public key file (``organizer.key.pub``) holds 32 bytes of base64 too, and would load
+    as a private key that signs rosters no node accepts: it is refused by name.
+    """
+    path = Path(path)
+    if path.name.endswith(".pub"):
+        stem = path.name.removesuffix(".pub")  # 'silbato roster keygen PATH' made PATH and PATH.pub
+        private = stem if stem and path.with_name(stem).is_file() else "organizer.key"
+        raise KeyFileError(f"{path}: that is the organizers' public key; sign with the private key ({private})")
+    return SigningKey.load(path)
 
 
 def load_public(path: Path) -> Ed25519PublicKey:
@@ -236,9 +250,22 @@ def sign_roster(body: dict, organizer: SigningKey) -> dict:
     return {"roster": body, "signature": b64(organizer.sign(_canonical(body)))}
 
 
-def install_roster(document: Any, organizer: Ed25519PublicKey, path: Path) -> Roster:
-    """Verify ``document`` and write it to ``path``, refusing a lower version than the installed one."""
+def install_roster(document: Any, organizer: Ed25519PublicKey, path: Path, *,
+                   node_key: bytes | None = None) -> Roster:
+    """Verify ``document`` and write it to ``path``, refusing a lower version than the installed one.
+
+    With ``node_key`` (this node's raw public key), also refuse a roster on which this node
+    is missing or revoked: the daemon could not start with it.
+    """
     roster = Roster.parse(document, organizer)
+    if node_key is not None:
+        me, shown = roster.find_key(node_key), b64(node_key)
+        if me is None:
+            raise RosterError(f"roster: this roster does not list this node's key ({shown}): "
+                              "ask the organizers to add it")
+        if me.revoked:
+            raise RosterError(f"roster: this roster lists this node's key ({shown}) as {me.name}, revoked: "
+                              "the node could not start with it; ask the organizers")
     path = Path(path)
     if path.exists():
         try:
