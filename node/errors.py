@@ -9,6 +9,10 @@ class ConfigError(SilbatoError):
     """A setting is unknown, of the wrong type, or its file is missing."""
 
 
+class ListenError(ConfigError):
+    """The page cannot listen on its host and port (taken by another program, privileged, not this machine's)."""
+
+
 class FrameError(SilbatoError, ValueError):
     """A frame from the air was refused. ``reason`` is a short machine-readable word."""
 

@@ -15,3 +15,17 @@ def test_web_fanout_benchmark_smoke(tmp_path, capsys):
     assert figures["rss_mb"] > 0
     assert "commit -> every client" in capsys.readouterr().out
     assert json.loads((tmp_path / "out.json").read_text())["alert_changes"] == 2
+
+
+def test_slow_clients_benchmark_smoke(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("slow_clients", Path(__file__).parent / "bench" / "slow_clients.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = bench.main(["--slow", "60", "--cap", "8", "--header-timeout", "1", "--trickle", "1", "--loads", "5",
+                          "--settle", "0.5", "--live-clients", "2", "--json", str(tmp_path / "out.json")])
+    assert figures["new"]["failed"] == 0 and figures["new"]["alert_to_open_page_ms"] is not None
+    assert figures["new"]["attacker"]["closed_by_server"] >= 60 - 8  # those past the cap, at least
+    assert figures["new"]["turned_away_log_lines"] == 1
+    assert figures["old"]["attacker"]["opened"] == 60
+    assert "alert to open page" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["new"]["cap"] == 8

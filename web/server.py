@@ -6,50 +6,262 @@ and captains while every live slot is taken. When every thread is busy and more 
 ``MAX_QUEUE`` requests wait for one, the next are answered 503 at once instead of
 making every reader wait.
 
+Waitress keeps at most ``threads + 128`` connections open. So that one client cannot
+take them all (connections that send a request's headers one slow line at a time,
+which keeps waitress's own idle timeout from ever firing):
+
+- one address may hold ``per_address`` connections (``PER_ADDRESS``); the next are
+  answered a short 503 and closed at once, and the address is logged once a minute;
+- a connection must send its request's headers within ``header_timeout`` seconds
+  (``HEADER_TIMEOUT``) of opening, and each later request within that time of its first
+  byte, however busily it trickles; waitress checks every ``MAINTENANCE`` seconds.
+
+A request being served (a live stream included) and an idle keep-alive connection
+between requests are not timed by this; waitress closes the latter after ``channel_timeout``.
+
 ``silbato web``, ``silbato sim`` and the tests all serve through ``Server``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
+import time
+from dataclasses import dataclass
 from typing import Callable
 
-import waitress
+from waitress import wasyncore
+from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
-from waitress.server import BaseWSGIServer
+from waitress.parser import HTTPRequestParser
+from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
+
+from node.errors import ListenError
 
 log = logging.getLogger(__name__)
 
 SPARE_THREADS = 8
 MAX_QUEUE = 64  # requests waiting for a thread before the next ones are answered 503
+# A phone's browser opens at most 6 connections to a host, its live stream among them; 32 leaves
+# room for a few phones behind one NAT address. IPv6 counts each full address, not its /64: on
+# the building's Wi-Fi every phone shares one /64.
+PER_ADDRESS = 32
+HEADER_TIMEOUT = 5.0  # seconds: a phone sends its headers at once; this leaves room for resends on bad Wi-Fi
+MAINTENANCE = 1  # seconds between waitress's passes over its connections (its cleanup_interval)
+LOG_EVERY = 60.0  # seconds: at most one line per refused address, and one for the timeouts, per this
+
+BUSY_HEADERS = [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "5"),
+                ("Content-Security-Policy", "default-src 'none'"), ("X-Content-Type-Options", "nosniff"),
+                ("Referrer-Policy", "no-referrer")]
+BUSY_BODY = b"busy: try again in a few seconds\n"
 
 
 def shed_when_overloaded(app, overloaded: Callable[[], bool]):
     """WSGI middleware: 503 with Retry-After while ``overloaded()``."""
     def shedding(environ, start_response):
         if overloaded():
-            start_response("503 Service Unavailable", [
-                ("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "5"),
-                ("Content-Security-Policy", "default-src 'none'"), ("X-Content-Type-Options", "nosniff"),
-                ("Referrer-Policy", "no-referrer")])
-            return [b"busy: try again in a few seconds\n"]
+            start_response("503 Service Unavailable", list(BUSY_HEADERS))
+            return [BUSY_BODY]
         return app(environ, start_response)
     return shedding
 
 
-class Server:
-    """A waitress server for ``app`` on ``host:port``; ``serve_forever()`` until ``shutdown()``."""
+# Sent, best effort, to a connection over its address's limit before closing it, so a browser
+# behind a crowded NAT shows why; nothing is read from it.
+TURNED_AWAY = (b"HTTP/1.1 503 Service Unavailable\r\n"
+               + b"".join(f"{k}: {v}\r\n".encode() for k, v in BUSY_HEADERS)
+               + f"Connection: close\r\nContent-Length: {len(BUSY_BODY)}\r\n\r\n".encode() + BUSY_BODY)
 
-    def __init__(self, app, host: str, port: int, *, live_clients: int):
+
+class TimedRequest(HTTPRequestParser):
+    """waitress's request parser, noting when the request's first byte came (monotonic seconds)."""
+
+    def __init__(self, adj):
+        super().__init__(adj)
+        self.started = time.monotonic()
+
+
+class Connection(HTTPChannel):
+    """A waitress connection that knows how long it has owed request headers, and counts per address."""
+
+    parser_class = TimedRequest
+    spoke = False  # whether any byte has come yet
+    counted = False
+
+    def __init__(self, server: Listener, sock, addr, adj, map=None):
+        self.opened = time.monotonic()
+        super().__init__(server, sock, addr, adj, map=map)
+        server.count(addr[0], +1)
+        self.counted = True
+
+    def received(self, data):
+        self.spoke = True
+        return super().received(data)
+
+    def owes_headers_since(self) -> float | None:
+        """Since when (monotonic seconds) this connection owes a request's headers; ``None`` if it doesn't."""
+        if self.requests:  # being served, a live stream included
+            return None
+        if self.request is not None:
+            return None if self.request.headers_finished else self.request.started
+        return None if self.spoke else self.opened  # silent since it opened, or idle between requests
+
+    def del_channel(self, map=None):
+        super().del_channel(map)
+        if self.counted:  # closing may come twice, from the loop and from a shutdown
+            self.counted = False
+            self.server.count(self.addr[0], -1)
+
+
+@dataclass
+class TurnedAway:
+    """An address over its cap: when it was last logged (monotonic seconds), and how many turned away since."""
+
+    logged: float
+    since: int = 0
+
+
+class Listener(TcpWSGIServer):
+    """waitress's TCP server with a cap on connections per client address and a header timeout.
+
+    ``per_address`` and ``header_timeout`` of ``None`` turn either off (waitress as it comes).
+    """
+
+    channel_class = Connection
+
+    def __init__(self, app, map, *, dispatcher, adj, sockinfo, per_address: int | None,
+                 header_timeout: float | None):
+        self.per_address = per_address
+        self.header_timeout = header_timeout
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}  # address -> connections open
+        self._turned_away: dict[str, TurnedAway] = {}
+        self._timed_out = 0
+        self._timeouts_logged = float("-inf")
+        super().__init__(app, map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
+
+    def count(self, address: str, change: int) -> None:
+        with self._lock:
+            left = self._open.get(address, 0) + change
+            if left > 0:
+                self._open[address] = left
+            else:
+                self._open.pop(address, None)
+
+    def open_from(self, address: str) -> int:
+        """Connections open from ``address`` now."""
+        return self._open.get(address, 0)
+
+    def accept(self):
+        """waitress's accept, which turns away a connection past its address's cap (``None``: nothing to serve)."""
+        accepted = super().accept()
+        if accepted is None or self.per_address is None:
+            return accepted
+        conn, addr = accepted
+        if self.open_from(addr[0]) < self.per_address:
+            return accepted
+        try:
+            conn.setblocking(False)
+            conn.send(TURNED_AWAY)
+        except OSError:
+            pass  # it left already, or its window is full: closing is what matters
+        finally:
+            conn.close()
+        self._note_refused(addr[0])
+        return None
+
+    def _note_refused(self, address: str) -> None:
+        record = self._turned_away.get(address)
+        if record is None:
+            self._turned_away[address] = TurnedAway(time.monotonic())
+            log.warning("turning away connections from %s: it holds %d open, the most one address may "
+                        "(logged once a minute while it goes on)", address, self.per_address)
+        else:
+            record.since += 1
+
+    def maintenance(self, now):
+        super().maintenance(now)  # channel_timeout: idle keep-alive connections
+        # Monotonic, not waitress's wall-clock `now`: a Pi sets its clock from the network after boot.
+        clock = time.monotonic()
+        if self.header_timeout is not None:
+            cutoff = clock - self.header_timeout
+            for channel in list(self.active_channels.values()):
+                since = channel.owes_headers_since()
+                if since is not None and since < cutoff and not channel.will_close:
+                    channel.will_close = True  # closed by the loop, as waitress closes idle ones
+                    self._timed_out += 1
+        self._log_summaries(clock)
+
+    def _log_summaries(self, clock: float) -> None:
+        for address, record in list(self._turned_away.items()):
+            if clock - record.logged < LOG_EVERY:
+                continue
+            if record.since:
+                log.warning("turned away %d more connections from %s in the last minute", record.since, address)
+                record.logged, record.since = clock, 0
+            else:
+                del self._turned_away[address]  # quiet for a minute: its next refusal is logged at once
+        if self._timed_out and clock - self._timeouts_logged >= LOG_EVERY:
+            log.info("closed %d connections that sent no complete request headers within %g s",
+                     self._timed_out, self.header_timeout)
+            self._timed_out, self._timeouts_logged = 0, clock
+
+
+def _listen_error(host: str, port: int, exc: Exception) -> ListenError:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    code = getattr(exc, "errno", None)
+    if code == errno.EADDRINUSE:
+        why = ("the port is in use by another program (maybe another `silbato web` or `silbato sim`); "
+               "stop it, or pick another port with web.port (`silbato sim`: --port-base)")
+    elif code == errno.EACCES:
+        why = "permission denied: ports below 1024 need privilege; pick web.port 1024 or above"
+    elif code == errno.EADDRNOTAVAIL:
+        why = f"{host} is not an address of this machine; set web.host to one of its addresses, or 0.0.0.0"
+    elif isinstance(exc, ValueError):
+        why = "not an address and port this machine can listen on; check web.host and web.port"
+    else:
+        why = getattr(exc, "strerror", None) or str(exc)
+    return ListenError(f"cannot serve the page on {where}: {why}")
+
+
+class Server:
+    """A waitress server for ``app`` on ``host:port``; ``serve_forever()`` until ``shutdown()``.
+
+    ``per_address``: connections one client address may hold open (``None``: no cap);
+    ``header_timeout``: seconds a connection has to send a request's headers (``None``: no limit).
+    Raises ``ListenError`` if it cannot listen on ``host:port``.
+    """
+
+    def __init__(self, app, host: str, port: int, *, live_clients: int,
+                 per_address: int | None = PER_ADDRESS, header_timeout: float | None = HEADER_TIMEOUT):
+        if per_address is not None and per_address < 1:
+            raise ValueError(f"per_address must be at least 1, got {per_address}")
+        if header_timeout is not None and header_timeout <= 0:
+            raise ValueError(f"header_timeout must be positive, got {header_timeout}")
+        if not 0 <= port <= 65535:  # else the socket module would quietly take it modulo 65536
+            raise _listen_error(host, port, ValueError(port))
         threads = live_clients + SPARE_THREADS
         self.app = app
-        self._server: BaseWSGIServer = waitress.create_server(
-            shed_when_overloaded(app, self.overloaded), host=host, port=port, threads=threads,
-            connection_limit=threads + 128, channel_timeout=60, asyncore_use_poll=True, ident="silbato",
-            clear_untrusted_proxy_headers=True,
-            # keep reading while a request runs, so a live stream learns at once that its reader left
-            channel_request_lookahead=1)
+        self._map: dict = {}
+        try:
+            adj = Adjustments(
+                host=host, port=port, threads=threads, connection_limit=threads + 128, channel_timeout=60,
+                cleanup_interval=MAINTENANCE, asyncore_use_poll=True, ident="silbato",
+                clear_untrusted_proxy_headers=True,
+                # keep reading while a request runs, so a live stream learns at once that its reader left
+                channel_request_lookahead=1)
+            dispatcher = ThreadedTaskDispatcher()  # its threads start once every socket is bound
+            self._listeners = [Listener(shed_when_overloaded(app, self.overloaded), self._map,
+                                        dispatcher=dispatcher, adj=adj, sockinfo=sockinfo,
+                                        per_address=per_address, header_timeout=header_timeout)
+                               for sockinfo in adj.listen]
+        except (OSError, ValueError) as exc:
+            wasyncore.close_all(self._map)  # the sockets and the loop's trigger made so far
+            raise _listen_error(host, port, exc) from None
+        dispatcher.set_thread_count(threads)
+        self._server = self._listeners[0]
         self._stopped = threading.Event()
         self._serving = False
 
@@ -61,16 +273,20 @@ class Server:
 
     @property
     def port(self) -> int:
-        return self._server.effective_port
+        return int(self._server.effective_port)
+
+    def open_from(self, address: str) -> int:
+        """Connections open from ``address`` now."""
+        return sum(listener.open_from(address) for listener in self._listeners)
 
     def serve_forever(self) -> None:
         self._serving = True
         try:
-            self._server.run()
+            self._server.run()  # one loop over every listener's sockets
         finally:
             self._stopped.set()
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         """Serve on a background thread."""
         self._serving = True
         threading.Thread(target=self.serve_forever, name=f"web-{self.port}", daemon=True).start()
@@ -81,17 +297,16 @@ class Server:
         live = self.app.extensions.get("silbato.live") if hasattr(self.app, "extensions") else None
         if live is not None:
             live.close()
-        server = self._server
-        while server._map:
-            for dispatcher in list(server._map.values()):
+        while self._map:
+            for dispatcher in list(self._map.values()):
                 try:
                     if isinstance(dispatcher, HTTPChannel):
                         dispatcher.handle_close()
                     else:
-                        dispatcher.close()  # the listening socket and the loop's trigger
+                        dispatcher.close()  # the listening sockets and the loop's trigger
                 except Exception:  # a half-closed socket must not stop the shutdown
                     log.debug("closing %r failed", dispatcher, exc_info=True)
-        server.task_dispatcher.shutdown(timeout=5)
+        self._server.task_dispatcher.shutdown(timeout=5)
         if self._serving:
             self._stopped.wait(5)
 
