@@ -6,17 +6,25 @@ They talk through the simulated air (``node.radio.sim_air``). The control endpoi
 ``127.0.0.1:port_base`` exists only in the sim:
 
 - ``GET /nodes``: the nodes, their page URLs and active alerts;
-- ``POST /nodes/<i>/hold?seconds=S``: hold node i's panic button for S seconds;
+- ``POST /nodes/<i>/hold?seconds=S``: hold node i's panic button for S seconds (a hold shorter
+  than ``hardware.hold_time`` answers ``"long_enough": false``; a button still held, 409);
 - ``POST /nodes/<i>/confirm|all_clear|cancel?alert=ID``: a captain's action on node i
   (without ``alert``: the newest active alert that node holds).
+
+It answers JSON, errors too: ``{"error": sentence, "status": code}``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import secrets
+import shutil
 import signal
+import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +33,7 @@ from typing import Any, Callable
 
 from node import config as config_mod
 from node.daemon.node import Node
-from node.errors import SilbatoError
+from node.errors import ListenError, SilbatoError
 from node.hardware.devices import mock_factory
 from node.protocol.keys import SigningKey, install_roster, sign_roster
 from node.radio.sim_air import Scheduler, SimAir
@@ -89,6 +97,8 @@ class Block:
         self.nodes: dict[int, Node] = {}
         self.radios: dict[int, Any] = {}  # node i's simulated Meshtastic radio, with radio="serial"
         self._servers: list[Any] = []
+        self._holds: dict[int, tuple[threading.Timer, float]] = {}  # node -> (release timer, monotonic release time)
+        self._holds_lock = threading.Lock()
 
     def start(self) -> "Block":
         try:
@@ -132,6 +142,10 @@ class Block:
         return MeshtasticLink(port=str(path), channel=cfg["radio.channel"], hop_limit=cfg["radio.hop_limit"])
 
     def stop(self) -> None:
+        with self._holds_lock:
+            for timer, _ in self._holds.values():
+                timer.cancel()
+            self._holds.clear()
         for server in reversed(self._servers):
             server.shutdown()
         self._servers.clear()
@@ -149,12 +163,35 @@ class Block:
         return self.factories[i].pin(self.files.configs[i - 1]["hardware.siren_pin"])
 
     def hold(self, i: int, seconds: float) -> None:
-        """Press node i's button now and release it ``seconds`` (wall clock) later. Returns at once."""
+        """Press node i's button now and release it ``seconds`` (wall clock) later. Returns at once.
+
+        Raises ``SilbatoError`` while an earlier hold of node i's button lasts: one hand, one button.
+        """
         pin = self.button_pin(i)
-        pin.drive_low()
-        timer = threading.Timer(seconds, pin.drive_high)
-        timer.daemon = True
-        timer.start()
+        with self._holds_lock:
+            if i in self._holds:
+                left = self._holds[i][1] - time.monotonic()
+                raise SilbatoError(f"node {i}'s button is already held; it is released in {max(left, 0):.1f} s")
+            timer = threading.Timer(seconds, self._release, args=(i,))
+            timer.daemon = True
+            self._holds[i] = (timer, time.monotonic() + seconds)
+            pin.drive_low()
+            timer.start()
+
+    def _release(self, i: int) -> None:
+        with self._holds_lock:
+            if self._holds.pop(i, None) is not None:
+                self.button_pin(i).drive_high()
+
+    def add_captain(self, name: str, password: str) -> None:
+        """Captain ``name`` with ``password`` on every node's console (one scrypt hash, shared)."""
+        from node.store import Store
+        from web.auth import hash_password
+
+        hashed = hash_password(password)
+        for cfg in self.files.configs:
+            with Store(cfg.db_file) as store:
+                store.add_captain(name, hashed, self.clock(), replace=True)
 
     def newest_active(self, i: int) -> str:
         active = self.nodes[i].store.active_alerts()
@@ -173,24 +210,48 @@ class Block:
 
         from web import create_app, server, settings
 
-        control = make_server(host, port_base, self.control_app(port_base, host), threaded=True)
+        try:  # bound here: werkzeug's own bind prints and calls sys.exit on a port in use
+            listening = socket.create_server((host, port_base))
+        except OSError as exc:
+            raise _cannot_listen("the sim's control endpoint", host, port_base, exc) from None
+        with listening:  # the server works on its own copy of the socket
+            control = make_server(host, port_base, self.control_app(port_base, host), threaded=True,
+                                  fd=listening.fileno())
         threading.Thread(target=control.serve_forever, name=f"web-{port_base}", daemon=True).start()
         self._servers.append(control)
         for i, cfg in enumerate(self.files.configs, start=1):
             app = create_app({**settings(cfg), "EXEMPT_LOOPBACK": True, "LIVE_CLIENTS": self.SIM_LIVE_CLIENTS,
                               "CLOCK": self.clock,
                               "ON_REQUEST": self._nudge(i)})
-            self._servers.append(server.Server(app, host, port_base + i,
-                                               live_clients=self.SIM_LIVE_CLIENTS).start())
+            try:
+                page = server.Server(app, host, port_base + i, live_clients=self.SIM_LIVE_CLIENTS).start()
+            except (OSError, ListenError) as exc:
+                raise _cannot_listen(f"node {i}'s page", host, port_base + i, exc) from None
+            self._servers.append(page)
 
     def _nudge(self, i: int):
         """Node i picks up a captain's request from its page at once (a real daemon polls for them)."""
         return lambda: self.scheduler.after(0, self.nodes[i].process_requests)
 
+    CONTROL_USAGE = ("the sim's control endpoint answers GET /nodes, POST /nodes/<i>/hold?seconds=S and "
+                     "POST /nodes/<i>/confirm|all_clear|cancel (optionally ?alert=ID)")
+
     def control_app(self, port_base: int, host: str):
         from flask import Flask, abort, jsonify, request
+        from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
         app = Flask("silbato-sim")
+
+        @app.errorhandler(HTTPException)
+        def error(exc: HTTPException):
+            """Errors answer JSON too: ``{"error": sentence, "status": code}``."""
+            message = exc.description
+            if isinstance(exc, MethodNotAllowed):
+                methods = [m for m in exc.valid_methods or [] if m not in ("HEAD", "OPTIONS")]
+                message = f"{request.method} {request.path}: use {' or '.join(methods)}; {self.CONTROL_USAGE}"
+            elif message == NotFound.description:  # no such route (``abort(404, ...)`` says what is missing)
+                message = f"{request.method} {request.path}: no such control; {self.CONTROL_USAGE}"
+            return jsonify({"error": message, "status": exc.code}), exc.code
 
         def node_or_404(i: int) -> Node:
             if i not in self.nodes:
@@ -214,8 +275,19 @@ class Block:
                 abort(400, "seconds must be a number")
             if not 0 < seconds <= 60:
                 abort(400, "seconds must be between 0 and 60")
-            self.hold(i, seconds)
-            return jsonify({"node": i, "held_for": seconds})
+            try:
+                self.hold(i, seconds)
+            except SilbatoError as exc:
+                abort(409, str(exc))
+            # A shorter press is still a gesture (it silences a sounding alarm, or withdraws this node's
+            # own report), so it is pressed, not refused; the answer says it raises no report.
+            hold_time = self.files.configs[i - 1]["hardware.hold_time"]
+            answer = {"node": i, "held_for": seconds, "hold_time": hold_time, "long_enough": seconds >= hold_time}
+            if seconds < hold_time:
+                answer["message"] = (f"{seconds:g} s is shorter than hardware.hold_time ({hold_time:g} s): "
+                                     "a press, not a hold, so it raises no report (a press silences a sounding "
+                                     "alarm, or withdraws this node's own report within hardware.cancel_window)")
+            return jsonify(answer)
 
         @app.post("/nodes/<int:i>/<any(confirm, all_clear, cancel):action>")
         def act(i: int, action: str):
@@ -231,33 +303,75 @@ class Block:
         return app
 
 
-def run_demo(root: Path, n: int, topology: str, *, port_base: int, loss: float, preset: str, seed: int,
+def _cannot_listen(what: str, host: str, port: int, exc: Exception) -> ListenError:
+    reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
+    return ListenError(f"{what} cannot listen on {host}:{port}: {reason}; choose another --port-base")
+
+
+DEMO_CAPTAIN = "demo"
+
+
+def run_demo(root: Path | None, n: int, topology: str, *, port_base: int, loss: float, preset: str, seed: int,
              scale: float, radio: str = "air", stopping: threading.Event | None = None,
              say: Callable[[str], None] = lambda _: None) -> None:
-    """The block demo: run until Ctrl-C (or ``stopping`` is set), telling ``say`` where to look.
+    """The block demo: run until Ctrl-C, SIGTERM or SIGHUP (or ``stopping`` is set), telling ``say`` where to look.
 
-    The last line said is JSON, ``{"stopped": true, "state": <root>}``.
+    The nodes keep their files under ``root``; without one, in a new temporary folder that is
+    removed when the block stops. Every node's console has captain ``demo``, with a password
+    made for this run and said in the banner. The last line said is JSON,
+    ``{"stopped": true, "state": <folder>, "kept": <whether the folder is still there>}``.
     """
     stopping = stopping or threading.Event()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    block = Block(root, n, topology, loss=loss, preset=preset, seed=seed, scale=scale, radio=radio)
-    block.start()
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
+            signal.signal(signum, lambda *_: stopping.set())
+    keep = root is not None
+    root = Path(root) if keep else Path(tempfile.mkdtemp(prefix="silbato-sim-"))
+    block = None
     try:
+        block = Block(root, n, topology, loss=loss, preset=preset, seed=seed, scale=scale, radio=radio)
+        block.start()
         block.serve(port_base)
-        say(f"Silbato block demo: {n} nodes, {topology} topology, {preset}, {loss:.0%} loss per link, "
-            f"{'real meshtastic library on simulated radios' if radio == 'serial' else 'simulated air'}")
-        for i in block.nodes:
-            say(f"  node {i} page: http://127.0.0.1:{port_base + i}/")
-        say(f"  control:     http://127.0.0.1:{port_base}/nodes")
-        say(f"Hold node 1's button: curl -X POST 'http://127.0.0.1:{port_base}/nodes/1/hold?seconds=3'")
-        say(f"Confirm from node 3:  curl -X POST http://127.0.0.1:{port_base}/nodes/3/confirm")
-        say("Ctrl-C stops the block.")
+        password = secrets.token_urlsafe(12)
+        block.add_captain(DEMO_CAPTAIN, password)
+        for line in banner(n, topology, port_base=port_base, loss=loss, preset=preset, radio=radio,
+                           password=password, root=root, keep=keep):
+            say(line)
         while not stopping.wait(0.5):
             pass
     except KeyboardInterrupt:
         pass
     finally:
-        block.stop()
-        log.info("block stopped; state kept in %s", root)
-        say(json.dumps({"stopped": True, "state": str(root)}))
+        if block is not None:
+            block.stop()
+        if keep:
+            log.info("block stopped; state kept in %s", root)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            log.info("block stopped; removed %s", root)
+        say(json.dumps({"stopped": True, "state": str(root), "kept": keep}))
+
+
+def banner(n: int, topology: str, *, port_base: int, loss: float, preset: str, radio: str, password: str,
+           root: Path, keep: bool) -> list[str]:
+    """What the demo says at start: where the pages are, how to log in, what to try."""
+    control = f"http://127.0.0.1:{port_base}"
+    lines = [f"Silbato block demo: {n} node{'s' if n > 1 else ''}, {topology} topology, {preset}, "
+             f"{loss:.0%} loss per link, "
+             f"{'real meshtastic library on simulated radios' if radio == 'serial' else 'simulated air'}"]
+    lines += [f"  node {i} page: http://127.0.0.1:{port_base + i}/" for i in range(1, n + 1)]
+    lines += [f"  control:     {control}/nodes",
+              f"  captains:    http://127.0.0.1:{port_base + 1}/captain (every page has one): "
+              f"name {DEMO_CAPTAIN}, password {password}",
+              f"  state:       {root}" + ("" if keep else " (removed at exit; --dir DIR keeps the state)")]
+    steps = [("Hold node 1's button:", f"curl -X POST '{control}/nodes/1/hold?seconds=3'")]
+    if n > 1:
+        confirmer = min(3, n)  # a node cannot confirm its own report; node 3, as in the README's walk-through
+        steps += [(f"Confirm from node {confirmer}:", f"curl -X POST {control}/nodes/{confirmer}/confirm"),
+                  ("All clear from node 1:", f"curl -X POST {control}/nodes/1/all_clear")]
+    else:
+        steps += [("Withdraw it:", f"curl -X POST {control}/nodes/1/cancel   "
+                                   "(confirming needs a second node: --nodes 2 or more)")]
+    lines += [f"{label:<23}{command}" for label, command in steps]
+    lines.append("Ctrl-C stops the block.")
+    return lines

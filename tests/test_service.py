@@ -174,6 +174,11 @@ def test_silbato_run_under_systemd_says_ready_and_logs_for_journald(tmp_path, sy
     try:
         assert systemd.next(30).startswith("READY=1")
         systemd.until(lambda m: m == "WATCHDOG=1")
+        # a radio that was the controlling terminal, unplugged: SIGHUP must not stop the node
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(3):  # more pings than could have been queued before the signal
+            systemd.until(lambda m: m == "WATCHDOG=1")
+        assert proc.poll() is None, "SIGHUP stopped the daemon"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -182,6 +187,7 @@ def test_silbato_run_under_systemd_says_ready_and_logs_for_journald(tmp_path, sy
         lines = fh.read().splitlines()
     assert lines and all(line.startswith("<") for line in lines), lines
     assert any(line.startswith("<6>node.daemon.node: node 1 (B1) started") for line in lines), lines
+    assert any("received SIGHUP" in line and line.startswith("<4>") for line in lines), lines
 
 
 def test_journald_is_recognised_only_on_its_own_stream(tmp_path):

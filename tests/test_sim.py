@@ -147,28 +147,200 @@ def test_an_unplugged_radio_keeps_the_frame_and_sends_it_once_back(make_block):
 
 
 def test_the_demo_tells_its_caller_where_to_look_and_prints_nothing(tmp_path, capfd):
+    import http.cookiejar
     import json
+    import re
     import threading
+    import urllib.parse
+    import urllib.request
 
     from test_cli import free_port_base
 
     from node.sim import run_demo
 
     base = free_port_base(2)
-    stopping, said = threading.Event(), []
+    ready, stopping, said, failed = threading.Event(), threading.Event(), [], []
 
     def say(line):
         said.append(line)
         if "Ctrl-C stops the block" in line:
-            stopping.set()
+            ready.set()
+
+    def demo_run():
+        try:
+            run_demo(tmp_path / "demo", 2, "line", port_base=base, loss=0.0, preset="MEDIUM_FAST", seed=1,
+                     scale=5.0, stopping=stopping, say=say)
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            ready.set()
 
     # In a thread: run_demo takes SIGTERM only in the main thread, and pytest's must stay.
-    demo = threading.Thread(target=run_demo, args=(tmp_path / "demo", 2, "line"), daemon=True,
-                            kwargs={"port_base": base, "loss": 0.0, "preset": "MEDIUM_FAST", "seed": 1,
-                                    "scale": 5.0, "stopping": stopping, "say": say})
+    demo = threading.Thread(target=demo_run, daemon=True)
     demo.start()
-    demo.join(60)
-    assert not demo.is_alive()
-    assert f"  node 2 page: http://127.0.0.1:{base + 2}/" in said
-    assert json.loads(said[-1]) == {"stopped": True, "state": str(tmp_path / "demo")}
+    try:
+        assert ready.wait(60) and not failed, (failed, said)
+        assert f"  node 2 page: http://127.0.0.1:{base + 2}/" in said
+        # Two nodes: the banner confirms from node 2, and names no node the block does not have.
+        assert any(line.startswith("Confirm from node 2:") for line in said), said
+        assert not any("node 3" in line or "nodes/3" in line for line in said), said
+        # The demo captain's login, made for this run, opens the console of every node.
+        login = re.search(r"captains: .* name (\S+), password (\S+)$", "\n".join(said), re.M)
+        assert login, said
+        for i in (1, 2):
+            browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+            form = browser.open(f"http://127.0.0.1:{base + i}/captain/login", timeout=10).read().decode()
+            token = re.search(r'name="csrf_token" value="([^"]+)"', form)[1]
+            data = urllib.parse.urlencode({"name": login[1], "password": login[2], "csrf_token": token}).encode()
+            console = browser.open(f"http://127.0.0.1:{base + i}/captain/login", data=data, timeout=10)
+            assert urllib.parse.urlparse(console.geturl()).path == "/captain", (i, console.geturl())
+    finally:
+        stopping.set()
+        demo.join(60)
+    assert not demo.is_alive() and not failed, failed
+    assert json.loads(said[-1]) == {"stopped": True, "state": str(tmp_path / "demo"), "kept": True}
+    assert (tmp_path / "demo").is_dir()
     assert capfd.readouterr().out == ""
+
+
+def test_the_banner_fits_the_number_of_nodes():
+    from pathlib import Path
+
+    from node.sim import banner
+
+    def lines(n):
+        return banner(n, "line", port_base=8000, loss=0.0, preset="MEDIUM_FAST", radio="air", password="pw",
+                      root=Path("/tmp/x"), keep=False)
+
+    assert any(line.startswith("Confirm from node 3:") for line in lines(5))
+    assert [line for line in lines(2) if "confirm" in line] == [
+        "Confirm from node 2:   curl -X POST http://127.0.0.1:8000/nodes/2/confirm"]
+    one = "\n".join(lines(1))
+    assert "/confirm" not in one and "nodes/2" not in one and "node 2" not in one
+    assert "confirming needs a second node: --nodes 2 or more" in one
+
+
+def sim_process(*args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "silbato")
+    return subprocess.Popen([exe, "sim", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def test_a_run_without_dir_removes_its_temporary_folder(tmp_path):
+    import json
+    import signal
+
+    from test_cli import free_port_base
+
+    sim = sim_process("--nodes", "2", "--port-base", str(free_port_base(2)), env={"TMPDIR": str(tmp_path)})
+    try:
+        said = []
+        for line in sim.stdout:
+            said.append(line)
+            if "Ctrl-C stops the block" in line:
+                break
+        state = [line.split()[1] for line in said if line.startswith("  state:")]
+        assert state and state[0].startswith(str(tmp_path / "silbato-sim-")), said
+        assert (tmp_path / state[0]).is_dir()
+        assert "removed at exit; --dir DIR keeps the state" in "".join(said)
+        sim.send_signal(signal.SIGINT)  # Ctrl-C
+        rest, _ = sim.communicate(timeout=60)
+    finally:
+        sim.kill()
+        sim.wait()
+    assert sim.returncode == 0
+    assert json.loads(rest.splitlines()[-1]) == {"stopped": True, "state": state[0], "kept": False}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_port_in_use_is_one_line_naming_the_port(tmp_path):
+    import socket
+
+    from test_cli import free_port_base
+
+    from node.errors import ListenError
+
+    base = free_port_base(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base))
+        taken.listen()
+        sim = sim_process("--nodes", "2", "--port-base", str(base), "--dir", str(tmp_path / "sim"))
+        out, err = sim.communicate(timeout=120)
+    assert sim.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"Error: the sim's control endpoint cannot listen on 127.0.0.1:{base}: "
+                                            "Address already in use; choose another --port-base"), err
+
+    # A node's page on a port in use is named the same way.
+    block = Block(tmp_path / "block", 2, "line", hold_time=HOLD).start()
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", base + 2))
+            taken.listen()
+            with pytest.raises(ListenError, match=rf"node 2's page cannot listen on 127\.0\.0\.1:{base + 2}: "):
+                block.serve(base)
+    finally:
+        block.stop()
+
+
+# -- the control endpoint ---------------------------------------------------------------------
+
+@pytest.fixture
+def control(tmp_path):
+    """The control endpoint's app on a 3-node block whose button hold is 2 s."""
+    block = Block(tmp_path / "block", 3, "line", hold_time=2.0).start()
+    yield block, block.control_app(8000, "127.0.0.1").test_client()
+    block.stop()
+
+
+@pytest.mark.parametrize("method, path, status, words", [
+    ("post", "/nodes/9/hold?seconds=3", 404, "no node 9"),
+    ("post", "/nodes/1/hold?seconds=soon", 400, "seconds must be a number"),
+    ("post", "/nodes/1/hold?seconds=99", 400, "seconds must be between 0 and 60"),
+    ("post", "/nodes/2/confirm", 409, "node 2 holds no active alert"),
+    ("get", "/nodes/1/hold", 405, "GET /nodes/1/hold: use POST; the sim's control endpoint answers"),
+    ("get", "/nope", 404, "GET /nope: no such control; the sim's control endpoint answers GET /nodes"),
+])
+def test_control_errors_answer_json_with_a_sentence(control, method, path, status, words):
+    _, client = control
+    response = getattr(client, method)(path)
+    assert response.status_code == status
+    assert response.mimetype == "application/json", response.get_data(as_text=True)[:200]
+    assert response.json["status"] == status and words in response.json["error"], response.json
+
+
+def test_a_hold_shorter_than_hold_time_says_it_raises_nothing(control):
+    _, client = control
+    short = client.post("/nodes/1/hold?seconds=1")
+    assert short.status_code == 200
+    assert short.json["long_enough"] is False and short.json["hold_time"] == 2.0
+    assert "shorter than hardware.hold_time (2 s)" in short.json["message"]
+    assert "raises no report" in short.json["message"]
+    again = client.post("/nodes/2/hold?seconds=3")
+    assert again.status_code == 200 and again.json["long_enough"] is True and "message" not in again.json
+
+
+def test_an_overlapping_hold_of_one_button_is_refused(control):
+    _, client = control
+    assert client.post("/nodes/1/hold?seconds=30").status_code == 200
+    second = client.post("/nodes/1/hold?seconds=3")
+    assert second.status_code == 409
+    assert "node 1's button is already held; it is released in" in second.json["error"]
+    assert client.post("/nodes/2/hold?seconds=3").status_code == 200  # another node's button is free
+
+
+def test_the_demo_captain_logs_in_on_every_node(tmp_path):
+    from websupport import app_for, login
+
+    block = Block(tmp_path / "block", 2, "line", hold_time=HOLD).start()
+    try:
+        block.add_captain("demo", "a password made for this run")
+        for i in (1, 2):
+            client = app_for(block, i).test_client()
+            assert login(client, "demo", "a password made for this run").status_code == 303
+            assert login(client, "demo", "wrong password").status_code == 401
+    finally:
+        block.stop()

@@ -69,6 +69,9 @@ def run(config: Config, *, stopping: threading.Event | None = None, link: Link |
     link = link or make_link(config)
     notifier = notifier or Notifier.from_environment()
 
+    def on_hangup(signum, _frame):
+        log.warning("received SIGHUP (the radio's serial port hung up?); the node goes on")
+
     def on_signal(signum, _frame):
         log.info("received %s, stopping", signal.Signals(signum).name)
         stopping.set()
@@ -76,6 +79,10 @@ def run(config: Config, *, stopping: threading.Event | None = None, link: Link |
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        # The meshtastic library opens the serial port without O_NOCTTY, so under systemd (a
+        # session leader with no terminal) the radio becomes the daemon's controlling terminal,
+        # and unplugging it sends SIGHUP. That is a radio trouble, which the link handles.
+        signal.signal(signal.SIGHUP, on_hangup)
     node = Node(config, link=link, pin_factory=pin_factory).start()
     # For 'silbato status': when and as which process the daemon runs, so that it can tell a
     # daemon started by hand from none at all. The pid is cleared at a clean stop.

@@ -15,7 +15,9 @@ USB, so the node's ``MeshtasticLink`` is tested through the real library:
 It listens on a pty (``os.openpty``, raw mode) reached through a symlink, the
 way ``/dev/serial/by-id/...`` links reach ``/dev/ttyACM0``, and optionally on a
 loopback TCP port for ``TCPInterface``. ``unplug()`` and ``plug()`` model the USB
-cable: the symlink goes, the pty closes, and a replug gets a new pty path.
+cable: the symlink goes, the pty closes, and a replug gets a new pty path. Each pty
+is the controlling terminal of a small session of its own (``hold_session``), so it
+never becomes the client's (see there).
 
 This module imports meshtastic's protobuf classes only; ``node.radio.interface`` stays the
 one module that imports the meshtastic interfaces.
@@ -27,6 +29,8 @@ import logging
 import os
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 import tty
@@ -49,6 +53,50 @@ TEXT_INTERVAL = 2.0  # seconds: the firmware's rate limit for text messages
 def node_num(number: int) -> int:
     """The Meshtastic node number of simulated radio ``number`` (never 0: the library drops from=0)."""
     return NODE_NUM_BASE + number
+
+
+# The session holder: takes the pty on its stdin as its session's controlling terminal, says so
+# on stdout, and waits for the hangup that the radio's end closing sends it (SIGHUP's default
+# action ends it; it is reset in case this process ignores SIGHUP, as under nohup).
+_HOLDER = ("import fcntl, os, signal, termios\n"
+           "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+           "fcntl.ioctl(0, termios.TIOCSCTTY, 0)\n"
+           "os.write(1, b'.')\n"
+           "os.close(1)\n"
+           "while True: signal.pause()\n")
+
+
+def hold_session(terminal: int) -> subprocess.Popen | None:
+    """A child process in a new session whose controlling terminal is the pty ``terminal`` (None if that failed).
+
+    A session leader with no controlling terminal (a daemon, or ``setsid bash .ci/test``) that
+    opens a terminal without ``O_NOCTTY`` makes it its own, and meshtastic's ``SerialInterface``
+    opens the port that way (to clear HUPCL) before pyserial opens it with ``O_NOCTTY``. Closing
+    the radio's end of the pty then hangs it up, and the kernel sends SIGHUP to that session
+    leader, which dies. A terminal that is already some session's controlling terminal never
+    becomes another's, so the pty is given to this holder first; the hangup ends the holder.
+    """
+    holder = subprocess.Popen([sys.executable, "-I", "-S", "-c", _HOLDER], stdin=terminal,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    assert holder.stdout is not None
+    ready = holder.stdout.read(1)
+    holder.stdout.close()
+    if ready:
+        return holder
+    log.warning("the simulated radio's pty has no session of its own; a session leader that opens it may get SIGHUP")
+    end_session(holder)
+    return None
+
+
+def end_session(holder: subprocess.Popen | None) -> None:
+    """Reap a session holder; the hangup of its pty has ended it, or this does."""
+    if holder is None:
+        return
+    try:
+        holder.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        holder.kill()
+        holder.wait()
 
 
 def frame(message) -> bytes:
@@ -127,6 +175,7 @@ class SimMeshtasticRadio:
         self._lock = threading.Lock()
         self._master: int | None = None
         self._slave: int | None = None
+        self._holder: subprocess.Popen | None = None  # the pty's own session (hold_session)
         self._generation = 0  # bumped on every plug, so a reader of an old pty stops
         self._client: socket.socket | None = None
         self._stopping = threading.Event()
@@ -150,6 +199,7 @@ class SimMeshtasticRadio:
                 return os.ttyname(self._slave)
             master, slave = os.openpty()
             tty.setraw(slave)
+            self._holder = hold_session(slave)
             self._master, self._slave = master, slave
             self._generation += 1
             generation = self._generation
@@ -171,8 +221,8 @@ class SimMeshtasticRadio:
         with self._lock:
             self.path.unlink(missing_ok=True)
             self.air_radio.plugged = False
-            master, slave = self._master, self._slave
-            self._master = self._slave = None
+            master, slave, holder = self._master, self._slave, self._holder
+            self._master = self._slave = self._holder = None
             self._generation += 1
         for fd in (master, slave):
             if fd is not None:
@@ -180,6 +230,7 @@ class SimMeshtasticRadio:
                     os.close(fd)
                 except OSError:
                     pass
+        end_session(holder)  # the master's close hung up the pty: SIGHUP ends its holder
 
     def close(self) -> None:
         self._stopping.set()

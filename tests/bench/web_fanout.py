@@ -13,6 +13,10 @@ one connection each), then:
    from when it was due (so a queue shows up in the figures);
 3. reads the web process's resident memory (now and peak).
 
+Every live client and every page reader comes from its own loopback address
+(127.1.x.y, 127.2.x.y), as phones on the building's Wi-Fi do: the page allows 32
+connections and 120 requests a minute per address.
+
 Prints the figures; ``--json`` keeps them. Only loopback traffic, bounded in count and time.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import itertools
 import json
 import os
 import socket
@@ -47,6 +52,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_READERS = itertools.count()
+
+
+def phone(net: int, i: int) -> str:
+    """The ``i``-th loopback address of ``127.<net>.x.y``: one per simulated phone."""
+    return f"127.{net}.{i // 250}.{i % 250 + 1}"
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of a process, in KiB."""
     fields = {}
@@ -60,14 +73,15 @@ def rss_kib(pid: int) -> tuple[int, int]:
 class LiveClient:
     """One page's event stream over a raw HTTP/1.0 connection (no chunking to undo)."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, address: str = "127.0.0.1"):
         self.port = port
+        self.address = address
         self.version = ""
         self.arrivals: dict[str, float] = {}  # version -> monotonic time it arrived
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port, local_addr=(self.address, 0))
         writer.write(b"GET /api/events HTTP/1.0\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
         await writer.drain()
         status = await reader.readline()
@@ -95,14 +109,26 @@ def get_load(port: int, rate: float, seconds: float, workers: int = 16) -> tuple
     lock = threading.Lock()
     slots = iter(range(total))
 
+    addresses = _READERS  # never one address twice in a run: the page counts a minute per address
+    per_address = 100  # requests from one address, under the page's 120 a minute
+
+    def connect() -> http.client.HTTPConnection:
+        with lock:
+            address = phone(2, next(addresses))
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(address, 0))
+
     def worker() -> None:
         nonlocal errors
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn, used = connect(), 0
         while True:
             with lock:
                 i = next(slots, None)
             if i is None:
                 break
+            if used == per_address:
+                conn.close()
+                conn, used = connect(), 0
+            used += 1
             due = start + i / rate
             time.sleep(max(0.0, due - time.monotonic()))
             try:
@@ -113,7 +139,7 @@ def get_load(port: int, rate: float, seconds: float, workers: int = 16) -> tuple
             except (OSError, http.client.HTTPException):
                 ok = False
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn, used = connect(), 0
             with lock:
                 latencies.append(time.monotonic() - due)
                 errors += not ok
@@ -150,7 +176,7 @@ def start_web(block: Block, clients: int, port: int, root: Path) -> subprocess.P
 
 async def fan_out(block: Block, port: int, clients: int, alerts: int) -> list[float]:
     """Commit ``alerts`` changes; per change, the latency to every client. Returns every client's latencies."""
-    live = [LiveClient(port) for _ in range(clients)]
+    live = [LiveClient(port, phone(1, i)) for i in range(clients)]
     tasks = [asyncio.create_task(c.run()) for c in live]
     try:
         await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in live)), timeout=60)
@@ -197,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
             gets, errors = get_load(port, args.rate, args.seconds)
             # the GET load again, with the live clients connected, is the figure the issue asks for
             async def with_clients():
-                live = [LiveClient(port) for _ in range(args.clients)]
+                live = [LiveClient(port, phone(1, i)) for i in range(args.clients)]
                 tasks = [asyncio.create_task(c.run()) for c in live]
                 await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in live)), timeout=60)
                 result = await asyncio.to_thread(get_load, port, args.rate, args.seconds)
