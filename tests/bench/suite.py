@@ -12,9 +12,10 @@
   P6 radio         start-up, unplug to TROUBLE, replug to connected (real meshtastic library)
   P7 web           live page fan-out under load
   P8 overload      10,000 page requests at 200/s: 429/503, never 500; hold to siren meanwhile
+  P9 slow clients  1,000 slowly trickled requests from one address: page loads from another, old vs new
 
 Simulated figures (P1, P3, P4, P5) are the same on every machine; wall-clock ones
-(P2, P6, P7, P8) vary with it, so compare them side by side in one run.
+(P2, P6, P7, P8, P9) vary with it, so compare them side by side in one run.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ BENCHES = {
     "P6": ("radio_link", [], ["--cycles", "2"]),
     "P7": ("web_fanout", [], ["--clients", "5", "--alerts", "2", "--seconds", "2", "--rate", "20"]),
     "P8": ("web_overload", [], ["--requests", "200", "--rate", "100", "--holds", "2"]),
+    "P9": ("slow_clients", [], ["--slow", "60", "--cap", "8", "--header-timeout", "1", "--trickle", "1",
+                                "--loads", "5", "--settle", "0.5", "--live-clients", "2"]),
 }
 
 
