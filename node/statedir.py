@@ -5,9 +5,9 @@ On a node, the daemon runs as ``silbato`` and the page as ``silbato-web`` (prima
 
 - ``<state_dir>`` (0750, ``silbato``): the node key (0600), the roster, the wipe request.
   The page's user may look in, never write: it cannot ask for a wipe or replace the roster;
-- ``<state_dir>/db`` (2770, group ``silbato``) and the database in it (0660): the page reads
+- ``<state_dir>/db`` (0770, group ``silbato``) and the database in it (0660): the page reads
   the alerts and writes captains' requests, notes and sessions. SQLite gives its ``-wal``
-  and ``-shm`` files the database's own mode, and the setgid folder its group;
+  and ``-shm`` files the database's own mode; both users' primary group is ``silbato``;
 - the block's channel key (``radio.channel_key_file``, 0600, ``root``) is read only by
   ``silbato radio configure``, as root.
 
@@ -23,42 +23,37 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DB_DIR_MODE = 0o2770
+DB_DIR_MODE = 0o770   # no setgid: both users' primary group is silbato (and RestrictSUIDSGID= forbids it)
 DB_MODE = 0o660
 SECRET_MODES = 0o077  # no group or other bit on a key
 
 
-def prepare_db_dir(config) -> Path:
-    """Make ``db/`` (2770) and move a database from before it existed into it. Returns the folder.
+def prepare_db_dir(config, *, adopt: bool = True) -> Path:
+    """Make ``db/`` (0770, the state directory's owner) and, with ``adopt``, move a database from
+    before it existed into it. Returns the folder.
 
-    Called by the daemon before it opens its store and by ``silbato install``; never raises for a
-    folder the caller cannot chmod (a test's or a laptop's), it logs.
+    Called by the daemon before it opens its store (which adopts), and by ``silbato install`` and
+    ``update`` (which do not: the running services still use the old place until they restart).
+    Never raises for a folder the caller cannot change (a test's, a laptop's): it logs.
     """
     folder = config.db_dir
     folder.mkdir(parents=True, exist_ok=True)
-    group = config.state_dir.stat().st_gid   # the daemon's group, which the page's user has
-    try:
-        _give_to_state_owner(config, folder)  # made by root (silbato migrate, a test)
-        if folder.stat().st_gid != group:
-            os.chown(folder, -1, group)
-    except OSError as exc:
-        log.warning("could not give %s the owner of %s: %s", folder, config.state_dir, exc)
-    _chmod(folder, DB_DIR_MODE)
-    adopt_legacy_db(config)
+    _fix(folder, DB_DIR_MODE, _state_owner(config), directory=True)
+    if adopt:
+        adopt_legacy_db(config)
     return folder
 
 
 def share_db(config) -> None:
-    """The database (once it exists) is 0660, so the page's user, in the group, can write it.
+    """The database and its ``-wal`` and ``-shm`` are 0660, so the page's user, in the group, can write them.
 
-    Run as root (``silbato captain add``, ``silbato migrate`` before the daemon ever ran), the
-    files are also given to the state directory's owner, or the daemon could not write them.
+    Run as root (``silbato captain add``, ``silbato migrate`` before the daemon ever ran), they are
+    also given to the state directory's owner, or the daemon could not write them. Only these three
+    names are touched, and never through a link: the page's user may write ``db/``, so it could put
+    a symbolic link to ``node.key`` in the place of ``silbato.db-shm``.
     """
     for suffix in ("", "-wal", "-shm"):
-        path = config.db_file.with_name(config.db_file.name + suffix)
-        if path.exists():
-            _give_to_state_owner(config, path)
-            _chmod(path, DB_MODE)
+        _fix(config.db_file.with_name(config.db_file.name + suffix), DB_MODE, _state_owner(config))
 
 
 def open_store(config, **kwargs):
@@ -71,19 +66,14 @@ def open_store(config, **kwargs):
     return store
 
 
-def _give_to_state_owner(config, path: Path) -> None:
-    if os.geteuid() != 0:
-        return
-    owner = config.state_dir.stat()
-    st = path.stat()
-    if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
-        os.chown(path, owner.st_uid, owner.st_gid)
-
-
 def adopt_legacy_db(config) -> bool:
     """Earlier installs kept the database at ``<state_dir>/silbato.db``: move it (with WAL and SHM) into ``db/``."""
     old = config.state_dir / config.db_file.name
-    if not old.exists() or config.db_file.exists():
+    if not old.exists():
+        return False
+    if config.db_file.exists():
+        log.warning("two databases: %s (an earlier install's) and %s (in use); the first is left alone: "
+                    "move it aside or copy what you need from it", old, config.db_file)
         return False
     for suffix in ("", "-wal", "-shm"):  # the WAL may hold committed alerts: it moves with the file
         source = old.with_name(old.name + suffix)
@@ -93,12 +83,39 @@ def adopt_legacy_db(config) -> bool:
     return True
 
 
-def _chmod(path: Path, mode: int) -> None:
+def _state_owner(config) -> tuple[int, int] | None:
+    """Root gives what it makes to the state directory's owner and group; anyone else changes no owner."""
+    if os.geteuid() != 0:
+        return None
+    st = config.state_dir.stat()
+    return st.st_uid, st.st_gid
+
+
+def _fix(path: Path, mode: int, owner: tuple[int, int] | None, *, directory: bool = False) -> None:
+    """Set ``path``'s mode (and owner): opened with ``O_NOFOLLOW``, and only if it is what it should be."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
     try:
-        if stat.S_IMODE(path.stat().st_mode) != mode:
-            os.chmod(path, mode)
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("%s left alone: %s (a link, or not a %s?)", path, exc.strerror,
+                    "folder" if directory else "file")
+        return
+    try:
+        st = os.fstat(fd)
+        kind_ok = stat.S_ISDIR(st.st_mode) if directory else (stat.S_ISREG(st.st_mode) and st.st_nlink == 1)
+        if not kind_ok:
+            log.warning("%s left alone: not a plain %s", path, "folder" if directory else "file with one name")
+            return
+        if owner is not None and (st.st_uid, st.st_gid) != owner:
+            os.fchown(fd, *owner)
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
     except OSError as exc:
         log.warning("could not set mode %o on %s: %s", mode, path, exc)
+    finally:
+        os.close(fd)
 
 
 def readable_by(path: Path, uid: int, gids: set[int]) -> bool:

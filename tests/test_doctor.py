@@ -262,7 +262,11 @@ def test_separation_fails_when_the_page_could_read_a_key_or_write_the_state_dire
     os.chmod(cfg.state_dir, 0o750)
     os.chmod(cfg.db_dir, 0o700)
     (warn,) = findings(doctor(toml, dev), "separation")
-    assert warn.status == WARN and "2770" in warn.detail
+    assert warn.status == WARN and "not 770" in warn.detail
+    os.chmod(cfg.db_dir, 0o770)
+    (cfg.db_dir / "silbato.db-shm").symlink_to(cfg.key_file)   # what the page's user could plant
+    (bad,) = findings(doctor(toml, dev), "separation")
+    assert bad.status == FAIL and "silbato.db-shm" in bad.detail
 
 
 def test_the_command_prints_one_line_per_finding_and_exits_1_on_failure(node):

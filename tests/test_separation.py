@@ -74,6 +74,18 @@ def test_the_database_folder_is_shared_and_the_state_directory_is_not(node):
     assert stat.S_IMODE(cfg.key_file.stat().st_mode) == 0o600
 
 
+def test_a_link_planted_in_the_database_folder_is_never_followed(node, caplog):
+    cfg = node.config
+    shm = cfg.db_file.with_name("silbato.db-shm")
+    node.stop()
+    shm.unlink(missing_ok=True)
+    shm.symlink_to(cfg.key_file)   # the page's user may write db/: it could do this
+    os.chmod(cfg.key_file, 0o600)
+    statedir.share_db(cfg)
+    assert stat.S_IMODE(cfg.key_file.stat().st_mode) == 0o600, "share_db must not chmod through a link"
+    assert "silbato.db-shm left alone" in caplog.text
+
+
 def test_a_database_from_before_the_db_folder_is_moved_with_its_wal(tmp_path):
     files = provision(tmp_path / "block", 1)
     cfg = files.configs[0]
@@ -81,10 +93,14 @@ def test_a_database_from_before_the_db_folder_is_moved_with_its_wal(tmp_path):
     with Store(legacy) as old:
         old.set_meta("kept", "yes")
         assert legacy.with_name("silbato.db-wal").exists()   # committed, maybe not yet checkpointed
+        statedir.prepare_db_dir(cfg, adopt=False)             # install and update leave it to the daemon
+        assert legacy.exists()
         statedir.prepare_db_dir(cfg)
     assert not legacy.exists() and cfg.db_file.exists()
     with Store(cfg.db_file) as moved:
         assert moved.meta("kept") == "yes"
+    Store(legacy).close()   # an older release, started again, made a new one: both exist now
+    assert not statedir.adopt_legacy_db(cfg) and legacy.exists()
 
 
 @pytest.fixture

@@ -190,6 +190,12 @@ def check_separation(doctor: Doctor) -> Iterator[Result]:
         yield Result(FAIL, "separation", problem)
     if problems:
         return
+    odd = [p.name for p in (cfg.db_dir.iterdir() if cfg.db_dir.is_dir() else ())
+           if p.is_symlink() or not p.is_file()]
+    if odd:
+        yield Result(FAIL, "separation", f"{cfg.db_dir} holds what is not a plain file: {', '.join(sorted(odd))} "
+                                         "(the page's user may write there: look into it, then remove them)")
+        return
     if cfg.db_dir.exists() and cfg.db_dir.stat().st_mode & 0o7777 != statedir.DB_DIR_MODE:
         yield Result(WARN, "separation", f"{cfg.db_dir} has mode {cfg.db_dir.stat().st_mode & 0o7777:o}, "
                                          f"not {statedir.DB_DIR_MODE:o}: the page may not be able to write "

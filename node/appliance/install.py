@@ -6,7 +6,7 @@ already right. The steps, in order:
 1. the ``silbato`` system user, in the groups ``gpio``, ``dialout`` and ``audio``, and the page's
    own user ``silbato-web`` (primary group ``silbato``, no other);
 2. ``/etc/silbato/silbato.toml`` from a commented template, if absent (``config_template``);
-3. the state directory, its ``db/`` folder (the only part the page may write) and the page's own
+3. the state directory, its ``db/`` folder (0770, the only part the page may write) and the page's own
    directory (``node/statedir.py`` says who may touch what);
 4. the release, in ``/opt/silbato/releases/<version>`` with its own venv (``node.appliance.release``),
    and ``/opt/silbato/current`` pointing at it;
@@ -173,6 +173,12 @@ def _config(layout: Layout, host: Host, say: Say) -> None:
     say(f"config: created {layout.config_file} from the template")
 
 
+def prepare_host(cfg: config_mod.Config, host: Host, say: Say) -> None:
+    """The users and the state directories this release needs (``silbato update`` runs it too)."""
+    _user(host, say)
+    _state_dir(cfg, host, say)
+
+
 def _state_dir(cfg: config_mod.Config, host: Host, say: Say) -> None:
     state = cfg.state_dir
     existed = state.is_dir()
@@ -180,14 +186,11 @@ def _state_dir(cfg: config_mod.Config, host: Host, say: Say) -> None:
     os.chmod(state, 0o750)
     host.chown(state, USER)
     say(f"state: {state} {'exists' if existed else 'created'}")
-    moved = cfg.state_dir.joinpath(cfg.db_file.name).exists() and not cfg.db_file.exists()
-    statedir.prepare_db_dir(cfg)
+    # The database itself moves into db/ when the new daemon starts (the running one still uses it).
+    statedir.prepare_db_dir(cfg, adopt=False)
     host.chown(cfg.db_dir, USER)
-    for path in sorted(cfg.db_dir.iterdir()):
-        host.chown(path, USER)
     statedir.share_db(cfg)
-    say(f"state: {cfg.db_dir} (mode 2770: the only folder the page writes)"
-        + ("; moved the database into it" if moved else ""))
+    say(f"state: {cfg.db_dir} (mode 0770: the only folder the page writes)")
     web = Path(cfg["web.state_dir"])
     web.mkdir(parents=True, exist_ok=True)
     os.chmod(web, 0o700)

@@ -176,6 +176,7 @@ class Updater:
 
     def _switch(self, old_release: Path | None, release: Path, existed: bool) -> Outcome:
         old, new = (old_release.name if old_release else None), release.name
+        install_mod.prepare_host(self.cfg, self.host, self.say)   # the page's user and db/, if an older install lacks them
         install_mod.install_units(self.layout, self.host, release_mod.share_dir(release), self.say)
         self.layout.switch(release)
         self.say(f"current: {old} -> {new}")

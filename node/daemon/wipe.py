@@ -38,7 +38,12 @@ def ask(config) -> None:
     """Ask a running daemon to wipe the node; it checks every ``REQUEST_POLL`` seconds."""
     path = request_file(config)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    os.close(fd)
+    try:
+        if os.geteuid() == 0:  # the daemon's, so that it can overwrite it with the rest
+            owner = Path(config.state_dir).stat()
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+    finally:
+        os.close(fd)
 
 
 def requested(config) -> bool:
