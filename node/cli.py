@@ -85,26 +85,50 @@ def main() -> None:
 # -- run and web --------------------------------------------------------------------------
 
 @cli.command()
+@click.option("--mock-pins", is_flag=True,
+              help="Use gpiozero's mock pins instead of the Pi's GPIO, to try the daemon on a laptop.")
 @click.pass_context
-def run(ctx: click.Context) -> None:
+def run(ctx: click.Context, mock_pins: bool) -> None:
     """Run the node daemon (button, siren, radio, store) until SIGTERM."""
     from node.daemon import runtime
 
     cfg = load_config(ctx)
     _setup_logging(cfg["log.level"])
-    sys.exit(runtime.run(cfg))
+    pin_factory = None
+    if mock_pins:
+        from node.hardware.devices import mock_factory
+
+        pin_factory = mock_factory()
+    sys.exit(runtime.run(cfg, pin_factory=pin_factory))
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.pass_context
 def web(ctx: click.Context) -> None:
-    """Serve the neighbors' page and the captains' console with the waitress WSGI server."""
-    from web import create_app, server, settings
+    """Serve the neighbors' page and the captains' console with the waitress WSGI server.
+
+    The secret that signs captains' cookies is kept in web.state_dir (made at the first start).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from web import create_app, security, server, settings
 
     cfg = load_config(ctx)
     _setup_logging(cfg["log.level"])
-    app = create_app(settings(cfg))
+    app = create_app({**settings(cfg), "SECRET_KEY": security.load_secret(cfg.web_secret_file)})
     server.serve(app, cfg["web.host"], cfg["web.port"], live_clients=cfg["web.live_clients"])
+
+
+@web.command("rotate-secret")
+@click.pass_context
+def web_rotate_secret(ctx: click.Context) -> None:
+    """Replace the page's secret: every captain logs in again and every device cookie ends."""
+    from web import security
+
+    path = load_config(ctx).web_secret_file
+    security.rotate_secret(path)
+    click.echo(f"new secret written to {path}; restart the page to use it (sudo systemctl restart silbato-web): "
+               "every captain then logs in again")
 
 
 # -- config ------------------------------------------------------------------------------
@@ -132,12 +156,22 @@ def keys() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing key (the node must be re-rostered).")
 @click.pass_context
 def keys_init(ctx: click.Context, force: bool) -> None:
-    """Create this node's key (mode 0600) and print its public key for the roster."""
+    """Create this node's key (mode 0600) and print its public key for the roster.
+
+    A node that has a key already (``silbato install`` makes one) keeps it: its public key
+    is printed, and nothing is changed.
+    """
     from node.protocol.keys import SigningKey
 
     cfg = load_config(ctx)
+    if cfg.key_file.exists() and not force:
+        key = SigningKey.load(cfg.key_file)
+        click.echo(f"this node has a key already ({cfg.key_file}; 'silbato install' makes one): kept")
+        click.echo(f"public key: {key.public_b64}")
+        click.echo("(--force would replace it, and the organizers would have to put the new one on the roster)")
+        return
     key = SigningKey.create(cfg.key_file, force=force)
-    click.echo(f"created {cfg.key_file}")
+    click.echo(f"{'replaced' if force else 'created'} {cfg.key_file}")
     click.echo(f"public key: {key.public_b64}")
 
 
@@ -163,6 +197,9 @@ def roster_keygen(path: str) -> None:
     """Create the organizers' signing key at PATH (0600) and its public key at PATH.pub."""
     from node.protocol.keys import SigningKey
 
+    if Path(path).exists():
+        raise click.ClickException(f"{path} exists already: the organizers make their key once and keep it; "
+                                   f"sign with it ('silbato roster sign BODY --key {path}'), its public key is {path}.pub")
     key = SigningKey.create(Path(path))
     Path(path + ".pub").write_text(key.public_b64 + "\n")
     click.echo(f"created {path} (keep it off the nodes) and {path}.pub (install on every node)")
@@ -175,11 +212,12 @@ def roster_keygen(path: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default="-", help="Where to write the signed roster.")
 def roster_sign(body: str, key_path: str, out: str) -> None:
     """Sign BODY, a JSON file {"block", "version", "nodes": [...]}, with the organizers' key."""
-    from node.protocol.keys import SigningKey, sign_roster
+    from node.protocol.keys import load_organizer_key, sign_roster
 
     data = _read_json(body)
+    organizer = load_organizer_key(Path(key_path))  # before the body: a public key is the likelier slip
     try:
-        document = sign_roster(data, SigningKey.load(Path(key_path)))
+        document = sign_roster(data, organizer)
     except SilbatoError as exc:
         raise click.ClickException(f"{body}: {exc}") from None
     text = json.dumps(document, indent=1, ensure_ascii=False) + "\n"
@@ -194,17 +232,27 @@ def roster_sign(body: str, key_path: str, out: str) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.pass_context
 def roster_install(ctx: click.Context, file: str) -> None:
-    """Verify FILE against the organizers' key and install it, refusing an older version."""
-    from node.protocol.keys import install_roster, load_public
+    """Verify FILE against the organizers' key and install it.
+
+    Refuses a roster with a bad signature, of another block, older than the installed one,
+    or on which this node's key is missing or revoked.
+    """
+    from node.protocol.keys import SigningKey, install_roster, load_public
 
     cfg = load_config(ctx)
     document = _read_json(file)
+    if not cfg.key_file.exists():
+        raise click.ClickException(f"{cfg.key_file}: this node has no key yet: run 'silbato keys init' and give "
+                                   "its public key to the organizers for the roster")
+    me = SigningKey.load(cfg.key_file)
     try:
-        result = install_roster(document, load_public(Path(cfg["node.organizer_key"])), cfg.roster_file)
+        result = install_roster(document, load_public(Path(cfg["node.organizer_key"])), cfg.roster_file,
+                                node_key=me.public_raw)
     except SilbatoError as exc:
         raise click.ClickException(f"{file}: {exc}") from None
+    name = result.find_key(me.public_raw).name
     click.echo(f"installed roster v{result.version} of block {result.block!r} "
-               f"({len(result.members)} nodes) at {cfg.roster_file}")
+               f"({len(result.members)} nodes) at {cfg.roster_file}; this node is {name}")
 
 
 @roster.command("show")
@@ -322,7 +370,11 @@ def purge(ctx: click.Context) -> None:
     """Delete ended alerts older than alerts.retention now, and truncate the WAL."""
     import time
 
-    retention = load_config(ctx)["alerts.retention"]
+    cfg = load_config(ctx)
+    retention = cfg["alerts.retention"]
+    if not cfg.db_file.exists():  # never make one: the daemon does, with its owner and mode, when it first starts
+        click.echo(f"nothing to purge: no database at {cfg.db_file} (the node daemon makes it when it first starts)")
+        return
     removed = open_store(ctx).purge(time.time(), retention)
     click.echo(f"purged {removed} alerts older than {retention:.0f} s")
 
@@ -379,7 +431,7 @@ def captain_add(ctx: click.Context, name: str, replace: bool) -> None:
 @click.argument("name")
 @click.pass_context
 def captain_remove(ctx: click.Context, name: str) -> None:
-    """Remove captain NAME; their sessions end at their next click."""
+    """Remove captain NAME and end their sessions at once."""
     if not open_store(ctx).remove_captain(name):
         raise click.ClickException(f"no captain {name!r}")
     click.echo(f"captain {name!r} removed")
@@ -454,7 +506,8 @@ def hardware_test(ctx: click.Context, mock: bool, yes: bool, wait: float, step: 
 @click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.1, 1000.0),
               help="Simulated seconds per wall-clock second.")
 @click.option("--dir", "state_dir", type=click.Path(file_okay=False), default=None,
-              help="Where the nodes keep their keys and databases (default: a new temporary folder).")
+              help="Where the nodes keep their keys and databases, kept at exit "
+                   "(default: a new temporary folder, removed at exit).")
 @click.option("--radio", default="air", show_default=True, type=click.Choice(["air", "serial"]),
               help="air: nodes on the simulated air directly; serial: through the real meshtastic library "
                    "to simulated radios on pseudo-terminals.")
@@ -464,11 +517,11 @@ def sim(n: int, topology: str, port_base: int, loss: float, preset: str, seed: i
     from node.sim import run_demo
 
     _setup_logging("INFO")
-    root = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="silbato-sim-"))
+    root = Path(state_dir) if state_dir else None  # None: a temporary folder, removed at exit
     try:
         run_demo(root, n, topology, port_base=port_base, loss=loss, preset=preset, seed=seed, scale=scale,
                  radio=radio, say=click.echo)
-    except OSError as exc:  # a port in use
+    except OSError as exc:  # e.g. --dir not writable (a port in use is a ListenError, one line too)
         raise click.ClickException(str(exc)) from None
 
 

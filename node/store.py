@@ -1,9 +1,9 @@
 """The node's SQLite store: alerts, the append-only event log, peers, the outbox and counters.
 
 One database file under the state directory, shared by ``silbato-node`` (the writer
-of every fact) and ``silbato-web``, which reads it and may write only its own three
-tables: captain accounts, captains' requests for the daemon, and local notes
-(``WEB_TABLES``, enforced by an SQLite authorizer). WAL journal, ``synchronous=FULL`` so a
+of every fact) and ``silbato-web``, which reads it and may write only its own four
+tables: captain accounts, captains' requests for the daemon, local notes and captains'
+login sessions (``WEB_TABLES``, enforced by an SQLite authorizer). WAL journal, ``synchronous=FULL`` so a
 commit survives power loss, ``secure_delete=ON`` so purged rows are overwritten.
 Times are seconds on the node's clock (``time.time()`` unless a clock is injected).
 """
@@ -31,10 +31,14 @@ migrations = Migrations("silbato")
 REPLAY_WINDOW = 63
 
 # The only tables the web process may write (see ``Store(writes=...)``).
-WEB_TABLES = frozenset({"captains", "requests", "notes"})
+WEB_TABLES = frozenset({"captains", "requests", "notes", "sessions"})
 # Seconds: a captain's request older than this is refused, not acted on, so that a click
 # made while the daemon was down does not raise a siren minutes later.
 REQUEST_TTL = 60.0
+# Seconds: the longest a captain's login lasts, however busy (the page ends idle ones sooner).
+SESSION_LIFETIME = 12 * 3600.0
+# Seconds: a session last used this far in the node's future means the clock went back: it ends.
+SESSION_CLOCK_SLACK = 60.0
 
 
 @migrations()
@@ -85,6 +89,18 @@ def m003_coverage_supervision(db: sqlite_utils.Database) -> None:
     db["alerts"].add_column("frame", bytes)           # the latest signed transition, to pass on to a neighbour
     db["peers"].add_column("status", str)             # ok, trouble, silent or unknown
     db["peers"].add_column("remote_troubles", int)    # its trouble bits, as the block's heartbeats tell
+
+
+@migrations()
+def m004_sessions(db: sqlite_utils.Database) -> None:
+    """Captains' logins, kept on the node so that logging out (or ``captain remove``) ends them.
+
+    Only a SHA-256 of each login's random token is stored: the token itself lives in the
+    captain's cookie, so the database never holds anything a browser could present.
+    """
+    db["sessions"].create({"token_hash": str, "captain": str, "created_at": float, "last_seen": float},
+                          pk="token_hash")
+    db["sessions"].create_index(["captain"])
 
 
 def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
@@ -177,10 +193,11 @@ class Store:
 
     # -- counters -----------------------------------------------------------------
 
-    def next_counter(self) -> int:
-        """Reserve this node's next frame counter. Call inside a transaction, before sending."""
+    def next_counter(self, at_least: int = 1) -> int:
+        """Reserve this node's next frame counter (``at_least``: the signer's floor). Call inside a
+        transaction, before sending."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'counter'").fetchone()
-        value = int(row[0]) + 1 if row else 1
+        value = max(int(row[0]) + 1 if row else 1, at_least)
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('counter', ?)", [str(value)])
         return value
 
@@ -323,9 +340,12 @@ class Store:
         with self.transaction():
             self.db.execute(f"{verb} INTO captains (name, password_hash, created_at) VALUES (?, ?, ?)",
                             [name, password_hash, now])
+            self.db.execute("DELETE FROM sessions WHERE captain = ?", [name])  # a new password ends them
 
     def remove_captain(self, name: str) -> bool:
+        """Remove captain ``name`` and end their sessions at once; ``False`` if there was none."""
         with self.transaction():
+            self.db.execute("DELETE FROM sessions WHERE captain = ?", [name])
             return self.db.execute("DELETE FROM captains WHERE name = ?", [name]).rowcount > 0
 
     def captain(self, name: str) -> dict | None:
@@ -334,6 +354,33 @@ class Store:
 
     def captains(self) -> list[dict]:
         return list(self.db.query("SELECT name, created_at FROM captains ORDER BY name"))
+
+    # -- captains' sessions (``token_hash``: the SHA-256 of the token in the captain's cookie) ---
+
+    def add_session(self, token_hash: str, captain: str, now: float) -> None:
+        with self.transaction():
+            self.db.execute("INSERT INTO sessions (token_hash, captain, created_at, last_seen) VALUES (?, ?, ?, ?)",
+                            [token_hash, captain, now, now])
+
+    def session(self, token_hash: str) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM sessions WHERE token_hash = ?", [token_hash]))
+        return rows[0] if rows else None
+
+    def touch_session(self, token_hash: str, now: float) -> None:
+        """Record that the session was used at ``now`` (the page does so at most once a minute)."""
+        with self.transaction():
+            self.db.execute("UPDATE sessions SET last_seen = ? WHERE token_hash = ?", [now, token_hash])
+
+    def end_session(self, token_hash: str) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM sessions WHERE token_hash = ?", [token_hash])
+
+    def end_stale_sessions(self, now: float, idle: float, lifetime: float = SESSION_LIFETIME) -> int:
+        """Delete sessions unused for ``idle`` seconds, older than ``lifetime``, or from a clock that went back."""
+        with self.transaction():
+            return self.db.execute(
+                "DELETE FROM sessions WHERE last_seen < ? OR created_at < ? OR last_seen > ?",
+                [now - idle, now - lifetime, now + SESSION_CLOCK_SLACK]).rowcount
 
     def add_request(self, action: str, *, captain: str, now: float, alert_id: str = "",
                     location: int | None = None) -> int:
@@ -445,6 +492,8 @@ class Store:
             self.db.execute("DELETE FROM requests WHERE created_at < ?", [cutoff])
             self.db.execute("DELETE FROM notes WHERE created_at < ? AND alert_id NOT IN (SELECT id FROM alerts)",
                             [cutoff])
+            # Ended logins: the page deletes idle ones as it meets them; none outlives its lifetime.
+            self.end_stale_sessions(now, idle=SESSION_LIFETIME)
         try:
             busy = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         except sqlite3.Error as exc:

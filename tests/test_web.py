@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from websupport import app_for, everywhere, make_block, until
 
+from node import __version__
 from node.protocol.alerts import Kind, State
 from node.errors import StoreError
 from node.store import WEB_TABLES, Store
@@ -80,6 +81,8 @@ def test_api_lists_buildings_with_their_health(client):
         (3, "B3", "Building 3", "ok", True)]
     health = client.get("/api/health").get_json()
     assert health["status"] == "ok" and health["banner"] == "confirmed" and health["live_slots"] == 200
+    assert health["version"] == __version__  # Silbato's, not the live document's
+    assert health["live_version"] == client.get("/api/live").get_json()["version"]
     assert client.get("/api/troubles").get_json() == {}
 
 
@@ -169,6 +172,23 @@ def test_a_missing_database_is_a_503_not_a_crash(tmp_path):
         response = client.get(url)
         assert response.status_code == 503, url
         assert "Retry-After" in response.headers
+
+
+def test_before_the_daemon_has_started_the_page_says_so_and_logs_it_once(tmp_path, caplog):
+    """Not "busy": the node daemon never made its database (not started, or starting)."""
+    client = create_app({"DATABASE": str(tmp_path / "db" / "silbato.db")}).test_client()
+    with caplog.at_level("INFO"):
+        for _ in range(3):
+            page = client.get("/")
+            assert page.status_code == 503 and page.headers["Retry-After"] == "10"
+            html = page.get_data(as_text=True)
+            assert "This node is not running yet, or is still starting." in html and "busy" not in html
+            assert '<meta http-equiv="refresh" content="10">' in html  # it does try again, without script
+            api = client.get("/api/alerts")
+            assert api.status_code == 503 and "not running yet" in api.get_json()["error"]
+            assert client.get("/captain/login").status_code == 200  # a form that needs no database yet
+    told = [r for r in caplog.records if "silbato.db" in r.getMessage()]
+    assert len(told) == 1 and "is silbato-node running?" in told[0].getMessage(), [r.getMessage() for r in told]
 
 
 # -- offline, light and safe -------------------------------------------------------------------
@@ -444,7 +464,7 @@ def test_no_get_changes_the_node_s_state(fresh):
     for rule in app.url_map.iter_rules():
         if "GET" not in rule.methods:
             continue
-        url = rule.rule.replace("<alert_id>", alert.id).replace("<int:request_id>", "1").replace(
+        url = re.sub(r"<[^>]*request_id>", "1", rule.rule.replace("<alert_id>", alert.id)).replace(
             "<path:filename>", "silbato.css")
         assert "<" not in url, url
         assert client.get(url).status_code < 500, url

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from flask import Flask, url_for
+from flask import Flask, has_request_context, request
+from flask.json.provider import DefaultJSONProvider
 from flask_wtf.csrf import CSRFProtect
 
 from node.protocol import supervision
@@ -28,13 +29,23 @@ STATIC = Path(__file__).parent / "static"
 def settings(config) -> dict[str, Any]:
     """The app's settings from a node's ``node.config.Config`` (``silbato web`` and ``silbato sim``)."""
     return {"DATABASE": str(config.db_file), "LANGUAGES": config.languages, "HOTLINE": config["web.hotline"],
-            "LIVE_CLIENTS": config["web.live_clients"],
+            "LIVE_CLIENTS": config["web.live_clients"], "SESSION_IDLE": config["web.session_idle"],
             # the daemon's supervision says which buildings are silent; this is the fallback before it has
             # on a node, loopback is a maintainer's tool or an attacker on the node: limit it too
             "EXEMPT_LOOPBACK": False,
             "SILENT_AFTER": 3 * supervision.effective_period(config["supervision.period"], config["radio.preset"],
                                                              config["supervision.airtime_budget"]),
             "RECEIPT_TIMEOUT": config["supervision.receipt_timeout"]}
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, where a body nested too deep for Python's parser is malformed JSON (400), not a 500."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError as exc:
+            raise ValueError("JSON nested too deeply") from exc
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -52,14 +63,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
       captain's request is written (the sim wakes its node; a node daemon polls);
     - ``RATE_LIMIT``: (requests, seconds) per client address, or ``None``; ``EXEMPT_LOOPBACK``:
       whether 127.0.0.1 is exempt (the sim's pages; ``settings()`` for a node says no);
-    - ``SECRET_KEY``: signs sessions; new at every start unless given, so a restart logs captains out.
+    - ``SECRET_KEY``: signs the session and device cookies; ``silbato web`` reads it from
+      ``web.state_dir`` (``web.security.load_secret``), else it is new at every start;
+    - ``SESSION_IDLE``: seconds unused before a captain's session ends (``web.session_idle``);
+      ``PERMANENT_SESSION_LIFETIME``: the longest a login lasts (12 h).
     """
     app = Flask(__name__)
+    app.json = JSONProvider(app)
     app.config.from_mapping(
         DATABASE=os.environ.get("SILBATO_WEB_DATABASE", ""), NODE_NAME=None, LANGUAGES=["en", "es"],
         HOTLINE="", LIVE_CLIENTS=200, SILENT_AFTER=3600.0, RECEIPT_TIMEOUT=120.0, STREAM_SECONDS=300.0, KEEPALIVE=20.0,
         LIVE_POLL=0.1, REFRESH=15, CLOCK=time.time, ON_REQUEST=None, RATE_LIMIT=(120, 60.0), EXEMPT_LOOPBACK=True,
-        SECRET_KEY=secrets.token_bytes(32), SESSION_COOKIE_NAME="silbato_session",
+        SECRET_KEY=secrets.token_bytes(32), SESSION_IDLE=1800.0, SESSION_COOKIE_NAME="silbato_session",
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", PERMANENT_SESSION_LIFETIME=12 * 3600,
         WTF_CSRF_TIME_LIMIT=None,  # a token lives as long as the session: no surprise 403 mid-raid
         WTF_CSRF_HEADERS=["X-CSRFToken"], MAX_CONTENT_LENGTH=16 * 1024,
@@ -85,10 +100,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     hashes = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:10] for f in STATIC.iterdir() if f.is_file()}
 
+    def static(name: str) -> str:
+        # Not url_for: the error page for a request whose Host could not be routed has no URL adapter.
+        root = request.script_root if has_request_context() else ""
+        return f"{root}/static/{name}?v={hashes.get(name, '')}"
+
     @app.context_processor
     def page_context() -> dict[str, Any]:
         return {"lang": i18n.lang(), "hotline": app.config["HOTLINE"], "refresh": app.config["REFRESH"],
-                "node_name": app.config["NODE_NAME"],
-                "static": lambda name: url_for("static", filename=name, v=hashes.get(name, ""))}
+                "node_name": app.config["NODE_NAME"], "static": static}
 
     return app

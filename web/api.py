@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
 from flask_wtf.csrf import generate_csrf
 
+from node import __version__
 from node.protocol.alerts import State
 from web import auth, data, export, live
 from web.openapi import document
@@ -52,13 +53,13 @@ def nodes():
 
 @bp.get("/health")
 def health():
-    """This node's health: ``ok`` or ``trouble``, its TROUBLE lines, and its live clients."""
+    """This node's health: ``ok`` or ``trouble``, its TROUBLE lines, Silbato's version, and its live clients."""
     snapshot = live.current()
     troubles = snapshot.doc["troubles"]
     hub = live.live()
     return jsonify({"status": "trouble" if troubles else "ok", "troubles": troubles,
-                    "banner": snapshot.doc["banner"]["state"], "version": snapshot.version,
-                    "live_clients": hub.clients, "live_slots": hub.slots})
+                    "banner": snapshot.doc["banner"]["state"], "version": __version__,
+                    "live_version": snapshot.version, "live_clients": hub.clients, "live_slots": hub.slots})
 
 
 @bp.get("/troubles")
@@ -109,7 +110,7 @@ def list_requests():
     return jsonify([data.request_row(r, now) for r in data.store().requests(20)])
 
 
-@bp.get("/requests/<int:request_id>")
+@bp.get(f"/requests/<int(max={data.MAX_ID}):request_id>")  # a larger id is no such request
 @auth.captain_required
 def get_request(request_id: int):
     """One request: pending, sent, queued (waiting for the radio), refused (with the reason) or no_answer."""

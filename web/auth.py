@@ -3,6 +3,11 @@
 Accounts are made on the node (``silbato captain add NAME``); the web only checks them.
 Passwords are hashed with Werkzeug's scrypt and are at least ``MIN_PASSWORD`` characters.
 
+A login is a row in the store's ``sessions`` table, keyed by the SHA-256 of a random
+token; the signed session cookie carries the token. So a copied cookie dies with its
+row: at logout, at ``silbato captain remove`` or a new password, after ``SESSION_IDLE``
+seconds unused, or 12 h (``PERMANENT_SESSION_LIFETIME``) after the login, on the node's clock.
+
 Login throttling allows ``LOGIN_TRIES`` failed tries per ``LOGIN_WINDOW`` seconds per
 account and per client address. A browser in which a captain has logged in before
 carries a signed *device cookie* for that account: its tries count against its
@@ -16,14 +21,20 @@ import collections
 import hashlib
 import hmac
 import re
+import secrets
 import threading
 import time
+import urllib.parse
 from functools import wraps
 from typing import Callable
 
 from flask import abort, current_app, g, redirect, request, session, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from werkzeug.exceptions import HTTPException
 from werkzeug.security import check_password_hash, generate_password_hash
+
+from node.errors import StoreError
+from node.store import SESSION_CLOCK_SLACK
 
 MIN_PASSWORD = 8
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
@@ -31,6 +42,7 @@ LOGIN_TRIES = 10
 LOGIN_WINDOW = 15 * 60.0
 DEVICE_COOKIE = "silbato_device"
 DEVICE_DAYS = 90
+SESSION_TOUCH = 60.0  # seconds: a session's last use is written at most this often, not on every click
 
 # scrypt takes 32 MB and a noticeable part of a second on a Pi: one check at a time keeps
 # a burst of logins from eating the node's memory.
@@ -125,34 +137,102 @@ def check(store, name: str, password: str) -> dict | None:
         return row if check_password_hash(row["password_hash"], password) else None
 
 
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def log_in(row: dict) -> None:
+    """Start a session for captain ``row``: a new row in the store, its token in the cookie."""
+    from web import data
+
+    token = secrets.token_urlsafe(32)
+    now = data.node_time()
+    writer = data.writer()
+    writer.end_stale_sessions(now, current_app.config["SESSION_IDLE"], _lifetime())
+    writer.add_session(_token_hash(token), row["name"], now)
     session.clear()
     session.permanent = True
-    session["captain"] = row["name"]
+    session["token"] = token
     session["key"] = fingerprint(row["password_hash"])
 
 
-def current_captain() -> str | None:
-    """The logged-in captain's name, if the account still exists with the same password."""
-    if "captain" not in g:
-        from web import data
+def log_out() -> None:
+    """End this browser's session: its row goes, so a copy of the cookie is worth nothing."""
+    from web import data
 
-        g.captain = None
-        name = session.get("captain")
-        if name:
-            row = data.store().captain(name)
-            if row is not None and hmac.compare_digest(fingerprint(row["password_hash"]), session.get("key", "")):
-                g.captain = name
-            else:
-                session.clear()
+    token = session.get("token")
+    if isinstance(token, str) and token:
+        data.writer().end_session(_token_hash(token))
+    session.clear()
+
+
+def _lifetime() -> float:
+    return current_app.permanent_session_lifetime.total_seconds()
+
+
+def _ended(row: dict, now: float) -> bool:
+    """Whether session ``row`` has ended at ``now``: idle too long, too old, or the clock went back."""
+    idle = now - row["last_seen"]
+    return idle > current_app.config["SESSION_IDLE"] or now - row["created_at"] > _lifetime() or (
+        idle < -SESSION_CLOCK_SLACK)
+
+
+def _quietly(write: Callable[[], None], what: str) -> None:
+    """A bookkeeping write that must not fail the reader's request (a busy database)."""
+    try:
+        write()
+    except (StoreError, HTTPException) as exc:
+        current_app.logger.warning("could not %s: %s", what, exc)
+
+
+def _session_captain() -> str | None:
+    from web import data
+
+    token = session.get("token")
+    if not isinstance(token, str) or not token:
+        return None
+    key = _token_hash(token)
+    s = data.store()
+    row = s.session(key)
+    now = data.node_time()
+    account = s.captain(row["captain"]) if row is not None else None
+    if (row is None or account is None or _ended(row, now)
+            or not hmac.compare_digest(fingerprint(account["password_hash"]), str(session.get("key", "")))):
+        session.clear()
+        if row is not None:
+            _quietly(lambda: data.writer().end_session(key), "end a session")
+        return None
+    if now - row["last_seen"] >= SESSION_TOUCH:
+        _quietly(lambda: data.writer().touch_session(key, now), "record a session's use")
+    return row["captain"]
+
+
+def current_captain() -> str | None:
+    """The logged-in captain's name: a live session, of an account that still has the same password."""
+    if "captain" not in g:
+        g.captain = _session_captain()
     return g.captain
 
 
 def safe_next(target: str | None) -> str:
-    """Only a path on this site: never an open redirect."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    """``target`` if it is a plain path on this site, else the console: never an open redirect.
+
+    Refused: anything but printable ASCII (browsers drop tabs and newlines, so ``/``, a
+    tab and ``/evil.example`` would lead to ``//evil.example``), a backslash, ``//``, a
+    scheme or a host, also once percent-decoded (a proxy may decode ``%2F`` or ``%5C``).
+    """
+    if target and len(target) <= 2048 and _plain_path(target) and _plain_path(urllib.parse.unquote(target)):
         return target
     return url_for("captain.console")
+
+
+def _plain_path(target: str) -> bool:
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return False
+    if not all("!" <= c <= "~" for c in target):  # printable ASCII, no space
+        return False
+    parts = urllib.parse.urlsplit(target)
+    return not parts.scheme and not parts.netloc
 
 
 def captain_required(view):

@@ -8,7 +8,7 @@ radio has taken it, or "refused" with the daemon's reason. Notes stay on this no
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 
 from node.protocol.alerts import State
 from web import auth, data, live
@@ -50,8 +50,8 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    """End the session (the device cookie stays, so this browser is still known)."""
-    session.clear()
+    """End the session on the node too (the device cookie stays, so this browser is still known)."""
+    auth.log_out()
     return redirect(url_for("public.index"), code=303)
 
 
@@ -93,8 +93,9 @@ def act():
     """A form post: raise, test, confirm, all clear or cancel, written as a request for the daemon."""
     action = request.form.get("action", "")
     location = request.form.get("location", "")
+    # isascii: "²".isdigit() is true, but int("²") fails
     request_id = data.submit(action, auth.current_captain(), alert_id=request.form.get("alert", ""),
-                             location=int(location) if location.isdigit() else None)
+                             location=int(location) if location.isascii() and location.isdigit() else None)
     return redirect(url_for("captain.console", req=request_id, _anchor="requests"), code=303)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from pathlib import Path
+from typing import NoReturn
 
 from flask import abort, current_app, g, has_app_context
 
@@ -17,11 +19,27 @@ from node.protocol import coverage
 from node.protocol.alerts import parse_alert_id
 from node.errors import StoreError, TransitionError
 from node.store import REQUEST_TTL, WEB_TABLES, Store
+from web.security import NotRunning
 
 # What a captain can ask the node to do.
 ACTIONS = ("raise", "test", "confirm", "all_clear", "cancel")
 NOTE_MAX = 280  # characters: a short note, not a report
 HISTORY = 20    # ended alerts on the page (the API lists more)
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a row id beyond it would overflow, not just be missing
+
+
+def store_unavailable(exc: Exception) -> NoReturn:
+    """Abort with 503: ``NotRunning`` while the node daemon has made no database yet (logged
+    once), else the database cannot be read now (logged each time)."""
+    path = Path(current_app.config["DATABASE"])
+    if not path.exists():
+        if not current_app.extensions.get("silbato.told_not_running"):
+            current_app.extensions["silbato.told_not_running"] = True
+            current_app.logger.warning("%s does not exist yet: is silbato-node running? The page says "
+                                       "the node is not running until it does", path)
+        raise NotRunning()
+    current_app.logger.error("store unavailable: %s", exc)
+    abort(503, "the node's database is not available yet")
 
 
 def _open(key: str, **kwargs) -> Store:
@@ -29,8 +47,7 @@ def _open(key: str, **kwargs) -> Store:
         try:
             setattr(g, key, Store(current_app.config["DATABASE"], **kwargs))
         except StoreError as exc:
-            current_app.logger.error("store unavailable: %s", exc)
-            abort(503, "the node's database is not available yet")
+            store_unavailable(exc)
     return getattr(g, key)
 
 

@@ -25,9 +25,10 @@ import random
 import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
-from flask import Blueprint, Response, abort, current_app, render_template, request, stream_with_context
+from flask import Blueprint, Response, current_app, render_template, request, stream_with_context
 
 from node.errors import StoreError
 from node.store import Store
@@ -78,6 +79,7 @@ class Live:
         self._store: Store | None = None
         self._data_version: int | None = None
         self._computed = float("-inf")  # monotonic seconds
+        self._problem: str | None = None  # the last refresh's error, logged once
         self._clients = 0
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
@@ -109,8 +111,14 @@ class Live:
             if self._store is not None:
                 self._store.close()
                 self._store = None
-            log.warning("live state not refreshed: %s", exc)
+            if str(exc) != self._problem:  # once, not at every request while the node is down
+                self._problem = str(exc)
+                if Path(self.database).exists():  # else the page says the node is not running (data.py)
+                    log.warning("live state not refreshed: %s", exc)
             return  # keep serving the last snapshot
+        if self._problem is not None:
+            log.info("live state readable again")
+            self._problem = None
         self._data_version, self._computed = data_version, checked
         version = data.digest(doc)
         if self._snapshot is None or version != self._snapshot.version:
@@ -177,8 +185,7 @@ def current() -> Snapshot:
     try:
         return live().current()
     except StoreError as exc:
-        current_app.logger.error("store unavailable: %s", exc)
-        abort(503, "the node's database is not available yet")
+        data.store_unavailable(exc)
 
 
 def payload(snapshot: Snapshot) -> str:

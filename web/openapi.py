@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from node import __version__
 from node.catalog import LANGUAGES
-from web.data import ACTIONS, NOTE_MAX
+from web.data import ACTIONS, MAX_ID, NOTE_MAX
 
 STATES = ["reported", "confirmed", "all_clear", "cancelled", "expired"]
 BANNERS = ["quiet", "reported", "confirmed", "all_clear"]
@@ -46,7 +47,9 @@ SCHEMAS = {
                      "last_heard": _nullable(_T), "last_heard_ts": _nullable(_N)}),
     "Troubles": {"type": "object", "additionalProperties": _S, "description": "subsystem: TROUBLE sentence"},
     "Health": _object({"status": {"type": "string", "enum": ["ok", "trouble"]}, "troubles": _ref("Troubles"),
-                       "banner": {"type": "string", "enum": BANNERS}, "version": _S,
+                       "banner": {"type": "string", "enum": BANNERS},
+                       "version": {**_S, "description": "Silbato's version on this node", "example": __version__},
+                       "live_version": {**_S, "description": "the live document's version (see /api/live)"},
                        "live_clients": _I, "live_slots": _I}),
     "Session": _object({"captain": _nullable(_S), "csrf_token": _nullable(_S)}),
     "Live": _object({"version": _S, "state": {"type": "string", "enum": BANNERS}, "now": _N,
@@ -65,9 +68,9 @@ SCHEMAS = {
     "Created": _object({"id": _I}),
 }
 
-_LANG = {"name": "lang", "in": "query", "required": False,
-         "schema": {"type": "string", "enum": list(LANGUAGES)},
-         "description": "the reader's language (default: the lang cookie, then Accept-Language)"}
+_LANG = {"name": "lang", "in": "query", "required": False, "schema": {"type": "string", "example": LANGUAGES[0]},
+         "description": f"the reader's language, one of {', '.join(LANGUAGES)}; another is ignored "
+                        "(default: the lang cookie, then Accept-Language)"}
 _ALERT_ID = {"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -120,7 +123,8 @@ def document(title: str = "Silbato") -> dict:
         },
         "/api/requests/{request_id}": {"get": _op("One request and its outcome", {"200": _json(_ref("Request"))},
                                                   captain=True, parameters=[
-            {"name": "request_id", "in": "path", "required": True, "schema": {"type": "integer"}}])},
+            {"name": "request_id", "in": "path", "required": True,
+             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}])},
         "/api/alerts/{alert_id}/notes": {
             "get": _op("Captains' notes on an incident", {"200": _json({"type": "array", "items": _ref("Note")})},
                        captain=True, parameters=[_ALERT_ID]),

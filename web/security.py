@@ -1,29 +1,37 @@
-"""Headers on every response, error pages that reveal nothing, and load shedding.
+"""Headers on every response, error pages that reveal nothing, load shedding, and the app's secret.
 
 - Every response carries the Content-Security-Policy (no inline script, no other host),
   ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``.
 - A failed CSRF check is 403. An error page names the error and nothing else: no
-  traceback, no path, no version.
+  traceback, no path, no version. A ``Host`` header that cannot be routed is 400.
 - Overload never becomes a 500: a client address sending more than ``RATE_LIMIT``
   requests per window gets 429, a full set of live streams or a busy database 503,
-  each with ``Retry-After``.
+  each with ``Retry-After``. Before the node daemon has made its database (it never
+  started, or is starting) the page says so (``NotRunning``, 503), logged once.
+- ``load_secret``/``rotate_secret``: the secret that signs the session and device
+  cookies, kept in ``web.state_dir`` so a restart logs nobody out.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import secrets
 import sqlite3
+import stat
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from flask import Response, jsonify, render_template, request
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, TooManyRequests
+from werkzeug.exceptions import HTTPException, ServiceUnavailable, TooManyRequests
 
-from node.errors import StoreError
+from node.errors import KeyFileError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +81,18 @@ def wants_json() -> bool:
     return request.path.startswith("/api/")
 
 
-def error_response(status: int, message: str, retry_after: float | None = None) -> Response:
-    """A small error page (or JSON under /api/) that says what happened and nothing more."""
+class NotRunning(ServiceUnavailable):
+    """503: the node daemon has not made its database yet: it never started, or is starting."""
+
+    description = "the node is not running yet (it has no database); try again in a minute"
+
+
+def error_response(status: int, message: str, retry_after: float | None = None, *,
+                   title: str | None = None) -> Response:
+    """A small error page (or JSON under /api/) that says what happened and nothing more.
+
+    A 503 page with ``retry_after`` reloads itself then (no script needed).
+    """
     if wants_json():
         response = jsonify({"error": message})
     else:
@@ -84,8 +102,9 @@ def error_response(status: int, message: str, retry_after: float | None = None) 
                   409: _("That cannot be done now."), 413: _("That is too long."),
                   429: _("Too many tries. Please wait a few minutes."),
                   503: _("The node is busy. This page will try again.")}
-        response = Response(render_template("error.html", status=status,
-                                            title=titles.get(status, _("Something went wrong on this node."))),
+        title = title or titles.get(status, _("Something went wrong on this node."))
+        retry = int(retry_after + 0.999) if status == 503 and retry_after is not None else None
+        response = Response(render_template("error.html", status=status, title=title, retry=retry),
                             mimetype="text/html")
     response.status_code = status
     if retry_after is not None:
@@ -130,6 +149,9 @@ def init_app(app) -> None:
             response = error_response(405, exc.description or "method not allowed", retry_after)
             response.headers["Allow"] = ", ".join(exc.valid_methods or [])
             return response
+        if isinstance(exc, NotRunning):
+            return error_response(503, exc.description, 10.0, title=_(
+                "This node is not running yet, or is still starting. This page will try again."))
         return error_response(exc.code or 500, exc.description or "", retry_after)
 
     @app.errorhandler(StoreError)
@@ -142,3 +164,99 @@ def init_app(app) -> None:
     def unexpected(exc):
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(500, "internal error")
+
+
+# -- the app's secret ------------------------------------------------------------------------------
+
+SECRET_BYTES = 32
+
+
+def load_secret(path: Path) -> bytes:
+    """The page's secret from ``path`` (``Config.web_secret_file``), made there if there is none.
+
+    Made by the page's own process, so it belongs to the page's user: ``SECRET_BYTES``
+    random bytes, mode 0600, fsynced before it appears under its name. A file that group or
+    others may read, or of another size, is refused (``KeyFileError`` naming it).
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return _create_secret(path)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read the page's secret: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        mode = info.st_mode
+        if not stat.S_ISREG(mode):
+            raise KeyFileError(f"{path}: the page's secret is not a regular file")
+        if mode & 0o077:
+            raise KeyFileError(f"{path}: mode {stat.S_IMODE(mode):04o} lets others read the page's secret; "
+                               f"chmod 600 {path}, or run 'silbato web rotate-secret' to make a new one")
+        if info.st_size != SECRET_BYTES:
+            raise KeyFileError(f"{path}: {info.st_size} bytes, not the {SECRET_BYTES} of a secret; "
+                               "run 'silbato web rotate-secret' to make a new one")
+        return fh.read()
+
+
+def rotate_secret(path: Path) -> None:
+    """Replace the secret at ``path`` with a new one, atomically: every cookie it signed stops working.
+
+    Run as root, the new file gets the old one's owner (else the folder's), so the page can still read it.
+    """
+    path = Path(path)
+    try:
+        owner = path.stat() if path.exists() else path.parent.stat()
+        tmp = _write_secret(path)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot make a new secret: {exc.strerror}") from None
+    try:
+        if os.geteuid() == 0:
+            os.chown(tmp, owner.st_uid, owner.st_gid)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise KeyFileError(f"{path}: cannot replace the page's secret: {exc.strerror}") from None
+    _sync_folder(path.parent)
+
+
+def _create_secret(path: Path) -> bytes:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = _write_secret(path)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot make the page's secret: {exc.strerror} "
+                           "(set web.state_dir to a folder the page's user may write)") from None
+    try:
+        os.link(tmp, path)  # appears whole or not at all; fails if another process made one first
+    except FileExistsError:
+        pass  # another process made one first: use it
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot make the page's secret: {exc.strerror}") from None
+    finally:
+        tmp.unlink()
+    _sync_folder(path.parent)
+    log.info("made a new secret for the page's cookies: %s", path)
+    return load_secret(path)
+
+
+def _write_secret(path: Path) -> Path:
+    """A new secret in a temporary file beside ``path`` (0600, O_EXCL, fsynced); returns its path."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(SECRET_BYTES))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

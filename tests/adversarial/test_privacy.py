@@ -27,6 +27,7 @@ MACHINE = "text written by the node's code: outcomes, statuses, TROUBLE lines, s
 PERSON = "a captain's name: purged with the retention period (requests, notes)"
 FREE_TEXT = "free text typed or caused by people: purged with the retention period"
 ACCOUNT = "a captain's account: kept until removed (silbato captain remove)"
+SESSION = "a captain's login (a SHA-256 of its token): deleted at logout, captain remove, idle or 12 h"
 
 ALLOWED_COLUMNS: dict[str, dict[str, str]] = {
     "_sqlite_migrations": {"id": CODE, "migration_set": MACHINE, "name": MACHINE, "applied_at": TIME},
@@ -47,6 +48,7 @@ ALLOWED_COLUMNS: dict[str, dict[str, str]] = {
     "requests": {"id": CODE, "action": MACHINE, "alert_id": CODE, "location": CODE, "captain": PERSON,
                  "created_at": TIME, "status": MACHINE, "reason": FREE_TEXT, "result_alert_id": CODE,
                  "frame_seq": CODE, "done_at": TIME},
+    "sessions": {"token_hash": SESSION, "captain": SESSION, "created_at": TIME, "last_seen": TIME},
     "troubles": {"subsystem": MACHINE, "message": MACHINE, "since": TIME},
 }
 
