@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import shutil
 import signal
 import stat
@@ -27,7 +28,9 @@ from node.daemon.runtime import WIPED_EXIT
 from node.daemon.wipe import WIPE_WITHIN, request_file
 from node.hardware.devices import mock_factory
 from node.protocol import supervision, wire
-from node.protocol.keys import load_roster
+from node.protocol.alerts import Kind
+from node.protocol.keys import SigningKey, load_roster
+from node.radio.link import NullLink
 from node.radio.sim_air import SimAir
 from node.radio.sim_radio import SimMeshtasticRadio
 from node.sim import provision
@@ -63,6 +66,65 @@ def test_the_daemon_takes_only_a_captains_actions_from_the_requests_table(node):
     assert rows[forged]["status"] == "refused" and rows[forged]["reason"] == "not a captain's action"
     assert rows[odd]["status"] == "refused"
     assert rows[raised]["status"] == "signed" and node.store.active_alerts()
+
+
+class RecordingLink(NullLink):
+    """A link that takes every frame at once and keeps it (what went on air)."""
+
+    def __init__(self):
+        self.sent: list[bytes] = []
+
+    def send(self, frame: bytes, hop_limit: int | None = None) -> None:
+        self.sent.append(frame)
+
+    @property
+    def troubles(self) -> dict[str, str]:
+        return {}
+
+
+def _as_the_page(cfg, sql: str, params=()) -> None:
+    """What code in the page's process can do: any SQL on the database file, past the authorizer."""
+    conn = sqlite3.connect(cfg.db_file, timeout=5)
+    with conn:
+        conn.execute(sql, params)
+    conn.close()
+
+
+def test_the_outbox_sends_only_frames_this_node_signed(tmp_path):
+    files = provision(tmp_path / "block", 2)
+    cfg, other = files.configs
+    link = RecordingLink()
+    node = Node(cfg, link=link, pin_factory=mock_factory(), clock=lambda: 1_800_000_000.0).start()
+    try:
+        neighbour = SigningKey.load(other.key_file)   # a neighbour's valid frame, replayed by the page
+        foreign = wire.encode(wire.HeartbeatFrame(2, 77, 0, 1, 0, 0, 0, b""), neighbour, load_roster(cfg).block)
+        for junk in (foreign, b"\x01" * 82):
+            _as_the_page(cfg, "INSERT INTO outbox (frame, created_at) VALUES (?, ?)", [junk, node.clock()])
+        node.report(Kind.RAID)
+        node.tick()
+        origins = [wire.decode(frame, node.roster).origin for frame in link.sent]
+        assert origins and set(origins) == {node.id}, "only this node's own frames go on air"
+        assert node.counts["foreign-outbox"] == 2 and node.store.pending() == []
+    finally:
+        node.stop()
+
+
+def test_a_counter_set_back_in_the_database_is_never_used_again(tmp_path):
+    files = provision(tmp_path / "block", 2)
+    cfg = files.configs[0]
+    node = Node(cfg, pin_factory=mock_factory(), clock=lambda: 1_800_000_000.0).start()
+    try:
+        first = node.signer.reserve()
+        _as_the_page(cfg, "UPDATE meta SET value = '0' WHERE key = 'counter'")
+        assert node.signer.reserve() == first + 1
+    finally:
+        node.stop()
+    _as_the_page(cfg, "UPDATE meta SET value = '0' WHERE key = 'counter'")
+    again = Node(cfg, pin_factory=mock_factory(), clock=lambda: 1_800_000_000.0).start()
+    try:   # a restart reads the floor the daemon keeps in its own folder
+        assert again.signer.reserve() > first + 1
+    finally:
+        again.stop()
 
 
 def test_the_database_folder_is_shared_and_the_state_directory_is_not(node):

@@ -44,7 +44,8 @@ from node.daemon.outbox import Outbox
 from node.daemon.relays import Receipts, Relays
 from node.daemon.signer import Signer
 from node.daemon.troubles import Troubles
-from node.daemon.wipe import destroy, node_files, requested as wipe_requested
+from node.daemon.wipe import counter_floor, destroy, node_files, requested as wipe_requested
+from node.errors import FrameError
 from node.hardware import speech
 from node.hardware.devices import Hardware
 from node.protocol import supervision, wire
@@ -130,9 +131,10 @@ class Node:
     def _start_collaborators(self) -> None:
         """The collaborators, each given what its job needs (and the node's lock, counts and rng)."""
         shared = {"rng": self.rng, "counts": self.counts}
-        self.signer = Signer(self.id, self.store, self.key, self.roster)
+        self.signer = Signer(self.id, self.store, self.key, self.roster, floor_file=counter_floor(self.config))
         self.troubles = Troubles(self.store, self.roster, self.rate_limit, self.hardware)
-        self.outbox = Outbox(self.link, self.store, self.troubles, lock=self.lock, clock=self.clock, counts=self.counts)
+        self.outbox = Outbox(self.link, self.store, self.troubles, lock=self.lock, clock=self.clock, counts=self.counts,
+                             own=self._signed_here)
         self.relays = Relays(self.store, self.outbox, preset=self.config["radio.preset"], **shared)
         self.receipts = Receipts(self.id, self.members, self.roster, self.store, self.signer, self.outbox, **shared)
         self.liveness = Liveness(self.id, self.members, self.roster, self.config, store=self.store,
@@ -265,6 +267,13 @@ class Node:
         except Exception:
             self.counts["error"] += 1
             log.exception("captains' requests failed; the node goes on")
+
+    def _signed_here(self, frame: bytes) -> bool:
+        """Whether ``frame`` carries this node's valid signature (the outbox sends nothing else)."""
+        try:
+            return wire.decode(frame, self.roster).origin == self.id
+        except FrameError:
+            return False
 
     def wipe_if_asked(self) -> bool:
         """Wipe if ``silbato wipe`` asked (``node.daemon.wipe.ask``). Call without the node's lock."""

@@ -31,9 +31,13 @@ class Outbox:
     """This node's frames to the link. ``lock`` is the node's; ``clock()`` gives seconds."""
 
     def __init__(self, link: Link, store: Store, troubles: Troubles, *, lock: threading.RLock,
-                 clock: Callable[[], float], counts: collections.Counter[str]):
+                 clock: Callable[[], float], counts: collections.Counter[str],
+                 own: Callable[[bytes], bool] = lambda frame: True):
         self.link, self.store, self.troubles = link, store, troubles
         self._lock, self._clock, self.counts = lock, clock, counts
+        # Whether a queued frame is one this node signed: the page's user may write the database,
+        # so a row it slipped into the outbox is dropped here, never put on air.
+        self._own = own
         self._texts: collections.deque[str] = collections.deque(maxlen=20)
         # (frame, hop limit): heartbeats, receipts, relays, repairs; the oldest go first when it is full
         self._ephemeral: collections.deque[tuple[bytes, int | None]] = collections.deque(maxlen=50)
@@ -87,6 +91,8 @@ class Outbox:
             self._kick.set()
             return
         for seq, frame in self.store.pending():
+            if not self._is_own(seq, frame, now):
+                continue
             try:
                 self.link.send(frame)
             except FrameRefused as exc:
@@ -95,6 +101,16 @@ class Outbox:
                 self.troubles.record("radio", str(exc), now)
                 return
             self.store.mark_sent(seq, now)
+
+    def _is_own(self, seq: int, frame: bytes, now: float) -> bool:
+        """Drop (as sent) an outbox row that is not a frame this node signed. Callers hold the lock."""
+        if self._own(frame):
+            return True
+        log.error("outbox row %d is not a frame this node signed (was the database written by "
+                  "another program?); dropped, never sent", seq)
+        self.counts["foreign-outbox"] += 1
+        self.store.mark_sent(seq, now)
+        return False
 
     def sync_link_troubles(self, now: float) -> None:
         """Mirror the link's TROUBLE sentences into the store, where the page and light see them."""
@@ -151,6 +167,9 @@ class Outbox:
         for seq, frame in pending:
             if self._stopping.is_set():
                 return
+            with self._lock:
+                if not self._is_own(seq, frame, self._clock()):
+                    continue
             try:
                 self.link.send(frame)  # not under the node's lock
             except FrameRefused as exc:

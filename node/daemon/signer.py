@@ -3,15 +3,27 @@
 Replay protection rests on per-origin counters (the clock cannot be trusted), so a
 counter is reserved and committed to the store *before* its frame can be sent: a node
 that restarts never signs two frames with one counter.
+
+The page's user may write the database, so the counter there is not trusted alone: the
+signer also keeps a floor in memory and, a block of ``FLOOR_STEP`` ahead, in
+``<state_dir>/counter`` (the daemon's own folder). A counter set back in the database is
+never used again; peers would drop those frames as replays.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 from node.protocol import wire
 from node.protocol.keys import Roster, SigningKey
 from node.store import Store
+
+log = logging.getLogger(__name__)
+
+FLOOR_STEP = 64   # counters reserved on disk at a time: one write and fsync per 64 frames
 
 
 class Signed(NamedTuple):
@@ -24,13 +36,48 @@ class Signed(NamedTuple):
 class Signer:
     """This node's key over the store's counter. Callers hold the node's lock."""
 
-    def __init__(self, me: int, store: Store, key: SigningKey, roster: Roster):
+    def __init__(self, me: int, store: Store, key: SigningKey, roster: Roster, *, floor_file: Path | None = None):
         self.me, self.store, self.key, self.roster = me, store, key, roster
+        self._floor_file = floor_file
+        self._reserved = self._read_floor()   # on disk: every counter this node may have taken is below it
+        self._last = self._reserved           # the last counter this signer took (or its floor)
 
     def reserve(self) -> int:
         """The next counter, committed (inside a caller's transaction it commits with that one)."""
         with self.store.transaction():
-            return self.store.next_counter()
+            counter = self.store.next_counter(at_least=self._last + 1)
+        if counter != self._last + 1 and self._last:
+            log.warning("the database's frame counter was %s; continuing from %d",
+                        "set back" if counter <= self._last else "ahead", counter)
+        self._last = counter
+        if self._floor_file is not None and counter > self._reserved:
+            self._write_floor(counter + FLOOR_STEP)
+        return counter
+
+    def _read_floor(self) -> int:
+        if self._floor_file is None:
+            return 0
+        try:
+            return int(self._floor_file.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.error("%s unreadable (%s); the database's counter alone is used", self._floor_file, exc)
+            return 0
+
+    def _write_floor(self, value: int) -> None:
+        tmp = self._floor_file.with_name(self._floor_file.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, f"{value}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._floor_file)
+            self._reserved = value
+        except OSError as exc:  # a full disk: the database's counter still holds, as before
+            log.error("could not keep the frame counter's floor in %s: %s", self._floor_file, exc)
 
     def encode(self, frame: wire.Frame) -> bytes:
         """``frame`` signed with this node's key, for this block."""

@@ -26,7 +26,12 @@ def node_files(config) -> list[Path]:
     SHM: alerts, notes, captains' accounts) and the block's Meshtastic channel key."""
     db = Path(config.db_file)
     return [Path(config.key_file), db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"),
-            Path(config["radio.channel_key_file"]), request_file(config)]
+            Path(config["radio.channel_key_file"]), request_file(config), counter_floor(config)]
+
+
+def counter_floor(config) -> Path:
+    """The signer's counter floor (``node.daemon.signer``), beyond the page's reach."""
+    return Path(config.state_dir) / "counter"
 
 
 def request_file(config) -> Path:

@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
             cfg = block.files.configs[0]
             toml = root / "web.toml"
             toml.write_text(f'[node]\nstate_dir = "{cfg.state_dir}"\norganizer_key = "{cfg["node.organizer_key"]}"\n'
-                            f'[web]\nlive_clients = {args.live_clients}\n')
+                            f'[web]\nlive_clients = {args.live_clients}\nstate_dir = "{root / "web"}"\n')
             for name in [m.strip() for m in args.modes.split(",") if m.strip()]:
                 cap, timeout = (0, 0.0) if name == "old" else (args.cap, args.header_timeout)
                 results[name] = run_mode(name, block, toml, root, args, cap, timeout)

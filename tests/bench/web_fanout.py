@@ -157,7 +157,7 @@ def start_web(block: Block, clients: int, port: int, root: Path) -> subprocess.P
     cfg = block.files.configs[0]
     toml = root / "web.toml"
     toml.write_text(f'[node]\nstate_dir = "{cfg.state_dir}"\norganizer_key = "{cfg["node.organizer_key"]}"\n'
-                    f'[web]\nhost = "127.0.0.1"\nport = {port}\nlive_clients = {clients}\n[log]\nlevel = "WARNING"\n')
+                    f'[web]\nhost = "127.0.0.1"\nport = {port}\nlive_clients = {clients}\nstate_dir = "{root / "web"}"\n[log]\nlevel = "WARNING"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("SILBATO_")}
     proc = subprocess.Popen([sys.executable, "-m", "node.cli", "--config", str(toml), "web"], env=env)
     deadline = time.monotonic() + 30

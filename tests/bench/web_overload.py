@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         port = free_port()
         toml = Path(tmp) / "silbato.toml"
         toml.write_text(f'[node]\nstate_dir = "{cfg.state_dir}"\norganizer_key = "{cfg["node.organizer_key"]}"\n'
-                        f'[web]\nhost = "127.0.0.1"\nport = {port}\n')
+                        f'[web]\nhost = "127.0.0.1"\nport = {port}\nstate_dir = "{Path(tmp) / "web"}"\n')
         factory = hardware.mock_factory()
         node = Node(cfg, pin_factory=factory).start()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SILBATO_")}
