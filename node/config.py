@@ -39,10 +39,16 @@ class Range:
 
     def words(self) -> str:
         """``from 1 to 65535``, ``above 0``, ``above 0 and at most 0.5``, ``0 or more``."""
-        low = f"above {self.low:g}" if self.low_open else f"{self.low:g} or more"
+        lo, hi = _number(self.low), _number(self.high)
+        low = f"above {lo}" if self.low_open else f"{lo} or more"
         if self.high == math.inf:
             return low
-        return f"above {self.low:g} and at most {self.high:g}" if self.low_open else f"from {self.low:g} to {self.high:g}"
+        return f"above {lo} and at most {hi}" if self.low_open else f"from {lo} to {hi}"
+
+
+def _number(value: float) -> str:
+    """``31622400`` rather than ``3.16224e+07``; ``0.5`` as it is."""
+    return str(int(value)) if math.isfinite(value) and value == int(value) else f"{value:g}"
 
 
 def between(low: float, high: float = math.inf) -> Range:
@@ -56,6 +62,8 @@ def above(low: float, high: float = math.inf) -> Range:
 
 
 GPIO = between(1, 27)  # BCM numbers of the Pi's header
+# Seconds: above 0 and at most a year, so that no setting can overflow a timer or a pattern.
+SECONDS = above(0, 366 * 86400.0)
 
 
 @dataclass(frozen=True)
@@ -90,16 +98,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Comma-separated languages of this node's page and announcements (en, es, ko, tl)."),
     Setting("alerts.merge_window", float, 600.0,
             "Seconds: repeated reports from the same place within this window merge into one incident.",
-            bounds=above(0)),
+            bounds=SECONDS),
     Setting("alerts.expire_after", float, 4 * 3600.0,
             "Seconds: an active alert with no state change for this long becomes EXPIRED.",
-            bounds=above(0)),
+            bounds=SECONDS),
     Setting("alerts.retention", float, 72 * 3600.0,
             "Seconds: ended alerts and their events older than this are purged.",
-            bounds=above(0)),
+            bounds=SECONDS),
     Setting("alerts.repeat_max_interval", float, 600.0,
             "Seconds: the longest gap between re-sends of a state this node signed (backoff cap).",
-            bounds=above(0)),
+            bounds=SECONDS),
     Setting("hardware.button_pin", int, 17,
             "GPIO (BCM) of the panic button; wire it between this pin and GND.",
             bounds=GPIO),
@@ -118,14 +126,14 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("relay", "buzzer", "piezo")),
     Setting("hardware.confirmed_duration", float, 60.0,
             "Seconds the CONFIRMED whistle pattern (three long blasts) keeps repeating.",
-            bounds=above(0)),
+            bounds=above(0, 3600)),  # the pattern is unrolled into a list of steps
     Setting("hardware.quiet_hours", str, "",
             "Local time span HH:MM-HH:MM (e.g. 22:00-07:00) in which REPORTED and TEST sound softer. "
             "CONFIRMED is never softened. Empty: no quiet hours."),
     Setting("hardware.cancel_window", float, 10.0,
             "Seconds after a hold raised a report in which pressing the button again withdraws it "
             "as a false alarm. Later, withdrawing is a captain's action.",
-            bounds=above(0)),
+            bounds=SECONDS),
     Setting("hardware.confirm_pin", int, 0,
             "GPIO (BCM) of the optional second button (to GND): held, it confirms another node's "
             "report or declares all clear. 0: no second button.",
@@ -158,16 +166,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("supervision.period", float, 180.0,
             "Seconds without any sign of life before a building is shown as TROUBLE (silent) everywhere; "
             "the block uses a longer period on a preset too slow for it at the airtime budget (LONG_FAST: 590).",
-            bounds=above(0)),
+            bounds=SECONDS),
     Setting("supervision.airtime_budget", float, 0.05,
             "Share of the channel that heartbeats may use, which sets how often they are sent.",
             bounds=above(0, 0.5)),
     Setting("supervision.heartbeat_interval", float, 0.0,
             "Seconds between heartbeats; 0 derives it from radio.preset and supervision.airtime_budget.",
-            bounds=between(0)),
+            bounds=between(0, 86400)),
     Setting("supervision.receipt_timeout", float, 120.0,
             "Seconds after an alert state after which a building that has not confirmed receiving it is missing.",
-            bounds=above(0)),
+            bounds=SECONDS),
     Setting("selftest.schedule", str, "",
             "Weekly self-test, as DAY HH:MM in local time (e.g. 'Sun 12:00'); set it on one node of the block. "
             "Empty: no scheduled self-test."),
@@ -183,7 +191,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Directory of the page's own files (its secret, readable only by the page's user)."),
     Setting("web.session_idle", float, 1800.0,
             "Seconds: a captain's session that has not been used for this long ends (a login lasts 12 h at most).",
-            bounds=above(0)),
+            bounds=SECONDS),
     Setting("web.hotline", str, "",
             "Phone number of the local rapid-response hotline, shown on the page. Empty: not shown."),
     Setting("web.live_clients", int, 200,

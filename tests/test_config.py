@@ -196,7 +196,7 @@ def test_hop_limit_out_of_range_is_refused(tmp_path, hop_limit):
 BAD_VALUES = [  # (setting, a value of the right type out of its bounds or choices, the range in the message)
     ("web.port", 99999, "an integer from 1 to 65535"), ("web.port", 0, "from 1 to 65535"),
     ("web.port", -1, "from 1 to 65535"), ("web.live_clients", 0, "from 1 to 2000"),
-    ("web.session_idle", 0.0, "a number above 0"),
+    ("web.session_idle", 0.0, "a number above 0 and at most 31622400"),
     ("radio.channel", 8, "from 0 to 7"), ("radio.channel", -1, "from 0 to 7"), ("radio.hop_limit", 0, "from 1 to 7"),
     ("radio.preset", "FAST", "one of SHORT_TURBO, SHORT_FAST"),
     ("wifi.channel", 14, "from 1 to 13"), ("wifi.mode", "hotspot", "one of ap, lan, off"),
@@ -211,7 +211,8 @@ BAD_VALUES = [  # (setting, a value of the right type out of its bounds or choic
     ("hardware.light_kind", "neon", "one of led, rgb"),
     ("supervision.period", 0.0, "above 0"), ("supervision.receipt_timeout", 0.0, "above 0"),
     ("supervision.airtime_budget", 0.6, "above 0 and at most 0.5"), ("supervision.airtime_budget", 0.0, "above 0"),
-    ("supervision.heartbeat_interval", -1.0, "a number 0 or more"),
+    ("supervision.heartbeat_interval", -1.0, "a number from 0 to 86400"),
+    ("hardware.confirmed_duration", 1e9, "at most 3600"), ("alerts.retention", 1e300, "at most"),
     ("selftest.audible", "weekly", "one of never, monthly"),
 ]
 
@@ -258,7 +259,7 @@ def test_unknown_language_is_refused(tmp_path):
 
 def test_non_positive_seconds_are_refused(tmp_path):
     path = write(tmp_path / "s.toml", "[alerts]\nexpire_after = 0\n")
-    with pytest.raises(ConfigError, match="alerts.expire_after: expected a number above 0, got 0.0"):
+    with pytest.raises(ConfigError, match="alerts.expire_after: expected a number above 0 and at most 31622400, got 0.0"):
         load(path, env={})
 
 
