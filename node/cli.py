@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click

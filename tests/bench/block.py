@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from node.protocol.alerts import State
 from node.sim import Block
 from node.radio.sim_air import hops
 
