@@ -20,7 +20,6 @@ import os
 import secrets
 import sqlite3
 import stat
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable, TooManyRequests
 
 from node.errors import KeyFileError, StoreError
+from node.protocol.keys import write_secret_bytes
 
 log = logging.getLogger(__name__)
 
@@ -207,56 +207,18 @@ def rotate_secret(path: Path) -> None:
     path = Path(path)
     try:
         owner = path.stat() if path.exists() else path.parent.stat()
-        tmp = _write_secret(path)
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot make a new secret: {exc.strerror}") from None
-    try:
-        if os.geteuid() == 0:
-            os.chown(tmp, owner.st_uid, owner.st_gid)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise KeyFileError(f"{path}: cannot replace the page's secret: {exc.strerror}") from None
-    _sync_folder(path.parent)
+    write_secret_bytes(path, secrets.token_bytes(SECRET_BYTES),
+                       owner=(owner.st_uid, owner.st_gid) if os.geteuid() == 0 else None)
 
 
 def _create_secret(path: Path) -> bytes:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = _write_secret(path)
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot make the page's secret: {exc.strerror} "
+        write_secret_bytes(path, secrets.token_bytes(SECRET_BYTES))
+    except (OSError, KeyFileError) as exc:
+        raise KeyFileError(f"{path}: cannot make the page's secret: {getattr(exc, 'strerror', None) or exc} "
                            "(set web.state_dir to a folder the page's user may write)") from None
-    try:
-        os.link(tmp, path)  # appears whole or not at all; fails if another process made one first
-    except FileExistsError:
-        pass  # another process made one first: use it
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot make the page's secret: {exc.strerror}") from None
-    finally:
-        tmp.unlink()
-    _sync_folder(path.parent)
     log.info("made a new secret for the page's cookies: %s", path)
     return load_secret(path)
-
-
-def _write_secret(path: Path) -> Path:
-    """A new secret in a temporary file beside ``path`` (0600, O_EXCL, fsynced); returns its path."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secrets.token_bytes(SECRET_BYTES))
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        os.unlink(name)
-        raise
-    return Path(name)
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

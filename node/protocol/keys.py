@@ -53,19 +53,27 @@ def write_secret(path: Path, text: str) -> None:
 
     Raises ``KeyFileError``. Used for node and organizer keys and the block's channel key.
     """
+    write_secret_bytes(path, (text + "\n").encode())
+
+
+def write_secret_bytes(path: Path, data: bytes, *, owner: tuple[int, int] | None = None) -> None:
+    """``write_secret`` for raw bytes (the page's secret); ``owner`` (uid, gid) is set before it appears."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.unlink(missing_ok=True)  # a stale .tmp could carry looser permissions
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o600)  # whatever the umask
-            fh.write(text + "\n")
+            if owner is not None:
+                os.fchown(fh.fileno(), *owner)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         raise KeyFileError(f"{path}: cannot write key: {exc.strerror or exc}") from None
 
 
