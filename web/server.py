@@ -25,7 +25,10 @@ between requests are not timed by this; waitress closes the latter after ``chann
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -51,6 +54,13 @@ PER_ADDRESS = 32
 HEADER_TIMEOUT = 5.0  # seconds: a phone sends its headers at once; this leaves room for resends on bad Wi-Fi
 MAINTENANCE = 1  # seconds between waitress's passes over its connections (its cleanup_interval)
 LOG_EVERY = 60.0  # seconds: at most one line per refused address, and one for the timeouts, per this
+_PSEUDONYMS = secrets.token_bytes(16)  # new at every start: a log line never names a phone's address
+
+
+def pseudonym(address: str) -> str:
+    """``client 1a2b3c4d``: the same address gives the same name until the page restarts, and
+    no one can tell the address from it (the logs never name a neighbor's phone)."""
+    return "client " + hmac.new(_PSEUDONYMS, address.encode(), hashlib.sha256).hexdigest()[:8]
 
 BUSY_HEADERS = [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "5"),
                 ("Content-Security-Policy", "default-src 'none'"), ("X-Content-Type-Options", "nosniff"),
@@ -177,7 +187,7 @@ class Listener(TcpWSGIServer):
         if record is None:
             self._turned_away[address] = TurnedAway(time.monotonic())
             log.warning("turning away connections from %s: it holds %d open, the most one address may "
-                        "(logged once a minute while it goes on)", address, self.per_address)
+                        "(logged once a minute while it goes on)", pseudonym(address), self.per_address)
         else:
             record.since += 1
 
@@ -199,7 +209,8 @@ class Listener(TcpWSGIServer):
             if clock - record.logged < LOG_EVERY:
                 continue
             if record.since:
-                log.warning("turned away %d more connections from %s in the last minute", record.since, address)
+                log.warning("turned away %d more connections from %s in the last minute", record.since,
+                            pseudonym(address))
                 record.logged, record.since = clock, 0
             else:
                 del self._turned_away[address]  # quiet for a minute: its next refusal is logged at once
