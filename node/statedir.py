@@ -47,6 +47,8 @@ def prepare_db_dir(config, *, adopt: bool = True) -> Path:
 def share_db(config) -> None:
     """The database and its ``-wal`` and ``-shm`` are 0660, so the page's user, in the group, can write them.
 
+    Never call it in a process that has the database open (see ``open_store``).
+
     Run as root (``silbato captain add``, ``silbato migrate`` before the daemon ever ran), they are
     also given to the state directory's owner, or the daemon could not write them. Only these three
     names are touched, and never through a link: the page's user may write ``db/``, so it could put
@@ -57,13 +59,34 @@ def share_db(config) -> None:
 
 
 def open_store(config, **kwargs):
-    """The node's store, its folder and files shared as this module says (the CLI and the daemon)."""
+    """The node's store, its folder and files shared as this module says (the CLI and the daemon).
+
+    The files are set up *before* SQLite opens them, never after: closing any other descriptor
+    of a database file drops every POSIX lock this process holds on it, and another process
+    would then reset the shared memory under this one (SIGBUS). A new database starts as an
+    empty file made here with the right mode and owner; SQLite gives its ``-wal`` and ``-shm``
+    the same.
+    """
     from node.store import Store
 
     prepare_db_dir(config)
-    store = Store(config.db_file, **kwargs)
+    _create_empty(config.db_file, _state_owner(config))
     share_db(config)
-    return store
+    return Store(config.db_file, **kwargs)
+
+
+def _create_empty(path: Path, owner: tuple[int, int] | None) -> None:
+    """An empty file (an empty SQLite database) at ``path``, 0660, unless there is one."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, DB_MODE)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, DB_MODE)  # whatever the umask
+        if owner is not None:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
 
 
 def adopt_legacy_db(config) -> bool:

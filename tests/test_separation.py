@@ -324,3 +324,24 @@ def test_silbato_wipe_reaches_a_daemon_on_a_serial_radio_which_tells_the_block(t
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(10)
         radio.close()
+
+
+def _locks_held_on(path: Path) -> int:
+    """POSIX locks this process holds on ``path`` now (/proc/locks names files by device and inode)."""
+    inode = path.stat().st_ino
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+               if line.split()[4] == str(os.getpid()) and line.split()[5].endswith(f":{inode}"))
+
+
+def test_opening_the_store_never_drops_the_locks_sqlite_holds(tmp_path):
+    """Closing another descriptor of a database file drops this process's POSIX locks on it, and
+    another process (the page) would then reset the shared memory under the daemon: SIGBUS."""
+    cfg = provision(tmp_path / "block", 1).configs[0]
+    for attempt in ("new database", "existing database"):
+        store = statedir.open_store(cfg)
+        try:
+            store.set_meta("probe", attempt)   # WAL and shared memory in use
+            shm = cfg.db_file.with_name("silbato.db-shm")
+            assert _locks_held_on(shm) >= 1, f"{attempt}: SQLite's lock on {shm.name} is gone"
+        finally:
+            store.close()
