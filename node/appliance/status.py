@@ -3,7 +3,8 @@
 Version, uptime, the services, the radio, the health, the active alerts and the TROUBLE
 lines. It reads the database read-only and never opens the radio or the GPIO, so it is
 safe while the daemon runs. The health is ``down`` when no daemon runs: neither the
-systemd unit nor a ``silbato run`` started by hand (known by the pid it recorded). Alerts are shown by id, kind, state and place name: no person is named.
+systemd unit nor a ``silbato run`` started by hand (known by the pid it recorded).
+Alerts are shown by id, kind, state and place name: no person is named.
 """
 
 from __future__ import annotations
