@@ -156,7 +156,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("radio.channel", int, 0, "Meshtastic channel index the frames are sent on (0-7).",
             bounds=between(0, 7)),
     Setting("radio.text_alerts", bool, True,
-            "Also send REPORTED, CONFIRMED and ALL CLEAR as a text message with a bell, for plain Meshtastic users."),
+            "Also send REPORTED, CONFIRMED and ALL CLEAR as a text message with a bell, for plain Meshtastic users. "
+            "The text names the location by its code, never its place name (see radio.text_alert_places)."),
+    Setting("radio.text_alert_places", bool, False,
+            "Put the roster's place names in the text alerts instead of the location codes. Anyone on the "
+            "channel can read them and phone apps keep them: silbato doctor warns while this is on."),
     Setting("radio.hop_limit", int, 7, "Meshtastic hop limit for our frames (1-7).",
             bounds=between(1, 7)),
     Setting("radio.preset", str, "MEDIUM_FAST",

@@ -86,6 +86,9 @@ def test_ending_an_unknown_alert_is_refused(state):
 
 @pytest.mark.parametrize("ended, target", [(e, t) for e in sorted(ENDED) for t in sorted(ON_AIR) if e is not t])
 def test_nothing_leaves_an_ended_state(ended, target):
+    if target is State.REPORTED:  # a late copy of the report: old news, the alert stays as it was
+        assert apply(alert(ended), tr(target), now=T0) == (alert(ended), Outcome.STALE)
+        return
     with pytest.raises(TransitionError):
         apply(alert(ended), tr(target), now=T0)
 
@@ -253,3 +256,11 @@ def test_alert_id_round_trips():
 def test_parse_alert_id_refuses_anything_else(text):
     with pytest.raises(TransitionError, match="not an alert id"):
         parse_alert_id(text)
+
+
+@pytest.mark.parametrize("ended", [State.CANCELLED, State.ALL_CLEAR, State.EXPIRED])
+def test_a_late_report_after_the_alert_ended_is_old_news_not_a_refusal(ended):
+    """Issue 17, item 4: a neighbour's relay of REPORTED that arrives after CANCELLED."""
+    current = alert(ended, CAPTAIN)
+    new, outcome = apply(current, tr(State.REPORTED, REPORTER), now=T0 + 3)
+    assert outcome is Outcome.STALE and new == current

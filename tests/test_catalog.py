@@ -108,7 +108,22 @@ SPOKEN = {
                             "Manatili sa loob."},
 }
 
-TEXTS = {
+TEXTS = {  # the default: the location's code, never its place name
+    "en": {"reported": "RAID REPORTED at location 101, not yet confirmed.",
+           "confirmed": "RAID CONFIRMED at location 101. Do not open the door.",
+           "all_clear": "ALL CLEAR at location 101."},
+    "es": {"reported": "REDADA REPORTADA en la ubicación 101, aún sin confirmar.",
+           "confirmed": "REDADA CONFIRMADA en la ubicación 101. No abra la puerta.",
+           "all_clear": "TODO DESPEJADO en la ubicación 101."},
+    "ko": {"reported": "단속 신고: 위치 101, 아직 확인되지 않음.",
+           "confirmed": "단속 확인: 위치 101. 문을 열지 마세요.",
+           "all_clear": "상황 종료: 위치 101."},
+    "tl": {"reported": "MAY ULAT NG RAID sa lokasyon 101, hindi pa kumpirmado.",
+           "confirmed": "KUMPIRMADONG RAID sa lokasyon 101. Huwag buksan ang pinto.",
+           "all_clear": "LIGTAS NA sa lokasyon 101."},
+}
+
+TEXTS_WITH_PLACES = {  # radio.text_alert_places
     "en": {"reported": "RAID REPORTED at Building 1, not yet confirmed.",
            "confirmed": "RAID CONFIRMED at Building 1. Do not open the door.",
            "all_clear": "ALL CLEAR at Building 1."},
@@ -123,7 +138,6 @@ TEXTS = {
            "all_clear": "LIGTAS NA sa Building 1."},
 }
 
-
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_the_announcements_come_from_the_catalog(lang):
     for state, words in SPOKEN[lang].items():
@@ -133,15 +147,17 @@ def test_the_announcements_come_from_the_catalog(lang):
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_the_text_alerts_come_from_the_catalog(lang):
     for state, words in TEXTS[lang].items():
-        assert text_alert(state, "Building 1", "7-42", lang) == f"\a SILBATO 7-42: {words}"
-    assert text_alert("cancelled", "Building 1", "7-42", lang) is None
+        assert text_alert(state, 101, "7-42", lang) == f"\a SILBATO 7-42: {words}"
+    for state, words in TEXTS_WITH_PLACES[lang].items():
+        assert text_alert(state, 101, "7-42", lang, place="Building 1") == f"\a SILBATO 7-42: {words}"
+    assert text_alert("cancelled", 101, "7-42", lang) is None
 
 
 def test_a_place_name_is_only_ever_data():
-    place = "50% {off} %(place)s"
-    assert text_alert("all_clear", place, "7-42", "es") == f"\a SILBATO 7-42: TODO DESPEJADO en {place}."
+    place = "50% {off} %(place)s %(location)s"
+    assert text_alert("all_clear", 101, "7-42", "es", place=place) == f"\a SILBATO 7-42: TODO DESPEJADO en {place}."
     assert sentence("es", State.REPORTED, place).startswith(f"Alerta: agentes de inmigración reportados en {place}.")
-    assert text_alert("all_clear", "Building 1", "7-42", "fr") == "\a SILBATO 7-42: ALL CLEAR at Building 1."
+    assert text_alert("all_clear", 101, "7-42", "fr") == "\a SILBATO 7-42: ALL CLEAR at location 101."
 
 
 # -- the build ------------------------------------------------------------------------------------

@@ -179,13 +179,22 @@ def test_plain_meshtastic_users_get_a_bell_text_in_the_first_language(serial_blo
     radio = block.radios[1]
     node = block.nodes[1]
     assert node.wait_for(lambda: bool(radio.texts), timeout=CONNECT)
-    assert radio.texts[0] == f"\a SILBATO {alert.id}: REDADA REPORTADA en Building 1, aún sin confirmar."
+    assert radio.texts[0] == f"\a SILBATO {alert.id}: REDADA REPORTADA en la ubicación 101, aún sin confirmar."
     # the signed frame is still what nodes act on; the text is only for people
     node2 = block.nodes[2]
     assert node2.wait_for(lambda: has(node2, alert.id), timeout=CONNECT)
     block.nodes[2].act("confirm", alert.id)
     assert node2.wait_for(lambda: len(block.radios[2].texts) == 1, timeout=CONNECT)
-    assert "REDADA CONFIRMADA" in block.radios[2].texts[0]
+    assert "REDADA CONFIRMADA en la ubicación 101" in block.radios[2].texts[0]
+    assert not any("Building" in text for radio in block.radios.values() for text in radio.texts)
+
+
+def test_place_names_go_in_the_bell_text_only_when_the_operator_opts_in(serial_block):
+    block = serial_block(n=2, overrides={"radio.text_alert_places": True})
+    alert = block.nodes[1].report()
+    node, radio = block.nodes[1], block.radios[1]
+    assert node.wait_for(lambda: bool(radio.texts), timeout=CONNECT)
+    assert radio.texts[0] == f"\a SILBATO {alert.id}: RAID REPORTED at Building 1, not yet confirmed."
 
 
 def test_the_radio_s_channel_utilisation_telemetry_shows_mesh_degraded(serial_block):

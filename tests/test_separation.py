@@ -345,3 +345,4 @@ def test_opening_the_store_never_drops_the_locks_sqlite_holds(tmp_path):
             assert _locks_held_on(shm) >= 1, f"{attempt}: SQLite's lock on {shm.name} is gone"
         finally:
             store.close()
+

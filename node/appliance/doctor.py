@@ -7,7 +7,8 @@ config      the settings file parses and every value is valid (Wi-Fi settings to
 key         the node key exists, has mode 0600 and loads
 separation  the page's user cannot read the node key or the channel key, nor write the state directory
 roster      signed by the organizers' key, lists this node's key unrevoked; WARN after 30 days
-radio       configured and present; firmware 2.6.11 or newer, a private channel key, MQTT off
+radio       configured and present; firmware 2.6.11 or newer, a private channel key, MQTT off;
+            WARN while radio.text_alert_places puts place names on air
 gpio        /dev/gpiochip* present and no GPIO given two jobs
 database    opens, ``integrity_check`` ok, WAL journal, ``synchronous=FULL``, ``secure_delete``
 clock       after this release was written (no RTC and no network leave it in the past)
@@ -239,6 +240,10 @@ def check_radio(doctor: Doctor) -> Iterator[Result]:
     if cfg is None:
         yield from _needs_config(doctor, "radio")
         return
+    if cfg["radio.text_alerts"] and cfg["radio.text_alert_places"]:
+        yield Result(WARN, "radio", "radio.text_alert_places is on: the text alerts carry the roster's "
+                                    "place names, which anyone on the channel can read and phone apps keep; "
+                                    "set it to false to send location codes only")
     port, tcp = cfg["radio.port"], cfg["radio.tcp"]
     if not (port or tcp):
         yield Result(FAIL, "radio", "no radio configured: set radio.port to /dev/serial/by-id/...")

@@ -42,30 +42,31 @@ class Chores:
                             "(a wipe comes only from 'silbato wipe' or the buttons)", req["id"], req["action"])
                 self.store.finish_request(req["id"], "refused", now, reason="not a captain's action")
                 continue
+            outcome = _Outcome(self.store, req["id"], now)
             try:
-                alert = self._apply_request(req, now)
+                alert = self._apply_request(req, now, outcome)
             except SilbatoError as exc:
                 log.warning("captain's request %d (%s) refused: %s", req["id"], req["action"], exc)
-                self.store.finish_request(req["id"], "refused", now, reason=str(exc))
+                if not outcome.recorded:   # refused before any change: nothing to commit it with
+                    outcome.refused(str(exc))
             except Exception:
                 log.exception("captain's request %d (%s) failed", req["id"], req["action"])
-                self.store.finish_request(req["id"], "refused", now, reason="internal error; see the node's log")
+                if not outcome.recorded:
+                    outcome.refused("internal error; see the node's log")
             else:
                 log.info("captain's request %d (%s) signed: alert %s", req["id"], req["action"], alert.id)
-                self.store.finish_request(req["id"], "signed", now, alert_id=alert.id,
-                                          frame_seq=self.store.last_seq())
 
-    def _apply_request(self, req: dict, now: float) -> Alert:
+    def _apply_request(self, req: dict, now: float, outcome: "_Outcome") -> Alert:
         if not -REQUEST_TTL <= now - req["created_at"] <= REQUEST_TTL:
             raise TransitionError(f"the node did not pick this up within {REQUEST_TTL:.0f} s; ask again")
         action = req["action"]
         if action in ("raise", "test"):
             if req["location"] is None:
                 raise TransitionError("a report needs a place")
-            return self.desk.report(Kind.RAID if action == "raise" else Kind.TEST, req["location"])
+            return self.desk.report(Kind.RAID if action == "raise" else Kind.TEST, req["location"], outcome=outcome)
         if action == "confirm" and self.store.captain_reported(req["captain"], req["alert_id"] or ""):
             raise TransitionError("the captain who reported this alert cannot also confirm it")
-        return self.desk.act(action, req["alert_id"] or "")
+        return self.desk.act(action, req["alert_id"] or "", outcome=outcome)
 
     def selftest(self, now: float) -> None:
         """The weekly self-test: a TEST that proves every building receives (and sounds, monthly).
@@ -110,3 +111,19 @@ class Chores:
             removed = self.store.purge(now, self.config["alerts.retention"])
             if removed:
                 log.info("retention purge removed %d alerts", removed)
+
+
+class _Outcome:
+    """A request's outcome (``desk.RequestOutcome``), written in whatever transaction is open."""
+
+    def __init__(self, store: Store, request_id: int, now: float):
+        self.store, self.request_id, self.now = store, request_id, now
+        self.recorded = False
+
+    def signed(self, alert: Alert, seq: int) -> None:
+        self.store.finish_request(self.request_id, "signed", self.now, alert_id=alert.id, frame_seq=seq)
+        self.recorded = True
+
+    def refused(self, reason: str) -> None:
+        self.store.finish_request(self.request_id, "refused", self.now, reason=reason)
+        self.recorded = True

@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Protocol
 
 from node.config import Config
 from node.daemon.liveness import Liveness, jitter
@@ -30,6 +30,15 @@ from node.radio.link import text_alert
 from node.store import Store
 
 log = logging.getLogger(__name__)
+
+
+class RequestOutcome(Protocol):
+    """A captain's request being acted on. Its outcome is written inside the transaction of its
+    effect, so a crash between the two can neither apply it twice nor misreport it."""
+
+    def signed(self, alert: Alert, seq: int) -> None: ...
+
+    def refused(self, reason: str) -> None: ...
 
 # Re-sends of a state this node signed: first after REPEAT_BASE seconds, doubling up to
 # alerts.repeat_max_interval. Active states repeat until they end; ended ones a few times.
@@ -109,23 +118,27 @@ class Desk:
 
     # -- this node's own transitions ---------------------------------------------------------
 
-    def report(self, kind: Kind = Kind.RAID, location: int | None = None) -> Alert:
-        """Report ``kind`` at ``location`` (default: this node's). Merges into a recent report there."""
+    def report(self, kind: Kind = Kind.RAID, location: int | None = None, *,
+               outcome: RequestOutcome | None = None) -> Alert:
+        """Report ``kind`` at ``location`` (default: this node's). Merges into a recent report there.
+
+        ``outcome`` (a captain's request) is recorded in the same transaction as the effect."""
         location = self.location if location is None else location
         if location not in self.roster.by_location:
             raise TransitionError(f"location {location} is not on the roster")
+        request = outcome
         with self._lock:
             now = self.clock()
             target = alerts.merge_target(self.store.active_alerts(), kind, location, now,
                                          self.config["alerts.merge_window"])
             if target is not None:
                 return self._act(lambda counter: Transition(target.id, kind, location, target.reporter,
-                                                            State.REPORTED, self.me), now)
+                                                            State.REPORTED, self.me), now, request)
             return self._act(lambda counter: Transition(alerts.alert_id(self.me, counter), kind, location,
-                                                        self.me, State.REPORTED, self.me), now)
+                                                        self.me, State.REPORTED, self.me), now, request)
 
-    def act(self, action: str, alert_id: str) -> Alert:
-        """A captain's ``confirm``, ``all_clear`` or ``cancel`` on ``alert_id``."""
+    def act(self, action: str, alert_id: str, *, outcome: RequestOutcome | None = None) -> Alert:
+        """A captain's ``confirm``, ``all_clear`` or ``cancel`` on ``alert_id`` (``outcome``: as in ``report``)."""
         with self._lock:
             now = self.clock()
             current = self.store.get_alert(alert_id)
@@ -133,18 +146,18 @@ class Desk:
                 t = alerts.request(current, action, self.me, alert_id)
             except TransitionError as exc:
                 self.reject(alert_id, alerts.ACTION_STATE.get(action, State.REPORTED), str(exc), self.me,
-                            "local", None, now)
+                            "local", None, now, request=outcome)
                 raise
-            return self._act(lambda counter: t, now)
+            return self._act(lambda counter: t, now, outcome)
 
-    def _act(self, make: Callable[[int], Transition], now: float) -> Alert:
+    def _act(self, make: Callable[[int], Transition], now: float, request: RequestOutcome | None = None) -> Alert:
         counter = self.signer.reserve()  # persisted before anything is sent
         t = make(counter)
         current = self.store.get_alert(t.alert_id)
         try:
             alert, outcome = alerts.apply(current, t, now)
         except TransitionError as exc:
-            self.reject(t.alert_id, t.state, str(exc), self.me, "local", counter, now)
+            self.reject(t.alert_id, t.state, str(exc), self.me, "local", counter, now, request=request)
             raise
         frame = self.signer.encode(wire.TransitionFrame(self.me, counter, *alerts.parse_alert_id(alert.id),
                                                         alert.kind, t.state, alert.location))
@@ -154,15 +167,17 @@ class Desk:
                 self.store.set_repeat(alert.id, now + jitter(self.rng, REPEAT_BASE), 0)
             self.store.record_event(alert.id, t.state, outcome.value, signer=self.me, source="local",
                                     counter=counter, received_at=now)
-            self.store.enqueue(frame, now)
+            seq = self.store.enqueue(frame, now)
+            if request is not None:  # a captain's request: its outcome commits with its effect
+                request.signed(alert, seq)
             if outcome.sounds:
                 self.store.set_alert_frame(alert.id, frame)
                 self.store.add_coverage(alert.id, alert.state, {self.me}, set())  # sounded: below
                 self.receipts.schedule(alert.id, alert.state, now)
         log.info("alert %s %s by this node (%s)", alert.id, t.state.word, outcome.value)
         if outcome.sounds and alert.kind is Kind.RAID and self.config["radio.text_alerts"]:
-            text = text_alert(alert.state.word, self.roster.place(alert.location), alert.id,
-                              self.config.languages[0])
+            place = self.roster.place(alert.location) if self.config["radio.text_alert_places"] else None
+            text = text_alert(alert.state.word, alert.location, alert.id, self.config.languages[0], place)
             if text is not None:
                 self.outbox.add_text(text)
         if outcome.sounds:
@@ -200,6 +215,9 @@ class Desk:
         except TransitionError as exc:
             self.reject(t.alert_id, t.state, str(exc), frame.origin, "air", frame.counter, now)
             return None
+        if outcome is Outcome.STALE:  # a late copy of an older state: old news, not an incident event
+            self.counts["stale"] += 1
+            return None
         if merged:
             outcome = Outcome.MERGED
         self.store.save_alert(alert)
@@ -221,14 +239,17 @@ class Desk:
         return None
 
     def reject(self, alert_id: str, state: State, reason: str, signer: int, source: str,
-               counter: int | None, now: float) -> None:
-        """Record a refused transition (``source`` "local" or "air") as a ``rejected`` event."""
+               counter: int | None, now: float, *, request: RequestOutcome | None = None) -> None:
+        """Record a refused transition (``source`` "local" or "air") as a ``rejected`` event
+        (and a captain's ``request`` as refused, in the same transaction)."""
         self.counts["rejected"] += 1
         log.warning("transition refused: %s", reason)
         try:
             with self.store.transaction():
                 self.store.record_event(alert_id, state, "rejected", reason=reason, signer=signer,
                                         source=source, counter=counter, received_at=now)
+                if request is not None:
+                    request.refused(reason)
         except StoreError as exc:
             log.error("could not record the refusal: %s", exc)
 

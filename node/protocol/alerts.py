@@ -59,7 +59,7 @@ class Outcome(enum.Enum):
     NEW = "new"              # a new incident opened
     CHANGED = "changed"      # state moved forward: sound it
     DUPLICATE = "duplicate"  # same state again (a re-send): nothing to sound
-    STALE = "stale"          # an older state arriving late: ignored
+    STALE = "stale"          # an older state arriving late: old news, ignored and not logged
     MERGED = "merged"        # a second report of a place already reported: folded in
 
     @property
@@ -133,6 +133,8 @@ def apply(current: Alert | None, t: Transition, now: float) -> tuple[Alert, Outc
         if t.state is State.REPORTED:
             return replace(current, last_report_at=now), Outcome.DUPLICATE
         return current, Outcome.DUPLICATE
+    if current.state in ENDED and t.state is State.REPORTED:
+        return current, Outcome.STALE  # a late copy of the report (a relay's, a re-send): old news
     if current.state in ENDED:
         raise TransitionError(f"cannot mark {current.state.word} alert {current.id} {t.state.word}")
     # current is REPORTED or CONFIRMED, t.state is a different state

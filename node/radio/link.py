@@ -108,25 +108,36 @@ class NullLink(Link):
 # -- text messages for plain Meshtastic users -------------------------------------------------
 
 # External Notification on a plain radio (and the phone apps) ring on a text message
-# with the bell character; they ignore PRIVATE_APP. Codes and place names only.
+# with the bell character; they ignore PRIVATE_APP. Like the frames, a text carries codes
+# only: the state, the location code and the alert id. The place name goes on air only
+# when the operator opts in (radio.text_alert_places; silbato doctor warns), because the
+# roster's place is typed by people ("apt 4B, Reyes") and a text is kept, readable, in
+# every phone app on the channel.
 # The words for each state, in English; node/translations has the other languages.
 TEXT_ALERTS: dict[str, str] = {
+    "reported": N_("RAID REPORTED at location %(location)s, not yet confirmed."),
+    "confirmed": N_("RAID CONFIRMED at location %(location)s. Do not open the door."),
+    "all_clear": N_("ALL CLEAR at location %(location)s."),
+}
+# The same, naming the place: only with radio.text_alert_places.
+TEXT_ALERTS_WITH_PLACES: dict[str, str] = {
     "reported": N_("RAID REPORTED at %(place)s, not yet confirmed."),
     "confirmed": N_("RAID CONFIRMED at %(place)s. Do not open the door."),
     "all_clear": N_("ALL CLEAR at %(place)s."),
 }
 
 
-def text_alert(state: str, place: str, alert_id: str, language: str) -> str | None:
+def text_alert(state: str, location: int, alert_id: str, language: str, place: str | None = None) -> str | None:
     """The bell text for ``state`` (reported, confirmed, all_clear), or None for other states.
 
-    A language Silbato does not speak gets English.
+    It names ``location`` by its code; given ``place`` (radio.text_alert_places), by that
+    name instead. A language Silbato does not speak gets English.
     """
-    words = TEXT_ALERTS.get(state)
+    words = (TEXT_ALERTS if place is None else TEXT_ALERTS_WITH_PLACES).get(state)
     if words is None:
         return None
     translations = catalog.translations(language if language in catalog.LANGUAGES else catalog.SOURCE)
-    return f"\a SILBATO {alert_id}: " + translations.gettext(words) % {"place": place}
+    return f"\a SILBATO {alert_id}: " + translations.gettext(words) % {"location": location, "place": place}
 
 
 # -- the real radio ------------------------------------------------------------------------
