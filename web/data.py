@@ -116,11 +116,12 @@ def alert_rows(now: float | None = None, s: Store | None = None, limit: int = 20
 
 
 def node_rows(s: Store, now: float, silent_after: float) -> list[dict]:
-    """The block's buildings with their health: ``ok``, ``trouble`` or ``silent``.
+    """The block's buildings with their health: ``ok``, ``trouble``, ``silent`` or ``waiting``.
 
     This node's health is its own TROUBLE lines; another building's is the daemon's
-    supervision verdict (``peers.status``). Until the daemon has judged a building
-    (no verdict, or ``unknown``), it is silent if not heard for ``silent_after`` seconds.
+    supervision verdict (``peers.status``). ``waiting`` (for first contact): the daemon has
+    not judged it since it started (``unknown``), or it was never heard. With no verdict
+    at all (no daemon has judged yet), a building heard once is silent after ``silent_after`` seconds.
     """
     me = this_node(s)
     own_troubles = s.troubles()
@@ -132,7 +133,9 @@ def node_rows(s: Store, now: float, silent_after: float) -> list[dict]:
             health = "trouble" if own_troubles else "ok"
         elif verdict in ("ok", "trouble", "silent"):
             health = verdict
-        elif heard is None or now - heard > silent_after:  # not judged yet ("unknown" or no verdict)
+        elif verdict == "unknown" or heard is None:  # just started, or never heard: not silent, not yet
+            health = "waiting"
+        elif now - heard > silent_after:  # no daemon has judged it: the page's own fallback
             health = "silent"
         elif p.get("remote_troubles") or p["troubles"]:
             health = "trouble"

@@ -43,7 +43,7 @@ SCHEMAS = {
     "Event": _object({"state": {"type": "string", "enum": STATES}, "outcome": _S, "reason": _S,
                       "signer": _I, "source": {"type": "string", "enum": ["air", "local"]}, "received_at": _T}),
     "Node": _object({"id": _I, "name": _S, "place": _S, "location": _I,
-                     "health": {"type": "string", "enum": ["ok", "trouble", "silent"]}, "this_node": _B,
+                     "health": {"type": "string", "enum": ["ok", "trouble", "silent", "waiting"]}, "this_node": _B,
                      "last_heard": _nullable(_T), "last_heard_ts": _nullable(_N)}),
     "Troubles": {"type": "object", "additionalProperties": _S, "description": "subsystem: TROUBLE sentence"},
     "Health": _object({"status": {"type": "string", "enum": ["ok", "trouble"]}, "troubles": _ref("Troubles"),
