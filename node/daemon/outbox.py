@@ -44,6 +44,9 @@ class Outbox:
         self._kick = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # Frames sent since the sender began waiting for the radio, or None while it is not
+        # waiting: the wait is logged when it begins and when it ends, not at every wake.
+        self._waited: int | None = None
 
     # -- queueing -----------------------------------------------------------------------------
 
@@ -175,11 +178,20 @@ class Outbox:
             except FrameRefused as exc:
                 log.error("frame %d dropped: %s", seq, exc)
             except RadioError as exc:
-                log.info("outbox waits for the radio (%d frames): %s", len(pending), exc)
+                if self._waited is None:
+                    self._waited = 0
+                    log.info("outbox waits for the radio (%d frames): %s", len(pending), exc)
+                else:
+                    log.debug("outbox still waits for the radio: %s", exc)
                 return
             with self._lock:
                 self.store.mark_sent(seq, self._clock())
                 self.counts["sent"] += 1
+            if self._waited is not None:
+                self._waited += 1
+        if self._waited is not None and not self._stopping.is_set():
+            log.info("outbox: radio back, %d frames sent", self._waited)
+            self._waited = None
         while self._ephemeral and not self._stopping.is_set():
             frame, hop_limit = self._ephemeral.popleft()
             try:

@@ -65,14 +65,62 @@ def close_interface(iface, timeout: float = CLOSE_TIMEOUT) -> None:
 _REPORTING: dict[type, type] = {}
 
 
+class _HonestTcp:
+    """A TCP interface that says when its connection drops, and writes nothing once closing.
+
+    When the device drops the connection, the library reconnects silently a second later on
+    the same interface: what was written meanwhile vanishes and nothing tells the link, which
+    noticed only when the radio never confirmed the frame (seconds later). Instead the reader
+    ends and the library reports the connection lost (``meshtastic.connection.lost``), as it
+    does for serial; the link builds a fresh interface at once and sends the frame again.
+
+    The library's reader thread sends its first heartbeat just after the interface says it
+    is connected, so a quick open and close (``silbato radio info``) races it: the heartbeat
+    lands on the socket ``TCPInterface.close`` has half-closed, and the reader prints a
+    BrokenPipe traceback to stderr. A device we are leaving needs no heartbeat, and over TCP
+    it learns we left from the closed connection.
+    """
+
+    WRITE_GRACE = 1.0  # seconds close waits for a write in progress (one stuck on a dead peer does not hold it)
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._silbato_closing = False
+        self._silbato_writing = threading.Lock()  # held while a write is in progress
+        super().__init__(*args, **kwargs)
+
+    def _writeBytes(self, b: bytes) -> None:  # the library's name
+        with self._silbato_writing:
+            if self._silbato_closing:
+                log.debug("not writing %d bytes to a radio being closed", len(b))
+                return
+            if self._wantExit:  # the connection dropped (see _reconnect): fail as a write on it would
+                raise ConnectionError("the radio dropped the connection")
+            super()._writeBytes(b)  # type: ignore[misc]
+
+    def _reconnect(self) -> None:
+        log.debug("radio connection dropped; the interface ends rather than reconnect unseen")
+        self._wantExit = True  # the reader stops and reports the connection lost
+
+    def close(self) -> None:
+        self._silbato_closing = True  # no write starts after this
+        if self._silbato_writing.acquire(timeout=self.WRITE_GRACE):
+            self._silbato_writing.release()
+        super().close()  # type: ignore[misc]
+
+
 def _reporting(base: type) -> type:
-    """``base`` (a meshtastic interface class) that also reports each queueStatus to the link.
+    """``base`` (a meshtastic interface class) that also reports each queueStatus to the link
+    and, over TCP, says when its connection drops (``_HonestTcp``).
 
     The library keeps queueStatus to itself; the link needs it to know the radio
     really took a frame.
     """
     if base not in _REPORTING:
-        class Reporting(base):  # type: ignore[misc, valid-type]
+        from meshtastic.tcp_interface import TCPInterface
+
+        bases = (_HonestTcp, base) if issubclass(base, TCPInterface) else (base,)
+
+        class Reporting(*bases):  # type: ignore[misc]
             silbato_on_queue_status = None
 
             def _handleQueueStatusFromRadio(self, queueStatus) -> None:  # noqa: N802, N803 (the library's names)

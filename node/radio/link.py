@@ -19,6 +19,10 @@ Traps in the library that this module works around, each found in its source:
 - protobuf fields equal to 0 are missing from the packet dict (``channel`` 0);
 - ``meshtastic.connection.lost`` also fires on a normal ``close()``;
 - ``close()`` can hang joining the reader thread, so it runs with a timeout;
+- over TCP, the library reconnects silently when the connection drops, and a frame
+  written meanwhile vanishes; its first heartbeat races a quick ``close()`` and
+  prints a BrokenPipe traceback. ``node/radio/interface.py`` (``_HonestTcp``)
+  makes a drop end the interface, as on serial, and writes nothing once closing;
 - ``sendData`` waits up to 30 s on a dead interface, and forever while the
   radio's queue is full, so it runs in a worker thread with a timeout;
 - an oversized payload raises ``MeshInterfaceError``; refusals from the radio
@@ -49,6 +53,10 @@ Refused = Callable[[bytes, str], None]
 
 class FrameRefused(RadioError):
     """The radio will never send this frame (too large): drop it rather than block the outbox."""
+
+
+class _Dropped(RadioError):
+    """The connection dropped before the radio confirmed a frame."""
 
 
 class Link(abc.ABC):
@@ -215,6 +223,17 @@ class MeshtasticLink(Link):
         return self._stopping.is_set() or all(thread.is_alive() for thread in self._threads)
 
     def send(self, frame: bytes, hop_limit: int | None = None) -> None:
+        try:
+            self._send_frame(frame, hop_limit)
+        except _Dropped:
+            # The supervisor builds a fresh interface at once (a fraction of a second over TCP):
+            # send the frame on it rather than leave it to the outbox's next round.
+            if self._stopping.is_set() or not self.connected.wait(self.send_timeout):
+                raise
+            log.info("radio at %s is back after a drop; sending the frame again", self.where)
+            self._send_frame(frame, hop_limit)
+
+    def _send_frame(self, frame: bytes, hop_limit: int | None) -> None:
         iface = self._iface
         if iface is None or not self.connected.is_set():
             raise RadioError(self._troubles.get("radio") or f"radio at {self.where} is not connected")
@@ -254,7 +273,8 @@ class MeshtasticLink(Link):
         self.counts["text"] += 1
 
     def _call(self, iface, fn: Callable[[], object], *, refuse: type[Exception]):
-        """Run a library call in a worker thread so it can never block the caller past send_timeout."""
+        """Run a library call in a worker thread so it can never block the caller past send_timeout,
+        nor past the supervisor dropping ``iface`` (the library waits on a dead interface)."""
         result: dict[str, object] = {}
 
         def work() -> None:
@@ -262,11 +282,18 @@ class MeshtasticLink(Link):
                 result["value"] = fn()
             except BaseException as exc:  # handed to the caller below
                 result["error"] = exc
+            finally:
+                with self._taken_cond:
+                    result["done"] = True
+                    self._taken_cond.notify_all()
 
         worker = threading.Thread(target=work, name="radio-send", daemon=True)
         worker.start()
-        worker.join(self.send_timeout)
-        if worker.is_alive():
+        with self._taken_cond:
+            self._taken_cond.wait_for(lambda: "done" in result or self._iface is not iface, self.send_timeout)
+        if "done" not in result and self._iface is not iface:
+            raise _Dropped(f"radio at {self.where} dropped the connection while taking a frame")
+        if "done" not in result:
             self._declare_lost(f"radio at {self.where} did not take a frame within {self.send_timeout:.0f} s", iface)
             raise RadioError(f"radio at {self.where} stopped taking frames")
         error = result.get("error")
@@ -281,10 +308,12 @@ class MeshtasticLink(Link):
         """Wait for the radio's queueStatus for ``packet_id``: only then is the frame in the radio.
 
         Bytes written just as the cable is pulled vanish without an error, so a frame
-        counts as sent only when the radio says it queued it.
+        counts as sent only when the radio says it queued it. When the supervisor drops
+        ``iface`` meanwhile, no answer will come: ``_Dropped`` at once.
         """
         with self._taken_cond:
-            if not self._taken_cond.wait_for(lambda: packet_id in self._taken, self.send_timeout):
+            if not self._taken_cond.wait_for(lambda: packet_id in self._taken or self._iface is not iface,
+                                             self.send_timeout):
                 self._taken_cond.release()
                 try:
                     self._declare_lost(f"radio at {self.where} did not confirm a frame within "
@@ -292,6 +321,8 @@ class MeshtasticLink(Link):
                 finally:
                     self._taken_cond.acquire()
                 raise RadioError(f"radio at {self.where} did not confirm the frame")
+            if packet_id not in self._taken:
+                raise _Dropped(f"radio at {self.where} dropped the connection before confirming the frame")
             res = self._taken.pop(packet_id)
         if res:
             raise FrameRefused(f"radio refused the frame (queue status {res})")
@@ -403,6 +434,9 @@ class MeshtasticLink(Link):
                 return False
         try:
             iface = self._open()
+        except RadioError as exc:  # already a whole sentence ("radio at X did not answer: ..."): not again
+            self._set_down(str(exc))
+            return False
         except Exception as exc:
             self._set_down(f"radio at {self.where} did not answer: {exc}")
             return False
@@ -435,7 +469,9 @@ class MeshtasticLink(Link):
         return troubles
 
     def _close_iface(self) -> None:
+        self.connected.clear()  # before the interface goes, so a sender woken below waits for the next one
         iface, self._iface = self._iface, None
-        self.connected.clear()
+        with self._taken_cond:
+            self._taken_cond.notify_all()  # a frame awaiting confirmation from iface gets none
         if iface is not None:
             close_interface(iface)
