@@ -306,9 +306,12 @@ def test_a_signed_request_waits_for_the_radio_before_it_is_sent(ana, block):
     act(ana, "raise", location="103")
     settle(block, 3)
     assert statuses(ana) == ["signed; waiting for the radio (see TROUBLE)"]
+    # the console's script keeps looking while the frame waits (it stopped at "signed" before)
+    assert 'data-pending="2"' in ana.get("/captain/actions").get_data(as_text=True)
     block.air.radios[3].plugged = True
     settle(block, 3)
     assert statuses(ana) == ["sent to the block"]
+    assert "data-pending" not in ana.get("/captain/actions").get_data(as_text=True)
 
 
 def test_notes_stay_on_the_node(ana, block):

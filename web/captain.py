@@ -68,7 +68,14 @@ def _actions_context() -> dict:
     me = data.this_node(s)
     home = next((p["location"] for p in s.peers() if p["node_id"] == me), None)
     return {"active": active, "requests": requests, "places": places, "home": home, "captain": captain,
-            "now": now, "pending": any(r["status"] == "pending" for r in requests)}
+            "now": now, "pending": _look_again(requests)}
+
+
+def _look_again(requests: list[dict]) -> int:
+    """Seconds after which the console looks at its requests again (0: it need not): soon while one
+    waits for the daemon, less often while a signed one waits for the radio (it may be unplugged)."""
+    statuses = {r["status"] for r in requests}
+    return 1 if "pending" in statuses else 2 if "queued" in statuses else 0
 
 
 @bp.get("")

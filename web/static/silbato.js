@@ -54,8 +54,11 @@
       if (code !== 200) { return; }
       actions.innerHTML = html;
       clearTimeout(pendingTimer);
-      /* A request waits for the node daemon: look again until it is sent or refused. */
-      if (actions.querySelector("[data-pending]")) { pendingTimer = setTimeout(refreshActions, 1000); }
+      /* A request waits for the node daemon or the radio: look again until it is sent or refused. */
+      var waiting = actions.querySelector("[data-pending]");
+      if (waiting) {
+        pendingTimer = setTimeout(refreshActions, 1000 * (parseInt(waiting.getAttribute("data-pending"), 10) || 1));
+      }
     });
   }
 
