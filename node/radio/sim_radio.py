@@ -168,6 +168,9 @@ class SimMeshtasticRadio:
         self.channels[0].settings.psk = os.urandom(16) if psk is None else psk
         self.channels[0].settings.name = "silbato"
         self.nak_next: str = ""  # a test control: refuse the next packet with this routing error
+        # a test control: the cable goes as the next packet arrives, after the radio took it and
+        # before its queueStatus could reach the client
+        self.unplug_on_next = False
         self.sent: list[mesh_pb2.MeshPacket] = []   # every packet the client handed us, in order
         self.texts: list[str] = []
         self.configs = 0
@@ -349,6 +352,12 @@ class SimMeshtasticRadio:
 
     def _handle_packet(self, packet: mesh_pb2.MeshPacket) -> None:
         self.sent.append(packet)
+        if self.unplug_on_next and packet.decoded.portnum != portnums_pb2.PortNum.ADMIN_APP:
+            self.unplug_on_next = False
+            self.air_radio.emit(bytes(packet.decoded.payload), port=packet.decoded.portnum, channel=packet.channel,
+                                hop_limit=packet.hop_limit, packet_id=packet.id)
+            threading.Thread(target=self.unplug, name=f"sim-radio-{self.number}-pull", daemon=True).start()
+            return
         self._send(queueStatus=mesh_pb2.QueueStatus(res=0, free=16, maxlen=16, mesh_packet_id=packet.id))
         port = packet.decoded.portnum
         if port == portnums_pb2.PortNum.ADMIN_APP and packet.to == self.node_num:
