@@ -227,6 +227,7 @@ class Desk:
                                 counter=frame.counter, received_at=now)
         if outcome is Outcome.DUPLICATE:
             self.relays.count_copy((alert.id, alert.state))
+            self.receipts.heard_again(alert.id, alert.state, now)   # a re-send: its signer lacks receipts
         if outcome.sounds:
             log.info("alert %s %s from node %s", alert.id, t.state.word, frame.origin)
             self.store.set_alert_frame(alert.id, data)

@@ -55,6 +55,7 @@ class Inbox:
                 self.counts[exc.reason] += 1
                 if exc.reason == "replayed":
                     self.relays.copy_heard(data)
+                    self.receipts.copy_heard(data, now)
                 level = logging.DEBUG if exc.reason == "replayed" else logging.WARNING
                 log.log(level, "frame refused: %s (header %s)", exc, wire.peek_origin(bytes(data)) if
                         isinstance(data, (bytes, bytearray)) else None)

@@ -136,7 +136,8 @@ class Node:
         self.outbox = Outbox(self.link, self.store, self.troubles, lock=self.lock, clock=self.clock, counts=self.counts,
                              own=self._signed_here)
         self.relays = Relays(self.store, self.outbox, preset=self.config["radio.preset"], **shared)
-        self.receipts = Receipts(self.id, self.members, self.roster, self.store, self.signer, self.outbox, **shared)
+        self.receipts = Receipts(self.id, self.members, self.roster, self.store, self.signer, self.outbox,
+                                 relays=self.relays, neighbours=self._live_neighbours, **shared)
         self.liveness = Liveness(self.id, self.members, self.roster, self.config, store=self.store,
                                  supervisor=self.supervisor, signer=self.signer, outbox=self.outbox,
                                  relays=self.relays, troubles=self.troubles, link=self.link, **shared)
@@ -267,6 +268,10 @@ class Node:
         except Exception:
             self.counts["error"] += 1
             log.exception("captains' requests failed; the node goes on")
+
+    def _live_neighbours(self, now: float) -> set[int]:
+        """The buildings heard first-hand and not silent: the ones receipts and repairs are for."""
+        return self.supervisor.neighbours - self.supervisor.silent(now)
 
     def _signed_here(self, frame: bytes) -> bool:
         """Whether ``frame`` carries this node's valid signature (the outbox sends nothing else)."""

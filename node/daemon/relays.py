@@ -13,12 +13,12 @@ from __future__ import annotations
 import collections
 import logging
 import random
-from dataclasses import dataclass
-from typing import Hashable
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
 
 from node.daemon.outbox import Outbox
 from node.daemon.signer import Signer
-from node.errors import StoreError
+from node.errors import FrameError, StoreError
 from node.protocol import alerts, coverage, wire
 from node.protocol.airtime import MESH_OVERHEAD, time_on_air
 from node.protocol.alerts import Alert, State
@@ -31,11 +31,16 @@ RELAY_DELAY = (0.3, 2.5)  # seconds: the random wait before relaying a new alert
 RELAY_ENOUGH = 2          # copies heard from neighbours in that wait that make this node's relay needless
 # As a relay's ``enough``: no number of copies heard makes it needless (verdicts, which are rare).
 NEVER_SUPPRESSED = 1 << 30
-REPAIR_GAP = 60.0         # seconds between passing one alert to neighbours that lack it
+REPAIR_GAP = 60.0         # seconds between passing one alert state to neighbours that lack it
 REPAIR_WINDOW = 12        # transitions' airtimes: the random wait before a repair, so neighbours do not collide
 RECEIPT_DELAY = (2.0, 20.0)   # seconds: the random wait before a receipt, so 30 nodes do not send at once
-RECEIPT_GAP = 30.0        # seconds between two receipts of one alert state from this node
-MAX_RECEIPTS = 8          # receipts of one alert state from this node (each only when it learned more)
+RECEIPT_AGAIN = (1.0, 6.0)    # seconds: the random wait before a further receipt (news to pass on)
+RECEIPT_GAP = 10.0        # seconds between two receipts of one alert state from this node
+MAX_RECEIPTS = 8          # receipts of one alert state from this node (each only when a neighbour needs it)
+# A neighbour still missing from this node's coverage of a state it has held this long (seconds: past
+# the longest wait before a first receipt) is sent the frame, up to GAP_REPAIRS times, REPAIR_GAP apart.
+REPAIR_AFTER = RECEIPT_DELAY[1] + 5.0
+GAP_REPAIRS = 3
 # Bounds on what is remembered for a busy block: beyond the first, the oldest (or finished) are forgotten.
 RELAYED_FRAMES_KEPT, RELAYED_FRAMES_FORGOTTEN = 500, 250
 REPAIRS_KEPT = 200
@@ -56,11 +61,19 @@ class PendingRelay:
 
 @dataclass
 class PendingReceipt:
-    """This node's receipts for one alert state: the next at ``due`` (None: none due), ``sent`` so far."""
+    """This node's receipts for one alert state it holds: the next at ``due`` (None: none due), ``sent`` so far.
+
+    ``theirs`` is what each neighbour's last receipt of the state showed (received, sounded):
+    a receipt that would tell every live neighbour nothing new is not sent. ``took`` is when
+    this node took the state, for the repairs of neighbours its coverage still lacks."""
 
     due: float | None
+    took: float = NEVER
     sent: int = 0
     last: float = NEVER         # when the last one went
+    theirs: dict[int, tuple[frozenset[int], frozenset[int]]] = field(default_factory=dict)
+    repairs: int = 0            # neighbours missing from the coverage, passed the frame
+    next_repair: float = NEVER
 
 
 class Relays:
@@ -74,13 +87,22 @@ class Relays:
         self._relays: dict[Hashable, PendingRelay] = {}   # (alert, state) or a verdict's key -> relay
         # The (origin, counter) of each relayed frame, so hearing it again counts as a copy.
         self._relay_frames: dict[tuple[int, int], tuple[str, State]] = {}
-        self._repaired: dict[str, float] = {}  # alert id -> when this node last passed it on
+        self._repaired: dict[tuple[str, State], float] = {}  # (alert, state) -> when this node last passed it on
 
     def relay(self, alert: Alert, origin: int, counter: int, data: bytes, now: float) -> None:
         """Relay a new state heard from ``origin`` to the neighbours, unless enough of them do first."""
         key = (alert.id, alert.state)
+        self._drop_older(alert)
         self._relays[key] = PendingRelay(now + self.rng.uniform(*RELAY_DELAY), data, RELAY_ENOUGH)
         self._relay_frames[(origin, counter)] = key
+
+    def _drop_older(self, alert: Alert) -> None:
+        """Forget relays and repairs of ``alert``'s earlier states: old news, and each copy sent
+        after the new state would take the air (and collide with) the new state's own relays."""
+        for key in [k for k in self._relays if isinstance(k, tuple) and len(k) == 2 and k[0] == alert.id
+                    and k[1] is not alert.state]:
+            del self._relays[key]
+            self.counts["relay-outdated"] += 1
 
     def relay_verdict(self, key: Hashable, data: bytes, now: float, *, delay: tuple[float, float],
                       hop_limit: int | None) -> None:
@@ -118,17 +140,18 @@ class Relays:
         other would collide at it if they all answered at once, so each waits a random span of
         several frames' airtime and stands down on hearing another's copy.
         """
-        if now - self._repaired.get(alert.id, NEVER) < REPAIR_GAP or (alert.id, alert.state) in self._relays:
+        key = (alert.id, alert.state)
+        if now - self._repaired.get(key, NEVER) < REPAIR_GAP or key in self._relays:
             return
         stored = self.store.alert_frame(alert.id)
         if stored is None:
             return
         if len(self._repaired) > REPAIRS_KEPT:
             self._repaired = {a: t for a, t in self._repaired.items() if now - t < REPAIR_GAP}
-        self._repaired[alert.id] = now
+        self._repaired[key] = now
+        self._drop_older(alert)
         self.counts["repair"] += 1
         log.info("node %s lacks alert %s %s; passing it on", neighbour, alert.id, alert.state.word)
-        key = (alert.id, alert.state)
         self._relays[key] = PendingRelay(now + self.rng.uniform(0.3, 0.3 + REPAIR_WINDOW * self.frame_airtime),
                                          stored, 1)
         origin = wire.peek_origin(stored)
@@ -137,21 +160,32 @@ class Relays:
 
 
 class Receipts:
-    """This node's receipts: who it knows has received and sounded each alert state. Callers hold the node's lock."""
+    """This node's receipts: who it knows has received and sounded each alert state. Callers hold the node's lock.
+
+    Receipts merge by union, so every node converges on one view as long as a node that knows
+    more than a neighbour tells it. So a receipt goes out when this node learned more, when a
+    neighbour's receipt shows it knows less, and when a copy of the state is heard again (a
+    re-send or a repair: its sender's coverage lacks someone); never more than MAX_RECEIPTS a
+    state, RECEIPT_GAP apart, and not at all when every live neighbour's last receipt already
+    showed all it would say. The same bitmaps drive repairs: a neighbour whose receipt shows an
+    older state, or that is still missing REPAIR_AFTER seconds on, is passed the frame at once.
+    """
 
     def __init__(self, me: int, members: list[int], roster: Roster, store: Store, signer: Signer, outbox: Outbox,
-                 *, rng: random.Random, counts: collections.Counter[str]):
+                 *, rng: random.Random, counts: collections.Counter[str], relays: Relays | None = None,
+                 neighbours: Callable[[float], set[int]] = lambda now: set()):
         self.me, self.members, self.roster = me, members, roster
         self.store, self.signer, self.outbox, self.rng, self.counts = store, signer, outbox, rng, counts
+        self.relays, self.neighbours = relays, neighbours   # neighbours(now): live ones heard first-hand
         self._receipts: dict[tuple[str, State], PendingReceipt] = {}
 
     def schedule(self, alert_id: str, state: State, now: float) -> None:
         """Send this node's view of who has ``alert_id`` in ``state`` soon, at a random moment."""
         receipt = self._receipts.get((alert_id, state))
         if receipt is None:
-            self._receipts[(alert_id, state)] = PendingReceipt(now + self.rng.uniform(*RECEIPT_DELAY))
-        elif receipt.due is None and receipt.sent < MAX_RECEIPTS:  # sent before, and it learned more since
-            receipt.due = max(now + self.rng.uniform(*RECEIPT_DELAY), receipt.last + RECEIPT_GAP)
+            self._receipts[(alert_id, state)] = PendingReceipt(now + self.rng.uniform(*RECEIPT_DELAY), took=now)
+        elif receipt.due is None and receipt.sent < MAX_RECEIPTS:  # sent before, and a neighbour needs more
+            receipt.due = max(now + self.rng.uniform(*RECEIPT_AGAIN), receipt.last + RECEIPT_GAP)
 
     def sounded(self, alert: Alert, played: bool) -> None:
         """Record that this node's siren sounded ``alert``'s state, for its receipts."""
@@ -164,7 +198,8 @@ class Receipts:
             log.error("could not record that the siren sounded: %s", exc)
 
     def apply(self, frame: wire.ReceiptFrame, now: float) -> bool:
-        """Take a neighbour's receipt into the coverage; False for an alert this node never heard."""
+        """Take a neighbour's receipt into the coverage. False when it shows this node is behind
+        (an alert it never heard, or a later state of one): its next heartbeat should go early."""
         alert = self.store.get_alert(frame.alert_id)
         if alert is None:
             return False
@@ -173,21 +208,66 @@ class Receipts:
             sounded = coverage.from_bitmap(frame.sounded, self.members)
         else:
             received, sounded = {frame.origin}, set()
-        if self.store.add_coverage(alert.id, frame.state, received | {frame.origin}, sounded):
-            if frame.state is alert.state:
-                self.schedule(alert.id, alert.state, now)
+        received |= {frame.origin}
+        learned = self.store.add_coverage(alert.id, frame.state, received, sounded)
+        if alerts.newer(frame.state, alert.state):
+            return False
+        if alerts.newer(alert.state, frame.state) and self.relays is not None:
+            self.counts["receipt-repair"] += 1
+            self.relays.repair(alert, frame.origin, now)   # its receipt shows it lacks our later state
+        if frame.state is alert.state:
+            ours = self.store.coverage(alert.id, alert.state)
+            if learned or not (ours[0] <= received and ours[1] <= sounded):
+                self.schedule(alert.id, alert.state, now)   # news for the others, or news for it
+            receipt = self._receipts.get((alert.id, alert.state))
+            if receipt is not None:
+                receipt.theirs[frame.origin] = (frozenset(received), frozenset(sounded))
         return True
 
+    def heard_again(self, alert_id: str, state: State, now: float) -> None:
+        """A copy of a state this node holds came again (a re-send or a repair): whoever sent it
+        thinks someone lacks it, so this node says again who it knows has it."""
+        alert = self.store.get_alert(alert_id)
+        if alert is not None and alert.state is state:
+            self.schedule(alert.id, state, now)
+
+    def copy_heard(self, data: bytes, now: float) -> None:
+        """A frame heard again (a replay to the codec): if it is a state this node holds, ``heard_again``."""
+        try:
+            frame = wire.decode(bytes(data), self.roster)
+        except FrameError:
+            return
+        if isinstance(frame, wire.TransitionFrame):
+            self.heard_again(frame.alert_id, frame.state, now)
+
     def due(self, now: float) -> None:
-        """Send the receipts due by ``now``."""
+        """Send the receipts due by ``now``, and pass the frame to neighbours the coverage still lacks."""
+        neighbours: set[int] | None = None   # asked for only when needed
         for key, receipt in list(self._receipts.items()):
-            if receipt.due is None or now < receipt.due:
+            sending = receipt.due is not None and now >= receipt.due
+            repairing = (self.relays is not None and receipt.repairs < GAP_REPAIRS and now >= receipt.next_repair
+                         and now - receipt.took >= REPAIR_AFTER)
+            if not (sending or repairing):
                 continue
             alert = self.store.get_alert(key[0])
-            if alert is None or receipt.sent >= MAX_RECEIPTS:
+            if alert is None:
                 del self._receipts[key]
                 continue
+            neighbours = self.neighbours(now) if neighbours is None else neighbours
             received, sounded = self.store.coverage(alert.id, key[1])
+            if repairing:
+                self._repair_gaps(alert, key[1], receipt, received, neighbours, now)
+            if not sending:
+                continue
+            if receipt.sent >= MAX_RECEIPTS:
+                receipt.due = None
+                continue
+            if receipt.sent and neighbours and all(
+                    n in receipt.theirs and received <= receipt.theirs[n][0] and sounded <= receipt.theirs[n][1]
+                    for n in neighbours):
+                receipt.due = None   # every live neighbour already showed all this one would say
+                self.counts["receipt-suppressed"] += 1
+                continue
             signed = self.signer.sign(wire.ReceiptFrame, *alerts.parse_alert_id(alert.id), key[1],
                                       self.roster.version, coverage.to_bitmap(received, self.members),
                                       coverage.to_bitmap(sounded, self.members))
@@ -197,3 +277,14 @@ class Receipts:
         if len(self._receipts) > RECEIPTS_KEPT:  # forget finished receipts of old alerts
             for key in [k for k, r in self._receipts.items() if r.due is None][:RECEIPTS_FORGOTTEN]:
                 del self._receipts[key]
+
+    def _repair_gaps(self, alert: Alert, state: State, receipt: PendingReceipt, received: set[int],
+                     neighbours: set[int], now: float) -> None:
+        """Pass the frame on when a live neighbour is still missing from the coverage of the state held."""
+        missing = neighbours - received
+        if self.relays is None or alert.state is not state or state not in alerts.ON_AIR or not missing:
+            receipt.repairs = GAP_REPAIRS   # nothing to do for this state now or later: stop looking
+            return
+        receipt.repairs, receipt.next_repair = receipt.repairs + 1, now + REPAIR_GAP
+        self.counts["gap-repair"] += 1
+        self.relays.repair(alert, min(missing), now)

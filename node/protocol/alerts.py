@@ -55,6 +55,15 @@ ENDED = frozenset({State.ALL_CLEAR, State.CANCELLED, State.EXPIRED})
 ON_AIR = frozenset({State.REPORTED, State.CONFIRMED, State.ALL_CLEAR, State.CANCELLED})
 
 
+def newer(state: State, than: State) -> bool:
+    """Whether ``state`` comes after ``than`` in an alert's life as the air knows it (REPORTED,
+    then CONFIRMED, then ALL_CLEAR or CANCELLED): a node holding ``than`` is behind one holding
+    ``state``. Two ended states, or EXPIRED (local only), are never newer than another."""
+    if than not in ACTIVE or state not in ON_AIR:
+        return False
+    return state in ENDED or (state is State.CONFIRMED and than is State.REPORTED)
+
+
 class Outcome(enum.Enum):
     NEW = "new"              # a new incident opened
     CHANGED = "changed"      # state moved forward: sound it

@@ -1,0 +1,123 @@
+"""Coverage that re-converges after an outage, an all clear as fast as the report, and repairs
+driven by receipts: a simulated block on virtual time, fixed seeds (issue 17, items 2 and 3)."""
+
+import pytest
+
+from node.protocol import coverage, wire
+from node.protocol.alerts import State, parse_alert_id
+from node.sim import Block
+
+EVERYONE = [1, 2, 3, 4, 5]
+
+
+@pytest.fixture
+def make_block(tmp_path):
+    blocks = []
+
+    def make(n, topology="line", **kw):
+        block = Block(tmp_path / f"b{len(blocks)}", n, topology, **kw).start()
+        blocks.append(block)
+        return block
+
+    yield make
+    for block in blocks:
+        block.stop()
+
+
+def has(block, i, alert_id, state):
+    alert = block.nodes[i].store.get_alert(alert_id)
+    return alert is not None and alert.state is state
+
+
+def all_have(block, alert_id, state):
+    return all(has(block, i, alert_id, state) for i in block.nodes)
+
+
+def coverage_everywhere(block, alert_id):
+    return all(block.nodes[i].coverage_view(alert_id)["received"] == EVERYONE for i in block.nodes)
+
+
+# Bound: every node's coverage equals the truth (5 of 5) within this many seconds of the last
+# building receiving the state, after the middle node's radio comes back (the issue's target is 30 s, p95).
+CONVERGED_WITHIN = 60.0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("state", ["confirm", "all_clear"])
+def test_coverage_converges_on_every_node_after_the_middle_node_was_away(make_block, seed, state):
+    block = make_block(5, seed=seed)
+    run = block.scheduler
+    run.run_for(120)
+    alert = block.nodes[1].report()
+    assert run.run_until_true(lambda: all_have(block, alert.id, State.REPORTED), limit=60) is not None
+    if state == "all_clear":
+        run.run_for(30)
+        block.nodes[2].act("confirm", alert.id)
+        assert run.run_until_true(lambda: all_have(block, alert.id, State.CONFIRMED), limit=60) is not None
+    run.run_for(30)
+    block.air.radios[3].plugged = False             # the middle node's radio is away
+    run.run_for(20)
+    block.nodes[2 if state == "confirm" else 1].act(state, alert.id)
+    target = State.CONFIRMED if state == "confirm" else State.ALL_CLEAR
+    run.run_for(90)
+    assert not has(block, 4, alert.id, target) and not has(block, 5, alert.id, target)
+    block.air.radios[3].plugged = True              # back
+    last = run.run_until_true(lambda: all_have(block, alert.id, target), limit=180, step=0.5)
+    assert last is not None
+    converged = run.run_until_true(lambda: coverage_everywhere(block, alert.id), limit=600, step=0.5)
+    views = {i: block.nodes[i].coverage_view(alert.id)["summary"] for i in block.nodes}
+    assert converged is not None and converged - last <= CONVERGED_WITHIN, (converged and converged - last, views)
+
+
+# Bound: at 0% loss the all clear reaches the far end of a 5-node line within twice the report's
+# time plus 3 s (the report takes 2-4 s here), even when the captain clears just after the confirm.
+def test_an_all_clear_reaches_the_far_end_as_fast_as_the_report(make_block):
+    slowest = []
+    for seed, gap in [(3, 2.5), (4, 0.5), (4, 1.5), (5, 1.0), (6, 0.5), (7, 4.0)]:
+        block = make_block(5, seed=seed)
+        run = block.scheduler
+        run.run_for(60)
+        alert = block.nodes[1].report()
+        start = run.now()
+        report = run.run_until_true(lambda: has(block, 5, alert.id, State.REPORTED), limit=60, step=0.05) - start
+        run.run_for(10)
+        block.nodes[3].act("confirm", alert.id)
+        assert run.run_until_true(lambda: has(block, 5, alert.id, State.CONFIRMED), limit=60, step=0.05)
+        run.run_for(gap)
+        block.nodes[1].act("all_clear", alert.id)
+        start = run.now()
+        done = run.run_until_true(lambda: has(block, 5, alert.id, State.ALL_CLEAR), limit=120, step=0.05)
+        slowest.append((seed, gap, round(report, 1), done and round(done - start, 1)))
+        block.stop()
+    assert all(took is not None and took <= 2 * report + 3 for _, _, report, took in slowest), slowest
+
+
+def test_a_neighbour_behind_in_the_receipts_is_repaired_before_its_next_heartbeat(make_block):
+    block = make_block(3, seed=2)
+    run = block.scheduler
+    run.run_for(120)
+    alert = block.nodes[1].report()
+    assert run.run_until_true(lambda: all_have(block, alert.id, State.REPORTED), limit=60) is not None
+    run.run_for(30)
+    block.air.radios[3].plugged = False
+    block.nodes[1].act("cancel", alert.id)
+    assert run.run_until_true(lambda: has(block, 2, alert.id, State.CANCELLED), limit=60) is not None
+    run.run_for(10)
+    block.nodes.pop(1).stop()                       # no re-sends: node 2 alone can tell node 3
+    block.air.radios[1].plugged = False
+    block.air.radios[3].plugged = True
+    two, three = block.nodes[2], block.nodes[3]
+    beats = three.counts["heartbeat"]               # just after node 3's heartbeat: the next is far off
+    assert run.run_until_true(lambda: three.counts["heartbeat"] > beats, limit=120, step=0.05) is not None
+    next_heartbeat = three.liveness.next_heartbeat
+    assert not has(block, 3, alert.id, State.CANCELLED)
+    # Node 3's receipt of the report reaches node 2: its bitmaps show node 3 lacks the withdrawal.
+    with three.store.transaction():
+        counter = three.store.next_counter()
+    receipt = wire.ReceiptFrame(3, counter, *parse_alert_id(alert.id), State.REPORTED, three.roster.version,
+                                coverage.to_bitmap({1, 2, 3}, three.members), coverage.to_bitmap({1, 2, 3}, three.members))
+    heard = run.now()
+    two.on_frame(wire.encode(receipt, three.key, three.roster.block))
+    repaired = run.run_until_true(lambda: has(block, 3, alert.id, State.CANCELLED), limit=60, step=0.05)
+    assert repaired is not None and repaired < next_heartbeat - block.clock() + run.now() and repaired - heard < 10, \
+        (repaired and repaired - heard, next_heartbeat - block.clock())
