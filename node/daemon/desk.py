@@ -174,6 +174,7 @@ class Desk:
                 self.store.set_alert_frame(alert.id, frame)
                 self.store.add_coverage(alert.id, alert.state, {self.me}, set())  # sounded: below
                 self.receipts.schedule(alert.id, alert.state, now)
+                self.relays.sent_own(alert, counter, frame, now)
         log.info("alert %s %s by this node (%s)", alert.id, t.state.word, outcome.value)
         if outcome.sounds and alert.kind is Kind.RAID and self.config["radio.text_alerts"]:
             place = self.roster.place(alert.location) if self.config["radio.text_alert_places"] else None

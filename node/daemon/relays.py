@@ -31,6 +31,10 @@ RELAY_DELAY = (0.3, 2.5)  # seconds: the random wait before relaying a new alert
 RELAY_ENOUGH = 2          # copies heard from neighbours in that wait that make this node's relay needless
 # As a relay's ``enough``: no number of copies heard makes it needless (verdicts, which are rare).
 NEVER_SUPPRESSED = 1 << 30
+# A state this node signed goes out once more, flooded, after this random wait (seconds), unless a
+# neighbour's relay of it is heard first: the one copy a first hop lost to a collision is not left
+# to wait for a receipt or a heartbeat (a neighbour relays 0.3-2.5 s after it takes a state).
+OWN_AGAIN = (3.0, 4.5)
 REPAIR_GAP = 60.0         # seconds between passing one alert state to neighbours that lack it
 REPAIR_WINDOW = 12        # transitions' airtimes: the random wait before a repair, so neighbours do not collide
 RECEIPT_DELAY = (2.0, 20.0)   # seconds: the random wait before a receipt, so 30 nodes do not send at once
@@ -74,6 +78,7 @@ class PendingReceipt:
     theirs: dict[int, tuple[frozenset[int], frozenset[int]]] = field(default_factory=dict)
     repairs: int = 0            # neighbours missing from the coverage, passed the frame
     next_repair: float = NEVER
+    recheck: float = NEVER      # when to ask again whether every live neighbour has shown it knows what this one does
 
 
 class Relays:
@@ -104,6 +109,13 @@ class Relays:
             del self._relays[key]
             self.counts["relay-outdated"] += 1
 
+    def sent_own(self, alert: Alert, counter: int, data: bytes, now: float) -> None:
+        """This node signed ``alert``'s new state: send it again unless a neighbour's relay is heard first."""
+        key = (alert.id, alert.state)
+        self._drop_older(alert)
+        self._relays[key] = PendingRelay(now + self.rng.uniform(*OWN_AGAIN), data, 1, hop_limit=None)
+        self._relay_frames[(wire.peek_origin(data) or (0, counter))[0], counter] = key
+
     def relay_verdict(self, key: Hashable, data: bytes, now: float, *, delay: tuple[float, float],
                       hop_limit: int | None) -> None:
         """Send a silent verdict once more after a random wait of ``delay`` seconds, whoever else does."""
@@ -133,7 +145,7 @@ class Relays:
             for frame_key in list(self._relay_frames)[:RELAYED_FRAMES_FORGOTTEN]:
                 del self._relay_frames[frame_key]
 
-    def repair(self, alert: Alert, neighbour: int, now: float) -> None:
+    def repair(self, alert: Alert, neighbour: int, now: float, *, gap: float = REPAIR_GAP) -> None:
         """Pass ``alert``'s signed frame to the neighbours, after a random wait, unless another neighbour does first.
 
         Every neighbour of a node that is behind hears the same heartbeat; those hidden from each
@@ -141,7 +153,7 @@ class Relays:
         several frames' airtime and stands down on hearing another's copy.
         """
         key = (alert.id, alert.state)
-        if now - self._repaired.get(key, NEVER) < REPAIR_GAP or key in self._relays:
+        if now - self._repaired.get(key, NEVER) < gap or key in self._relays:
             return
         stored = self.store.alert_frame(alert.id)
         if stored is None:
@@ -214,7 +226,8 @@ class Receipts:
             return False
         if alerts.newer(alert.state, frame.state) and self.relays is not None:
             self.counts["receipt-repair"] += 1
-            self.relays.repair(alert, frame.origin, now)   # its receipt shows it lacks our later state
+            # its receipt shows it lacks our later state: each such receipt is evidence, so the gap is short
+            self.relays.repair(alert, frame.origin, now, gap=RECEIPT_GAP)
         if frame.state is alert.state:
             ours = self.store.coverage(alert.id, alert.state)
             if learned or not (ours[0] <= received and ours[1] <= sounded):
@@ -247,7 +260,10 @@ class Receipts:
             sending = receipt.due is not None and now >= receipt.due
             repairing = (self.relays is not None and receipt.repairs < GAP_REPAIRS and now >= receipt.next_repair
                          and now - receipt.took >= REPAIR_AFTER)
-            if not (sending or repairing):
+            # A receipt can be lost, and nothing else would make up for it: until every live neighbour's
+            # own receipt shows it knows as much, say it again, waiting twice as long each time.
+            rechecking = receipt.due is None and 0 < receipt.sent < MAX_RECEIPTS and now >= receipt.recheck
+            if not (sending or repairing or rechecking):
                 continue
             alert = self.store.get_alert(key[0])
             if alert is None:
@@ -257,14 +273,19 @@ class Receipts:
             received, sounded = self.store.coverage(alert.id, key[1])
             if repairing:
                 self._repair_gaps(alert, key[1], receipt, received, neighbours, now)
+            if rechecking and not sending:
+                receipt.recheck = now + RECEIPT_GAP * 2 ** receipt.sent
+                if alert.state is key[1] and not self._all_know(receipt, received, sounded, neighbours):
+                    self.schedule(alert.id, key[1], now)
+                continue
             if not sending:
                 continue
-            if receipt.sent >= MAX_RECEIPTS:
+            if receipt.sent >= MAX_RECEIPTS or alert.state is not key[1]:
+                # A receipt speaks only of the state its node holds, so that one of an earlier state
+                # shows its neighbours that it is behind (and they repair it at once).
                 receipt.due = None
                 continue
-            if receipt.sent and neighbours and all(
-                    n in receipt.theirs and received <= receipt.theirs[n][0] and sounded <= receipt.theirs[n][1]
-                    for n in neighbours):
+            if receipt.sent and neighbours and self._all_know(receipt, received, sounded, neighbours):
                 receipt.due = None   # every live neighbour already showed all this one would say
                 self.counts["receipt-suppressed"] += 1
                 continue
@@ -273,10 +294,17 @@ class Receipts:
                                       coverage.to_bitmap(sounded, self.members))
             self.outbox.send_ephemeral(signed.data, hop_limit=0)
             receipt.due, receipt.sent, receipt.last = None, receipt.sent + 1, now
+            receipt.recheck = now + RECEIPT_GAP * 2 ** receipt.sent
             self.counts["receipt"] += 1
         if len(self._receipts) > RECEIPTS_KEPT:  # forget finished receipts of old alerts
             for key in [k for k, r in self._receipts.items() if r.due is None][:RECEIPTS_FORGOTTEN]:
                 del self._receipts[key]
+
+    @staticmethod
+    def _all_know(receipt: PendingReceipt, received: set[int], sounded: set[int], neighbours: set[int]) -> bool:
+        """Whether every one of ``neighbours`` showed, in its last receipt, all this node knows."""
+        return all(n in receipt.theirs and received <= receipt.theirs[n][0] and sounded <= receipt.theirs[n][1]
+                   for n in neighbours)
 
     def _repair_gaps(self, alert: Alert, state: State, receipt: PendingReceipt, received: set[int],
                      neighbours: set[int], now: float) -> None:
@@ -287,4 +315,4 @@ class Receipts:
             return
         receipt.repairs, receipt.next_repair = receipt.repairs + 1, now + REPAIR_GAP
         self.counts["gap-repair"] += 1
-        self.relays.repair(alert, min(missing), now)
+        self.relays.repair(alert, min(missing), now, gap=RECEIPT_GAP)
