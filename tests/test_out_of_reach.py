@@ -7,11 +7,13 @@ import collections
 import logging
 import re
 
+import test_radio
 from node.protocol import supervision, wire
 from node.protocol.alerts import State
 from node.sim import Block
-from test_radio import serial_block  # noqa: F401 (a fixture: simulated radios on ptys, the real library)
 from web import data
+
+serial_block = test_radio.serial_block   # a fixture: simulated radios on ptys, through the real library
 
 RADIO_BIT = supervision.trouble_mask(["radio"])
 

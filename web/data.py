@@ -137,7 +137,7 @@ def node_rows(s: Store, now: float, silent_after: float) -> list[dict]:
             health = "trouble" if own_troubles else "ok"
         elif verdict in ("ok", "trouble", "silent"):
             health = verdict
-        elif verdict == "unreachable" and p.get("through") in names:
+        elif verdict == "unreachable":
             health = "unreachable"
         elif verdict == "unknown" or heard is None:  # just started, or never heard: not silent, not yet
             health = "waiting"
@@ -150,7 +150,8 @@ def node_rows(s: Store, now: float, silent_after: float) -> list[dict]:
         rows.append({"id": p["node_id"], "name": p["name"], "place": p["place"], "location": p["location"],
                      "health": health, "this_node": p["node_id"] == me,
                      "through": p.get("through") if health == "unreachable" else None,
-                     "through_name": names.get(p.get("through")) if health == "unreachable" else None,
+                     "through_name": names.get(p.get("through"), str(p.get("through")))
+                     if health == "unreachable" else None,
                      "last_heard": iso(heard), "last_heard_ts": heard})
     return rows
 
@@ -188,7 +189,8 @@ def digest(doc: dict) -> str:
     stable = {
         "banner": doc["banner"], "troubles": doc["troubles"],
         "alerts": [(r["id"], r["state"], r["place"], r["updated_ts"], r["buildings"]) for r in doc["alerts"]],
-        "nodes": [(n["id"], n["name"], n["place"], n["health"], n["through"], n["health"] != "ok" and n["last_heard_ts"])
+        "nodes": [(n["id"], n["name"], n["place"], n["health"], n["through"],
+                   n["health"] != "ok" and n["last_heard_ts"])
                   for n in doc["nodes"]],
     }
     return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]

@@ -4,8 +4,9 @@ Each node sends a heartbeat on a jittered schedule sized to the airtime budget
 (``supervision.heartbeat_interval``), brings it forward to answer or poll a neighbour, and
 calls a neighbour silent (a signed verdict, flooded) when nothing first-hand has come from
 it for the supervision period. A node without its radio judges nobody and sends nothing:
-it cannot tell its neighbours' silence from its own deafness (``Supervisor.judging``). Heartbeats also carry this node's latest alert, so a
-neighbour that is behind is repaired (``Relays.repair``). Times are seconds on the node's clock.
+it cannot tell its neighbours' silence from its own deafness (``Supervisor.judging``).
+Heartbeats also carry this node's latest alert, so a neighbour that is behind is repaired
+(``Relays.repair``). Times are seconds on the node's clock.
 """
 
 from __future__ import annotations

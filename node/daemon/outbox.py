@@ -5,8 +5,8 @@ radio takes them. Frames that are useless later (heartbeats, receipts, relays, r
 verdicts) and text alerts for plain Meshtastic apps wait only in memory, in bounded
 queues. An ephemeral frame is never queued while the radio is away, and one that waited
 longer than ``EPHEMERAL_TTL`` behind the outbox is dropped rather than sent stale: a
-heartbeat's ages, troubles and verdicts are true only when it is built. A link whose ``send`` returns at once (the simulated air) is driven by ``flush``
-under the node's lock; a real radio, whose ``send`` may block for seconds, by the sender
+heartbeat's ages, troubles and verdicts are true only when it is built. A link whose
+``send`` returns at once (the simulated air) is driven by ``flush`` under the node's lock; a real radio, whose ``send`` may block for seconds, by the sender
 thread, so a slow or dead radio never holds up the button, the siren or frames from the air.
 """
 

@@ -170,7 +170,7 @@ class Supervisor:
         self.troubles: dict[int, int] = {}     # node -> its trouble bits, as of that evidence
         self.neighbours: set[int] = set()      # nodes heard first-hand
         self.verdicts: dict[int, float] = {}   # node -> last time alive, per a SILENT verdict
-        self.via: dict[int, int] = {}          # node -> the neighbour its freshest news came through (itself: first-hand)
+        self.via: dict[int, int] = {}          # node -> the neighbour its freshest news came through (itself: heard)
         # Since when this node's own radio has been up (None: down). A node boots listening.
         self.listening_since: float | None = now
 
