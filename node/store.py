@@ -103,6 +103,12 @@ def m004_sessions(db: sqlite_utils.Database) -> None:
     db["sessions"].create_index(["captain"])
 
 
+@migrations()
+def m005_out_of_reach(db: sqlite_utils.Database) -> None:
+    """A peer out of reach: the building through which its news stopped (``peers.status`` 'unreachable')."""
+    db["peers"].add_column("through", int)
+
+
 def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
     try:
         if readonly or existing:
@@ -460,9 +466,11 @@ class Store:
         row = self.db.execute("SELECT frame FROM alerts WHERE id = ?", [alert_id]).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
 
-    def set_peer_status(self, node_id: int, status: str, last_heard: float | None, troubles: int) -> None:
-        self.db.execute("UPDATE peers SET status = ?, last_heard = ?, remote_troubles = ? WHERE node_id = ?",
-                        [status, last_heard, troubles, node_id])
+    def set_peer_status(self, node_id: int, status: str, last_heard: float | None, troubles: int,
+                        through: int | None = None) -> None:
+        """The daemon's verdict on a peer; ``through``: the building its news stopped at, when ``unreachable``."""
+        self.db.execute("UPDATE peers SET status = ?, last_heard = ?, remote_troubles = ?, through = ? "
+                        "WHERE node_id = ?", [status, last_heard, troubles, through, node_id])
 
     def purge(self, now: float, retention: float) -> int:
         """Delete ended alerts, their events and sent frames older than ``retention`` seconds.

@@ -171,3 +171,43 @@ def test_early_heartbeats_spread_over_many_airtimes():
     delays = [early_delay(0.365, rng) for _ in range(1000)]
     assert min(delays) >= 1.0 and max(delays) <= 1.0 + EARLY_WINDOW * 0.365
     assert max(delays) - min(delays) > 10 * 0.365   # wide enough that two answers rarely overlap
+
+
+def test_a_node_without_its_radio_judges_nobody_until_a_period_after_it_is_back():
+    s = sup(1)
+    s.heard(2, 0.0)
+    s.radio(False, 10.0)
+    assert s.due_verdicts(400.0) == [], "no verdict while its own radio is down"
+    assert s.status(2, 400.0) == "unreachable" and s.through(2, 400.0) == 1, "out of reach through itself"
+    s.radio(True, 400.0)
+    assert s.due_verdicts(400.0 + 180.0 - VERDICT_LEAD - 1) == [], "freshly back: still listening"
+    assert s.status(2, 500.0) == "unreachable"
+    assert s.due_verdicts(400.0 + 180.0 - VERDICT_LEAD + 1) == [(2, 0.0)], "a whole period heard nothing"
+    s.heard(2, 401.0)
+    assert s.status(2, 402.0) == "ok" and s.due_verdicts(500.0) == []
+
+
+def test_a_building_whose_news_came_through_a_silent_one_is_out_of_reach_through_it():
+    s = sup(1)
+    s.heard(2, 100.0)
+    s.merge(bytes([0, 0, 1 << 2, AGE_MAX << 2]), 100.0, via=2)   # news of 3 through 2
+    assert s.via[3] == 2 and s.status(3, 110.0) == "ok"
+    s.verdict(2, 100.0)                                            # this node judged 2 silent
+    assert s.status(2, 290.0) == "silent"
+    assert s.status(3, 290.0) == "unreachable" and s.through(3, 290.0) == 2
+    assert s.silent(290.0) == {2} and s.unreachable(290.0) == {3}
+    s.merge(bytes([0, 0, 0, AGE_MAX << 2]), 300.0, via=4)          # fresh news of 3 another way
+    assert s.status(3, 301.0) == "ok" and s.via[3] == 4
+
+
+def test_a_stale_far_building_is_out_of_reach_through_the_silent_one_between():
+    s = sup(1)
+    s.heard(2, 0.0)
+    s.merge(bytes([0, 0, 0, 0]), 0.0, via=2)                      # 3 and 4 heard of through 2
+    s.verdict(3, 5.0)                                             # a live neighbour of 3 judged it
+    for t in range(30, 700, 30):
+        s.heard(2, float(t))                                      # 2 is alive, but brings no news of 4
+    assert s.status(4, 700.0) == "unreachable" and s.through(4, 700.0) == 3
+    # with no building silent between, the far fallback still says silent
+    s.verdicts.clear()
+    assert s.status(4, 700.0) == "silent"

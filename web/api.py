@@ -46,7 +46,7 @@ def alert(alert_id: str):
 
 @bp.get("/nodes")
 def nodes():
-    """The block's buildings and their health: ok, trouble or silent."""
+    """The block's buildings and their health: ok, trouble, silent, out of reach (unreachable) or waiting."""
     snapshot = live.current()
     return jsonify(snapshot.doc["nodes"])
 

@@ -116,23 +116,29 @@ def alert_rows(now: float | None = None, s: Store | None = None, limit: int = 20
 
 
 def node_rows(s: Store, now: float, silent_after: float) -> list[dict]:
-    """The block's buildings with their health: ``ok``, ``trouble``, ``silent`` or ``waiting``.
+    """The block's buildings with their health: ``ok``, ``trouble``, ``silent``, ``unreachable`` or ``waiting``.
 
     This node's health is its own TROUBLE lines; another building's is the daemon's
-    supervision verdict (``peers.status``). ``waiting`` (for first contact): the daemon has
+    supervision verdict (``peers.status``). ``unreachable`` (out of reach): its news stopped
+    at another building, named by ``through`` / ``through_name`` (this node, while its radio
+    is away or freshly back), which is the one shown silent. ``waiting`` (for first contact): the daemon has
     not judged it since it started (``unknown``), or it was never heard. With no verdict
     at all (no daemon has judged yet), a building heard once is silent after ``silent_after`` seconds.
     """
     me = this_node(s)
     own_troubles = s.troubles()
     rows = []
-    for p in s.peers():
+    peers = s.peers()
+    names = {p["node_id"]: p["name"] for p in peers}
+    for p in peers:
         heard = p["last_heard"]
         verdict = p.get("status")
         if p["node_id"] == me:
             health = "trouble" if own_troubles else "ok"
         elif verdict in ("ok", "trouble", "silent"):
             health = verdict
+        elif verdict == "unreachable":
+            health = "unreachable"
         elif verdict == "unknown" or heard is None:  # just started, or never heard: not silent, not yet
             health = "waiting"
         elif now - heard > silent_after:  # no daemon has judged it: the page's own fallback
@@ -143,6 +149,9 @@ def node_rows(s: Store, now: float, silent_after: float) -> list[dict]:
             health = "ok"
         rows.append({"id": p["node_id"], "name": p["name"], "place": p["place"], "location": p["location"],
                      "health": health, "this_node": p["node_id"] == me,
+                     "through": p.get("through") if health == "unreachable" else None,
+                     "through_name": names.get(p.get("through"), str(p.get("through")))
+                     if health == "unreachable" else None,
                      "last_heard": iso(heard), "last_heard_ts": heard})
     return rows
 
@@ -180,7 +189,8 @@ def digest(doc: dict) -> str:
     stable = {
         "banner": doc["banner"], "troubles": doc["troubles"],
         "alerts": [(r["id"], r["state"], r["place"], r["updated_ts"], r["buildings"]) for r in doc["alerts"]],
-        "nodes": [(n["id"], n["name"], n["place"], n["health"], n["health"] != "ok" and n["last_heard_ts"])
+        "nodes": [(n["id"], n["name"], n["place"], n["health"], n["through"],
+                   n["health"] != "ok" and n["last_heard_ts"])
                   for n in doc["nodes"]],
     }
     return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]

@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 from node.config import Config
 from node.daemon.liveness import Liveness, jitter
 from node.daemon.outbox import Outbox
-from node.daemon.relays import Receipts, Relays
+from node.daemon.relays import NEVER, Receipts, Relays
 from node.daemon.signer import Signer
 from node.daemon.troubles import Troubles
 from node.errors import SilbatoError, StoreError, TransitionError
@@ -60,6 +60,7 @@ class Desk:
         self.rng, self.counts, self.clock = rng, counts, clock
         self._lock, self._changed = lock, changed
         self._own_report: tuple[str, float] | None = None  # (alert id, when) of this button's last new report
+        self._outbox_blocked = NEVER  # when the radio was last away, or the outbox last held unsent frames
 
     # -- the buttons ----------------------------------------------------------------------
 
@@ -269,6 +270,14 @@ class Desk:
 
     def repeat(self, now: float) -> None:
         """Re-send a state this node signed while buildings not known to be silent lack it; bounded."""
+        if self.outbox.radio_down or self.store.pending():
+            # The radio is away, or has not taken what is queued: a copy now would only wait
+            # behind the original and go out with it on replug. Re-sends wait until the original
+            # has been out for REPEAT_BASE, as after any first send, and count nothing meanwhile.
+            self._outbox_blocked = now
+            return
+        if now - self._outbox_blocked < REPEAT_BASE:
+            return
         for alert, done in self.store.due_repeats(now):
             received, _ = self.store.coverage(alert.id, alert.state)
             missing = self.liveness.expected(now) - received

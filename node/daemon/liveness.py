@@ -3,8 +3,10 @@
 Each node sends a heartbeat on a jittered schedule sized to the airtime budget
 (``supervision.heartbeat_interval``), brings it forward to answer or poll a neighbour, and
 calls a neighbour silent (a signed verdict, flooded) when nothing first-hand has come from
-it for the supervision period. Heartbeats also carry this node's latest alert, so a
-neighbour that is behind is repaired (``Relays.repair``). Times are seconds on the node's clock.
+it for the supervision period. A node without its radio judges nobody and sends nothing:
+it cannot tell its neighbours' silence from its own deafness (``Supervisor.judging``).
+Heartbeats also carry this node's latest alert, so a neighbour that is behind is repaired
+(``Relays.repair``). Times are seconds on the node's clock.
 """
 
 from __future__ import annotations
@@ -89,9 +91,22 @@ class Liveness:
                                               budget=cfg["supervision.airtime_budget"], period=self.supervisor.period)
 
     def expected(self, now: float) -> set[int]:
-        """Buildings that should answer: every rostered node not known to be silent, but this one."""
+        """Buildings that should answer: every rostered node not known to be silent or out of reach, but this one."""
         return {m for m in self.members if m != self.me and not self.roster.members[m].revoked} \
-            - self.supervisor.silent(now)
+            - self.supervisor.silent(now) - self.supervisor.unreachable(now)
+
+    def radio(self, now: float) -> bool:
+        """Whether this node's own radio is up; tells the supervisor. Back from an outage, the next
+        heartbeat goes early (built fresh, with no radio trouble), so the neighbours hear it is back."""
+        up = not self.outbox.radio_down
+        if up and self.supervisor.listening_since is None:
+            log.info("radio back: listening for a whole period before judging any neighbour")
+            self._heartbeat_early(now)
+        elif not up and self.supervisor.listening_since is not None:
+            log.info("radio away: no heartbeats, and no neighbour judged, until it is back")
+            self._verdicts_due.clear()
+        self.supervisor.radio(up, now)
+        return up
 
     # -- frames from the air -------------------------------------------------------------
 
@@ -113,7 +128,7 @@ class Liveness:
                                  now)
             log.critical("node %s (%s) says it was wiped; its key must be revoked", frame.origin, name)
         if frame.roster_version == self.roster.version:
-            self.supervisor.merge(frame.vector, now)
+            self.supervisor.merge(frame.vector, now, via=frame.origin)
             # It missed our recent heartbeats: send the next one early rather than let it age.
             if self.supervisor.stale_about_me(frame.vector, self.heartbeat_interval):
                 self.answer_early(now, "answer")
@@ -163,7 +178,9 @@ class Liveness:
     # -- chores, once a tick ---------------------------------------------------------------
 
     def verdicts(self, now: float) -> None:
-        """Call silent, and tell the block about, each neighbour whose verdict fell due."""
+        """Call silent, and tell the block about, each neighbour whose verdict fell due (none while
+        this node's radio is away or freshly back: ``Supervisor.due_verdicts``)."""
+        self.radio(now)
         due_now = self.supervisor.due_verdicts(now)
         # A wait for a building that came back, or that another neighbour has named, is over.
         self._verdicts_due = {n: d for n, d in self._verdicts_due.items() if n in {node for node, _ in due_now}}
@@ -193,13 +210,14 @@ class Liveness:
 
     def heartbeat(self, now: float) -> None:
         """This node's heartbeat, when due: its troubles, roster, latest alert and the ages it heard."""
-        if now < self.next_heartbeat:
-            return
+        if now < self.next_heartbeat or not self.radio(now):
+            return  # none while the radio is away: it would go out stale, if at all
         self.heartbeat_interval = self._interval()
         self.next_heartbeat = now + jitter(self.rng, self.heartbeat_interval)
         latest = latest_alert(self.store)
         reporter, acounter = alerts.parse_alert_id(latest.id) if latest else (0, 0)
-        troubles = self.store.troubles()
+        # The radio's troubles as the link has them now: the store's copy follows at the outbox's turn.
+        troubles = {k: v for k, v in self.store.troubles().items() if not k.startswith("radio")} | self.link.troubles
         vector = self.supervisor.vector(now, supervision.trouble_bits(troubles))[:wire.MAX_VECTOR]
         signed = self.signer.sign(wire.HeartbeatFrame, supervision.trouble_mask(troubles), self.roster.version,
                                   reporter, acounter, int(latest.state) if latest else 0, vector)
@@ -213,16 +231,18 @@ class Liveness:
         for m in self.members:
             if m == self.me:
                 continue
-            row = (self.supervisor.status(m, now), self.supervisor.troubles.get(m, 0))
+            status = self.supervisor.status(m, now)
+            through = self.supervisor.through(m, now) if status == "unreachable" else None
+            row = (status, self.supervisor.troubles.get(m, 0), through)
             when = self.supervisor.evidence.get(m)
             written = self._peer_rows.get(m)
             if written is None or written[0] != row or (when or 0) - (written[1] or 0) >= PEER_ROW_REFRESH:
                 changes.append((m, row, when))
         if changes:
             with self.store.transaction():
-                for m, (status, troubles), when in changes:
-                    self.store.set_peer_status(m, status, when, troubles)
-                    self._peer_rows[m] = (status, troubles), when
+                for m, (status, troubles, through), when in changes:
+                    self.store.set_peer_status(m, status, when, troubles, through)
+                    self._peer_rows[m] = (status, troubles, through), when
 
     def check_mesh(self, now: float) -> None:
         """TROUBLE (mesh) while the radio reports the channel busier than MESH_DEGRADED."""

@@ -3,8 +3,10 @@
 Frames that must arrive (this node's transitions) wait in the store's outbox until the
 radio takes them. Frames that are useless later (heartbeats, receipts, relays, repairs,
 verdicts) and text alerts for plain Meshtastic apps wait only in memory, in bounded
-queues. A link whose ``send`` returns at once (the simulated air) is driven by ``flush``
-under the node's lock; a real radio, whose ``send`` may block for seconds, by the sender
+queues. An ephemeral frame is never queued while the radio is away, and one that waited
+longer than ``EPHEMERAL_TTL`` behind the outbox is dropped rather than sent stale: a
+heartbeat's ages, troubles and verdicts are true only when it is built. A link whose
+``send`` returns at once (the simulated air) is driven by ``flush`` under the node's lock; a real radio, whose ``send`` may block for seconds, by the sender
 thread, so a slow or dead radio never holds up the button, the siren or frames from the air.
 """
 
@@ -25,6 +27,9 @@ log = logging.getLogger(__name__)
 
 SENDER_WAKE = 1.0    # seconds: the sender thread looks at the outbox at least this often
 SENDER_JOIN = 10.0   # seconds: how long ``stop`` waits for a send in progress
+# Seconds an ephemeral frame may wait for the radio: a heartbeat read later makes its news look
+# that much fresher (ages count from its arrival), and one age unit is 4 s.
+EPHEMERAL_TTL = 4.0
 
 
 class Outbox:
@@ -39,8 +44,8 @@ class Outbox:
         # so a row it slipped into the outbox is dropped here, never put on air.
         self._own = own
         self._texts: collections.deque[str] = collections.deque(maxlen=20)
-        # (frame, hop limit): heartbeats, receipts, relays, repairs; the oldest go first when it is full
-        self._ephemeral: collections.deque[tuple[bytes, int | None]] = collections.deque(maxlen=50)
+        # (frame, hop limit, queued at): heartbeats, receipts, relays, repairs; the oldest go first when it is full
+        self._ephemeral: collections.deque[tuple[bytes, int | None, float]] = collections.deque(maxlen=50)
         self._kick = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,15 +59,25 @@ class Outbox:
         """A text alert for plain Meshtastic apps, sent by the sender thread."""
         self._texts.append(text)
 
+    @property
+    def radio_down(self) -> bool:
+        """Whether the radio is away (unplugged, not connected, none configured)."""
+        return "radio" in self.link.troubles
+
     def send_ephemeral(self, frame: bytes, hop_limit: int | None) -> None:
-        """Send a frame that is useless later (heartbeat, receipt, repair): never queued in the outbox."""
+        """Send a frame that is useless later (heartbeat, receipt, repair): never queued in the outbox,
+        and dropped at once while the radio is away (it would be stale when the radio returns)."""
+        if self.radio_down:
+            self.counts["ephemeral-dropped"] += 1
+            log.debug("ephemeral frame dropped: the radio is away")
+            return
         if self.link.instant:
             try:
                 self.link.send(frame, hop_limit=hop_limit)
             except RadioError as exc:
                 log.debug("ephemeral frame not sent: %s", exc)
         else:
-            self._ephemeral.append((frame, hop_limit))
+            self._ephemeral.append((frame, hop_limit, time.monotonic()))
             self._kick.set()
 
     def send_first(self, frame: bytes) -> None:
@@ -70,7 +85,7 @@ class Outbox:
         if self.link.instant:
             self.link.send(frame, hop_limit=None)
         else:
-            self._ephemeral.appendleft((frame, None))
+            self._ephemeral.appendleft((frame, None, time.monotonic()))
             self._kick.set()
 
     def drain(self, seconds: float) -> None:
@@ -193,7 +208,11 @@ class Outbox:
             log.info("outbox: radio back, %d frames sent", self._waited)
             self._waited = None
         while self._ephemeral and not self._stopping.is_set():
-            frame, hop_limit = self._ephemeral.popleft()
+            frame, hop_limit, queued = self._ephemeral.popleft()
+            if time.monotonic() - queued > EPHEMERAL_TTL:
+                self.counts["ephemeral-dropped"] += 1
+                log.debug("ephemeral frame dropped: it waited %.1f s for the radio", time.monotonic() - queued)
+                continue
             try:
                 self.link.send(frame, hop_limit=hop_limit)
             except RadioError as exc:

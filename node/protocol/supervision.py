@@ -17,6 +17,16 @@ building (a node that has heard it first-hand) that has no evidence of it for
 shows the building silent on the verdict, until it hears of the building again,
 and marks it so in its own heartbeats, which carries the verdict to any node
 that missed the flood.
+
+Only a live neighbour judges. A node whose own radio is down, or back for less than
+a full ``period`` (its news of every neighbour is as old as the outage, and a live
+neighbour needs up to a period to be heard again), calls nobody silent. And a
+building whose news stopped because the buildings between are down is not silent
+but *out of reach*: each node remembers through which neighbour its freshest news
+of each building came, and a building whose news came through a building now
+silent or out of reach (or whose news is no newer than the last sign of life of a
+building judged silent) shows "out of reach (through B2)", the way a fire panel
+reports a broken loop rather than every device beyond it.
 A building is thus shown silent everywhere about ``period`` seconds after its
 last heartbeat (a verdict falls due ``VERDICT_LEAD`` early, for its random wait
 and its flood), while a far node's slow gossip never raises a false alarm. Far nodes still fall back on their own evidence after
@@ -160,6 +170,9 @@ class Supervisor:
         self.troubles: dict[int, int] = {}     # node -> its trouble bits, as of that evidence
         self.neighbours: set[int] = set()      # nodes heard first-hand
         self.verdicts: dict[int, float] = {}   # node -> last time alive, per a SILENT verdict
+        self.via: dict[int, int] = {}          # node -> the neighbour its freshest news came through (itself: heard)
+        # Since when this node's own radio has been up (None: down). A node boots listening.
+        self.listening_since: float | None = now
 
     def heard(self, node: int, now: float, troubles: int | None = None) -> None:
         """First-hand evidence: a heartbeat or receipt signed by ``node`` was just received from it."""
@@ -168,11 +181,12 @@ class Supervisor:
         self.neighbours.add(node)
         if now >= self.evidence.get(node, -math.inf):
             self.evidence[node] = now
+            self.via[node] = node
             if troubles is not None:
                 self.troubles[node] = troubles
 
-    def merge(self, vector: bytes, now: float) -> None:
-        """Fold in a neighbour's age vector (same roster order)."""
+    def merge(self, vector: bytes, now: float, via: int | None = None) -> None:
+        """Fold in the age vector (same roster order) of neighbour ``via``."""
         for i, byte in enumerate(vector[:len(self.members)]):
             units = byte >> 2
             if units >= AGE_MAX:
@@ -187,6 +201,8 @@ class Supervisor:
             if when > self.evidence.get(node, -math.inf):
                 self.evidence[node] = when
                 self.troubles[node] = byte & 0x03
+                if via is not None:
+                    self.via[node] = via
 
     def stale_about_me(self, vector: bytes, interval: float) -> bool:
         """Whether a neighbour's vector shows it missed this node's recent heartbeats.
@@ -248,35 +264,107 @@ class Supervisor:
         if node in self.index and node != self.me and last_alive > self.verdicts.get(node, -math.inf):
             self.verdicts[node] = last_alive
 
+    def radio(self, up: bool, now: float) -> None:
+        """This node's own radio is ``up`` (connected) or down, as of ``now``: a node without its
+        radio hears nobody, so it must not take the silence for its neighbours'."""
+        if not up:
+            self.listening_since = None
+        elif self.listening_since is None:
+            self.listening_since = now
+
+    def judging(self, now: float) -> bool:
+        """Whether this node may judge its neighbours: its radio has been up for a whole period.
+
+        Back from an outage, its news of every neighbour is as old as the outage, and a live
+        neighbour may need most of a period to be heard (2.5 heartbeats a period, polls at 0.6 of
+        it): judging sooner would condemn healthy buildings for this node's own deafness. At start
+        the node is listening, and a period passes before any verdict, as it always did.
+        """
+        return self.listening_since is not None and now - self.listening_since >= self.period - VERDICT_LEAD
+
     def due_verdicts(self, now: float) -> list[tuple[int, float]]:
         """Neighbours silent for ``period`` (less ``VERDICT_LEAD``) that no verdict has named yet: (node, last alive).
 
         The lead is the random wait before a verdict and its flood: the block shows the building
-        silent about ``period`` seconds after it went quiet, not ``period`` plus those.
+        silent about ``period`` seconds after it went quiet, not ``period`` plus those. None while
+        this node's own radio is down, and the silence counts only from when it came back.
         """
+        if self.listening_since is None:
+            return []
         out = []
         for node in sorted(self.neighbours):
             when = self.evidence.get(node, -math.inf)
-            if (node != self.me and now - when > self.period - VERDICT_LEAD
+            if (node != self.me and now - max(when, self.listening_since) > self.period - VERDICT_LEAD
                     and self.verdicts.get(node, -math.inf) < when):
                 out.append((node, when))
         return out
 
+    def _named_silent(self, node: int) -> bool:
+        """A live neighbour of ``node`` said it is silent, and nothing newer has been heard of it."""
+        named = self.verdicts.get(node)
+        when = self.evidence.get(node)
+        return named is not None and (when is None or when <= named + self.unit)
+
+    def _carrier_down(self, node: int, now: float) -> int | None:
+        """The neighbour that carried the freshest news of far ``node``, if it is silent (named, or
+        stale past the period) and has not been heard since it carried that news; else None."""
+        carrier, when = self.via.get(node), self.evidence.get(node)
+        if carrier is None or when is None or carrier == node or carrier not in self.neighbours:
+            return None
+        if self._named_silent(carrier):
+            return carrier if when <= self.verdicts[carrier] + self.unit else None
+        last = self.evidence.get(carrier, -math.inf)
+        # stale, and not named yet: this node calls it silent within seconds (its verdict's random wait)
+        return carrier if now - last > self.period and when <= last + self.unit else None
+
+    def through(self, node: int, now: float) -> int | None:
+        """The building through which news of ``node`` stopped, or None while its news can flow.
+
+        This node itself while its radio is down or freshly back; else the neighbour its freshest
+        news came through, if that one is now silent and has not been heard since it carried it;
+        else, once ``node``'s news is stale, the building judged silent soonest after that news
+        (its news stopped no later than that building did, which stands between: the broken loop).
+        Neighbours are judged by this node, not reached through anyone.
+        """
+        if not self.judging(now):
+            return self.me
+        if node in self.neighbours or node == self.me or node not in self.evidence:
+            return None
+        carrier = self._carrier_down(node, now)
+        if carrier is not None:
+            return carrier
+        when = self.evidence[node]
+        if now - when <= 3 * self.period:
+            return None  # far news is slow (a heartbeat interval a hop): not stale yet
+        breaks = [(last, s) for s, last in self.verdicts.items()
+                  if s != node and self._named_silent(s) and last >= when - self.unit]
+        return min(breaks)[1] if breaks else None
+
     def status(self, node: int, now: float) -> str:
-        """``ok``, ``trouble`` (alive, with troubles of its own), ``silent``, or ``unknown`` (just started)."""
+        """``ok``, ``trouble`` (alive, with troubles of its own), ``silent`` (a live neighbour said so, or
+        this node judged it), ``unreachable`` (its news stopped at a building between, or this node's own
+        radio is down or freshly back: ``through``), or ``unknown`` (not heard since this node started)."""
         if node == self.me:
             return "trouble" if self.troubles.get(node) else "ok"
-        when = self.evidence.get(node)
-        named = self.verdicts.get(node)
-        if named is not None and (when is None or when <= named + self.unit):
+        if self._named_silent(node):
             return "silent"  # a neighbour said so, and nothing newer has been heard of it
+        when = self.evidence.get(node)
+        if node not in self.neighbours and self.judging(now) and self._carrier_down(node, now) is not None:
+            return "unreachable"  # its news came through a building that is down: not its own silence
         limit = self.period if node in self.neighbours else 3 * self.period
-        if when is None or now - when > limit:
-            return "silent" if now - self.started > limit else "unknown"
-        return "trouble" if self.troubles.get(node) else "ok"
+        if when is not None and now - when <= limit:
+            return "trouble" if self.troubles.get(node) else "ok"
+        if when is None and now - self.started <= limit:
+            return "unknown"
+        if self.through(node, now) is not None:
+            return "unreachable"
+        return "silent"  # this node's own judgement, or far and no verdict could reach it
 
     def alive(self, now: float) -> set[int]:
         return {m for m in self.members if self.status(m, now) in ("ok", "trouble")}
 
     def silent(self, now: float) -> set[int]:
         return {m for m in self.members if self.status(m, now) == "silent"}
+
+    def unreachable(self, now: float) -> set[int]:
+        return {m for m in self.members if self.status(m, now) == "unreachable"}
