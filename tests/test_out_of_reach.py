@@ -191,3 +191,24 @@ def test_the_page_says_out_of_reach_in_every_language(tmp_path):
         assert "B2" in words
         if language != "en":
             assert words != "out of reach (through B2)", f"{language}: not translated"
+
+
+def test_a_receipt_waits_for_the_radio_instead_of_being_spent(tmp_path):
+    """A receipt due while the radio is away is held, not signed and dropped: receipts of a state are
+    capped, and each one spent on a dead radio is one fewer to re-converge the coverage with later."""
+    block = Block(tmp_path / "b", 3, "line", scale=None, seed=7).start()
+    try:
+        block.scheduler.run_for(60)
+        sent = Recorder(block)
+        block.air.radios[2].plugged = False
+        alert = block.nodes[2].report()
+        block.scheduler.run_for(90)   # past every first-receipt wait
+        node = block.nodes[2]
+        assert node.counts["receipt"] == 0 and node.counts["receipt-held"] > 0
+        assert not [f for f in sent.frames(2) if isinstance(f, wire.ReceiptFrame)]
+        block.air.radios[2].plugged = True
+        assert block.scheduler.run_until_true(
+            lambda: any(isinstance(f, wire.ReceiptFrame) and f.alert_id == alert.id for f in sent.frames(2)),
+            limit=120) is not None, "the held receipt goes once the radio is back"
+    finally:
+        block.stop()

@@ -289,6 +289,11 @@ class Receipts:
                 receipt.due = None   # every live neighbour already showed all this one would say
                 self.counts["receipt-suppressed"] += 1
                 continue
+            if self.outbox.radio_down:
+                # it would be dropped unsent: keep it for when the radio is back rather than spend one of MAX_RECEIPTS
+                receipt.due = now + RECEIPT_GAP
+                self.counts["receipt-held"] += 1
+                continue
             signed = self.signer.sign(wire.ReceiptFrame, *alerts.parse_alert_id(alert.id), key[1],
                                       self.roster.version, coverage.to_bitmap(received, self.members),
                                       coverage.to_bitmap(sounded, self.members))
