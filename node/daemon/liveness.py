@@ -30,6 +30,9 @@ VERDICT_JITTER = 8.0      # seconds: the random wait before calling a neighbour 
 VERDICT_AGAIN = (2.0, 6.0)  # seconds: the random wait before flooding this node's own verdict once more
 MESH_DEGRADED = 0.40      # channel utilisation above which the mesh is degraded
 PEER_ROW_REFRESH = 60.0   # seconds of newer evidence that are worth a write of a peer's row by themselves
+# Seconds after its signing (on the block clock) that a heartbeat is still news: it goes to direct
+# neighbours only, so anything older is a recording played back, or one held up far too long.
+FRESH = 30.0
 # The heartbeat mask's own bit for "wiped", without the 2-bit summary (radio, anything else)
 # that every trouble also sets: a wiped node may have other troubles, but only this bit says wiped.
 SUMMARY_BITS = 0x03
@@ -95,25 +98,36 @@ class Liveness:
 
     # -- frames from the air -------------------------------------------------------------
 
-    def heard(self, frame: wire.Frame, now: float) -> None:
-        """Any verified frame: its origin was heard (inside the caller's transaction)."""
-        troubles = frame.troubles if isinstance(frame, wire.HeartbeatFrame) else None
-        self.store.peer_heard(frame.origin, now, troubles)
-        # Heartbeats and receipts come from their signer itself, one hop away: first-hand
-        # news that it is alive. A transition or a verdict may be a relay or a repair,
-        # minutes old, from a node anywhere in the block.
-        if isinstance(frame, (wire.HeartbeatFrame, wire.ReceiptFrame)):
-            self.supervisor.heard(frame.origin, now,
-                                  supervision.trouble_bits_from_mask(troubles) if troubles is not None else None)
+    def signed_at(self, stamp: int, now: float) -> float:
+        """When a heartbeat or verdict signed at block time ``stamp`` was signed, on this node's clock.
+
+        The clock first rises to ``stamp`` if it is ahead (``node.protocol.clock``). A recording
+        converts to an old time, so it is never fresher news than what this node holds.
+        """
+        self.signer.clock.observe(stamp, now)
+        return self.signer.clock.to_local(stamp, now)
 
     def apply_heartbeat(self, frame: wire.HeartbeatFrame, now: float) -> None:
+        """A neighbour's heartbeat (inside the caller's transaction): first-hand news of it, and its gossip.
+
+        Only a heartbeat signed at most ``FRESH`` seconds ago counts: heartbeats go to direct
+        neighbours only, so one signed earlier is a recording played back (or one held up far too
+        long), and nothing in it is news. Its ages are relative to when it was signed.
+        """
+        signed = self.signed_at(frame.clock, now)
+        if now - signed > FRESH:
+            self.counts["stale-heartbeat"] += 1
+            log.debug("heartbeat from node %s signed %.0f s ago: old news", frame.origin, now - signed)
+            return
+        self.store.peer_heard(frame.origin, signed, frame.troubles)
+        self.supervisor.heard(frame.origin, signed, supervision.trouble_bits_from_mask(frame.troubles))
         if frame.troubles & WIPED_BIT:
             name = self.roster.members[frame.origin].name
             self.troubles.record(f"wiped-{frame.origin}", f"{name} was wiped: ask the organizers to revoke its key",
                                  now)
             log.critical("node %s (%s) says it was wiped; its key must be revoked", frame.origin, name)
         if frame.roster_version == self.roster.version:
-            self.supervisor.merge(frame.vector, now)
+            self.supervisor.merge(frame.vector, signed)
             # It missed our recent heartbeats: send the next one early rather than let it age.
             if self.supervisor.stale_about_me(frame.vector, self.heartbeat_interval):
                 self.answer_early(now, "answer")
@@ -136,12 +150,28 @@ class Liveness:
             self.relays.repair(latest, frame.origin, now)
 
     def apply_silent(self, frame: wire.SilentFrame, now: float, data: bytes) -> None:
-        """A neighbour of ``frame.subject`` says it has gone silent: show it, and pass the word on."""
+        """A neighbour of ``frame.subject`` says it has gone silent: show it, and pass the word on.
+
+        The verdict counts only if this node has no news of the subject alive after the verdict's
+        "last alive" (its block time less ``silent_for``): a recorded verdict played back after
+        the building came back is old news, and is neither shown nor passed on.
+        """
+        signed = self.signed_at(frame.clock, now)
+        last_alive = signed - frame.silent_for
+        known = self.supervisor.evidence.get(frame.subject)
         if frame.subject == self.me:
+            if now - signed > self.supervisor.period:   # a recording: no one is asking now
+                self.counts["stale-verdict"] += 1
+                return
             log.warning("node %s says this node is silent; answering with a heartbeat", frame.origin)
             self._heartbeat_early(now)
             return
-        self.supervisor.verdict(frame.subject, now - frame.silent_for)
+        if known is not None and known > last_alive + self.supervisor.unit:
+            self.counts["stale-verdict"] += 1
+            log.info("node %s's verdict on %s (last alive %.0f s ago) is old news here", frame.origin,
+                     self.roster.members[frame.subject].name, now - last_alive)
+            return
+        self.supervisor.verdict(frame.subject, last_alive)
         log.warning("TROUBLE: %s is silent (%d s, says node %s)", self.roster.members[frame.subject].name,
                     frame.silent_for, frame.origin)
         # Every node relays a verdict once (they are rare, and a node that misses one waits long).
@@ -175,7 +205,7 @@ class Liveness:
                 continue
             del self._verdicts_due[node]
             self.supervisor.verdict(node, last)
-            signed = self.signer.sign(wire.SilentFrame, node, int(min(now - last, 0xFFFF)))
+            signed = self.signer.sign(wire.SilentFrame, node, int(min(now - last, 0xFFFF)), self.signer.stamp(now))
             log.warning("TROUBLE: %s is silent: nothing from it for %.0f s; telling the block",
                         self.roster.members[node].name, now - last)
             self.outbox.send_ephemeral(signed.data, hop_limit=None)
@@ -202,7 +232,8 @@ class Liveness:
         troubles = self.store.troubles()
         vector = self.supervisor.vector(now, supervision.trouble_bits(troubles))[:wire.MAX_VECTOR]
         signed = self.signer.sign(wire.HeartbeatFrame, supervision.trouble_mask(troubles), self.roster.version,
-                                  reporter, acounter, int(latest.state) if latest else 0, vector)
+                                  reporter, acounter, int(latest.state) if latest else 0, vector,
+                                  self.signer.stamp(now))
         self.outbox.send_ephemeral(signed.data, hop_limit=0)
         self.counts["heartbeat"] += 1
 

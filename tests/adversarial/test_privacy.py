@@ -58,10 +58,10 @@ ALLOWED_FRAME_FIELDS: dict[str, tuple[str, ...]] = {
     "ReceiptFrame": ("origin", "counter", "alert_reporter", "alert_counter", "state", "roster_version",
                      "received", "sounded"),
     "HeartbeatFrame": ("origin", "counter", "troubles", "roster_version", "latest_reporter", "latest_counter",
-                       "latest_state", "vector"),
-    "SilentFrame": ("origin", "counter", "subject", "silent_for"),
+                       "latest_state", "vector", "clock"),
+    "SilentFrame": ("origin", "counter", "subject", "silent_for", "clock"),
 }
-ALLOWED_WIRE_LAYOUT = {"header": ">BBHI", 1: ">HIBBH", 2: ">HIBH", 3: ">HHHIB", 4: ">HH"}
+ALLOWED_WIRE_LAYOUT = {"header": ">BBHI", 1: ">HIBBH", 2: ">HIBH", 3: ">HHHIBI", 4: ">HHI"}
 
 
 def schema(path: Path) -> dict[str, dict[str, str]]:
