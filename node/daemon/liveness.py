@@ -32,7 +32,9 @@ MESH_DEGRADED = 0.40      # channel utilisation above which the mesh is degraded
 PEER_ROW_REFRESH = 60.0   # seconds of newer evidence that are worth a write of a peer's row by themselves
 # Seconds after its signing (on the block clock) that a heartbeat is still news: it goes to direct
 # neighbours only, so anything older is a recording played back, or one held up far too long.
-FRESH = 30.0
+# (The clocks of two neighbours agree within a few seconds; a heartbeat waits in the radio's queue
+# for a few airtimes at most.)
+FRESH = 20.0
 # The heartbeat mask's own bit for "wiped", without the 2-bit summary (radio, anything else)
 # that every trouble also sets: a wiped node may have other troubles, but only this bit says wiped.
 SUMMARY_BITS = 0x03
@@ -154,7 +156,8 @@ class Liveness:
 
         The verdict counts only if this node has no news of the subject alive after the verdict's
         "last alive" (its block time less ``silent_for``): a recorded verdict played back after
-        the building came back is old news, and is neither shown nor passed on.
+        the building came back is old news, and is neither shown nor passed on; nor is one about an
+        outage this node already shows (say, the judge's second copy).
         """
         signed = self.signed_at(frame.clock, now)
         last_alive = signed - frame.silent_for
@@ -170,6 +173,9 @@ class Liveness:
             self.counts["stale-verdict"] += 1
             log.info("node %s's verdict on %s (last alive %.0f s ago) is old news here", frame.origin,
                      self.roster.members[frame.subject].name, now - last_alive)
+            return
+        if self.supervisor.verdicts.get(frame.subject, NEVER) >= last_alive - self.supervisor.unit:
+            self.counts["known-verdict"] += 1   # this outage is shown already, and was passed on then
             return
         self.supervisor.verdict(frame.subject, last_alive)
         log.warning("TROUBLE: %s is silent (%d s, says node %s)", self.roster.members[frame.subject].name,
