@@ -32,9 +32,10 @@ MESH_DEGRADED = 0.40      # channel utilisation above which the mesh is degraded
 PEER_ROW_REFRESH = 60.0   # seconds of newer evidence that are worth a write of a peer's row by themselves
 # Seconds after its signing (on the block clock) that a heartbeat is still news: it goes to direct
 # neighbours only, so anything older is a recording played back, or one held up far too long.
-# (The clocks of two neighbours agree within a few seconds; a heartbeat waits in the radio's queue
-# for a few airtimes at most.)
-FRESH = 20.0
+# Neighbours' clocks agree within seconds, but on a crowded channel a heartbeat can wait in the
+# radio's queue for tens of seconds (a flood: 20-60 s), and its repair cue is still worth having.
+# A copy played back sooner says only what was true when it was signed: its ages count from then.
+FRESH = 60.0
 # The heartbeat mask's own bit for "wiped", without the 2-bit summary (radio, anything else)
 # that every trouble also sets: a wiped node may have other troubles, but only this bit says wiped.
 SUMMARY_BITS = 0x03
