@@ -3,10 +3,10 @@
 A frame is decoded and verified (``wire.decode``: signature, roster, replay). One this
 node signed itself (a neighbour's relay of it, or a recording) is dropped there, whatever
 its counter, before it reaches the store or the event log: counted as ``own-echo``. The
-rest are counted
-against its origin's allowance (``OriginRateLimit``), then applied in one transaction:
-transitions by the alert desk, receipts by ``Receipts``, heartbeats and verdicts by
-``Liveness``. One bad frame never stops the node.
+rest are counted against their origin's allowance (``OriginRateLimit``), then applied in
+one transaction: transitions by the alert desk, receipts by ``Receipts``, heartbeats and
+verdicts by ``Liveness`` (which tells fresh news from recordings by the block clock).
+One bad frame never stops the node.
 """
 
 from __future__ import annotations
