@@ -307,12 +307,14 @@ class Store:
             self.db.execute(f"DELETE FROM peers WHERE node_id NOT IN ({','.join('?' * len(roster.members))})",
                             list(roster.members))
 
-    def peer_heard(self, node_id: int, now: float, troubles: int | None = None) -> None:
+    def peer_heard(self, node_id: int, when: float, troubles: int | None = None) -> None:
+        """A heartbeat from ``node_id`` signed at ``when`` (seconds): kept unless newer news is already here."""
         if troubles is None:
-            self.db.execute("UPDATE peers SET last_heard = ? WHERE node_id = ?", [now, node_id])
+            self.db.execute("UPDATE peers SET last_heard = ? WHERE node_id = ? AND "
+                            "(last_heard IS NULL OR last_heard < ?)", [when, node_id, when])
         else:
-            self.db.execute("UPDATE peers SET last_heard = ?, troubles = ? WHERE node_id = ?",
-                            [now, troubles, node_id])
+            self.db.execute("UPDATE peers SET last_heard = ?, troubles = ? WHERE node_id = ? AND "
+                            "(last_heard IS NULL OR last_heard < ?)", [when, troubles, node_id, when])
 
     def peers(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM peers ORDER BY node_id"))

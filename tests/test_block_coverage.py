@@ -219,7 +219,8 @@ def test_a_receipt_for_an_alert_it_missed_makes_a_node_ask_for_it(make_block):
     with two.store.transaction():
         counter = two.store.next_counter()
     receipt = wire.ReceiptFrame(2, counter, *parse_alert_id(alert.id), State.REPORTED, two.roster.version,
-                                coverage.to_bitmap({1, 2}, two.members), coverage.to_bitmap({1, 2}, two.members))
+                                coverage.to_bitmap({1, 2}, two.members), coverage.to_bitmap({1, 2}, two.members),
+                                two.signer.stamp(block.clock()))
     regular = three.liveness.next_heartbeat
     three.on_frame(wire.encode(receipt, two.key, two.roster.block))
     assert three.counts["pull"] == 1, (dict(three.counts), three.liveness.early_heartbeat, block.clock())

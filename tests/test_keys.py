@@ -342,3 +342,23 @@ def test_load_identity_finds_this_node_and_refuses_a_revoked_or_unknown_key(rost
     SigningKey.create(stranger.key_file)
     with pytest.raises(RosterError, match="this node's key is not on roster v1"):
         load_identity(stranger, revoked_ok=True)
+
+
+def test_a_roster_larger_than_a_receipt_can_carry_is_refused_by_name(roster_setup):
+    """Every roster node has a bit in each receipt; a roster that would not fit one is refused at
+    signing and at load, not a crash when the first receipt is built."""
+    from node.protocol import keys, wire
+
+    body = copy.deepcopy(roster_setup.body)
+    template = body["nodes"][0]
+    body["nodes"] = [dict(template, id=i, location=1000 + i) for i in range(1, keys.MAX_MEMBERS + 2)]
+    with pytest.raises(RosterError, match=f"at most {keys.MAX_MEMBERS}"):
+        sign_roster(body, roster_setup.organizer)
+    with pytest.raises(RosterError, match="at most"):
+        Roster.parse(force_sign(body, roster_setup.organizer), roster_setup.organizer.public)
+    body["nodes"] = body["nodes"][:keys.MAX_MEMBERS]
+    roster = Roster.parse(sign_roster(body, roster_setup.organizer), roster_setup.organizer.public)
+    members = sorted(roster.members)
+    full = wire.ReceiptFrame(1, 1, 1, 1, wire.State.REPORTED, 1, bytes((len(members) + 7) // 8),
+                             bytes((len(members) + 7) // 8), 1)
+    assert len(wire.encode(full, roster_setup.keys[1], roster.block)) <= wire.MAX_FRAME

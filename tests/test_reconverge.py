@@ -123,7 +123,8 @@ def test_a_neighbour_behind_in_the_receipts_is_repaired_before_its_next_heartbea
     with three.store.transaction():
         counter = three.store.next_counter()
     receipt = wire.ReceiptFrame(3, counter, *parse_alert_id(alert.id), State.REPORTED, three.roster.version,
-                                coverage.to_bitmap({1, 2, 3}, three.members), coverage.to_bitmap({1, 2, 3}, three.members))
+                                coverage.to_bitmap({1, 2, 3}, three.members), coverage.to_bitmap({1, 2, 3}, three.members),
+                                three.signer.stamp(block.clock()))
     heard = run.now()
     two.on_frame(wire.encode(receipt, three.key, three.roster.block))
     repaired = run.run_until_true(lambda: has(block, 3, alert.id, State.CANCELLED), limit=60, step=0.05)

@@ -97,7 +97,7 @@ def test_the_outbox_sends_only_frames_this_node_signed(tmp_path):
     node = Node(cfg, link=link, pin_factory=mock_factory(), clock=lambda: 1_800_000_000.0).start()
     try:
         neighbour = SigningKey.load(other.key_file)   # a neighbour's valid frame, replayed by the page
-        foreign = wire.encode(wire.HeartbeatFrame(2, 77, 0, 1, 0, 0, 0, b""), neighbour, load_roster(cfg).block)
+        foreign = wire.encode(wire.HeartbeatFrame(2, 77, 0, 1, 0, 0, 0, b"", 0), neighbour, load_roster(cfg).block)
         for junk in (foreign, b"\x01" * 82):
             _as_the_page(cfg, "INSERT INTO outbox (frame, created_at) VALUES (?, ?)", [junk, node.clock()])
         node.report(Kind.RAID)

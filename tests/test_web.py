@@ -27,6 +27,8 @@ def block(tmp_path_factory):
     b.nodes[2].act("confirm", first.id)
     test = b.nodes[3].report(Kind.TEST, location=103)
     until(b, lambda: everywhere(b, first.id, State.CONFIRMED) and everywhere(b, test.id, State.REPORTED))
+    # Until node 3 has news of every building (B1 two hops away: through B2's heartbeats)
+    until(b, lambda: {p["status"] for p in b.nodes[3].store.peers() if p["node_id"] != 3} == {"ok"})
     yield b
     b.stop()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,16 +18,18 @@ FRAMES = {
     FrameType.TRANSITION: TransitionFrame(origin=2, counter=41, alert_reporter=1, alert_counter=7,
                                           kind=Kind.RAID, state=State.CONFIRMED, location=101),
     FrameType.RECEIPT: ReceiptFrame(origin=3, counter=9, alert_reporter=1, alert_counter=7,
-                                    state=State.CONFIRMED, roster_version=1, received=b"\x07", sounded=b"\x03"),
+                                    state=State.CONFIRMED, roster_version=1, received=b"\x07", sounded=b"\x03",
+                                    clock=1_790_000_789),
     FrameType.HEARTBEAT: HeartbeatFrame(origin=1, counter=1000, troubles=0b101, roster_version=1,
                                         latest_reporter=1, latest_counter=7, latest_state=int(State.REPORTED),
-                                        vector=bytes([0x05, 0x30, 0xF0, 0x21])),
-    FrameType.SILENT: SilentFrame(origin=2, counter=77, subject=3, silent_for=185),
+                                        vector=bytes([0x05, 0x30, 0xF0, 0x21]), clock=1_790_000_123),
+    FrameType.SILENT: SilentFrame(origin=2, counter=77, subject=3, silent_for=185, clock=1_790_000_456),
 }
 
 
 def heartbeat(origin=1, counter=1, **changes):
-    fields = dict(troubles=0, roster_version=1, latest_reporter=0, latest_counter=0, latest_state=0, vector=b"")
+    fields = dict(troubles=0, roster_version=1, latest_reporter=0, latest_counter=0, latest_state=0, vector=b"",
+                  clock=1_790_000_000)
     return HeartbeatFrame(origin=origin, counter=counter, **{**fields, **changes})
 
 
@@ -63,19 +67,19 @@ def test_every_frame_type_round_trips(roster_setup, frame):
 
 def test_frame_sizes(roster_setup):
     sizes = {t: len(encode(roster_setup, f)) for t, f in FRAMES.items()}
-    assert sizes == {FrameType.TRANSITION: 82, FrameType.RECEIPT: 83, FrameType.HEARTBEAT: 87, FrameType.SILENT: 76}
+    assert sizes == {FrameType.TRANSITION: 82, FrameType.RECEIPT: 87, FrameType.HEARTBEAT: 91, FrameType.SILENT: 80}
     assert sizes[FrameType.HEARTBEAT] == frame_size(FrameType.HEARTBEAT, 4)
 
 
 def test_the_largest_frames_fit_in_120_bytes(roster_setup):
-    big_receipt = ReceiptFrame(3, 9, 1, 7, State.REPORTED, 1, bytes(19), bytes(19))
-    big_heartbeat = heartbeat(vector=bytes(36))
-    assert len(encode(roster_setup, big_receipt)) == 119 == len(encode(roster_setup, big_heartbeat))
-    assert MAX_FRAME == 120
+    big_receipt = ReceiptFrame(3, 9, 1, 7, State.REPORTED, 1, bytes(17), bytes(17), 1)
+    big_heartbeat = heartbeat(vector=bytes(33))
+    assert len(encode(roster_setup, big_receipt)) == 119
+    assert len(encode(roster_setup, big_heartbeat)) == 120 == MAX_FRAME
     with pytest.raises(ValueError):
-        encode(roster_setup, heartbeat(vector=bytes(37)))
+        encode(roster_setup, heartbeat(vector=bytes(34)))
     with pytest.raises(ValueError):
-        encode(roster_setup, ReceiptFrame(3, 9, 1, 7, State.REPORTED, 1, bytes(20), bytes(20)))
+        encode(roster_setup, ReceiptFrame(3, 9, 1, 7, State.REPORTED, 1, bytes(18), bytes(18), 1))
 
 
 def test_bytearray_and_memoryview_are_accepted(roster_setup, frame):
@@ -91,7 +95,7 @@ def test_transition_frame_carries_the_alert(roster_setup):
 
 
 def test_receipt_bitmaps_round_trip(roster_setup):
-    frame = ReceiptFrame(3, 10, 1, 7, State.ALL_CLEAR, 2, received=b"\xff\x01", sounded=b"\x00\x00")
+    frame = ReceiptFrame(3, 10, 1, 7, State.ALL_CLEAR, 2, received=b"\xff\x01", sounded=b"\x00\x00", clock=5)
     decoded = wire.decode(encode(roster_setup, frame), roster_setup.roster)
     assert decoded == frame and decoded.alert_id == "1-7"
 
@@ -140,8 +144,8 @@ def test_every_single_bit_flip_is_rejected(roster_setup, frame):
 
 def test_too_short_is_truncated(roster_setup, frame):
     data = encode(roster_setup, frame)
-    shortest = {FrameType.TRANSITION: 82, FrameType.RECEIPT: 83, FrameType.HEARTBEAT: 83,
-                FrameType.SILENT: 76}[frame.type]
+    shortest = {FrameType.TRANSITION: 82, FrameType.RECEIPT: 87, FrameType.HEARTBEAT: 87,
+                FrameType.SILENT: 80}[frame.type]
     assert reason(data[:shortest - 1], roster_setup.roster) == "truncated"
     assert reason(b"", roster_setup.roster) == "truncated"
 
@@ -154,8 +158,8 @@ def test_transition_cut_short_is_truncated(roster_setup):
 def test_longer_than_its_type_is_oversized(roster_setup):
     data = encode(roster_setup, FRAMES[FrameType.TRANSITION])
     assert reason(data + b"\0", roster_setup.roster) == "oversized"
-    full = encode(roster_setup, heartbeat(vector=bytes(36)))
-    assert len(full) == 119 and reason(full + b"\0", roster_setup.roster) == "oversized"
+    full = encode(roster_setup, heartbeat(vector=bytes(33)))
+    assert len(full) == 120 and reason(full + b"\0", roster_setup.roster) == "oversized"
 
 
 def test_a_receipt_with_unequal_bitmaps_is_refused(roster_setup):
@@ -167,10 +171,21 @@ def test_longer_than_max_frame_is_oversized(roster_setup):
     assert reason(bytes(MAX_FRAME + 1), roster_setup.roster) == "oversized"
 
 
-def test_unknown_version(roster_setup, frame):
+@pytest.mark.parametrize("version", [1, 3])
+def test_unknown_version(roster_setup, frame, version):
     data = bytearray(encode(roster_setup, frame))
-    data[0] = 2
+    data[0] = version
     assert reason(bytes(data), roster_setup.roster) == "unknown-version"
+
+
+def test_a_version_1_frame_is_refused_with_a_clear_reason(roster_setup):
+    """Version 1 heartbeats and verdicts had no block time; a node on the old release is named as such."""
+    old = struct.pack(">BBHI", 1, 4, 2, 77) + struct.pack(">HH", 3, 185)
+    data = old + roster_setup.keys[2].sign(b"silbato/1\0" + roster_setup.block.encode() + b"\0" + old)
+    with pytest.raises(FrameError) as exc:
+        wire.decode(data + bytes(4), roster_setup.roster)  # padded to version 2's size
+    assert exc.value.reason == "unknown-version"
+    assert "version 1" in str(exc.value) and "version 2" in str(exc.value)
 
 
 def test_unknown_type(roster_setup, frame):
@@ -217,7 +232,7 @@ def test_signed_transition_with_bad_field_is_refused(roster_setup, changes):
 
 
 def test_signed_receipt_with_an_unknown_state_is_refused(roster_setup):
-    unsigned = wire._HEADER.pack(wire.VERSION, FrameType.RECEIPT, 3, 9) + bytes([0, 1, 0, 0, 0, 7, 9, 0, 1, 1, 1])
+    unsigned = wire._HEADER.pack(wire.VERSION, FrameType.RECEIPT, 3, 9) + bytes([0, 1, 0, 0, 0, 7, 9, 0, 1, 0, 0, 0, 5, 1, 1])
     # Signed as the module docstring specifies: b"silbato/1\0" + block + b"\0" + header + body.
     signature = roster_setup.keys[3].sign(b"silbato/1\0" + roster_setup.block.encode() + b"\0" + unsigned)
     assert reason(unsigned + signature, roster_setup.roster) == "bad-field"
@@ -290,5 +305,5 @@ def test_a_released_memoryview_is_refused(roster_setup, frame):
 
 @pytest.mark.parametrize("subject", [9, 2])  # not on the roster; the sender itself
 def test_a_silent_verdict_about_a_bad_subject_is_refused(roster_setup, subject):
-    frame = SilentFrame(origin=2, counter=5, subject=subject, silent_for=200)
+    frame = SilentFrame(origin=2, counter=5, subject=subject, silent_for=200, clock=1_790_000_000)
     assert reason(encode(roster_setup, frame), roster_setup.roster) == "bad-field"

@@ -1,9 +1,12 @@
 """Frames heard on the air: verify, limit floods, record, and hand each to the one who acts on it.
 
-A frame is decoded and verified (``wire.decode``: signature, roster, replay), counted
-against its origin's allowance (``OriginRateLimit``), then applied in one transaction:
-transitions by the alert desk, receipts by ``Receipts``, heartbeats and verdicts by
-``Liveness``. One bad frame never stops the node.
+A frame is decoded and verified (``wire.decode``: signature, roster, replay). One this
+node signed itself (a neighbour's relay of it, or a recording) is dropped there, whatever
+its counter, before it reaches the store or the event log: counted as ``own-echo``. The
+rest are counted against their origin's allowance (``OriginRateLimit``), then applied in
+one transaction: transitions by the alert desk, receipts by ``Receipts``, heartbeats and
+verdicts by ``Liveness`` (which tells fresh news from recordings by the block clock).
+One bad frame never stops the node.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ log = logging.getLogger(__name__)
 class Inbox:
     """Frames from the air, one at a time under the node's ``lock``; ``changed`` is notified after each."""
 
-    def __init__(self, roster: Roster, store: Store, rate_limit: OriginRateLimit, *, desk: Desk,
+    def __init__(self, me: int, roster: Roster, store: Store, rate_limit: OriginRateLimit, *, desk: Desk,
                  liveness: Liveness, relays: Relays, receipts: Receipts, troubles: Troubles,
                  counts: collections.Counter[str], clock: Callable[[], float], lock: threading.RLock,
                  changed: threading.Condition):
-        self.roster, self.store, self.rate_limit = roster, store, rate_limit
+        self.me, self.roster, self.store, self.rate_limit = me, roster, store, rate_limit
         self.desk, self.liveness, self.relays, self.receipts, self.troubles = desk, liveness, relays, receipts, troubles
         self.counts, self.clock, self._lock, self._changed = counts, clock, lock, changed
 
@@ -50,7 +53,7 @@ class Inbox:
         with self._lock:
             now = self.clock()
             try:
-                frame = wire.decode(data, self.roster, seen=self.store.seen)
+                frame = wire.decode(data, self.roster, seen=self._seen)
             except FrameError as exc:
                 self.counts[exc.reason] += 1
                 if exc.reason == "replayed":
@@ -59,6 +62,13 @@ class Inbox:
                 level = logging.DEBUG if exc.reason == "replayed" else logging.WARNING
                 log.log(level, "frame refused: %s (header %s)", exc, wire.peek_origin(bytes(data)) if
                         isinstance(data, (bytes, bytearray)) else None)
+                return
+            if frame.origin == self.me:
+                # This node's own frame, passed back by a neighbour (or played back): nothing in it
+                # is news here, whatever its counter, before or after a restart. A copy still tells
+                # a pending relay or repair of it that a neighbour passed it on.
+                self.counts["own-echo"] += 1
+                self.relays.copy_heard(data)
                 return
             if not self.rate_limit.allow(frame.origin, now):
                 self.counts["rate-limited"] += 1  # dropped before it touches the store
@@ -79,10 +89,13 @@ class Inbox:
             self.troubles.show()
             self._changed.notify_all()
 
+    def _seen(self, origin: int, counter: int) -> bool:
+        """The replay check (``wire.decode``); this node's own frames are dropped after it, as ``own-echo``."""
+        return origin != self.me and self.store.seen(origin, counter)
+
     def _apply(self, frame: wire.Frame, now: float, data: bytes) -> Alert | None:
         """Record and apply a verified frame (inside the caller's transaction); return an alert to sound."""
         self.store.mark_seen(frame.origin, frame.counter)
-        self.liveness.heard(frame, now)
         if isinstance(frame, wire.TransitionFrame):
             return self.desk.apply_remote(frame, now, data)
         if isinstance(frame, wire.ReceiptFrame):

@@ -20,7 +20,7 @@ from node.daemon.outbox import Outbox
 from node.daemon.relays import NEVER, RELAY_DELAY, REPAIR_GAP, Relays
 from node.daemon.signer import Signer
 from node.daemon.troubles import Troubles
-from node.protocol import alerts, supervision, wire
+from node.protocol import alerts, clock, supervision, wire
 from node.protocol.alerts import Alert
 from node.protocol.keys import Roster
 from node.radio.link import Link
@@ -32,10 +32,20 @@ VERDICT_JITTER = 8.0      # seconds: the random wait before calling a neighbour 
 VERDICT_AGAIN = (2.0, 6.0)  # seconds: the random wait before flooding this node's own verdict once more
 MESH_DEGRADED = 0.40      # channel utilisation above which the mesh is degraded
 PEER_ROW_REFRESH = 60.0   # seconds of newer evidence that are worth a write of a peer's row by themselves
+# Seconds after its signing (on the block clock) that a heartbeat is still news: it goes to direct
+# neighbours only, so anything older is a recording played back, or one held up far too long.
+# Neighbours' clocks agree within seconds, but on a crowded channel a heartbeat can wait in the
+# radio's queue for tens of seconds (a flood: 20-60 s), and its repair cue is still worth having.
+# A copy played back sooner says only what was true when it was signed: its ages count from then.
+FRESH = clock.FRESH
+# Seconds a heartbeat goes on showing an alert after it ended (ALL CLEAR or CANCELLED): long enough
+# for every re-send of the end and the repairs it needs, then a node with no alert shows none.
+ENDED_SHOWN = 900.0
 # The heartbeat mask's own bit for "wiped", without the 2-bit summary (radio, anything else)
 # that every trouble also sets: a wiped node may have other troubles, but only this bit says wiped.
 SUMMARY_BITS = 0x03
 WIPED_BIT = supervision.trouble_mask(["wiped"]) & ~SUMMARY_BITS
+ACTIVE_CODES = frozenset(int(state) for state in alerts.ACTIVE)
 
 
 def jitter(rng: random.Random, seconds: float) -> float:
@@ -48,6 +58,20 @@ def latest_alert(store: Store) -> Alert | None:
     """The active alert updated last, or None."""
     active = store.active_alerts()
     return max(active, key=lambda a: a.updated_at) if active else None
+
+
+def shown_alert(store: Store, now: float) -> Alert | None:
+    """The alert a heartbeat shows: the active one updated last; with none active, the one that
+    ended last, for ``ENDED_SHOWN`` seconds after it ended. A neighbour still on an earlier state
+    of it then sees it is behind (and asks), rather than taking this node for one with no alert and
+    pushing its own stale state at it."""
+    latest = latest_alert(store)
+    if latest is not None:
+        return latest
+    recent = store.alerts(limit=1)
+    if recent and recent[0].state in alerts.ON_AIR and now - recent[0].updated_at <= ENDED_SHOWN:
+        return recent[0]
+    return None
 
 
 def make_supervisor(cfg: Config, me: int, members: list[int], now: float) -> supervision.Supervisor:
@@ -110,25 +134,35 @@ class Liveness:
 
     # -- frames from the air -------------------------------------------------------------
 
-    def heard(self, frame: wire.Frame, now: float) -> None:
-        """Any verified frame: its origin was heard (inside the caller's transaction)."""
-        troubles = frame.troubles if isinstance(frame, wire.HeartbeatFrame) else None
-        self.store.peer_heard(frame.origin, now, troubles)
-        # Heartbeats and receipts come from their signer itself, one hop away: first-hand
-        # news that it is alive. A transition or a verdict may be a relay or a repair,
-        # minutes old, from a node anywhere in the block.
-        if isinstance(frame, (wire.HeartbeatFrame, wire.ReceiptFrame)):
-            self.supervisor.heard(frame.origin, now,
-                                  supervision.trouble_bits_from_mask(troubles) if troubles is not None else None)
+    def signed_at(self, stamp: int, now: float) -> float:
+        """When a heartbeat or verdict signed at block time ``stamp`` was signed, on this node's clock.
+
+        The clock first rises to ``stamp`` if it is ahead (``node.protocol.clock``). A recording
+        converts to an old time, so it is never fresher news than what this node holds.
+        """
+        return self.signer.signed_at(stamp, now)
 
     def apply_heartbeat(self, frame: wire.HeartbeatFrame, now: float) -> None:
+        """A neighbour's heartbeat (inside the caller's transaction): first-hand news of it, and its gossip.
+
+        Only a heartbeat signed at most ``FRESH`` seconds ago counts: heartbeats go to direct
+        neighbours only, so one signed earlier is a recording played back (or one held up far too
+        long), and nothing in it is news. Its ages are relative to when it was signed.
+        """
+        signed = self.signed_at(frame.clock, now)
+        if now - signed > FRESH:
+            self.counts["stale-heartbeat"] += 1
+            log.debug("heartbeat from node %s signed %.0f s ago: old news", frame.origin, now - signed)
+            return
+        self.store.peer_heard(frame.origin, signed, frame.troubles)
+        self.supervisor.heard(frame.origin, signed, supervision.trouble_bits_from_mask(frame.troubles))
         if frame.troubles & WIPED_BIT:
             name = self.roster.members[frame.origin].name
             self.troubles.record(f"wiped-{frame.origin}", f"{name} was wiped: ask the organizers to revoke its key",
                                  now)
             log.critical("node %s (%s) says it was wiped; its key must be revoked", frame.origin, name)
         if frame.roster_version == self.roster.version:
-            self.supervisor.merge(frame.vector, now, via=frame.origin)
+            self.supervisor.merge(frame.vector, signed, via=frame.origin)
             # It missed our recent heartbeats: send the next one early rather than let it age.
             if self.supervisor.stale_about_me(frame.vector, self.heartbeat_interval):
                 self.answer_early(now, "answer")
@@ -137,8 +171,9 @@ class Liveness:
         # so that the neighbour sees it is behind and repairs it in turn.
         theirs = self.store.resolve(frame.latest_alert_id) if frame.latest_alert_id else None
         known = self.store.get_alert(theirs) if theirs else None
-        if theirs and (known is None or int(known.state) < frame.latest_state):
-            self.answer_early(now, "pull")
+        if theirs and ((known is None and frame.latest_state in ACTIVE_CODES)
+                       or (known is not None and int(known.state) < frame.latest_state)):
+            self.answer_early(now, "pull")   # (an ended alert it never had is not worth the air)
         if known is not None and int(known.state) > frame.latest_state and known.state in alerts.ON_AIR:
             self.relays.repair(known, frame.origin, now)   # it missed a later state, say the withdrawal
         # Our latest alert, to a neighbour that has none, or whose latest has ended here or is clearly
@@ -151,12 +186,32 @@ class Liveness:
             self.relays.repair(latest, frame.origin, now)
 
     def apply_silent(self, frame: wire.SilentFrame, now: float, data: bytes) -> None:
-        """A neighbour of ``frame.subject`` says it has gone silent: show it, and pass the word on."""
+        """A neighbour of ``frame.subject`` says it has gone silent: show it, and pass the word on.
+
+        The verdict counts only if this node has no news of the subject alive after the verdict's
+        "last alive" (its block time less ``silent_for``): a recorded verdict played back after
+        the building came back is old news, and is neither shown nor passed on; nor is one about an
+        outage this node already shows (say, the judge's second copy).
+        """
+        signed = self.signed_at(frame.clock, now)
+        last_alive = signed - frame.silent_for
+        known = self.supervisor.evidence.get(frame.subject)
         if frame.subject == self.me:
+            if now - signed > self.supervisor.period:   # a recording: no one is asking now
+                self.counts["stale-verdict"] += 1
+                return
             log.warning("node %s says this node is silent; answering with a heartbeat", frame.origin)
             self._heartbeat_early(now)
             return
-        self.supervisor.verdict(frame.subject, now - frame.silent_for)
+        if known is not None and known > last_alive + self.supervisor.unit:
+            self.counts["stale-verdict"] += 1
+            log.info("node %s's verdict on %s (last alive %.0f s ago) is old news here", frame.origin,
+                     self.roster.members[frame.subject].name, now - last_alive)
+            return
+        if self.supervisor.verdicts.get(frame.subject, NEVER) >= last_alive - self.supervisor.unit:
+            self.counts["known-verdict"] += 1   # this outage is shown already, and was passed on then
+            return
+        self.supervisor.verdict(frame.subject, last_alive)
         log.warning("TROUBLE: %s is silent (%d s, says node %s)", self.roster.members[frame.subject].name,
                     frame.silent_for, frame.origin)
         # Every node relays a verdict once (they are rare, and a node that misses one waits long).
@@ -192,7 +247,7 @@ class Liveness:
                 continue
             del self._verdicts_due[node]
             self.supervisor.verdict(node, last)
-            signed = self.signer.sign(wire.SilentFrame, node, int(min(now - last, 0xFFFF)))
+            signed = self.signer.sign(wire.SilentFrame, node, int(min(now - last, 0xFFFF)), self.signer.stamp(now))
             log.warning("TROUBLE: %s is silent: nothing from it for %.0f s; telling the block",
                         self.roster.members[node].name, now - last)
             self.outbox.send_ephemeral(signed.data, hop_limit=None)
@@ -214,13 +269,14 @@ class Liveness:
             return  # none while the radio is away: it would go out stale, if at all
         self.heartbeat_interval = self._interval()
         self.next_heartbeat = now + jitter(self.rng, self.heartbeat_interval)
-        latest = latest_alert(self.store)
+        latest = shown_alert(self.store, now)
         reporter, acounter = alerts.parse_alert_id(latest.id) if latest else (0, 0)
         # The radio's troubles as the link has them now: the store's copy follows at the outbox's turn.
         troubles = {k: v for k, v in self.store.troubles().items() if not k.startswith("radio")} | self.link.troubles
         vector = self.supervisor.vector(now, supervision.trouble_bits(troubles))[:wire.MAX_VECTOR]
         signed = self.signer.sign(wire.HeartbeatFrame, supervision.trouble_mask(troubles), self.roster.version,
-                                  reporter, acounter, int(latest.state) if latest else 0, vector)
+                                  reporter, acounter, int(latest.state) if latest else 0, vector,
+                                  self.signer.stamp(now))
         self.outbox.send_ephemeral(signed.data, hop_limit=0)
         self.counts["heartbeat"] += 1
 

@@ -44,7 +44,7 @@ from node.daemon.outbox import Outbox
 from node.daemon.relays import Receipts, Relays
 from node.daemon.signer import Signer
 from node.daemon.troubles import Troubles
-from node.daemon.wipe import counter_floor, destroy, node_files, requested as wipe_requested
+from node.daemon.wipe import clock_floor, counter_floor, destroy, node_files, requested as wipe_requested
 from node.errors import FrameError
 from node.hardware import speech
 from node.hardware.devices import Hardware
@@ -131,7 +131,8 @@ class Node:
     def _start_collaborators(self) -> None:
         """The collaborators, each given what its job needs (and the node's lock, counts and rng)."""
         shared = {"rng": self.rng, "counts": self.counts}
-        self.signer = Signer(self.id, self.store, self.key, self.roster, floor_file=counter_floor(self.config))
+        self.signer = Signer(self.id, self.store, self.key, self.roster, floor_file=counter_floor(self.config),
+                             clock_file=clock_floor(self.config), now=self.clock())
         self.troubles = Troubles(self.store, self.roster, self.rate_limit, self.hardware)
         self.outbox = Outbox(self.link, self.store, self.troubles, lock=self.lock, clock=self.clock, counts=self.counts,
                              own=self._signed_here)
@@ -145,7 +146,8 @@ class Node:
                          signer=self.signer, hardware=self.hardware, outbox=self.outbox, relays=self.relays,
                          receipts=self.receipts, liveness=self.liveness, troubles=self.troubles, clock=self.clock,
                          lock=self.lock, changed=self._changed, **shared)
-        self.inbox = Inbox(self.roster, self.store, self.rate_limit, desk=self.desk, liveness=self.liveness,
+        self.inbox = Inbox(self.id, self.roster, self.store, self.rate_limit, desk=self.desk,
+                           liveness=self.liveness,
                            relays=self.relays, receipts=self.receipts, troubles=self.troubles, counts=self.counts,
                            clock=self.clock, lock=self.lock, changed=self._changed)
         self.chores = Chores(self.config, self.store, self.desk)
@@ -300,7 +302,7 @@ class Node:
         with self.lock:
             try:
                 signed = self.signer.sign(wire.HeartbeatFrame, supervision.trouble_mask(["wiped"]),
-                                          self.roster.version, 0, 0, 0, b"")
+                                          self.roster.version, 0, 0, 0, b"", self.signer.stamp(self.clock()))
                 self.outbox.send_first(signed.data)
             except Exception as exc:  # the wipe goes on whatever the radio or the disk says
                 log.error("wipe: could not tell the block: %s", exc)

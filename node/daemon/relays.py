@@ -19,7 +19,7 @@ from typing import Callable, Hashable
 from node.daemon.outbox import Outbox
 from node.daemon.signer import Signer
 from node.errors import FrameError, StoreError
-from node.protocol import alerts, coverage, wire
+from node.protocol import alerts, clock, coverage, wire
 from node.protocol.airtime import MESH_OVERHEAD, time_on_air
 from node.protocol.alerts import Alert, State
 from node.protocol.keys import Roster
@@ -212,6 +212,13 @@ class Receipts:
     def apply(self, frame: wire.ReceiptFrame, now: float) -> bool:
         """Take a neighbour's receipt into the coverage. False when it shows this node is behind
         (an alert it never heard, or a later state of one): its next heartbeat should go early."""
+        signed = self.signer.signed_at(frame.clock, now)
+        if now - signed > clock.FRESH:
+            # Receipts go to direct neighbours only: one signed this long ago is a recording played
+            # back. What it says was true then, but it would wrongly show its sender behind (and draw
+            # a repair), so nothing in it is taken.
+            self.counts["stale-receipt"] += 1
+            return True
         alert = self.store.get_alert(frame.alert_id)
         if alert is None:
             return False
@@ -296,7 +303,7 @@ class Receipts:
                 continue
             signed = self.signer.sign(wire.ReceiptFrame, *alerts.parse_alert_id(alert.id), key[1],
                                       self.roster.version, coverage.to_bitmap(received, self.members),
-                                      coverage.to_bitmap(sounded, self.members))
+                                      coverage.to_bitmap(sounded, self.members), self.signer.stamp(now))
             self.outbox.send_ephemeral(signed.data, hop_limit=0)
             receipt.due, receipt.sent, receipt.last = None, receipt.sent + 1, now
             receipt.recheck = now + RECEIPT_GAP * 2 ** receipt.sent

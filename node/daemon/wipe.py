@@ -26,12 +26,18 @@ def node_files(config) -> list[Path]:
     SHM: alerts, notes, captains' accounts) and the block's Meshtastic channel key."""
     db = Path(config.db_file)
     return [Path(config.key_file), db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"),
-            Path(config["radio.channel_key_file"]), request_file(config), counter_floor(config)]
+            Path(config["radio.channel_key_file"]), request_file(config), counter_floor(config),
+            clock_floor(config)]
 
 
 def counter_floor(config) -> Path:
     """The signer's counter floor (``node.daemon.signer``), beyond the page's reach."""
     return Path(config.state_dir) / "counter"
+
+
+def clock_floor(config) -> Path:
+    """The block clock's floor and offset (``node.daemon.signer``), beyond the page's reach."""
+    return Path(config.state_dir) / "clock"
 
 
 def request_file(config) -> Path:

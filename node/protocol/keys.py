@@ -224,6 +224,11 @@ class Roster:
         return cls.parse(document, organizer)
 
 
+# Nodes on one roster, revoked ones included: each receipt carries a bit per roster node, and
+# must fit one frame (``node.protocol.wire.MAX_BITMAP``). A block is 10-30 buildings.
+MAX_MEMBERS = 136
+
+
 def _parse_body(body: dict) -> tuple[str, int, list[Member]]:
     block, version, nodes = body.get("block"), body.get("version"), body.get("nodes")
     if not isinstance(block, str) or not block:
@@ -232,6 +237,9 @@ def _parse_body(body: dict) -> tuple[str, int, list[Member]]:
         raise RosterError("roster: 'version' must be a positive integer")
     if not isinstance(nodes, list) or not nodes:
         raise RosterError("roster: 'nodes' must be a non-empty list")
+    if len(nodes) > MAX_MEMBERS:
+        raise RosterError(f"roster: {len(nodes)} nodes; a block has at most {MAX_MEMBERS} "
+                          "(a receipt's bitmaps must fit one frame): split it into two blocks")
     members, seen_ids, seen_locations = [], set(), set()
     for i, entry in enumerate(nodes):
         where = f"roster: nodes[{i}]"

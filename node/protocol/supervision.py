@@ -60,7 +60,7 @@ AGE_UNIT = 4.0           # seconds per step of the 6-bit age, at least; longer o
 AGE_MAX = 63             # "no fresh evidence" (63 units: beyond the supervision period, whatever it is)
 SILENT_MARK = 62         # "a neighbour of it called it silent": passes a verdict on to nodes that missed it
 AGE_AIRTIMES = 10        # on slow presets an age unit is this many heartbeats' airtime (LONG_FAST: 13 s)
-MAX_NODES = 36           # one byte per node keeps the heartbeat within 120 bytes
+MAX_NODES = 33           # one byte per node keeps the heartbeat (with its block time) within 120 bytes
 MIN_INTERVAL = 30.0      # seconds: the shortest heartbeat interval, however few neighbours a node has
 TRANSIT = 1.0            # seconds a heartbeat may take on air and through the radio; counted as age
 BEATS_PER_PERIOD = 2.5   # heartbeats per period, at least: with polls (below) enough for under 1 false TROUBLE a week
@@ -125,7 +125,7 @@ def effective_period(configured: float, preset: str, budget: float) -> float:
 
     At least ``BEATS_PER_PERIOD`` heartbeats must fit in a period, and a node with
     ``REFERENCE_NEIGHBOURS`` neighbours must hear them all within ``budget`` of the channel.
-    MEDIUM_FAST and faster keep the default 180 s; on LONG_FAST a heartbeat (36 nodes) takes
+    MEDIUM_FAST and faster keep the default 180 s; on LONG_FAST a heartbeat (33 nodes) takes
     1.3 s on air, and the period grows to about ten minutes rather than let heartbeats crowd
     out the alerts. It depends only on settings every node shares (not on how many
     neighbours a node hears), so the whole block judges with the same period.
@@ -175,7 +175,8 @@ class Supervisor:
         self.listening_since: float | None = now
 
     def heard(self, node: int, now: float, troubles: int | None = None) -> None:
-        """First-hand evidence: a heartbeat or receipt signed by ``node`` was just received from it."""
+        """First-hand evidence: a fresh heartbeat signed by ``node`` at ``now`` (this node's clock; the
+        daemon converts the heartbeat's block time, ``node.protocol.clock``) was received from it."""
         if node not in self.index or node == self.me:
             return
         self.neighbours.add(node)
@@ -186,7 +187,8 @@ class Supervisor:
                 self.troubles[node] = troubles
 
     def merge(self, vector: bytes, now: float, via: int | None = None) -> None:
-        """Fold in the age vector (same roster order) of neighbour ``via``."""
+        """Fold in the age vector (same roster order) of neighbour ``via``, signed at ``now`` on this
+        node's clock: its ages count from when it was signed, not from when it arrived."""
         for i, byte in enumerate(vector[:len(self.members)]):
             units = byte >> 2
             if units >= AGE_MAX:

@@ -5,36 +5,39 @@ Every frame is signed by its origin node's Ed25519 key. All integers are big-end
 Header (8 bytes)::
 
     offset size field
-    0      1    version   = 1
+    0      1    version   = 2 (version 1 frames, without block times, are refused)
     1      1    type      1 transition, 2 receipt, 3 heartbeat, 4 silent
     2      2    origin    node id of the signer (from the roster)
     4      4    counter   the origin's monotonic frame counter, persisted before sending
 
 Body, by type::
 
-    transition (10 bytes)            receipt (9 + 2k bytes)        heartbeat (11 + n bytes)
+    transition (10 bytes)            receipt (9 + 2k bytes)        heartbeat (15 + n bytes)
     0  2 alert_reporter              0   2 alert_reporter          0  2 troubles (bit mask)
     2  4 alert_counter               2   4 alert_counter           2  2 roster version
     6  1 kind: 1 raid, 2 test,       6   1 state                   4  2 latest alert reporter (0: none)
          3 silent self-test          7   2 roster version          6  4 latest alert counter
     7  1 state: 1 reported,          9   k received bitmap         10 1 latest alert state (0: none)
-         2 confirmed, 3 all clear,   9+k k sounded bitmap          11 n age vector, 1 byte per roster
-         4 cancelled                                                     node: 6 high bits its age in
-    8  2 location code                                                   4 s units, 2 low its troubles
+         2 confirmed, 3 all clear,   9+k k sounded bitmap          11 4 block time when signed (seconds)
+         4 cancelled                                               15 n age vector, 1 byte per roster
+    8  2 location code                                                   node: 6 high bits its age in
+                                                                         4 s units, 2 low its troubles
 
-A silent verdict (4 bytes): subject node id (2), seconds since it was last
-known alive (2, saturating). Sent by a neighbour of the subject, flooded.
+A silent verdict (8 bytes): subject node id (2), seconds since it was last
+known alive (2, saturating), block time when signed (4). Sent by a neighbour of the
+subject, flooded. The block time (``node.protocol.clock``) lets a node that never saw
+the signer's counters tell a fresh heartbeat or verdict from a recording.
 
 A receipt's bitmaps and a heartbeat's vector are in roster order, so they are
 read only when the sender's roster version is the receiver's; k is 1 to 19 and
-n is 0 to 36 (``node.protocol.coverage``, ``node.protocol.supervision``).
+n is 0 to 33 (``node.protocol.coverage``, ``node.protocol.supervision``).
 
 Signature (64 bytes): Ed25519 over ``b"silbato/1\\0" + block + b"\\0" + header + body``,
 where ``block`` is the roster's block name. The block name is not sent; it keeps a
 frame from one block from being accepted on another.
 
 Sizes: transition 82 bytes; receipt 83 to 119 (89 for 30 nodes); heartbeat
-83 to 119 (113 for 30 nodes); silent 76. ``MAX_FRAME`` is 120.
+87 to 120 (117 for 30 nodes); silent 80. ``MAX_FRAME`` is 120.
 
 The alert id is ``"<alert_reporter>-<alert_counter>"``: the counter of the frame that
 first reported it. Places travel as location codes; names stay in each node's roster.
@@ -49,16 +52,18 @@ from typing import Callable, Union
 
 from node.protocol.alerts import Kind, State, Transition, alert_id
 from node.errors import FrameError
+from node.protocol import keys
 from node.protocol.keys import Roster, SigningKey
 
-VERSION = 1
+VERSION = 2
 MAX_FRAME = 120
 SIGNATURE_SIZE = 64
 _HEADER = struct.Struct(">BBHI")
 # Fixed part of each body; receipts and heartbeats carry a variable tail after it.
-_BODIES = {1: struct.Struct(">HIBBH"), 2: struct.Struct(">HIBH"), 3: struct.Struct(">HHHIB"), 4: struct.Struct(">HH")}
-MAX_BITMAP = 19   # bytes per receipt bitmap: up to 152 roster nodes
-MAX_VECTOR = 36   # bytes of heartbeat age vector: one per roster node, up to 36
+_BODIES = {1: struct.Struct(">HIBBH"), 2: struct.Struct(">HIBHI"), 3: struct.Struct(">HHHIBI"), 4: struct.Struct(">HHI")}
+MAX_BITMAP = 17   # bytes per receipt bitmap: up to 136 roster nodes
+assert MAX_BITMAP * 8 >= keys.MAX_MEMBERS, "every roster a node accepts must fit a receipt"
+MAX_VECTOR = 33   # bytes of heartbeat age vector: one per roster node, up to 33
 
 
 class FrameType(enum.IntEnum):
@@ -111,6 +116,7 @@ class ReceiptFrame:
     roster_version: int
     received: bytes
     sounded: bytes
+    clock: int        # the signer's block time when it signed, seconds (node.protocol.clock)
 
     type = FrameType.RECEIPT
 
@@ -119,11 +125,11 @@ class ReceiptFrame:
         return alert_id(self.alert_reporter, self.alert_counter)
 
     def _body(self) -> tuple:
-        return (self.alert_reporter, self.alert_counter, int(self.state), self.roster_version)
+        return (self.alert_reporter, self.alert_counter, int(self.state), self.roster_version, self.clock)
 
     def _tail(self) -> bytes:
         if len(self.received) != len(self.sounded) or not 1 <= len(self.received) <= MAX_BITMAP:
-            raise ValueError("receipt bitmaps must be equal, 1 to 19 bytes")
+            raise ValueError(f"receipt bitmaps must be equal, 1 to {MAX_BITMAP} bytes")
         return self.received + self.sounded
 
 
@@ -139,6 +145,7 @@ class HeartbeatFrame:
     latest_counter: int
     latest_state: int      # a State value, or 0 for none
     vector: bytes
+    clock: int             # the signer's block time when it signed, seconds (node.protocol.clock)
 
     type = FrameType.HEARTBEAT
 
@@ -147,11 +154,12 @@ class HeartbeatFrame:
         return alert_id(self.latest_reporter, self.latest_counter) if self.latest_reporter else None
 
     def _body(self) -> tuple:
-        return (self.troubles, self.roster_version, self.latest_reporter, self.latest_counter, self.latest_state)
+        return (self.troubles, self.roster_version, self.latest_reporter, self.latest_counter, self.latest_state,
+                self.clock)
 
     def _tail(self) -> bytes:
         if len(self.vector) > MAX_VECTOR:
-            raise ValueError("a heartbeat vector has at most 36 bytes")
+            raise ValueError(f"a heartbeat vector has at most {MAX_VECTOR} bytes")
         return self.vector
 
 
@@ -163,11 +171,12 @@ class SilentFrame:
     counter: int
     subject: int
     silent_for: int   # seconds since the subject was last known alive (saturating)
+    clock: int        # the signer's block time when it signed, seconds (node.protocol.clock)
 
     type = FrameType.SILENT
 
     def _body(self) -> tuple:
-        return (self.subject, min(self.silent_for, 0xFFFF))
+        return (self.subject, min(self.silent_for, 0xFFFF), self.clock)
 
     def _tail(self) -> bytes:
         return b""
@@ -226,7 +235,8 @@ def decode(data: object, roster: Roster, seen: Callable[[int, int], bool] | None
         raise FrameError("truncated", f"{len(data)} bytes")
     version, ftype, origin, counter = _HEADER.unpack_from(data)
     if version != VERSION:
-        raise FrameError("unknown-version", str(version))
+        raise FrameError("unknown-version", f"version {version}; this node speaks version {VERSION} "
+                                            "(update every node of the block to the same release)")
     if ftype not in _BODIES:
         raise FrameError("unknown-type", str(ftype))
     fixed, (low, high) = _FIXED[ftype], _TAIL[ftype]
@@ -265,25 +275,26 @@ def _build(ftype: FrameType, origin: int, counter: int, fields: tuple, tail: byt
             raise FrameError("bad-field", f"location {location} is not on the roster")
         return TransitionFrame(origin, counter, reporter, acounter, Kind(kind), State(state), location)
     if ftype is FrameType.RECEIPT:
-        reporter, acounter, state, version = fields
+        reporter, acounter, state, version, clock = fields
         _check_alert(reporter, acounter, roster)
         if state not in _WIRE_STATES:
             raise FrameError("bad-field", f"state {state}")
         half = len(tail) // 2
-        return ReceiptFrame(origin, counter, reporter, acounter, State(state), version, tail[:half], tail[half:])
+        return ReceiptFrame(origin, counter, reporter, acounter, State(state), version, tail[:half], tail[half:],
+                            clock)
     if ftype is FrameType.SILENT:
-        subject, silent_for = fields
+        subject, silent_for, clock = fields
         if subject not in roster or subject == origin:
             raise FrameError("bad-field", f"silent subject {subject}")
-        return SilentFrame(origin, counter, subject, silent_for)
-    troubles, version, reporter, acounter, latest = fields
+        return SilentFrame(origin, counter, subject, silent_for, clock)
+    troubles, version, reporter, acounter, latest, clock = fields
     if latest not in _WIRE_STATES | {0, State.EXPIRED.value}:
         raise FrameError("bad-field", f"state {latest}")
     if reporter:
         _check_alert(reporter, acounter, roster)
     elif acounter or latest:
         raise FrameError("bad-field", "a latest state without an alert")
-    return HeartbeatFrame(origin, counter, troubles, version, reporter, acounter, latest, tail)
+    return HeartbeatFrame(origin, counter, troubles, version, reporter, acounter, latest, tail, clock)
 
 
 def _check_alert(reporter: int, acounter: int, roster: Roster) -> None:

@@ -68,12 +68,13 @@ def valid_frames(counter: int = 1000) -> list[bytes]:
         TransitionFrame(1, counter + 2, 1, counter, Kind.RAID, State.ALL_CLEAR, 101),
         TransitionFrame(3, counter + 3, 3, counter + 3, Kind.TEST, State.CANCELLED, 103),
         TransitionFrame(2, counter + 4, 2, counter + 4, Kind.DRILL, State.REPORTED, 102),
-        ReceiptFrame(3, counter + 5, 1, counter, State.CONFIRMED, 2, b"\x07", b"\x03"),
-        ReceiptFrame(2, counter + 6, 1, counter, State.REPORTED, 2, bytes(range(19)), bytes(19)),  # largest
-        HeartbeatFrame(1, counter + 7, 0b101, 2, 1, counter, int(State.REPORTED), bytes([5, 48, 240, 33])),
-        HeartbeatFrame(3, counter + 8, 0, 2, 0, 0, 0, b""),                                        # smallest
-        HeartbeatFrame(2, counter + 9, 0xFFFF, 2, 1, counter, int(State.EXPIRED), bytes(range(36))),  # largest
-        SilentFrame(2, counter + 10, 3, 185),
+        ReceiptFrame(3, counter + 5, 1, counter, State.CONFIRMED, 2, b"\x07", b"\x03", 1000),
+        ReceiptFrame(2, counter + 6, 1, counter, State.REPORTED, 2, bytes(range(17)), bytes(17), 1000),  # largest
+        HeartbeatFrame(1, counter + 7, 0b101, 2, 1, counter, int(State.REPORTED), bytes([5, 48, 240, 33]), counter),
+        HeartbeatFrame(3, counter + 8, 0, 2, 0, 0, 0, b"", 1),                                      # smallest
+        HeartbeatFrame(2, counter + 9, 0xFFFF, 2, 1, counter, int(State.EXPIRED), bytes(range(33)),  # largest
+                       0xFFFFFFFF),
+        SilentFrame(2, counter + 10, 3, 185, counter),
     ]
     return [sign(f) for f in frames]
 

@@ -44,7 +44,7 @@ ALLOWED_COLUMNS: dict[str, dict[str, str]] = {
     "notes": {"id": CODE, "alert_id": CODE, "captain": PERSON, "text": FREE_TEXT, "created_at": TIME},
     "outbox": {"seq": CODE, "frame": FRAME, "created_at": TIME, "sent_at": TIME},
     "peers": {"node_id": CODE, "name": ROSTER, "location": CODE, "place": ROSTER, "last_heard": TIME,
-              "troubles": CODE, "status": MACHINE, "remote_troubles": CODE},
+              "troubles": CODE, "status": MACHINE, "remote_troubles": CODE, "through": CODE},
     "requests": {"id": CODE, "action": MACHINE, "alert_id": CODE, "location": CODE, "captain": PERSON,
                  "created_at": TIME, "status": MACHINE, "reason": FREE_TEXT, "result_alert_id": CODE,
                  "frame_seq": CODE, "done_at": TIME},
@@ -56,12 +56,12 @@ ALLOWED_COLUMNS: dict[str, dict[str, str]] = {
 ALLOWED_FRAME_FIELDS: dict[str, tuple[str, ...]] = {
     "TransitionFrame": ("origin", "counter", "alert_reporter", "alert_counter", "kind", "state", "location"),
     "ReceiptFrame": ("origin", "counter", "alert_reporter", "alert_counter", "state", "roster_version",
-                     "received", "sounded"),
+                     "received", "sounded", "clock"),
     "HeartbeatFrame": ("origin", "counter", "troubles", "roster_version", "latest_reporter", "latest_counter",
-                       "latest_state", "vector"),
-    "SilentFrame": ("origin", "counter", "subject", "silent_for"),
+                       "latest_state", "vector", "clock"),
+    "SilentFrame": ("origin", "counter", "subject", "silent_for", "clock"),
 }
-ALLOWED_WIRE_LAYOUT = {"header": ">BBHI", 1: ">HIBBH", 2: ">HIBH", 3: ">HHHIB", 4: ">HH"}
+ALLOWED_WIRE_LAYOUT = {"header": ">BBHI", 1: ">HIBBH", 2: ">HIBHI", 3: ">HHHIBI", 4: ">HHI"}
 
 
 def schema(path: Path) -> dict[str, dict[str, str]]:

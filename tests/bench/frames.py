@@ -29,16 +29,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "transition": (wire.TransitionFrame(1, 1234, 1, 1200, Kind.RAID, State.CONFIRMED, 101),
                        {"v": 1, "type": "transition", "origin": "B1", "counter": 1234, "alert": "1-1200",
                         "kind": "raid", "state": "confirmed", "location": 101}),
-        "receipt (30 nodes)": (wire.ReceiptFrame(2, 99, 1, 1200, State.CONFIRMED, 1, bytes(4), bytes(4)),
+        "receipt (30 nodes)": (wire.ReceiptFrame(2, 99, 1, 1200, State.CONFIRMED, 1, bytes(4), bytes(4), 1_790_000_000),
                                {"v": 1, "type": "receipt", "origin": "B2", "counter": 99, "alert": "1-1200",
                                 "state": "confirmed", "received": [f"B{i}" for i in range(1, 28)],
-                                "sounded": [f"B{i}" for i in range(1, 27)]}),
-        "heartbeat (30 nodes)": (wire.HeartbeatFrame(3, 500, 0, 1, 1, 1200, 2, bytes(n)),
+                                "sounded": [f"B{i}" for i in range(1, 27)], "clock": 1790000000}),
+        "heartbeat (30 nodes)": (wire.HeartbeatFrame(3, 500, 0, 1, 1, 1200, 2, bytes(n), 1_790_000_000),
                                  {"v": 1, "type": "heartbeat", "origin": "B3", "counter": 500, "troubles": [],
                                   "latest": {"alert": "1-1200", "state": "confirmed"},
-                                  "ages": {f"B{i}": 12 for i in range(1, n + 1)}}),
-        "silent": (wire.SilentFrame(4, 77, 9, 185),
-                   {"v": 1, "type": "silent", "origin": "B4", "counter": 77, "subject": "B9", "silent_for": 185}),
+                                  "ages": {f"B{i}": 12 for i in range(1, n + 1)}, "clock": 1790000000}),
+        "silent": (wire.SilentFrame(4, 77, 9, 185, 1_790_000_000),
+                   {"v": 1, "type": "silent", "origin": "B4", "counter": 77, "subject": "B9", "silent_for": 185,
+                    "clock": 1790000000}),
     }
     rows = []
     for name, (frame, fields) in frames.items():
