@@ -446,11 +446,11 @@ def block_settings(carried: Any, where: str = "roster") -> dict[str, Any]:
             raise RosterError(f"{where}: settings: {name}: {what}; a roster may carry {', '.join(BLOCK_SETTINGS)}")
         setting = BY_NAME[name]
         try:
-            value = _coerce(setting, value, f"{where}: settings")
-            _check_declared(setting, value, f"{where}: settings")
+            typed = _coerce(setting, value, f"{where}: settings")
+            _check_declared(setting, typed, f"{where}: settings", given=value)
         except ConfigError as exc:
             raise RosterError(str(exc)) from None
-        out[name] = value
+        out[name] = typed
     return out
 
 
@@ -540,10 +540,12 @@ def parse_pins(value: str, count: int) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
-def _check_declared(setting: Setting, value: Any, source: str) -> None:
-    """The setting's declared ``bounds`` or ``choices``, with one message naming the key, the range and the value."""
+def _check_declared(setting: Setting, value: Any, source: str, *, given: Any = None) -> None:
+    """The setting's declared ``bounds`` or ``choices``, with one message naming the key, the range and
+    the value (``given``, as written, when it is not ``value`` as typed)."""
     if setting.choices and value not in setting.choices or setting.bounds and value not in setting.bounds:
-        raise ConfigError(f"{source}: {setting.name}: expected {setting.expected}, got {value!r}")
+        shown = value if given is None else given
+        raise ConfigError(f"{source}: {setting.name}: expected {setting.expected}, got {shown!r}")
 
 
 def _validate(values: dict[str, Any], source: str, origins: Mapping[str, str]) -> None:
