@@ -274,3 +274,23 @@ def test_two_nodes_with_different_files_supervise_with_the_roster_s_period(tmp_p
         assert all(120 <= after <= 280 for after in judged.values()), judged
     finally:
         block.stop()
+
+
+def test_the_page_lists_missing_buildings_by_the_roster_s_receipt_timeout(tmp_path):
+    from web import data
+
+    from websupport import app_for
+
+    block = Block(tmp_path / "b", 2, "line", scale=None, settings={"supervision.receipt_timeout": 600})
+    files = block.files.configs
+    files[0] = config_mod.from_mapping({"supervision.receipt_timeout": 30.0}, source="node1.toml", base=dict(files[0]))
+    block.start()
+    try:
+        block.air.set_loss(1, 2, 1.0)   # B2 will not answer
+        block.nodes[1].report()
+        block.scheduler.run_for(120)    # past this node's own 30 s, not the roster's 600 s
+        with app_for(block, 1).app_context():
+            (row,) = data.alert_rows(block.clock(), block.nodes[1].store)
+        assert row["missing"] == [], "B2 is not missing before the block's receipt timeout"
+    finally:
+        block.stop()

@@ -131,6 +131,8 @@ class Node:
         # For the web page: which building is "this node", and the block's name for exports.
         self.store.set_meta("node_id", str(self.id))
         self.store.set_meta("block", self.roster.block)
+        # The page lists missing buildings by the block's receipt timeout, which may be the roster's.
+        self.store.set_meta("receipt_timeout", repr(self.config["supervision.receipt_timeout"]))
 
     def _start_supervision(self) -> None:
         self.supervisor = make_supervisor(self.config, self.id, self.members, self.clock())
