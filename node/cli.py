@@ -140,8 +140,15 @@ def config_group() -> None:
 @config_group.command("show")
 @click.pass_context
 def config_show(ctx: click.Context) -> None:
-    """Print the effective settings (defaults, file, then SILBATO_* environment)."""
-    click.echo(config_mod.render(load_config(ctx)), nl=False)
+    """Print the effective settings (defaults, file, SILBATO_* environment, then the roster's block-wide ones)."""
+    from node.protocol.keys import load_roster
+
+    cfg = load_config(ctx)
+    try:
+        cfg = config_mod.with_roster(cfg, load_roster(cfg))
+    except SilbatoError:
+        pass  # no roster yet, or one the node cannot use ('silbato doctor' says why): this node's own
+    click.echo(config_mod.render(cfg), nl=False)
 
 
 # -- keys --------------------------------------------------------------------------------

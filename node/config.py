@@ -576,4 +576,5 @@ def render(config: Config) -> str:
         head, key = setting.name.split(".", 1)
         value = config[setting.name]
         tables.setdefault(head, {})[key] = str(value) if isinstance(value, Path) else value
-    return f"# effective settings (file: {config.source})\n\n" + tomli_w.dumps(tables)
+    block = f"# block-wide: {describe_block(config)}\n" if config.block is not None else ""
+    return f"# effective settings (file: {config.source})\n{block}\n" + tomli_w.dumps(tables)

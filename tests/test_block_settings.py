@@ -221,6 +221,14 @@ def test_a_node_whose_file_disagrees_uses_the_roster_s_and_says_so(tmp_path, cap
     assert "watch     a silent building shows TROUBLE after 240 s" in text
     assert "block     roster v1 sets 3 block-wide settings; this node's own settings differ" in text
 
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["--config", str(toml), "roster", "show"], obj={}, env={})
+    assert shown.exit_code == 0 and "  setting supervision.period = 240.0\n" in shown.output
+    assert "supervision.period 240 (local 90)" in shown.output
+    effective = runner.invoke(cli, ["--config", str(toml), "config", "show"], obj={}, env={})
+    assert effective.exit_code == 0 and "period = 240.0\n" in effective.output
+    assert "# block-wide: roster v1 sets 3 block-wide settings" in effective.output
+
 
 def test_doctor_and_status_say_when_the_roster_carries_none_or_agrees(tmp_path):
     dev = tmp_path / "dev"
