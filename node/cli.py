@@ -140,8 +140,15 @@ def config_group() -> None:
 @config_group.command("show")
 @click.pass_context
 def config_show(ctx: click.Context) -> None:
-    """Print the effective settings (defaults, file, then SILBATO_* environment)."""
-    click.echo(config_mod.render(load_config(ctx)), nl=False)
+    """Print the effective settings (defaults, file, SILBATO_* environment, then the roster's block-wide ones)."""
+    from node.protocol.keys import load_roster
+
+    cfg = load_config(ctx)
+    try:
+        cfg = config_mod.with_roster(cfg, load_roster(cfg))
+    except SilbatoError:
+        pass  # no roster yet, or one the node cannot use ('silbato doctor' says why): this node's own
+    click.echo(config_mod.render(cfg), nl=False)
 
 
 # -- keys --------------------------------------------------------------------------------
@@ -210,21 +217,30 @@ def roster_keygen(path: str) -> None:
               help="The organizers' private key.")
 @click.option("--out", type=click.Path(dir_okay=False), default="-", help="Where to write the signed roster.")
 def roster_sign(body: str, key_path: str, out: str) -> None:
-    """Sign BODY, a JSON file {"block", "version", "nodes": [...]}, with the organizers' key."""
+    """Sign BODY, a JSON file {"block", "version", "nodes": [...], "settings": {...}}, with the organizers' key.
+
+    "settings" holds the block-wide settings every node must share (radio.preset, supervision.period...);
+    an unknown one, or a value out of its range, is refused by name.
+    """
     from node.protocol.keys import load_organizer_key, sign_roster
 
     data = _read_json(body)
     organizer = load_organizer_key(Path(key_path))  # before the body: a public key is the likelier slip
     try:
         document = sign_roster(data, organizer)
+        carried = config_mod.block_settings(data.get("settings"))  # the values, which the protocol cannot judge
     except SilbatoError as exc:
         raise click.ClickException(f"{body}: {exc}") from None
     text = json.dumps(document, indent=1, ensure_ascii=False) + "\n"
+    note = (f"block-wide settings: {', '.join(f'{k} = {v}' for k, v in carried.items())}" if carried else
+            "note: this roster carries no block-wide settings, so each node uses its own "
+            f"({', '.join(config_mod.BLOCK_SETTINGS)}): add a \"settings\" object to set them for the block")
     if out == "-":
         click.echo(text, nl=False)
+        click.echo(note, err=True)
     else:
         Path(out).write_text(text, encoding="utf-8")
-        click.echo(f"signed roster v{data['version']} written to {out}")
+        click.echo(f"signed roster v{data['version']} written to {out}; {note}")
 
 
 @roster.command("install")
@@ -246,7 +262,7 @@ def roster_install(ctx: click.Context, file: str) -> None:
     me = SigningKey.load(cfg.key_file)
     try:
         result = install_roster(document, load_public(Path(cfg["node.organizer_key"])), cfg.roster_file,
-                                node_key=me.public_raw)
+                                node_key=me.public_raw, check=lambda r: config_mod.with_roster(cfg, r))
     except SilbatoError as exc:
         raise click.ClickException(f"{file}: {exc}") from None
     name = result.find_key(me.public_raw).name
@@ -260,10 +276,15 @@ def roster_show(ctx: click.Context) -> None:
     """Print the installed roster after checking its signature."""
     from node.protocol.keys import load_roster
 
-    r = load_roster(load_config(ctx))
+    cfg = load_config(ctx)
+    r = load_roster(cfg)
     click.echo(f"block {r.block!r}, version {r.version}")
     for m in r.members.values():
         click.echo(f"  {m.id:5d} {m.name:8s} location {m.location:5d} {m.place}{'  REVOKED' if m.revoked else ''}")
+    effective = config_mod.with_roster(cfg, r)  # RosterError, naming the key, for a bad value
+    for name, value in effective.block.carried.items():
+        click.echo(f"  setting {name} = {value}")
+    click.echo(config_mod.describe_block(effective))
 
 
 # -- wipe -------------------------------------------------------------------------------

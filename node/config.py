@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import tomli_w
 
-from node.errors import ConfigError
+from node.errors import ConfigError, RosterError
 from node.protocol.airtime import PRESETS
 
 DEFAULT_CONFIG_PATH = Path("/etc/silbato/silbato.toml")
@@ -76,6 +76,7 @@ class Setting:
     help: str
     bounds: Range | None = None
     choices: tuple[str, ...] = ()
+    block: bool = False  # block-wide: must agree on every node, so the signed roster may carry it (BLOCK_SETTINGS)
 
     @property
     def expected(self) -> str:
@@ -98,10 +99,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Comma-separated languages of this node's page and announcements (en, es, ko, tl)."),
     Setting("alerts.merge_window", float, 600.0,
             "Seconds: repeated reports from the same place within this window merge into one incident.",
-            bounds=SECONDS),
+            bounds=SECONDS, block=True),
     Setting("alerts.expire_after", float, 4 * 3600.0,
             "Seconds: an active alert with no state change for this long becomes EXPIRED.",
-            bounds=SECONDS),
+            bounds=SECONDS, block=True),
     Setting("alerts.retention", float, 72 * 3600.0,
             "Seconds: ended alerts and their events older than this are purged.",
             bounds=SECONDS),
@@ -166,20 +167,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("radio.preset", str, "MEDIUM_FAST",
             "The radio's Meshtastic modem preset, for sizing heartbeats to the airtime budget "
             "(SHORT_FAST, MEDIUM_FAST, LONG_FAST, ...; 'silbato radio info' shows the radio's own).",
-            choices=tuple(PRESETS)),
+            choices=tuple(PRESETS), block=True),
     Setting("supervision.period", float, 180.0,
             "Seconds without any sign of life before a building is shown as TROUBLE (silent) everywhere; "
             "the block uses a longer period on a preset too slow for it at the airtime budget (LONG_FAST: 590).",
-            bounds=SECONDS),
+            bounds=SECONDS, block=True),
     Setting("supervision.airtime_budget", float, 0.05,
             "Share of the channel that heartbeats may use, which sets how often they are sent.",
-            bounds=above(0, 0.5)),
+            bounds=above(0, 0.5), block=True),
     Setting("supervision.heartbeat_interval", float, 0.0,
             "Seconds between heartbeats; 0 derives it from radio.preset and supervision.airtime_budget.",
             bounds=between(0, 86400)),
     Setting("supervision.receipt_timeout", float, 120.0,
             "Seconds after an alert state after which a building that has not confirmed receiving it is missing.",
-            bounds=SECONDS),
+            bounds=SECONDS, block=True),
     Setting("selftest.schedule", str, "",
             "Weekly self-test, as DAY HH:MM in local time (e.g. 'Sun 12:00'); set it on one node of the block. "
             "Empty: no scheduled self-test."),
@@ -222,6 +223,9 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+# The settings that must agree on every node (neighbours judge each other by them, and every node
+# must show the same incidents and coverage). The roster carries them; see ``with_roster``.
+BLOCK_SETTINGS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.block)
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
 
@@ -268,12 +272,38 @@ def _coerce(setting: Setting, value: Any, where: str) -> Any:
     return value
 
 
-class Config(Mapping[str, Any]):
-    """The effective settings: defaults, then the file, then the environment."""
+@dataclass(frozen=True)
+class BlockSettings:
+    """The block-wide settings of the installed roster, applied over this node's own (``with_roster``)."""
 
-    def __init__(self, values: Mapping[str, Any], source: str = "defaults"):
+    version: int                 # the roster's version
+    carried: dict[str, Any]      # name -> the roster's value, which is the one used
+    local: "Config"              # this node's settings before the roster's were applied (file, environment)
+
+    def disagreements(self) -> list[tuple[str, Any, Any]]:
+        """``(name, local value, roster value)`` of each block-wide setting this node's file sets otherwise."""
+        return [(name, self.local[name], value) for name, value in self.carried.items()
+                if self.local[name] != value]
+
+    def not_carried(self) -> list[str]:
+        """The block-wide settings the roster does not carry: this node's own values are used."""
+        return [name for name in BLOCK_SETTINGS if name not in self.carried]
+
+
+class Config(Mapping[str, Any]):
+    """The effective settings: defaults, then the file, then the environment; then, once the
+    roster is read (``with_roster``), the block-wide settings it carries, kept in ``block``."""
+
+    def __init__(self, values: Mapping[str, Any], source: str = "defaults", *, block: BlockSettings | None = None):
         self._values = dict(values)
         self.source = source
+        self.block = block  # None: no roster applied (yet)
+
+    def origin(self, name: str) -> str:
+        """Where the value of ``name`` comes from: ``roster v3`` or this node's settings (``source``)."""
+        if self.block is not None and name in self.block.carried:
+            return f"roster v{self.block.version}"
+        return self.source
 
     def __getitem__(self, name: str) -> Any:
         return self._values[name]
@@ -395,6 +425,78 @@ def from_mapping(overrides: Mapping[str, Any], *, source: str = "defaults",
     return Config(values, source)
 
 
+def block_settings(carried: Any, where: str = "roster") -> dict[str, Any]:
+    """Check the block-wide settings a roster carries (``{"supervision.period": 240, ...}``) and return
+    them with their types (an integer number of seconds becomes a float).
+
+    Each key must be one of ``BLOCK_SETTINGS``, and each value of its type, within its bounds or
+    choices. Raises ``RosterError`` naming the key: used when the roster is signed and when it is read.
+    """
+    if carried is None:
+        return {}
+    if not isinstance(carried, dict):
+        raise RosterError(f"{where}: settings: expected an object such as "
+                          '{"supervision.period": 180}, got ' + repr(carried))
+    out = {}
+    for name, value in carried.items():
+        if name not in BLOCK_SETTINGS:
+            close = difflib.get_close_matches(str(name), BLOCK_SETTINGS, n=1)
+            what = ("not a block-wide setting (it is this node's own, in its settings file)" if name in BY_NAME
+                    else "unknown setting" + (f" (did you mean {close[0]}?)" if close else ""))
+            raise RosterError(f"{where}: settings: {name}: {what}; a roster may carry {', '.join(BLOCK_SETTINGS)}")
+        setting = BY_NAME[name]
+        try:
+            typed = _coerce(setting, value, f"{where}: settings")
+            _check_declared(setting, typed, f"{where}: settings", given=value)
+        except ConfigError as exc:
+            raise RosterError(str(exc)) from None
+        out[name] = typed
+    return out
+
+
+def with_roster(cfg: Config, roster) -> Config:
+    """``cfg`` with the block-wide settings that ``roster`` (a ``node.protocol.keys.Roster``) carries
+    in place of this node's own: every node then supervises by the same period, preset and budget.
+
+    The result's ``block`` says what came from the roster and what this node's file said; applied
+    again (a restart), it starts from the same local settings. A roster that carries none (older
+    rosters) leaves every value as it is. Raises ``RosterError`` naming the key of a bad value.
+    """
+    local = cfg.block.local if cfg.block is not None else cfg
+    try:
+        carried = block_settings(roster.settings, f"roster v{roster.version}")
+    except RosterError as exc:
+        raise RosterError(f"{exc}: this node cannot use the roster; ask the organizers to sign a new "
+                          "version with a valid value") from None
+    values = {name: local[name] for name in local}
+    values.update(carried)
+    return Config(values, local.source, block=BlockSettings(roster.version, carried, local))
+
+
+def describe_block(cfg: Config) -> str:
+    """One line on the block-wide settings: which the roster sets and, where it differs, what this
+    node's file said (for the daemon's log, ``doctor`` and ``status``)."""
+    block = cfg.block
+    if block is None:
+        return "no roster read: this node's own values are used for " + ", ".join(BLOCK_SETTINGS)
+    if not block.carried:
+        return (f"roster v{block.version} carries no block-wide settings: this node's own values are used "
+                f"({cfg.source}); give every node the same {', '.join(BLOCK_SETTINGS)}")
+    differ = block.disagreements()
+    said = ", ".join(f"{name} {_shown(roster)} (local {_shown(local)})" for name, local, roster in differ)
+    line = (f"roster v{block.version} sets {len(block.carried)} block-wide setting"
+            f"{'s' if len(block.carried) != 1 else ''}")
+    line += (f"; this node's own settings differ and the roster's are used: {said}" if differ
+             else ", and this node's own settings agree")
+    if block.not_carried():
+        line += f"; not in the roster, this node's own: {', '.join(block.not_carried())}"
+    return line
+
+
+def _shown(value: Any) -> str:
+    return _number(value) if isinstance(value, float) else str(value)
+
+
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -438,10 +540,12 @@ def parse_pins(value: str, count: int) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
-def _check_declared(setting: Setting, value: Any, source: str) -> None:
-    """The setting's declared ``bounds`` or ``choices``, with one message naming the key, the range and the value."""
+def _check_declared(setting: Setting, value: Any, source: str, *, given: Any = None) -> None:
+    """The setting's declared ``bounds`` or ``choices``, with one message naming the key, the range and
+    the value (``given``, as written, when it is not ``value`` as typed)."""
     if setting.choices and value not in setting.choices or setting.bounds and value not in setting.bounds:
-        raise ConfigError(f"{source}: {setting.name}: expected {setting.expected}, got {value!r}")
+        shown = value if given is None else given
+        raise ConfigError(f"{source}: {setting.name}: expected {setting.expected}, got {shown!r}")
 
 
 def _validate(values: dict[str, Any], source: str, origins: Mapping[str, str]) -> None:
@@ -472,4 +576,5 @@ def render(config: Config) -> str:
         head, key = setting.name.split(".", 1)
         value = config[setting.name]
         tables.setdefault(head, {})[key] = str(value) if isinstance(value, Path) else value
-    return f"# effective settings (file: {config.source})\n\n" + tomli_w.dumps(tables)
+    block = f"# block-wide: {describe_block(config)}\n" if config.block is not None else ""
+    return f"# effective settings (file: {config.source})\n{block}\n" + tomli_w.dumps(tables)

@@ -51,8 +51,10 @@ class BlockFiles:
 
 
 def provision(root: Path, n: int, *, block: str = "sim-block", hold_time: float = 2.0,
-              overrides: dict[str, Any] | None = None) -> BlockFiles:
-    """Create keys, a signed roster and a config for nodes 1..n under ``root``."""
+              overrides: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> BlockFiles:
+    """Create keys, a signed roster and a config for nodes 1..n under ``root``.
+
+    ``settings``: block-wide settings for the roster to carry (none by default, as older rosters)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     organizer = SigningKey.generate()
@@ -61,6 +63,8 @@ def provision(root: Path, n: int, *, block: str = "sim-block", hold_time: float 
     body = {"block": block, "version": 1, "nodes": [
         {"id": i, "name": f"B{i}", "location": 100 + i, "place": f"Building {i}",
          "public_key": keys[i].public_b64} for i in keys]}
+    if settings:
+        body["settings"] = config_mod.block_settings(settings)  # checked, as 'silbato roster sign' does
     document = sign_roster(body, organizer)
     configs = []
     for i in keys:
@@ -79,14 +83,16 @@ class Block:
 
     def __init__(self, root: Path, n: int = 5, topology: str = "line", *, loss: float = 0.0,
                  preset: str = "MEDIUM_FAST", seed: int = 1, scale: float | None = None,
-                 hold_time: float = 2.0, overrides: dict[str, Any] | None = None, radio: str = "air"):
+                 hold_time: float = 2.0, overrides: dict[str, Any] | None = None, radio: str = "air",
+                 settings: dict[str, Any] | None = None):
         if radio not in ("air", "serial"):
             raise ValueError(f"unknown radio {radio!r}: expected air or serial")
         if radio == "serial" and scale is None:
             raise ValueError("simulated serial radios run on the wall clock: give a scale")
         self.radio = radio
         self.seed = seed
-        self.files = provision(root, n, hold_time=hold_time, overrides={"radio.preset": preset, **(overrides or {})})
+        self.files = provision(root, n, hold_time=hold_time, overrides={"radio.preset": preset, **(overrides or {})},
+                               settings=settings)
         self.scheduler = Scheduler(scale)
         hop_limit = self.files.configs[0]["radio.hop_limit"]
         self.air = SimAir(n, topology, loss=loss, preset=preset, seed=seed, hop_limit=hop_limit,

@@ -95,6 +95,7 @@ def alert_rows(now: float | None = None, s: Store | None = None, limit: int = 20
     s = s or store()
     now = node_time() if now is None else now
     timeout = current_app.config.get("RECEIPT_TIMEOUT", 120.0) if has_app_context() else 120.0
+    timeout = float(s.meta("receipt_timeout") or timeout)  # the daemon's: the roster's, when it carries one
     places = s.places()
     peers = s.peers()
     names = {p["node_id"]: p["name"] for p in peers}

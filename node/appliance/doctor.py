@@ -7,6 +7,8 @@ config      the settings file parses and every value is valid (Wi-Fi settings to
 key         the node key exists, has mode 0600 and loads
 separation  the page's user cannot read the node key or the channel key, nor write the state directory
 roster      signed by the organizers' key, lists this node's key unrevoked; WARN after 30 days
+block       the roster's block-wide settings are valid; WARN when this node's own differ (the
+            roster's are used) or when the roster carries none (this node's own are used)
 radio       configured and present; firmware 2.6.11 or newer, a private channel key, MQTT off;
             WARN while radio.text_alert_places puts place names on air
 gpio        /dev/gpiochip* present and no GPIO given two jobs
@@ -232,6 +234,34 @@ def check_roster(doctor: Doctor) -> Iterator[Result]:
         yield Result(WARN, "roster", f"{described}; installed {_days(age)} ago: ask the organizers for the latest")
     else:
         yield Result(PASS, "roster", f"{described}; this node is {me.name} at location {me.location}")
+
+
+@check("block")
+def check_block(doctor: Doctor) -> Iterator[Result]:
+    """The block-wide settings (``config.BLOCK_SETTINGS``): carried by the roster, or this node's own."""
+    from node.protocol.keys import load_roster
+
+    cfg = doctor.cfg
+    if cfg is None:
+        yield from _needs_config(doctor, "block")
+        return
+    try:
+        roster = load_roster(cfg)
+    except SilbatoError:
+        yield Result(WARN, "block", "not checked: no valid roster (see the roster finding)")
+        return
+    try:
+        effective = config_mod.with_roster(cfg, roster)
+    except SilbatoError as exc:
+        yield Result(FAIL, "block", str(exc))
+        return
+    line = config_mod.describe_block(effective)
+    if not effective.block.carried:
+        yield Result(WARN, "block", f"{line}; ask the organizers to put them in the roster")
+    elif effective.block.disagreements():
+        yield Result(WARN, "block", f"{line}; make this node's settings file agree (or leave them out)")
+    else:
+        yield Result(PASS, "block", line)
 
 
 @check("radio")

@@ -67,7 +67,8 @@ def config_template(values: dict | None = None) -> str:
         lines += [f"[{head}]", ""]
         for setting in settings:
             key = setting.name.split(".", 1)[1]
-            lines += [f"# {line}" for line in _wrap(setting.help)]
+            help = setting.help + (" Block-wide: a roster that carries it overrides this file." if setting.block else "")
+            lines += [f"# {line}" for line in _wrap(help)]
             if setting.name in values:
                 lines.append(f"{key} = {_toml_value(values[setting.name])}")
             else:

@@ -28,9 +28,25 @@ def _uptime() -> float | None:
         return None
 
 
+def _with_roster(cfg: Config) -> tuple[Config, str]:
+    """The settings with the roster's block-wide ones applied, and a line on them (the daemon's view)."""
+    from node import config as config_mod
+    from node.protocol.keys import load_roster
+
+    try:
+        effective = config_mod.with_roster(cfg, load_roster(cfg))
+    except SilbatoError as exc:
+        return cfg, f"this node's own (the roster cannot be used: {exc})"
+    return effective, config_mod.describe_block(effective)
+
+
 def collect(cfg: Config, host: Host) -> dict[str, Any]:
-    """The summary as a JSON-ready dict."""
+    """The summary as a JSON-ready dict. Preset and supervision period are the block's, as the daemon uses them."""
+    cfg, block = _with_roster(cfg)
     out: dict[str, Any] = {
+        "block_settings": block,
+        "block_disagreements": {name: {"local": local, "roster": roster}
+                                for name, local, roster in (cfg.block.disagreements() if cfg.block else [])},
         "version": __version__,
         "release": host.layout.current_version(),
         "uptime": _uptime(),
@@ -137,6 +153,7 @@ def lines(summary: dict[str, Any], *, clock=time.time) -> list[str]:
            + (f" (supervision.period is {summary['supervision_period_set']:.0f} s: too short for "
               f"{summary['preset']} at the airtime budget)"
               if summary["supervision_period"] > summary["supervision_period_set"] else ""),
+           f"block     {summary['block_settings']}",
            f"health    {_health(summary)}"]
     alerts = summary["alerts"]
     out.append(f"alerts    {len(alerts)} active" if alerts else "alerts    none active")

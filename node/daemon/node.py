@@ -34,6 +34,7 @@ import threading
 import time
 from typing import Callable
 
+from node import config as config_mod
 from node import statedir
 from node.config import Config
 from node.daemon.chores import Chores
@@ -45,7 +46,7 @@ from node.daemon.relays import Receipts, Relays
 from node.daemon.signer import Signer
 from node.daemon.troubles import Troubles
 from node.daemon.wipe import clock_floor, counter_floor, destroy, node_files, requested as wipe_requested
-from node.errors import FrameError
+from node.errors import FrameError, RosterError
 from node.hardware import speech
 from node.hardware.devices import Hardware
 from node.protocol import supervision, wire
@@ -108,6 +109,20 @@ class Node:
         self.key, self.roster, self._me = identity.key, identity.roster, identity.me
         self.id, self.location = identity.me.id, identity.me.location
         self.members = sorted(self.roster.members)
+        self._apply_block_settings()
+
+    def _apply_block_settings(self) -> None:
+        """From here on ``self.config`` holds the roster's block-wide settings (preset, supervision...)
+        in place of this node's own, so that every node supervises the same way; said once in the log."""
+        try:
+            self.config = config_mod.with_roster(self.config, self.roster)
+        except RosterError as exc:  # a bad value's key named; the node cannot start on this roster
+            log.error("TROUBLE (roster): %s", exc)
+            raise
+        if self.config.block.disagreements():
+            log.warning("block-wide settings: %s", config_mod.describe_block(self.config))
+        else:
+            log.info("block-wide settings: %s", config_mod.describe_block(self.config))
 
     def _open_store(self) -> None:
         self.store = statedir.open_store(self.config)   # db/ is the only part the page's user may write
@@ -116,6 +131,8 @@ class Node:
         # For the web page: which building is "this node", and the block's name for exports.
         self.store.set_meta("node_id", str(self.id))
         self.store.set_meta("block", self.roster.block)
+        # The page lists missing buildings by the block's receipt timeout, which may be the roster's.
+        self.store.set_meta("receipt_timeout", repr(self.config["supervision.receipt_timeout"]))
 
     def _start_supervision(self) -> None:
         self.supervisor = make_supervisor(self.config, self.id, self.members, self.clock())

@@ -8,10 +8,15 @@ A roster file is JSON::
     {"roster": {"block": "elm-st", "version": 3,
                 "nodes": [{"id": 1, "name": "B1", "location": 101,
                            "place": "Building 1", "public_key": "<base64>",
-                           "revoked": false}, ...]},
+                           "revoked": false}, ...],
+                "settings": {"radio.preset": "MEDIUM_FAST", "supervision.period": 180}},
      "signature": "<base64 Ed25519 signature by the organizer key>"}
 
-The signature covers the canonical JSON of ``roster`` (sorted keys, no spaces).
+The signature covers the canonical JSON of ``roster`` (sorted keys, no spaces), so
+the block-wide ``settings`` too. They are optional (older rosters carry none); which
+settings may appear and their bounds are declared in ``node.config`` (``BLOCK_SETTINGS``,
+checked by ``node.config.block_settings`` when a roster is signed, installed or applied):
+this module checks only that they are an object of names and plain values.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -177,9 +182,11 @@ def _canonical(body: Any) -> bytes:
 class Roster:
     """The verified list of the block's nodes. Build it with :meth:`parse` or :meth:`load`."""
 
-    def __init__(self, block: str, version: int, members: Iterable[Member], document: dict):
+    def __init__(self, block: str, version: int, members: Iterable[Member], document: dict,
+                 settings: dict[str, Any] | None = None):
         self.block = block
         self.version = version
+        self.settings = dict(settings or {})  # block-wide settings, as signed (node.config.with_roster applies them)
         self.members = {m.id: m for m in members}
         self.by_location = {m.location: m for m in self.members.values()}
         self.document = document  # the signed JSON document, for re-installing elsewhere
@@ -211,7 +218,8 @@ class Roster:
             organizer.verify(signature, _canonical(body))
         except InvalidSignature:
             raise RosterError("roster: bad signature (not signed by the organizers' key, or altered)") from None
-        return cls(*_parse_body(body), document=document)
+        block, version, members, settings = _parse_body(body)
+        return cls(block, version, members, document=document, settings=settings)
 
     @classmethod
     def load(cls, path: Path, organizer: Ed25519PublicKey) -> "Roster":
@@ -229,8 +237,13 @@ class Roster:
 MAX_MEMBERS = 136
 
 
-def _parse_body(body: dict) -> tuple[str, int, list[Member]]:
+def _parse_body(body: dict) -> tuple[str, int, list[Member], dict[str, Any]]:
     block, version, nodes = body.get("block"), body.get("version"), body.get("nodes")
+    settings = body.get("settings", {})
+    if not isinstance(settings, dict) or not all(
+            isinstance(v, (str, int, float, bool)) for v in settings.values()):
+        raise RosterError('roster: \'settings\' must be an object of block-wide settings, '
+                          'such as {"supervision.period": 180}')
     if not isinstance(block, str) or not block:
         raise RosterError("roster: 'block' must be a non-empty string")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -257,23 +270,31 @@ def _parse_body(body: dict) -> tuple[str, int, list[Member]]:
         key = Ed25519PublicKey.from_public_bytes(unb64(entry["public_key"], f"{where}.public_key", 32))
         members.append(Member(entry["id"], entry["name"], entry["location"], entry["place"], key,
                               bool(entry.get("revoked", False))))
-    return block, version, members
+    return block, version, members, settings
 
 
 def sign_roster(body: dict, organizer: SigningKey) -> dict:
-    """Sign a roster body (``{"block", "version", "nodes"}``) after checking its shape."""
+    """Sign a roster body (``{"block", "version", "nodes"}``, optionally ``"settings"``) after checking its shape.
+
+    The values of ``settings`` are checked by the caller (``node.config.block_settings``): the
+    protocol does not know the settings' bounds."""
     _parse_body(body)
     return {"roster": body, "signature": b64(organizer.sign(_canonical(body)))}
 
 
 def install_roster(document: Any, organizer: Ed25519PublicKey, path: Path, *,
-                   node_key: bytes | None = None) -> Roster:
-    """Verify ``document`` and write it to ``path``, refusing a lower version than the installed one.
+                   node_key: bytes | None = None, check: Callable[[Roster], Any] | None = None) -> Roster:
+    """Verify ``document`` and write it to ``path``, refusing a lower version than the installed one,
+    or the installed version with other contents (nodes compare roster versions in their heartbeats,
+    so a change, such as a block-wide setting, needs a new version).
 
     With ``node_key`` (this node's raw public key), also refuse a roster on which this node
-    is missing or revoked: the daemon could not start with it.
+    is missing or revoked: the daemon could not start with it. ``check`` (the block-wide
+    settings' values, ``node.config.with_roster``) raises ``RosterError`` to refuse it too.
     """
     roster = Roster.parse(document, organizer)
+    if check is not None:
+        check(roster)
     if node_key is not None:
         me, shown = roster.find_key(node_key), b64(node_key)
         if me is None:
@@ -293,6 +314,10 @@ def install_roster(document: Any, organizer: Ed25519PublicKey, path: Path, *,
                 raise RosterError(f"roster: block {roster.block!r} is not this node's block {current.block!r}")
             if roster.version < current.version:
                 raise RosterError(f"roster: version {roster.version} is older than installed version {current.version}")
+            if roster.version == current.version and \
+                    _canonical(document["roster"]) != _canonical(current.document["roster"]):
+                raise RosterError(f"roster: version {roster.version} is installed already with other contents: "
+                                  "the organizers must raise 'version' when they change the roster")
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
