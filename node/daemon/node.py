@@ -154,6 +154,7 @@ class Node:
         self.outbox = Outbox(self.link, self.store, self.troubles, lock=self.lock, clock=self.clock, counts=self.counts,
                              own=self._signed_here)
         self.relays = Relays(self.store, self.outbox, preset=self.config["radio.preset"], **shared)
+        self.outbox.on_air = self.relays.on_air
         self.receipts = Receipts(self.id, self.members, self.roster, self.store, self.signer, self.outbox,
                                  relays=self.relays, neighbours=self._live_neighbours, **shared)
         self.liveness = Liveness(self.id, self.members, self.roster, self.config, store=self.store,

@@ -43,6 +43,8 @@ class Outbox:
         # Whether a queued frame is one this node signed: the page's user may write the database,
         # so a row it slipped into the outbox is dropped here, never put on air.
         self._own = own
+        # Called (under the node's lock) with each outbox frame the radio took, and the time.
+        self.on_air: Callable[[bytes, float], None] = lambda frame, now: None
         self._texts: collections.deque[str] = collections.deque(maxlen=20)
         # (frame, hop limit, queued at): heartbeats, receipts, relays, repairs; the oldest go first when it is full
         self._ephemeral: collections.deque[tuple[bytes, int | None, float]] = collections.deque(maxlen=50)
@@ -119,6 +121,7 @@ class Outbox:
                 self.troubles.record("radio", str(exc), now)
                 return
             self.store.mark_sent(seq, now)
+            self.on_air(frame, now)
 
     def _is_own(self, seq: int, frame: bytes, now: float) -> bool:
         """Drop (as sent) an outbox row that is not a frame this node signed. Callers hold the lock."""
@@ -200,8 +203,10 @@ class Outbox:
                     log.debug("outbox still waits for the radio: %s", exc)
                 return
             with self._lock:
-                self.store.mark_sent(seq, self._clock())
+                now = self._clock()
+                self.store.mark_sent(seq, now)
                 self.counts["sent"] += 1
+                self.on_air(frame, now)
             if self._waited is not None:
                 self._waited += 1
         if self._waited is not None and not self._stopping.is_set():

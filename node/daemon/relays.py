@@ -50,6 +50,8 @@ RELAYED_FRAMES_KEPT, RELAYED_FRAMES_FORGOTTEN = 500, 250
 REPAIRS_KEPT = 200
 RECEIPTS_KEPT, RECEIPTS_FORGOTTEN = 200, 100
 NEVER = -1e12             # a time long past: "never done"
+UNTIL_ON_AIR = float("inf")   # a relay's due time while it waits for the outbox to send the first copy
+OWN_WAITING_KEPT = 64     # own frames waiting for the radio, remembered for their second copy
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Relays:
         # The (origin, counter) of each relayed frame, so hearing it again counts as a copy.
         self._relay_frames: dict[tuple[int, int], tuple[str, State]] = {}
         self._repaired: dict[tuple[str, State], float] = {}  # (alert, state) -> when this node last passed it on
+        self._own_waiting: dict[bytes, tuple[str, State]] = {}  # own frame in the outbox -> its relay's key
 
     def relay(self, alert: Alert, origin: int, counter: int, data: bytes, now: float) -> None:
         """Relay a new state heard from ``origin`` to the neighbours, unless enough of them do first."""
@@ -110,11 +113,24 @@ class Relays:
             self.counts["relay-outdated"] += 1
 
     def sent_own(self, alert: Alert, counter: int, data: bytes, now: float) -> None:
-        """This node signed ``alert``'s new state: send it again unless a neighbour's relay is heard first."""
+        """This node signed ``alert``'s new state: once the radio has taken it (``on_air``), send it
+        again unless a neighbour's relay is heard first."""
         key = (alert.id, alert.state)
         self._drop_older(alert)
-        self._relays[key] = PendingRelay(now + self.rng.uniform(*OWN_AGAIN), data, 1, hop_limit=None)
+        # Not due until the first copy is on air: the outbox may hold it while the radio is away,
+        # and a second copy timed from the signing would go first, or into the same dead radio.
+        self._relays[key] = PendingRelay(UNTIL_ON_AIR, data, 1, hop_limit=None)
         self._relay_frames[(wire.peek_origin(data) or (0, counter))[0], counter] = key
+        self._own_waiting[data] = key
+        while len(self._own_waiting) > OWN_WAITING_KEPT:   # frames the radio refused for good
+            self._own_waiting.pop(next(iter(self._own_waiting)))
+
+    def on_air(self, frame: bytes, now: float) -> None:
+        """The outbox handed ``frame`` to the radio: its second copy is due ``OWN_AGAIN`` from now."""
+        key = self._own_waiting.pop(frame, None)
+        relay = self._relays.get(key) if key is not None else None
+        if relay is not None and relay.frame == frame and relay.due == UNTIL_ON_AIR:
+            relay.due = now + self.rng.uniform(*OWN_AGAIN)
 
     def relay_verdict(self, key: Hashable, data: bytes, now: float, *, delay: tuple[float, float],
                       hop_limit: int | None) -> None:
