@@ -126,6 +126,7 @@ class Node:
 
     def _open_store(self) -> None:
         self.store = statedir.open_store(self.config)   # db/ is the only part the page's user may write
+        statedir.prepare_evidence_dir(self.config)      # and evidence/, where it writes sealed items
         self._on_stop(self.store.close)
         self.store.sync_peers(self.roster)
         # For the web page: which building is "this node", and the block's name for exports.
