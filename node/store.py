@@ -318,7 +318,7 @@ class Store:
                 "meta_sha256": meta_sha256, "status": "pending", "reason": ""})
 
     def pending_evidence(self) -> list[dict]:
-        return list(self.db.query("SELECT * FROM evidence WHERE status = 'pending' ORDER BY received_at, item_id"))
+        return list(self.db.query("SELECT * FROM evidence WHERE status = 'pending' ORDER BY rowid"))
 
     def finish_evidence(self, item_id: str, status: str, reason: str = "") -> None:
         self.db.execute("UPDATE evidence SET status = ?, reason = ? WHERE item_id = ?", [status, reason, item_id])
@@ -337,6 +337,15 @@ class Store:
     def set_manifest_head(self, alert_id: str, head: str, signature: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO manifest_heads (alert_id, head, signature) VALUES (?, ?, ?)",
                         [alert_id, head, signature])
+
+    def purge_evidence(self, cutoff: float) -> list[str]:
+        """Forget evidence received before ``cutoff``: its rows, and the manifests and heads of incidents
+        left with none. Returns the item ids, whose files the caller deletes."""
+        with self.transaction():
+            ids = [r[0] for r in self.db.execute("SELECT item_id FROM evidence WHERE received_at < ?", [cutoff])]
+            self.db.execute("DELETE FROM evidence WHERE received_at < ?", [cutoff])
+            self.db.execute("DELETE FROM manifest WHERE alert_id NOT IN (SELECT alert_id FROM evidence)")
+        return ids
 
     def manifest_head(self, alert_id: str) -> dict | None:
         rows = list(self.db.query("SELECT * FROM manifest_heads WHERE alert_id = ?", [alert_id]))
@@ -551,15 +560,18 @@ class Store:
         cutoff = now - retention
         ended = [int(s) for s in ENDED]
         with self.transaction():
+            # An incident with sealed evidence is kept as long as its evidence (evidence.keep), so
+            # that its bundle can still be made and verified.
             ids = [r[0] for r in self.db.execute(
-                f"SELECT id FROM alerts WHERE state IN ({','.join('?' * len(ended))}) AND updated_at < ?",
-                [*ended, cutoff])]
+                f"SELECT id FROM alerts WHERE state IN ({','.join('?' * len(ended))}) AND updated_at < ? "
+                "AND id NOT IN (SELECT alert_id FROM evidence)", [*ended, cutoff])]
             for alert_id in ids:
                 self.db.execute("DELETE FROM events WHERE alert_id = ?", [alert_id])  # however recent
                 self.db.execute("DELETE FROM coverage WHERE alert_id = ?", [alert_id])
                 self.db.execute("DELETE FROM aliases WHERE alert_id = ?", [alert_id])
                 self.db.execute("DELETE FROM notes WHERE alert_id = ?", [alert_id])
                 self.db.execute("DELETE FROM alerts WHERE id = ?", [alert_id])
+                self.db.execute("DELETE FROM manifest_heads WHERE alert_id = ?", [alert_id])
             # Old refusals about alerts this node never held, and sent frames.
             self.db.execute("DELETE FROM events WHERE received_at < ? AND alert_id NOT IN (SELECT id FROM alerts)",
                             [cutoff])
