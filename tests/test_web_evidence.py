@@ -127,4 +127,4 @@ def test_without_recipients_the_page_says_so_and_takes_nothing(block):
     client = app.test_client()
     assert "have not set their key" in client.get(f"/alerts/{block.raid}").get_data(as_text=True)
     before = items(block)
-    assert send(client, block.raid, statement="hello", csrf="unused").status_code == 503 and items(block) == before
+    assert send(client, block.raid, statement="hello", csrf="unused").status_code == 409 and items(block) == before

@@ -83,8 +83,9 @@ def incident(alert_id: str):
 
 
 def _refuse(status: int, title: str, message: str):
+    """An error page titled in the neighbor's language; a 503 says when to try again."""
     log.warning("evidence refused (%d): %s", status, message)
-    return error_response(status, message, title=title)
+    return error_response(status, message, 5.0 if status == 503 else None, title=title)
 
 
 @bp.post("/alerts/<alert_id>/evidence")
@@ -108,7 +109,7 @@ def upload(alert_id: str):
         current_app.logger.error("evidence.recipients: %s", exc)
         recipients = []
     if not recipients:
-        return _refuse(503, _("This node does not take photos or video yet: the organizers have not set "
+        return _refuse(409, _("This node does not take photos or video yet: the organizers have not set "
                               "their key."), "no recipients")
     too_large = _("That is larger than this node takes (%(mb)s MB at most). Send a shorter video, or keep it "
                   "and give it to the organizers.", mb=settings["max_item"] // 1_000_000)
