@@ -545,6 +545,35 @@ def sim(n: int, topology: str, port_base: int, loss: float, preset: str, seed: i
         raise click.ClickException(str(exc)) from None
 
 
+# -- evidence: proving an incident bundle ----------------------------------------------
+
+@cli.command("verify")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.option("--organizer", "organizer_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Your own copy of the organizers' public key (default: the one inside the bundle).")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def verify_bundle(bundle: str, organizer_path: str | None, as_json: bool) -> None:
+    """Check an incident bundle with no secret: frames, the evidence chain, every sealed item's hash."""
+    from node.evidence.verify import verify
+    from node.protocol.keys import load_public
+
+    report = verify(Path(bundle), load_public(Path(organizer_path)) if organizer_path else None)
+    if as_json:
+        click.echo(json.dumps({"ok": report.ok, "frames": report.frames, "entries": report.entries,
+                               "items": report.items, "notes": report.notes,
+                               "findings": [vars(f) for f in report.findings]}, indent=1))
+    else:
+        for finding in report.findings:
+            click.echo(f"FAIL {finding}")
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        click.echo(f"{'FAILED' if report.findings else 'OK'}: {report.frames} signed frames, "
+                   f"{report.entries} manifest entries, {report.items} sealed files checked"
+                   + (f"; {len(report.findings)} problem(s)" if report.findings else ""))
+    if not report.ok:
+        raise SystemExit(1)
+
+
 # -- the appliance: install, update, doctor, status, Wi-Fi, fleet ------------------------
 
 appliance_commands.add_to(cli)

@@ -202,6 +202,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web.live_clients", int, 200,
             "How many open pages get live updates at once (one server thread each); more poll every 15 s.",
             bounds=between(1, 2000)),
+    Setting("evidence.recipients", str, "",
+            "The organizers' age public keys (age1..., comma-separated) that neighbors' photos, video and "
+            "statements are sealed to as they arrive. Empty: the page takes no evidence."),
+    Setting("evidence.max_item", int, 200_000_000,
+            "Bytes: the largest photo, video or statement one neighbor may send at once.",
+            bounds=between(1024, 2**40)),
+    Setting("evidence.max_total", int, 2_000_000_000,
+            "Bytes: the most sealed evidence the node keeps (<state_dir>/evidence); past it the page says it is full.",
+            bounds=between(1024, 2**44)),
+    Setting("evidence.keep", float, 30 * 86400.0,
+            "Seconds: how long sealed evidence is kept on the node (longer than alerts.retention; "
+            "the node cannot open it).",
+            bounds=SECONDS),
     Setting("wifi.mode", str, "off",
             "Building Wi-Fi, written by 'silbato wifi apply': ap (the node is a hotspot and its page a "
             "captive portal), lan (the node joins the building's Wi-Fi as silbato-<name>.local) or off.",
@@ -334,6 +347,11 @@ class Config(Mapping[str, Any]):
     @property
     def db_file(self) -> Path:
         return self.db_dir / "silbato.db"
+
+    @property
+    def evidence_dir(self) -> Path:
+        """Sealed evidence: written by the page's user, chained and purged by the daemon (``node.statedir``)."""
+        return self.state_dir / "evidence"
 
     @property
     def web_secret_file(self) -> Path:
@@ -562,6 +580,13 @@ def _validate(values: dict[str, Any], source: str, origins: Mapping[str, str]) -
             parse(values[name])
         except ValueError as exc:
             raise ConfigError(f"{origins.get(name, source)}: {name}: {exc}") from None
+    if values["evidence.recipients"]:
+        from node.evidence.seal import parse_recipients  # pyrage: loaded only when evidence is on
+
+        try:
+            parse_recipients(values["evidence.recipients"])
+        except ValueError as exc:
+            raise ConfigError(f"{origins.get('evidence.recipients', source)}: evidence.recipients: {exc}") from None
     from node.catalog import LANGUAGES  # declared once, there
 
     bad = [lang for lang in values["node.languages"].split(",") if lang.strip() not in LANGUAGES]

@@ -44,3 +44,8 @@ class RadioError(SilbatoError):
 
 class HardwareError(SilbatoError):
     """A GPIO device could not be set up."""
+
+
+class EvidenceError(SilbatoError):
+    """A neighbor's evidence could not be sealed or kept (too large, storage full, no recipients), or a
+    bundle does not verify."""

@@ -8,6 +8,11 @@ On a node, the daemon runs as ``silbato`` and the page as ``silbato-web`` (prima
 - ``<state_dir>/db`` (0770, group ``silbato``) and the database in it (0660): the page reads
   the alerts and writes captains' requests, notes and sessions. SQLite gives its ``-wal``
   and ``-shm`` files the database's own mode; both users' primary group is ``silbato``;
+- ``<state_dir>/evidence`` (0770, group ``silbato``): sealed evidence. The page writes each item
+  (0640) as it streams in, to the organizers' age recipients; the daemon reads it to chain it in
+  the signed manifest and deletes it after ``evidence.keep``. Neither can open it. The page
+  could delete or replace an item: the signed manifest names the SHA-256 of each, so a bundle
+  shows it (``silbato verify``);
 - the block's channel key (``radio.channel_key_file``, 0600, ``root``) is read only by
   ``silbato radio configure``, as root.
 
@@ -41,6 +46,21 @@ def prepare_db_dir(config, *, adopt: bool = True) -> Path:
     _fix(folder, DB_DIR_MODE, _state_owner(config), directory=True)
     if adopt:
         adopt_legacy_db(config)
+    return folder
+
+
+def prepare_evidence_dir(config) -> Path:
+    """Make ``evidence/`` (0770, the state directory's owner), where the page writes sealed items.
+
+    Called by the daemon at start and by ``silbato install``; never raises (it logs).
+    """
+    folder = config.evidence_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("could not make %s: %s", folder, exc.strerror)
+        return folder
+    _fix(folder, DB_DIR_MODE, _state_owner(config), directory=True)
     return folder
 
 

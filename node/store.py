@@ -31,7 +31,7 @@ migrations = Migrations("silbato")
 REPLAY_WINDOW = 63
 
 # The only tables the web process may write (see ``Store(writes=...)``).
-WEB_TABLES = frozenset({"captains", "requests", "notes", "sessions"})
+WEB_TABLES = frozenset({"captains", "requests", "notes", "sessions", "evidence"})
 # Seconds: a captain's request older than this is refused, not acted on, so that a click
 # made while the daemon was down does not raise a siren minutes later.
 REQUEST_TTL = 60.0
@@ -107,6 +107,29 @@ def m004_sessions(db: sqlite_utils.Database) -> None:
 def m005_out_of_reach(db: sqlite_utils.Database) -> None:
     """A peer out of reach: the building through which its news stopped (``peers.status`` 'unreachable')."""
     db["peers"].add_column("through", int)
+
+
+@migrations()
+def m006_evidence(db: sqlite_utils.Database) -> None:
+    """Neighbors' sealed evidence, its signed manifest, and the signed frame of each transition.
+
+    ``evidence`` (the page writes it): one row per sealed item, pending until the daemon chains
+    it. It holds no plaintext, no file name from the phone, no address and no content type (that
+    is sealed inside ``<item>.meta.age``): only sizes, hashes, the incident and when it came.
+    ``manifest`` (the daemon's): each incident's hash-chained, signed entries. ``manifest_heads``:
+    the latest signed head of each incident (its transition frames and the chain's tip).
+    """
+    db["evidence"].create({
+        "item_id": str, "alert_id": str, "received_at": float, "size": int, "sha256": str,
+        "sealed_size": int, "sealed_sha256": str, "meta_sha256": str, "status": str, "reason": str,
+    }, pk="item_id")
+    db["evidence"].create_index(["status"])
+    db["manifest"].create({"alert_id": str, "seq": int, "item_id": str, "entry": str, "hash": str,
+                           "signature": str}, pk=("alert_id", "seq"))
+    db["manifest_heads"].create({"alert_id": str, "head": str, "signature": str}, pk="alert_id")
+    db["events"].add_column("frame", bytes)   # the signed transition as received (or sent), for the bundle
+    db.execute("""CREATE TRIGGER manifest_no_update BEFORE UPDATE ON manifest
+                  BEGIN SELECT RAISE(ABORT, 'the evidence manifest is append-only'); END""")
 
 
 def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
@@ -269,12 +292,64 @@ class Store:
         self.db.execute("UPDATE alerts SET repeat_at = ?, repeats = ? WHERE id = ?", [repeat_at, repeats, alert_id])
 
     def record_event(self, alert_id: str, state: State, outcome: str, *, signer: int, source: str,
-                     counter: int | None, received_at: float, reason: str = "") -> None:
-        """Append to the event log: who signed, where it came from ('air' or 'local'), when."""
+                     counter: int | None, received_at: float, reason: str = "", frame: bytes | None = None) -> None:
+        """Append to the event log: who signed, where it came from ('air' or 'local'), when; with
+        ``frame``, the signed transition as received (or sent), for the incident's bundle."""
         self.db["events"].insert({
             "alert_id": alert_id, "state": int(state), "outcome": outcome, "reason": reason,
             "signer": signer, "source": source, "counter": counter, "received_at": received_at,
+            "frame": frame,
         })
+
+    def transition_frames(self, alert_id: str) -> list[bytes]:
+        """The signed frames of an incident's accepted transitions (merged reports too), in the order taken."""
+        return [bytes(r[0]) for r in self.db.execute(
+            "SELECT frame FROM events WHERE alert_id = ? AND frame IS NOT NULL AND outcome IN "
+            "('new', 'changed', 'merged') ORDER BY id", [alert_id])]
+
+    # -- evidence (the page writes pending rows; the daemon chains and signs them) -------------
+
+    def add_evidence(self, item_id: str, alert_id: str, now: float, *, size: int, sha256: str,
+                     sealed_size: int, sealed_sha256: str, meta_sha256: str) -> None:
+        with self.transaction():
+            self.db["evidence"].insert({
+                "item_id": item_id, "alert_id": self.resolve(alert_id), "received_at": now, "size": size,
+                "sha256": sha256, "sealed_size": sealed_size, "sealed_sha256": sealed_sha256,
+                "meta_sha256": meta_sha256, "status": "pending", "reason": ""})
+
+    def pending_evidence(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM evidence WHERE status = 'pending' ORDER BY rowid"))
+
+    def finish_evidence(self, item_id: str, status: str, reason: str = "") -> None:
+        self.db.execute("UPDATE evidence SET status = ?, reason = ? WHERE item_id = ?", [status, reason, item_id])
+
+    def evidence_count(self, alert_id: str) -> int:
+        return self.db.execute("SELECT count(*) FROM evidence WHERE alert_id = ?",
+                               [self.resolve(alert_id)]).fetchone()[0]
+
+    def append_manifest(self, alert_id: str, seq: int, item_id: str, entry: str, hash_: str, signature: str) -> None:
+        self.db.execute("INSERT INTO manifest (alert_id, seq, item_id, entry, hash, signature) VALUES (?, ?, ?, ?, ?, ?)",
+                        [alert_id, seq, item_id, entry, hash_, signature])
+
+    def manifest(self, alert_id: str) -> list[dict]:
+        return list(self.db.query("SELECT * FROM manifest WHERE alert_id = ? ORDER BY seq", [alert_id]))
+
+    def set_manifest_head(self, alert_id: str, head: str, signature: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO manifest_heads (alert_id, head, signature) VALUES (?, ?, ?)",
+                        [alert_id, head, signature])
+
+    def purge_evidence(self, cutoff: float) -> list[str]:
+        """Forget evidence received before ``cutoff``: its rows, and the manifests and heads of incidents
+        left with none. Returns the item ids, whose files the caller deletes."""
+        with self.transaction():
+            ids = [r[0] for r in self.db.execute("SELECT item_id FROM evidence WHERE received_at < ?", [cutoff])]
+            self.db.execute("DELETE FROM evidence WHERE received_at < ?", [cutoff])
+            self.db.execute("DELETE FROM manifest WHERE alert_id NOT IN (SELECT alert_id FROM evidence)")
+        return ids
+
+    def manifest_head(self, alert_id: str) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM manifest_heads WHERE alert_id = ?", [alert_id]))
+        return rows[0] if rows else None
 
     def events(self, alert_id: str | None = None) -> list[dict]:
         if alert_id is None:
@@ -485,15 +560,18 @@ class Store:
         cutoff = now - retention
         ended = [int(s) for s in ENDED]
         with self.transaction():
+            # An incident with sealed evidence is kept as long as its evidence (evidence.keep), so
+            # that its bundle can still be made and verified.
             ids = [r[0] for r in self.db.execute(
-                f"SELECT id FROM alerts WHERE state IN ({','.join('?' * len(ended))}) AND updated_at < ?",
-                [*ended, cutoff])]
+                f"SELECT id FROM alerts WHERE state IN ({','.join('?' * len(ended))}) AND updated_at < ? "
+                "AND id NOT IN (SELECT alert_id FROM evidence)", [*ended, cutoff])]
             for alert_id in ids:
                 self.db.execute("DELETE FROM events WHERE alert_id = ?", [alert_id])  # however recent
                 self.db.execute("DELETE FROM coverage WHERE alert_id = ?", [alert_id])
                 self.db.execute("DELETE FROM aliases WHERE alert_id = ?", [alert_id])
                 self.db.execute("DELETE FROM notes WHERE alert_id = ?", [alert_id])
                 self.db.execute("DELETE FROM alerts WHERE id = ?", [alert_id])
+                self.db.execute("DELETE FROM manifest_heads WHERE alert_id = ?", [alert_id])
             # Old refusals about alerts this node never held, and sent frames.
             self.db.execute("DELETE FROM events WHERE received_at < ? AND alert_id NOT IN (SELECT id FROM alerts)",
                             [cutoff])

@@ -91,4 +91,4 @@ def test_the_page_runs_as_its_own_user_and_writes_only_the_database_folder():
     assert node["User"] == ["silbato"] and web["User"] == ["silbato-web"], "two users: the page is not the node"
     assert web["Group"] == ["silbato"] and "SupplementaryGroups" not in web
     assert web["StateDirectory"] == ["silbato-web"], "StateDirectory=silbato would hand the node's folder to the page"
-    assert web["ReadWritePaths"] == ["/var/lib/silbato/db"] and web["ProtectSystem"] == ["strict"]
+    assert web["ReadWritePaths"] == ["/var/lib/silbato/db", "/var/lib/silbato/evidence"] and web["ProtectSystem"] == ["strict"]

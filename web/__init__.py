@@ -35,7 +35,10 @@ def settings(config) -> dict[str, Any]:
             "EXEMPT_LOOPBACK": False,
             "SILENT_AFTER": 3 * supervision.effective_period(config["supervision.period"], config["radio.preset"],
                                                              config["supervision.airtime_budget"]),
-            "RECEIPT_TIMEOUT": config["supervision.receipt_timeout"]}
+            "RECEIPT_TIMEOUT": config["supervision.receipt_timeout"],
+            # neighbors' evidence, sealed as it streams in (web/evidence.py)
+            "EVIDENCE_DIR": str(config.evidence_dir), "EVIDENCE_RECIPIENTS": config["evidence.recipients"],
+            "EVIDENCE_MAX_ITEM": config["evidence.max_item"], "EVIDENCE_MAX_TOTAL": config["evidence.max_total"]}
 
 
 class JSONProvider(DefaultJSONProvider):
@@ -66,7 +69,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     - ``SECRET_KEY``: signs the session and device cookies; ``silbato web`` reads it from
       ``web.state_dir`` (``web.security.load_secret``), else it is new at every start;
     - ``SESSION_IDLE``: seconds unused before a captain's session ends (``web.session_idle``);
-      ``PERMANENT_SESSION_LIFETIME``: the longest a login lasts (12 h).
+      ``PERMANENT_SESSION_LIFETIME``: the longest a login lasts (12 h);
+    - ``EVIDENCE_RECIPIENTS``: the organizers' age keys (empty: no evidence taken); ``EVIDENCE_DIR``
+      (default: ``evidence/`` beside the database's folder), ``EVIDENCE_MAX_ITEM``, ``EVIDENCE_MAX_TOTAL``
+      (bytes); ``UPLOAD_LIMIT``: (uploads, seconds) per address.
     """
     app = Flask(__name__)
     app.json = JSONProvider(app)
@@ -85,18 +91,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["LANGUAGES"] = list(app.config["LANGUAGES"]) or ["en"]
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True  # smaller pages
 
-    from web import api, auth, captain, data, i18n, live, public, security
+    from web import api, auth, captain, data, evidence, i18n, live, public, security
 
     app.extensions["silbato.live"] = live.Live(
         app.config["DATABASE"], clock=app.config["CLOCK"], silent_after=app.config["SILENT_AFTER"],
         slots=app.config["LIVE_CLIENTS"], poll=app.config["LIVE_POLL"])
     app.extensions["silbato.throttle"] = auth.Throttle()
-    CSRFProtect(app)
+    csrf = CSRFProtect(app)
     i18n.init_app(app)
     security.init_app(app)
     app.teardown_appcontext(data.close_store)
-    for blueprint in (public.bp, captain.bp, api.bp, live.bp):
+    for blueprint in (public.bp, captain.bp, api.bp, live.bp, evidence.bp):
         app.register_blueprint(blueprint)
+    csrf.exempt(evidence.upload)  # checks the form's token itself, before reading any file (streamed)
 
     hashes = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:10] for f in STATIC.iterdir() if f.is_file()}
 

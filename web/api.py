@@ -8,12 +8,12 @@ node daemon, notes, and the incident export. The live stream is in ``web.live``.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context, url_for
 from flask_wtf.csrf import generate_csrf
 
 from node import __version__
 from node.protocol.alerts import State
-from web import auth, data, export, live
+from web import auth, data, evidence, export, live
 from web.openapi import document
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -141,12 +141,12 @@ def add_note(alert_id: str):
 @bp.get("/alerts/<alert_id>/export")
 @auth.captain_required
 def export_incident(alert_id: str):
-    """The incident bundle for legal observers: events JSON, CAP 1.2 XML and a SHA-256 manifest, zipped."""
-    result = export.bundle(data.store(), alert_id)
+    """The incident bundle for legal observers: events, CAP 1.2, signed frames, sealed evidence; zipped, streamed."""
+    result = export.stream_bundle(data.store(), alert_id, evidence_dir=evidence.evidence_dir())
     if result is None:
         abort(404, "no such alert")
     name, body = result
-    return Response(body, mimetype="application/zip",
+    return Response(stream_with_context(body), mimetype="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 

@@ -167,7 +167,7 @@ class Desk:
             if outcome is not Outcome.STALE:
                 self.store.set_repeat(alert.id, now + jitter(self.rng, REPEAT_BASE), 0)
             self.store.record_event(alert.id, t.state, outcome.value, signer=self.me, source="local",
-                                    counter=counter, received_at=now)
+                                    counter=counter, received_at=now, frame=frame)
             seq = self.store.enqueue(frame, now)
             if request is not None:  # a captain's request: its outcome commits with its effect
                 request.signed(alert, seq)
@@ -226,7 +226,8 @@ class Desk:
         if outcome is Outcome.CHANGED and current is not None and current.signer == self.me:
             self.store.set_repeat(alert.id, None, 0)  # someone moved it on; stop re-sending ours
         self.store.record_event(alert.id, t.state, outcome.value, signer=frame.origin, source="air",
-                                counter=frame.counter, received_at=now)
+                                counter=frame.counter, received_at=now,
+                                frame=data if outcome.sounds or outcome is Outcome.MERGED else None)
         if outcome is Outcome.DUPLICATE:
             self.relays.count_copy((alert.id, alert.state))
             self.receipts.heard_again(alert.id, alert.state, now)   # a re-send: its signer lacks receipts

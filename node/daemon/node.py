@@ -10,7 +10,8 @@ the work to collaborators that each own one job (times are seconds, ``now`` pass
 - ``Relays`` and ``Receipts`` (relays.py): passing frames on, repairs, receipts;
 - ``Liveness`` (liveness.py): heartbeats, polls, verdicts, the peers' rows;
 - ``Troubles`` (troubles.py): TROUBLE lines and the status light;
-- ``Chores`` (chores.py): captains' requests, the weekly self-test, the purge.
+- ``Chores`` (chores.py): captains' requests, the weekly self-test, the purge;
+- ``EvidenceDesk`` (evidence.py): neighbors' sealed evidence checked and chained in the signed manifest.
 
 Its entry points are called from any thread (the button's, the radio's, the main loop's)
 and are serialised by one lock, ``Node.lock``, which the collaborators share:
@@ -28,10 +29,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import random
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from node import config as config_mod
@@ -39,6 +42,7 @@ from node import statedir
 from node.config import Config
 from node.daemon.chores import Chores
 from node.daemon.desk import Desk
+from node.daemon.evidence import EvidenceDesk
 from node.daemon.inbox import Inbox
 from node.daemon.liveness import Liveness, make_supervisor
 from node.daemon.outbox import Outbox
@@ -126,11 +130,18 @@ class Node:
 
     def _open_store(self) -> None:
         self.store = statedir.open_store(self.config)   # db/ is the only part the page's user may write
+        statedir.prepare_evidence_dir(self.config)      # and evidence/, where it writes sealed items
         self._on_stop(self.store.close)
         self.store.sync_peers(self.roster)
         # For the web page: which building is "this node", and the block's name for exports.
         self.store.set_meta("node_id", str(self.id))
         self.store.set_meta("block", self.roster.block)
+        # For the incident bundle: the roster that signed its frames, and the organizers' key that signed it.
+        self.store.set_meta("roster", json.dumps(self.roster.document, sort_keys=True))
+        try:
+            self.store.set_meta("organizer_key", Path(self.config["node.organizer_key"]).read_text().strip())
+        except OSError as exc:  # it was read a moment ago, to check the roster
+            log.warning("%s: %s; bundles will not carry the organizers' key", self.config["node.organizer_key"], exc)
         # The page lists missing buildings by the block's receipt timeout, which may be the roster's.
         self.store.set_meta("receipt_timeout", repr(self.config["supervision.receipt_timeout"]))
 
@@ -169,6 +180,8 @@ class Node:
                            relays=self.relays, receipts=self.receipts, troubles=self.troubles, counts=self.counts,
                            clock=self.clock, lock=self.lock, changed=self._changed)
         self.chores = Chores(self.config, self.store, self.desk)
+        self.evidence = EvidenceDesk(self.id, self.roster.block, self.store, self.key, self.config.evidence_dir,
+                                     keep=self.config["evidence.keep"], max_item=self.config["evidence.max_item"])
         self._tick_chores = (
             ("captains' requests", self.chores.process_requests),
             ("flooding", self.troubles.calm),
@@ -184,6 +197,7 @@ class Node:
             ("self-test", self.chores.selftest),
             ("outbox", self.outbox.flush),
             ("retention purge", self.chores.purge),
+            ("evidence", self.evidence.tick),
             ("speaker check", self.troubles.check_speaker),
             ("status light", lambda now: self.troubles.show()),
         )

@@ -28,6 +28,8 @@ PERSON = "a captain's name: purged with the retention period (requests, notes)"
 FREE_TEXT = "free text typed or caused by people: purged with the retention period"
 ACCOUNT = "a captain's account: kept until removed (silbato captain remove)"
 SESSION = "a captain's login (a SHA-256 of its token): deleted at logout, captain remove, idle or 12 h"
+HASH = "a SHA-256 or a size of a sealed item: no plaintext, no file name, no content type, no address"
+SIGNED = "the daemon's signed evidence manifest: item ids, incident ids, times, sizes and hashes only"
 
 ALLOWED_COLUMNS: dict[str, dict[str, str]] = {
     "_sqlite_migrations": {"id": CODE, "migration_set": MACHINE, "name": MACHINE, "applied_at": TIME},
@@ -39,7 +41,13 @@ ALLOWED_COLUMNS: dict[str, dict[str, str]] = {
     "counters": {"origin": CODE, "highest": CODE, "bitmap": CODE},
     "coverage": {"alert_id": CODE, "state": CODE, "node_id": CODE, "sounded": CODE},
     "events": {"id": CODE, "alert_id": CODE, "state": CODE, "outcome": MACHINE, "reason": FREE_TEXT,
-               "signer": CODE, "source": MACHINE, "counter": CODE, "received_at": TIME},
+               "signer": CODE, "source": MACHINE, "counter": CODE, "received_at": TIME, "frame": FRAME},
+    "evidence": {"item_id": CODE, "alert_id": CODE, "received_at": TIME, "size": HASH, "sha256": HASH,
+                 "sealed_size": HASH, "sealed_sha256": HASH, "meta_sha256": HASH, "status": MACHINE,
+                 "reason": MACHINE},
+    "manifest": {"alert_id": CODE, "seq": CODE, "item_id": CODE, "entry": SIGNED, "hash": HASH,
+                 "signature": SIGNED},
+    "manifest_heads": {"alert_id": CODE, "head": SIGNED, "signature": SIGNED},
     "meta": {"key": MACHINE, "value": MACHINE},
     "notes": {"id": CODE, "alert_id": CODE, "captain": PERSON, "text": FREE_TEXT, "created_at": TIME},
     "outbox": {"seq": CODE, "frame": FRAME, "created_at": TIME, "sent_at": TIME},

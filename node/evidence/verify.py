@@ -1,0 +1,248 @@
+"""Check an incident bundle with no secret: frames against the roster, the manifest chain, every file's hash.
+
+``verify(path)`` returns the findings, each naming one file or entry and what happened to
+it: ``edited``, ``removed``, ``reordered``, ``truncated`` or ``added``. No finding: the signed
+parts are exactly as the node signed them. ``incident.json``, ``notes.json`` and ``cap/`` are
+not signed (the page writes them); ``SHA256SUMS`` proves nothing (anyone who edits a file
+can recompute it). Both are said in ``notes``.
+
+Trust: the roster must be signed by the organizers' key. Pass your own copy (``organizer``);
+without it the key inside the bundle is used, which proves only that the bundle agrees with
+itself, and ``notes`` says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from node.errors import EvidenceError, FrameError, RosterError
+from node.evidence import manifest, seal
+from node.protocol import wire
+from node.protocol.keys import Roster
+
+KINDS = ("edited", "removed", "reordered", "truncated", "added")
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str     # the file (or ``file: entry N``) inside the bundle's folder
+    kind: str     # one of KINDS
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.kind}: {self.detail}"
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    frames: int = 0
+    entries: int = 0
+    items: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def add(self, path: str, kind: str, detail: str) -> None:
+        self.findings.append(Finding(path, kind, detail))
+
+
+def verify(bundle: Path, organizer: Ed25519PublicKey | None = None) -> Report:
+    """Check the bundle at ``bundle`` (a zip); ``EvidenceError`` if it is not a bundle at all."""
+    try:
+        zf = zipfile.ZipFile(bundle)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise EvidenceError(f"{bundle}: not a readable zip: {exc}") from None
+    with zf:
+        names = [n for n in zf.namelist() if not n.endswith("/")]
+        folders = {n.split("/", 1)[0] for n in names}
+        if len(folders) != 1 or not next(iter(folders)).startswith("incident-"):
+            raise EvidenceError(f"{bundle}: not an incident bundle (expected one folder incident-<id>/)")
+        folder = next(iter(folders))
+        files = {n.split("/", 1)[1]: n for n in names if "/" in n}
+        return _Check(zf, files, folder[len("incident-"):], organizer).run()
+
+
+class _Check:
+    def __init__(self, zf: zipfile.ZipFile, files: dict[str, str], incident: str, organizer):
+        self.zf, self.files, self.incident, self.organizer = zf, files, incident, organizer
+        self.report = Report()
+
+    def read(self, name: str) -> bytes | None:
+        return self.zf.read(self.files[name]) if name in self.files else None
+
+    def run(self) -> Report:
+        roster = self.roster()
+        if roster is None:
+            return self.report
+        head = self.head(roster)
+        self.frames(roster, head)
+        self.chain(roster, head)
+        self.report.notes.append("not signed, so not checked: incident.json, notes.json, cap/ (the page writes them) "
+                                 "and SHA256SUMS (anyone who edits a file can recompute it)")
+        return self.report
+
+    # -- the roster and the head ------------------------------------------------------------
+
+    def roster(self) -> Roster | None:
+        body = self.read("roster.json")
+        if body is None:
+            self.report.add("roster.json", "removed", "without the roster no signature can be checked")
+            return None
+        organizer = self.organizer
+        if organizer is None:
+            key = self.read("organizer.pub")
+            try:
+                raw = base64.b64decode((key or b"").strip(), validate=True)
+                organizer = Ed25519PublicKey.from_public_bytes(raw)
+            except ValueError:
+                self.report.add("organizer.pub", "removed" if key is None else "edited",
+                                "no organizers' key to check the roster with (pass --organizer)")
+                return None
+            self.report.notes.append("the roster was checked against the organizers' key inside the bundle: pass "
+                                     "--organizer with your own copy to prove it is theirs")
+        try:
+            roster = Roster.parse(json.loads(body), organizer)
+        except (ValueError, RosterError) as exc:
+            self.report.add("roster.json", "edited", f"not the organizers' signed roster ({exc})")
+            return None
+        return roster
+
+    def head(self, roster: Roster) -> dict | None:
+        body = self.read("evidence/head.json")
+        if body is None:
+            self.report.add("evidence/head.json", "removed",
+                            "nothing signed says which frames and how many items the incident had")
+            return None
+        try:
+            doc = json.loads(body)
+            head, signature = doc["head"], doc["signature"]
+            signer = roster.member(int(head["signer"]))
+        except (ValueError, KeyError, TypeError):
+            self.report.add("evidence/head.json", "edited", "not a signed head")
+            return None
+        if signer is None or not manifest.signed_by(manifest.HEAD_DOMAIN, head, signature, signer):
+            self.report.add("evidence/head.json", "edited", "its signature does not verify against the roster")
+            return None
+        if head.get("incident") != self.incident or head.get("block") != roster.block:
+            self.report.add("evidence/head.json", "edited", "it is the head of another incident or block")
+            return None
+        return head
+
+    # -- frames -----------------------------------------------------------------------------
+
+    def frames(self, roster: Roster, head: dict | None) -> None:
+        names = sorted(n for n in self.files if n.startswith("frames/"))
+        found: list[tuple[str, str, bool]] = []  # (file, sha256, signature ok)
+        for name in names:
+            data = self.read(name)
+            try:
+                frame = wire.decode(data, roster)
+                ok = isinstance(frame, wire.TransitionFrame)
+                if not ok:
+                    self.report.add(name, "edited", "not a transition frame")
+            except FrameError as exc:
+                ok = False
+                self.report.add(name, "edited", f"its signature or contents do not verify ({exc})")
+            found.append((name, manifest.sha256(data), ok))
+        self.report.frames = len(found)
+        if head is None:
+            return
+        expected = list(head.get("frames", []))
+        got = [digest for _, digest, _ in found]
+        if got == expected:
+            return
+        if sorted(got) == sorted(expected):
+            self.report.add("frames/", "reordered", "the frames are not in the order the node took them")
+            return
+        broken = {i for i, (_, digest, ok) in enumerate(found) if not ok and digest not in expected}
+        for i, digest in enumerate(expected):
+            if digest not in got and i not in broken:  # a broken file in its place is named edited already
+                self.report.add(f"frames/{i + 1:02d}.frame", "removed", "a frame the signed head names is missing")
+        for name, digest, ok in found:
+            if digest not in expected and ok:
+                self.report.add(name, "added", "a validly signed frame that the signed head does not name")
+
+    # -- the manifest chain and the items ----------------------------------------------------
+
+    def chain(self, roster: Roster, head: dict | None) -> None:
+        body = self.read("evidence/manifest.jsonl")
+        lines = body.decode("utf-8", "replace").splitlines() if body else []
+        entries: list[dict] = []
+        for i, line in enumerate(lines):
+            where = f"evidence/manifest.jsonl: line {i + 1}"
+            try:
+                doc = json.loads(line)
+                entry, digest, signature = doc["entry"], doc["hash"], doc["signature"]
+                signer = roster.member(int(entry["signer"]))
+            except (ValueError, KeyError, TypeError):
+                self.report.add(where, "edited", "not a signed manifest entry")
+                continue
+            if manifest.sha256(manifest.canonical(entry)) != digest:
+                self.report.add(where, "edited", f"entry {entry.get('seq')} does not hash to its recorded hash")
+                continue
+            if signer is None or not manifest.signed_by(manifest.ENTRY_DOMAIN, entry, signature, signer):
+                self.report.add(where, "edited", f"entry {entry.get('seq')}: its signature does not verify")
+                continue
+            if entry.get("incident") != self.incident or entry.get("block") != roster.block:
+                self.report.add(where, "added", "an entry of another incident or block")
+                continue
+            entries.append({**entry, "_hash": digest, "_line": i + 1})
+        self.report.entries = len(entries)
+        seqs = [e["seq"] for e in entries]
+        if seqs != sorted(seqs):
+            self.report.add("evidence/manifest.jsonl", "reordered", "the entries are not in the order they were signed")
+            entries.sort(key=lambda e: e["seq"])
+        prev = manifest.genesis(roster.block, self.incident)
+        expected_seq = 0
+        for e in entries:
+            if e["seq"] > expected_seq:
+                self.report.add("evidence/manifest.jsonl", "removed",
+                                f"entries {expected_seq} to {e['seq'] - 1} are missing before line {e['_line']}")
+            elif e["seq"] < expected_seq:
+                self.report.add(f"evidence/manifest.jsonl: line {e['_line']}", "added", f"a second entry {e['seq']}")
+                continue
+            elif e["prev"] != prev:
+                self.report.add(f"evidence/manifest.jsonl: line {e['_line']}", "edited",
+                                f"entry {e['seq']} does not chain to the entry before it")
+            prev, expected_seq = e["_hash"], e["seq"] + 1
+        if head is not None:
+            if expected_seq < head.get("entries", 0):
+                self.report.add("evidence/manifest.jsonl", "truncated",
+                                f"the signed head names {head['entries']} entries; the chain ends after {expected_seq}")
+            elif expected_seq > head.get("entries", 0):
+                self.report.add("evidence/manifest.jsonl", "added",
+                                f"{expected_seq - head['entries']} entries past the signed head")
+            elif entries and head.get("tip") != prev:
+                self.report.add("evidence/manifest.jsonl", "edited", "the chain's last entry is not the signed head's tip")
+        self.items(entries)
+
+    def items(self, entries: list[dict]) -> None:
+        named = set()
+        for e in entries:
+            for suffix, digest in ((seal.SUFFIX, e["sealed_sha256"]), (seal.META_SUFFIX, e["meta_sha256"])):
+                name = f"evidence/items/{e['item']}{suffix}"
+                named.add(name)
+                data = self.read(name)
+                if data is None:
+                    self.report.add(name, "removed", f"manifest entry {e['seq']} names it")
+                elif manifest.sha256(data) != digest:
+                    kind = "truncated" if suffix == seal.SUFFIX and len(data) < e["sealed_size"] else "edited"
+                    self.report.add(name, kind, f"its SHA-256 is not the one in manifest entry {e['seq']}")
+                else:
+                    self.report.items += 1
+        for name in sorted(self.files):
+            if name.startswith("evidence/items/") and name not in named:
+                self.report.add(name, "added", "no manifest entry names it")
+        for name in sorted(self.files):
+            if name.startswith("evidence/") and name not in named and name not in (
+                    "evidence/head.json", "evidence/manifest.jsonl") and not name.startswith("evidence/items/"):
+                self.report.add(name, "added", "not part of a bundle")

@@ -1,0 +1,85 @@
+"""The daemon chains only what it checked: a pending row the page's user forged is refused, not signed."""
+
+from __future__ import annotations
+
+import io
+
+import pyrage
+import pytest
+
+from node.evidence import manifest, seal
+from node.protocol.alerts import State
+from websupport import everywhere, make_block, settle, until
+
+
+@pytest.fixture
+def block(tmp_path):
+    b = make_block(tmp_path, n=2)
+    raid = b.nodes[1].report()
+    until(b, lambda: everywhere(b, raid.id, State.REPORTED))
+    b.raid = raid.id
+    yield b
+    b.stop()
+
+
+def put(block, body: bytes, **override):
+    """What the page does: seal an item and its metadata, then write the pending row (``override``: a lie)."""
+    folder = block.files.configs[0].evidence_dir
+    recipient = [pyrage.x25519.Identity.generate().to_public()]
+    item = seal.seal(io.BytesIO(body), folder, recipient, max_item=10**6, max_total=10**8)
+    meta = seal.seal_bytes(b'{"kind": "file"}', folder, recipient, item_id=item.item_id, suffix=seal.META_SUFFIX,
+                           max_total=10**8)
+    row = dict(size=item.size, sha256=item.sha256, sealed_size=item.sealed_size, sealed_sha256=item.sealed_sha256,
+               meta_sha256=meta.sealed_sha256)
+    row.update(override)
+    block.nodes[1].store.add_evidence(item.item_id, block.raid, block.clock(), **row)
+    return item
+
+
+def status(block, item):
+    return block.nodes[1].store.db.execute("SELECT status, reason FROM evidence WHERE item_id = ?",
+                                           [item.item_id]).fetchone()
+
+
+def test_items_are_chained_in_order_each_linking_the_one_before(block):
+    first, second = put(block, b"a" * 5000), put(block, b"b" * 7000)
+    settle(block, 2)
+    chain = block.nodes[1].store.manifest(block.raid)
+    assert [r["item_id"] for r in chain] == [first.item_id, second.item_id]
+    entries = [__import__("json").loads(r["entry"]) for r in chain]
+    assert entries[0]["prev"] == manifest.genesis("sim-block", block.raid)
+    assert entries[1]["prev"] == chain[0]["hash"] == manifest.sha256(manifest.canonical(entries[0]))
+    assert entries[1]["size"] == 7000 and entries[1]["sealed_sha256"] == second.sealed_sha256
+    me = block.nodes[1].roster.member(1)
+    assert manifest.signed_by(manifest.ENTRY_DOMAIN, entries[1], chain[1]["signature"], me)
+
+
+def test_a_row_that_lies_about_its_file_is_refused_and_not_signed(block, caplog):
+    liar = put(block, b"c" * 5000, sealed_sha256="0" * 64)
+    settle(block, 2)
+    assert status(block, liar)[0] == "refused" and "SHA-256" in status(block, liar)[1]
+    assert block.nodes[1].store.manifest(block.raid) == []
+    assert "refused" in caplog.text
+
+
+def test_a_row_whose_file_was_replaced_by_a_link_is_refused(block):
+    item = put(block, b"d" * 5000)
+    target = item.path.with_name("elsewhere")
+    item.path.rename(target)
+    item.path.symlink_to(target)
+    settle(block, 2)
+    assert status(block, item)[0] == "refused"
+
+
+def test_sealed_evidence_and_its_incident_are_kept_for_evidence_keep_then_go(block):
+    node = block.nodes[1]
+    item = put(block, b"e" * 5000)
+    settle(block, 2)
+    node.act("cancel", block.raid)
+    retention = node.config["alerts.retention"]
+    node.store.purge(block.clock() + retention + 10, retention)
+    assert node.store.get_alert(block.raid) is not None  # kept: it has evidence
+    node.evidence.purge(block.clock() + node.config["evidence.keep"] + 10)
+    assert not item.path.exists() and node.store.manifest(block.raid) == []
+    node.store.purge(block.clock() + node.config["evidence.keep"] + 10, retention)
+    assert node.store.get_alert(block.raid) is None

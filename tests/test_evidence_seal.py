@@ -1,0 +1,126 @@
+"""Sealing: a plaintext stream into the age format, hashed as it passes, capped, never left half-written."""
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from node import config as config_mod
+from node.errors import ConfigError
+from node.evidence import seal
+
+
+@pytest.fixture
+def identity():
+    return pyrage.x25519.Identity.generate()
+
+
+@pytest.fixture
+def folder(tmp_path):
+    path = tmp_path / "evidence"
+    path.mkdir()
+    return path
+
+
+def test_sealed_item_opens_with_the_identity_and_carries_both_hashes(folder, identity):
+    body = os.urandom(300_000)
+    item = seal.seal(io.BytesIO(body), folder, [identity.to_public()], max_item=10**6, max_total=10**7)
+    sealed = item.path.read_bytes()
+    assert item.path == folder / f"{item.item_id}.age"
+    assert item.size == len(body) and item.sha256 == hashlib.sha256(body).hexdigest()
+    assert item.sealed_size == len(sealed) and item.sealed_sha256 == hashlib.sha256(sealed).hexdigest()
+    assert sealed.startswith(b"age-encryption.org/v1\n")
+    assert pyrage.decrypt(sealed, [identity]) == body
+    assert oct(item.path.stat().st_mode & 0o777) == oct(seal.FILE_MODE)
+    assert sorted(p.name for p in folder.iterdir()) == [item.path.name]  # no temporary left
+
+
+@pytest.mark.skipif(shutil.which("age") is None, reason="the stock age tool is not installed (apt: age)")
+def test_the_stock_age_tool_opens_a_sealed_item(folder, identity, tmp_path):
+    body = b"what I saw at the corner\n" * 1000
+    item = seal.seal(io.BytesIO(body), folder, [identity.to_public()], max_item=10**6, max_total=10**7)
+    key = tmp_path / "organizer.key"
+    key.write_text(str(identity) + "\n")
+    out = subprocess.run(["age", "-d", "-i", str(key), str(item.path)], capture_output=True, check=True)
+    assert out.stdout == body
+
+
+def test_an_item_over_the_cap_is_refused_and_leaves_nothing(folder, identity):
+    source = io.BytesIO(b"x" * 50_000)
+    with pytest.raises(seal.TooLarge):
+        seal.seal(source, folder, [identity.to_public()], max_item=40_000, max_total=10**7)
+    assert list(folder.iterdir()) == []
+    assert source.tell() <= 40_000 + 16384  # it stopped reading soon after the cap, not at the end
+
+
+def test_a_full_evidence_folder_is_refused_and_leaves_nothing(folder, identity):
+    (folder / "old.age").write_bytes(b"y" * 9000)
+    with pytest.raises(seal.StorageFull):
+        seal.seal(io.BytesIO(b"x" * 5000), folder, [identity.to_public()], max_item=10**6, max_total=10_000)
+    assert [p.name for p in folder.iterdir()] == ["old.age"]
+    with pytest.raises(seal.StorageFull):  # at the cap already: refused before reading anything
+        seal.seal(io.BytesIO(b"x"), folder, [identity.to_public()], max_item=10**6, max_total=9000)
+
+
+def test_no_recipients_takes_nothing(folder):
+    with pytest.raises(seal.NoRecipients):
+        seal.seal(io.BytesIO(b"x"), folder, [], max_item=10, max_total=10**6)
+    assert list(folder.iterdir()) == []
+
+
+class _Dropped(io.RawIOBase):
+    """A connection that drops after ``n`` bytes."""
+
+    def __init__(self, n):
+        self.left = n
+
+    def readable(self):
+        return True
+
+    def read(self, n=-1):
+        if self.left <= 0:
+            raise ConnectionResetError("the phone walked away")
+        chunk = b"z" * min(n, self.left)
+        self.left -= len(chunk)
+        return chunk
+
+
+def test_a_dropped_connection_leaves_nothing(folder, identity):
+    with pytest.raises(ConnectionResetError):
+        seal.seal(_Dropped(100_000), folder, [identity.to_public()], max_item=10**6, max_total=10**7)
+    assert list(folder.iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs: a real ENOSPC (needs root, as CI and the appliance's tests run)."""
+    mount = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_disk_full_and_leaves_nothing(small_disk, identity):
+    with pytest.raises(seal.DiskFull):
+        seal.seal(io.BytesIO(os.urandom(600_000)), small_disk, [identity.to_public()], max_item=10**7,
+                  max_total=10**9)
+    assert list(small_disk.iterdir()) == []
+
+
+def test_recipients_setting_is_checked(identity):
+    good = str(identity.to_public())
+    cfg = config_mod.from_mapping({"evidence.recipients": f"{good}, {good}"})
+    assert len(seal.parse_recipients(cfg["evidence.recipients"])) == 2
+    with pytest.raises(ConfigError, match="evidence.recipients: expected age public keys"):
+        config_mod.from_mapping({"evidence.recipients": "ssh-ed25519 AAAA"})
+    with pytest.raises(ConfigError, match="evidence.recipients: not a valid age public key"):
+        config_mod.from_mapping({"evidence.recipients": good[:-3] + "xyz"})
