@@ -29,6 +29,7 @@ REPLIES = {
     "join": N_("Silbato: reply YES to get this block's raid alerts. Reply STOP at any time to end them."),
     "welcome": N_("Silbato: you will get this block's raid alerts. Reply STOP to end them."),
     "stopped": N_("Silbato: you will get no more texts from us."),
+    "test": N_("Silbato: a test text from your block's SMS gateway."),
 }
 
 
