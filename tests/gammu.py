@@ -9,8 +9,7 @@
   Written under another name and renamed in, so gammu-smsd never reads half a file.
 - The dummy phone's SendSMS keeps nothing, so what was *sent* is what gammu-smsd's ``RunOnSent``
   recorded: ``sent()`` is the ledger of sent file names (one line per transmission), and
-  ``texts()`` the (number, text) of each, read from the file before the gateway deletes it
-  (the hook copies it).
+  ``texts()`` the (number, text) of each, from the hook's environment (``SMS_1_TEXT``).
 """
 
 from __future__ import annotations
@@ -52,9 +51,10 @@ class GammuSmsd:
         self.copies = self.root / "copies"
         self.copies.mkdir(exist_ok=True)
         hook = self.root / "on-sent.sh"
-        # $1: the file name gammu-smsd sent, now in the sent folder (files backend: moved before the hook).
-        hook.write_text(f'#!/bin/sh\necho "$1" >> "{self.ledger}"\n'
-                        f'cp "{self.spool.sent}/$1" "{self.copies}/$(date +%s%N)-$1" 2>/dev/null\nexit 0\n')
+        # $1: the file name gammu-smsd sent; SMS_1_TEXT its text (gammu-smsd-run's environment): the
+        # gateway may delete the file in the sent folder before this hook runs.
+        hook.write_text(f'#!/bin/sh\nprintf "%s" "$SMS_1_TEXT" > "{self.copies}/$(date +%s%N)-$1"\n'
+                        f'echo "$1" >> "{self.ledger}"\n')
         hook.chmod(0o755)
         self.rc = self.root / "smsdrc"
         self.rc.write_text(smsdrc(self.spool.root, dummy=self.phone, log_file=self.root / "smsd.log",
@@ -105,5 +105,5 @@ class GammuSmsd:
         found = []
         for path in sorted(self.copies.iterdir()):
             number = path.name.split("_")[3]
-            found.append((number, path.read_bytes().decode("utf-16")))
+            found.append((number, path.read_text(encoding="utf-8")))
         return found
