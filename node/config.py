@@ -360,6 +360,7 @@ NON_SETTING_ENV: dict[str, str] = {
     "SILBATO_LONG": "tests: the adversarial suite's long sizes (docs/development.md)",
     "SILBATO_SCREENSHOT_DIR": "tests: where the browser test saves the README's picture (docs/development.md)",
     "SILBATO_WEB_DATABASE": "web: the database of create_app() without settings (web/__init__.py)",
+    "SILBATO_SMS_PASSPHRASE": "silbato sms: the SMS lists' passphrase, for scripts (docs/sms.md)",
 }
 
 
