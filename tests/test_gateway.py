@@ -262,3 +262,32 @@ def test_kill_9_of_the_gateway_mid_dispatch_sends_each_text_exactly_once(node, g
     sent = gammu.sent()
     assert len(sent) == 12 and len(set(sent)) == 12, sent
     assert [name[3] for name in sent] == ["A"] * 3 + ["B"] * 9, "responders are handed to the modem first"
+
+
+def test_the_sms_commands_manage_responders_without_showing_a_number(node, tmp_path):
+    from click.testing import CliRunner
+
+    from node.cli import cli
+
+    config = tmp_path / "silbato.toml"
+    config.write_text(f'[node]\nstate_dir = "{node.config.state_dir}"\n'
+                      f'organizer_key = "{node.config["node.organizer_key"]}"\n[sms]\nspool = "{tmp_path / "spool"}"\n')
+    env = {"SILBATO_SMS_PASSPHRASE": PASSPHRASE}
+
+    def run(*args, **kwargs):
+        return CliRunner().invoke(cli, ["--config", str(config), "sms", *args], env=kwargs.get("env", env))
+
+    added = run("responders", "add", "+1 (555) 000-0001", "--pin", "4321", "--language", "es")
+    assert added.exit_code == 0, added.output
+    assert "555" not in added.output and "Responder r" in added.output
+    status = run("status")
+    assert "responder 1" in status.output and "555" not in status.output, status.output
+    assert run("responders", "add", "+15550000001", "--pin", "12").exit_code == 2   # 4 to 8 digits
+    assert run("responders", "add", "call me", "--pin", "1234").exit_code == 2      # not a number
+    wrong = run("responders", "remove", "+15550000001", env={"SILBATO_SMS_PASSPHRASE": "not it"})
+    assert wrong.exit_code == 1 and "wrong passphrase" in wrong.output and "Traceback" not in wrong.output
+    assert run("responders", "remove", "+15550000001").exit_code == 0
+    assert "responder 0" in run("status").output
+    assert run("responders", "remove", "+15550000001").exit_code == 1               # on no list
+    unlock = run("unlock")
+    assert unlock.exit_code == 1 and "is silbato-gateway running?" in unlock.output

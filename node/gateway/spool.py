@@ -139,9 +139,10 @@ def smsdrc(spool: Path, *, device: str = "", model: str = "", dummy: Path | None
            log_file: Path | None = None, run_on_sent: str = "") -> str:
     """A gammu-smsd configuration for the files backend on ``spool``.
 
-    ``dummy``: Gammu's dummy driver, a phone in that folder (tests, CI, the demo). The log goes
-    to ``log_file`` at debug level 0 (gammu-smsd logs numbers at any level: keep it in the spool,
-    which is purged). Checks that do nothing on a dummy phone are off; they stay on for a modem.
+    ``dummy``: Gammu's dummy driver, a phone in that folder (tests, CI, the demo). gammu-smsd
+    logs numbers at every debug level (each file it receives, sends and moves), so its log goes
+    to /dev/null unless ``log_file`` says otherwise (the tests). Checks that do nothing on a dummy
+    phone are off; they stay on for a modem.
     """
     spool = Path(spool)
     phone = (f"model = dummy\nconnection = none\ndevice = {dummy}/\n" if dummy is not None
@@ -152,7 +153,7 @@ def smsdrc(spool: Path, *, device: str = "", model: str = "", dummy: Path | None
         *(f"{name}path = {spool / folder}/" for name, folder in
           (("inbox", "inbox"), ("outbox", "outbox"), ("sentsms", "sent"), ("errorsms", "error"))),
         "inboxformat = unicode", "outboxformat = unicode", "transmitformat = auto",
-        f"logfile = {log_file or spool / 'smsd.log'}", "debuglevel = 0",
+        f"logfile = {log_file or '/dev/null'}", "debuglevel = 0",
         "commtimeout = 1", "receivefrequency = 1", "statusfrequency = 0", "loopsleep = 1",
         f"checksecurity = {checks}", f"checkbattery = {checks}", f"checksignal = {checks}",
         f"checknetwork = {checks}",
