@@ -39,6 +39,8 @@ GATEWAY_USER = "silbato-gateway"  # the SMS gateway (systemd/silbato-gateway.ser
 GROUPS = ("gpio", "dialout", "audio")  # GPIO chips, the radio's serial port, the speaker
 SERVICES = ("silbato-node.service", "silbato-web.service")
 TIMERS = ("silbato-purge.timer",)
+# Installed with the others but enabled only on the node with the modem (docs/sms.md).
+GATEWAY_SERVICE = "silbato-gateway.service"
 
 
 class HostError(SilbatoError):
