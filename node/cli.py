@@ -17,6 +17,7 @@ import click
 from node import __version__
 from node import config as config_mod
 from node.appliance import commands as appliance_commands
+from node.catalog import LANGUAGES
 from node.errors import SilbatoError
 
 
@@ -572,6 +573,156 @@ def verify_bundle(bundle: str, organizer_path: str | None, as_json: bool) -> Non
                    + (f"; {len(report.findings)} problem(s)" if report.findings else ""))
     if not report.ok:
         raise SystemExit(1)
+
+
+# -- the SMS gateway ------------------------------------------------------------------------
+
+PASSPHRASE_ENV = "SILBATO_SMS_PASSPHRASE"
+
+
+@cli.command()
+@click.pass_context
+def gateway(ctx: click.Context) -> None:
+    """Run the SMS gateway (texts through gammu-smsd's files backend) until SIGTERM; it starts locked."""
+    import signal
+    import threading
+
+    from node.gateway.service import Gateway
+    from node.gateway.spool import Spool
+    from node.store import GATEWAY_TABLES, Store
+
+    cfg = load_config(ctx)
+    _setup_logging(cfg["log.level"])
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame):
+        logging.getLogger("node.gateway").info("received %s, stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    store = ctx.with_resource(Store(cfg.db_file, writes=GATEWAY_TABLES))
+    spool = Spool(cfg["sms.spool"]).make()
+    Gateway(store, spool, max_age=cfg["sms.max_age"]).run(stopping, cfg["sms.socket"])
+
+
+@cli.group()
+def sms() -> None:
+    """The SMS gateway's lists and state (numbers are encrypted: most commands ask for the passphrase)."""
+
+
+def _sms_vault(ctx: click.Context, passphrase: str):
+    from node.gateway.book import Book
+
+    store = open_store(ctx)
+    return Book(store), Book(store).unlock(passphrase)
+
+
+def _number(raw: str) -> str:
+    from node.gateway.service import normalise_number
+
+    try:
+        return normalise_number(raw)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NUMBER") from None
+
+
+_passphrase = click.option("--passphrase", envvar=PASSPHRASE_ENV, prompt=True, hide_input=True,
+                           help=f"The SMS lists' passphrase (or {PASSPHRASE_ENV}; asked if neither).")
+
+
+@sms.command("unlock")
+@click.option("--passphrase", envvar=PASSPHRASE_ENV, prompt=True, hide_input=True,
+              help=f"The SMS lists' passphrase (or {PASSPHRASE_ENV}; asked if neither). The first one sets it.")
+@click.pass_context
+def sms_unlock(ctx: click.Context, passphrase: str) -> None:
+    """Hand the running gateway the passphrase, so it can read the lists and send texts."""
+    from node.gateway.service import send_unlock
+
+    path = load_config(ctx)["sms.socket"]
+    try:
+        answer = send_unlock(path, passphrase)
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the gateway at {path}: {exc.strerror or exc} "
+                                   "(is silbato-gateway running?)") from None
+    if answer != "ok":
+        raise click.ClickException(answer or "the gateway did not answer")
+    click.echo("SMS gateway unlocked.")
+
+
+@sms.command("status")
+@click.pass_context
+def sms_status(ctx: click.Context) -> None:
+    """The gateway's state (locked or running), its lists' sizes and its queue (no numbers)."""
+    from node.gateway.book import Book
+
+    book = Book(open_store(ctx))
+    click.echo(f"state: {book.state('state') or 'not started'}")
+    trouble = book.state("trouble")
+    if trouble:
+        click.echo(f"trouble: SMS gateway: {trouble}")
+    counts = book.counts()
+    click.echo("lists: " + ", ".join(f"{name} {counts.get(name, 0)}" for name in ("responder", "broad", "pending")))
+    queue = book.queue_counts()
+    click.echo("texts: " + ", ".join(f"{name} {queue.get(name, 0)}"
+                                     for name in ("queued", "handed", "sent", "failed", "dropped")))
+    click.echo(f"tips: {len(book.tips())}")
+
+
+@sms.command("test")
+@click.argument("number")
+@_passphrase
+@click.option("--language", type=click.Choice(LANGUAGES), default="en", show_default=True)
+@click.pass_context
+def sms_test(ctx: click.Context, number: str, passphrase: str, language: str) -> None:
+    """Queue a test text to NUMBER (the running, unlocked gateway sends it)."""
+    import time as time_mod
+
+    from node.gateway import texts
+
+    book, vault = _sms_vault(ctx, passphrase)
+    number = _number(number)
+    now = time_mod.time()
+    book.enqueue(f"test:{vault.mac(number)}:{now}", number_enc=vault.seal(number), number_mac=vault.mac(number),
+                 priority="C", text=texts.reply_text("test", language), now=now)
+    click.echo(f"Test text queued for {vault.pseudonym(number)}.")
+
+
+@sms.group("responders")
+def sms_responders() -> None:
+    """The responders' list: each with a personal PIN for texted commands."""
+
+
+@sms_responders.command("add")
+@click.argument("number")
+@click.option("--pin", required=True, help="The responder's personal PIN, 4 to 8 digits.")
+@click.option("--language", type=click.Choice(LANGUAGES), default="en", show_default=True)
+@_passphrase
+@click.pass_context
+def sms_responders_add(ctx: click.Context, number: str, pin: str, language: str, passphrase: str) -> None:
+    """Add NUMBER to the responders (or give a responder a new PIN or language)."""
+    import re
+    import time as time_mod
+
+    if not re.fullmatch(r"\d{4,8}", pin):
+        raise click.BadParameter("4 to 8 digits", param_hint="--pin")
+    book, vault = _sms_vault(ctx, passphrase)
+    row = book.add(vault, _number(number), "responder", language, time_mod.time(), pin=pin)
+    click.echo(f"Responder {row['handle']} added ({vault.pseudonym(_number(number))}).")
+
+
+@sms_responders.command("remove")
+@click.argument("number")
+@_passphrase
+@click.pass_context
+def sms_responders_remove(ctx: click.Context, number: str, passphrase: str) -> None:
+    """Take NUMBER off every list at once (texts not yet handed to the modem are dropped)."""
+    book, vault = _sms_vault(ctx, passphrase)
+    number = _number(number)
+    if book.subscriber(vault, number) is None:
+        raise click.ClickException(f"{vault.pseudonym(number)} is on no list")
+    book.remove(vault, number)
+    click.echo(f"{vault.pseudonym(number)} removed.")
 
 
 # -- the appliance: install, update, doctor, status, Wi-Fi, fleet ------------------------

@@ -231,6 +231,13 @@ SETTINGS: tuple[Setting, ...] = (
             bounds=between(1, 13)),
     Setting("wifi.name", str, "",
             "lan: the node is silbato-<name>.local. Empty: its name on the roster, in lower case (B7: silbato-b7)."),
+    Setting("sms.spool", Path, Path("/var/spool/silbato-sms"),
+            "The SMS gateway: gammu-smsd's files-backend folders (inbox, outbox, sent, error) under this one."),
+    Setting("sms.socket", Path, Path("/run/silbato-gateway/unlock.sock"),
+            "The SMS gateway: the socket on which 'silbato sms unlock' hands it the passphrase."),
+    Setting("sms.max_age", float, 900.0,
+            "Seconds: the SMS gateway texts about an alert only if it changed this recently (a gateway "
+            "started late does not text old news).", bounds=SECONDS),
     Setting("log.level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
             choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
@@ -371,6 +378,7 @@ NON_SETTING_ENV: dict[str, str] = {
     "SILBATO_LONG": "tests: the adversarial suite's long sizes (docs/development.md)",
     "SILBATO_SCREENSHOT_DIR": "tests: where the browser test saves the README's picture (docs/development.md)",
     "SILBATO_WEB_DATABASE": "web: the database of create_app() without settings (web/__init__.py)",
+    "SILBATO_SMS_PASSPHRASE": "silbato sms: the SMS lists' passphrase, for scripts (docs/sms.md)",
 }
 
 

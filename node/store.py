@@ -32,6 +32,9 @@ REPLAY_WINDOW = 63
 
 # The only tables the web process may write (see ``Store(writes=...)``).
 WEB_TABLES = frozenset({"captains", "requests", "notes", "sessions", "evidence"})
+# The only tables the SMS gateway (``silbato gateway``) may write: its lists, queue, tips and
+# state, and captains' requests (a responder's texted REPORT or CONFIRM). Never alerts or troubles.
+GATEWAY_TABLES = frozenset({"requests", "sms_subscribers", "sms_queue", "sms_tips", "sms_state"})
 # Seconds: a captain's request older than this is refused, not acted on, so that a click
 # made while the daemon was down does not raise a siren minutes later.
 REQUEST_TTL = 60.0
@@ -130,6 +133,29 @@ def m006_evidence(db: sqlite_utils.Database) -> None:
     db["events"].add_column("frame", bytes)   # the signed transition as received (or sent), for the bundle
     db.execute("""CREATE TRIGGER manifest_no_update BEFORE UPDATE ON manifest
                   BEGIN SELECT RAISE(ABORT, 'the evidence manifest is append-only'); END""")
+
+
+@migrations()
+def m007_sms(db: sqlite_utils.Database) -> None:
+    """The SMS gateway's tables (node/gateway): its subscriber lists, its outgoing queue, tips, its state.
+
+    No phone number is stored in the clear: ``number_enc`` is AES-GCM under a key that only the
+    unlocked gateway holds, ``number_mac`` a keyed HMAC to find a sender. ``sms_queue.key`` makes
+    each (subscriber, alert state) one row, so a text is queued once however often it is planned.
+    """
+    db["sms_subscribers"].create({
+        "id": int, "list": str, "number_enc": bytes, "number_mac": str, "pin_mac": str, "language": str,
+        "handle": str, "created_at": float, "joined_at": float,
+    }, pk="id")
+    db["sms_subscribers"].create_index(["number_mac"], unique=True)
+    db["sms_queue"].create({
+        "id": int, "key": str, "number_enc": bytes, "number_mac": str, "priority": str, "alert_id": str,
+        "state": int, "text": str, "status": str, "created_at": float, "handed_at": float, "done_at": float,
+    }, pk="id")
+    db["sms_queue"].create_index(["key"], unique=True)
+    db["sms_queue"].create_index(["status"])
+    db["sms_tips"].create({"id": int, "text": str, "number_enc": bytes, "received_at": float}, pk="id")
+    db["sms_state"].create({"key": str, "value": str}, pk="key")
 
 
 def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
@@ -406,7 +432,13 @@ class Store:
         self.db.execute("DELETE FROM troubles WHERE subsystem = ?", [subsystem])
 
     def troubles(self) -> dict[str, str]:
-        return {r["subsystem"]: r["message"] for r in self.db.query("SELECT * FROM troubles")}
+        """The daemon's troubles, and the SMS gateway's (which writes only its own ``sms_state``)."""
+        found = {r["subsystem"]: r["message"] for r in self.db.query("SELECT * FROM troubles")}
+        if self.db["sms_state"].exists():  # a database not yet migrated (a reader opened it first)
+            row = self.db.execute("SELECT value FROM sms_state WHERE key = 'trouble'").fetchone()
+            if row and row[0]:
+                found["sms gateway"] = row[0]
+        return found
 
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
@@ -580,6 +612,10 @@ class Store:
             self.db.execute("DELETE FROM requests WHERE created_at < ?", [cutoff])
             self.db.execute("DELETE FROM notes WHERE created_at < ? AND alert_id NOT IN (SELECT id FROM alerts)",
                             [cutoff])
+            # The SMS gateway's texts that are done, and tips: they name places and hold free text.
+            self.db.execute("DELETE FROM sms_queue WHERE status IN ('sent', 'failed', 'dropped') "
+                            "AND created_at < ?", [cutoff])
+            self.db.execute("DELETE FROM sms_tips WHERE received_at < ?", [cutoff])
             # Ended logins: the page deletes idle ones as it meets them; none outlives its lifetime.
             self.end_stale_sessions(now, idle=SESSION_LIFETIME)
         try:

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import uuid
-from pathlib import Path
 
 import pyrage
 import pytest

@@ -85,3 +85,16 @@ def test_the_daemon_never_imports_the_appliance_tooling():
 def test_the_web_process_never_imports_radio_hardware_or_daemon_code():
     bad = importers(("node.radio", "node.hardware", "node.daemon", "node.appliance")) & under("web")
     assert not bad, sorted(bad)
+
+
+def test_the_gateway_never_imports_radio_hardware_daemon_or_appliance_code():
+    # Like the page, the SMS gateway is a door to the outside: it works only through the store.
+    assert "node.gateway.service" in IMPORTS, "the scan must see the gateway"
+    bad = importers(("node.radio", "node.hardware", "node.daemon", "node.appliance", "web")) & under("node.gateway")
+    assert not bad, sorted(bad)
+
+
+def test_nothing_of_the_node_imports_the_gateway():
+    # The daemon and the page never load the code that reads phone numbers.
+    users = importers(("node.gateway",)) - under("node.gateway")
+    assert users <= {"node.cli"}, sorted(users)

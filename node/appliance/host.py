@@ -35,9 +35,12 @@ from node.errors import SilbatoError
 
 USER = "silbato"          # the node daemon (and the purge)
 WEB_USER = "silbato-web"  # the page: primary group silbato, writes only <state_dir>/db (node/statedir.py)
+GATEWAY_USER = "silbato-gateway"  # the SMS gateway (systemd/silbato-gateway.service): like the page, plus gammu's spool
 GROUPS = ("gpio", "dialout", "audio")  # GPIO chips, the radio's serial port, the speaker
 SERVICES = ("silbato-node.service", "silbato-web.service")
 TIMERS = ("silbato-purge.timer",)
+# Installed with the others but enabled only on the node with the modem (docs/sms.md).
+GATEWAY_SERVICE = "silbato-gateway.service"
 
 
 class HostError(SilbatoError):

@@ -29,7 +29,7 @@ from node import config as config_mod
 from node.appliance import release as release_mod
 from node.errors import SilbatoError
 from node import statedir
-from node.appliance.host import GROUPS, SERVICES, TIMERS, USER, WEB_USER, Host, Layout
+from node.appliance.host import GATEWAY_SERVICE, GROUPS, SERVICES, TIMERS, USER, WEB_USER, Host, Layout
 
 Say = Callable[[str], None]
 
@@ -37,7 +37,8 @@ UNIT_SUFFIXES = (".service", ".timer")
 
 # Settings whose value is a path on the node: under a root other than /, the settings file
 # that install writes points them into that root, so the node there is self-contained.
-PATH_SETTINGS = ("node.state_dir", "web.state_dir", "node.organizer_key", "radio.channel_key_file", "speaker.recordings_dir")
+PATH_SETTINGS = ("node.state_dir", "web.state_dir", "node.organizer_key", "radio.channel_key_file", "speaker.recordings_dir",
+                 "sms.spool", "sms.socket")
 
 
 def _toml_value(value) -> str:
@@ -241,9 +242,9 @@ def uninstall(layout: Layout, host: Host, *, purge: bool, say: Say) -> None:
         say(f"config: {exc}; assuming the default state directories")
         state = layout.state_dir
     with layout.lock():
-        units = [layout.unit_dir / name for name in (*SERVICES, *TIMERS, "silbato-purge.service")]
+        units = [layout.unit_dir / name for name in (*SERVICES, *TIMERS, "silbato-purge.service", GATEWAY_SERVICE)]
         if any(u.exists() for u in units):
-            host.systemctl("disable", "--now", *TIMERS, *SERVICES, check=False)
+            host.systemctl("disable", "--now", *TIMERS, *SERVICES, GATEWAY_SERVICE, check=False)
             for unit in units:
                 unit.unlink(missing_ok=True)
             host.systemctl("daemon-reload")

@@ -30,6 +30,8 @@ ACCOUNT = "a captain's account: kept until removed (silbato captain remove)"
 SESSION = "a captain's login (a SHA-256 of its token): deleted at logout, captain remove, idle or 12 h"
 HASH = "a SHA-256 or a size of a sealed item: no plaintext, no file name, no content type, no address"
 SIGNED = "the daemon's signed evidence manifest: item ids, incident ids, times, sizes and hashes only"
+SEALED = ("a phone number or PIN, only sealed (AES-GCM) or as a keyed HMAC: unreadable without the SMS "
+          "gateway's passphrase, which no file holds")
 
 ALLOWED_COLUMNS: dict[str, dict[str, str]] = {
     "_sqlite_migrations": {"id": CODE, "migration_set": MACHINE, "name": MACHINE, "applied_at": TIME},
@@ -56,6 +58,17 @@ ALLOWED_COLUMNS: dict[str, dict[str, str]] = {
     "requests": {"id": CODE, "action": MACHINE, "alert_id": CODE, "location": CODE, "captain": PERSON,
                  "created_at": TIME, "status": MACHINE, "reason": FREE_TEXT, "result_alert_id": CODE,
                  "frame_seq": CODE, "done_at": TIME},
+    # The SMS gateway (node/gateway): numbers only sealed (AES-GCM under the gateway's in-memory key) or
+    # as a keyed HMAC; texts name places from the roster; tips are free text. Queue and tips are purged
+    # with the retention period; a subscriber stays until STOP or 'silbato sms responders remove'.
+    "sms_subscribers": {"id": CODE, "list": MACHINE, "number_enc": SEALED, "number_mac": SEALED,
+                        "pin_mac": SEALED, "language": MACHINE, "handle": CODE, "created_at": TIME,
+                        "joined_at": TIME},
+    "sms_queue": {"id": CODE, "key": SEALED, "number_enc": SEALED, "number_mac": SEALED, "priority": MACHINE,
+                  "alert_id": CODE, "state": CODE, "text": ROSTER, "status": MACHINE, "created_at": TIME,
+                  "handed_at": TIME, "done_at": TIME},
+    "sms_tips": {"id": CODE, "text": FREE_TEXT, "number_enc": SEALED, "received_at": TIME},
+    "sms_state": {"key": MACHINE, "value": MACHINE},
     "sessions": {"token_hash": SESSION, "captain": SESSION, "created_at": TIME, "last_seen": TIME},
     "troubles": {"subsystem": MACHINE, "message": MACHINE, "since": TIME},
 }

@@ -1,0 +1,140 @@
+"""The gateway's tables: its subscribers, its queue of texts, tips and its own state (node/store.py m007_sms).
+
+Numbers go in sealed (``Vault.seal``) with their lookup code (``Vault.mac``); nothing here
+reads one in the clear. Lists: ``responder`` (with a PIN), ``broad``, ``pending`` (a JOIN
+waiting for its YES). Queue rows go queued -> handed -> sent or failed (or dropped: a STOP
+before the hand-off); ``key`` makes each (alert state, subscriber) one row.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from node.gateway.vault import Vault, VaultError, new_salt
+from node.store import Store
+
+RESPONDER, BROAD, PENDING = "responder", "broad", "pending"
+
+
+class Book:
+    def __init__(self, store: Store):
+        self.store = store
+        self.db = store.db
+
+    # -- state --------------------------------------------------------------------------------
+
+    def state(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM sms_state WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_state(self, key: str, value: str) -> None:
+        with self.store.transaction():
+            self.db.execute("INSERT OR REPLACE INTO sms_state (key, value) VALUES (?, ?)", [key, value])
+
+    def unlock(self, passphrase: str, *, scrypt: dict | None = None) -> Vault:
+        """The vault for ``passphrase``; the first one ever sets it. Raises ``VaultError`` if wrong."""
+        salt = self.state("salt")
+        if salt is None:
+            salt_bytes = new_salt()
+            vault = Vault(passphrase, salt_bytes, scrypt=scrypt)
+            with self.store.transaction():
+                self.db.execute("INSERT OR IGNORE INTO sms_state (key, value) VALUES ('salt', ?)", [salt_bytes.hex()])
+                self.db.execute("INSERT OR IGNORE INTO sms_state (key, value) VALUES ('check', ?)", [vault.check])
+            if self.state("salt") == salt_bytes.hex():
+                return vault
+            salt = self.state("salt")  # another process set it first: check against theirs
+        vault = Vault(passphrase, bytes.fromhex(salt), scrypt=scrypt)
+        if not secrets.compare_digest(vault.check, self.state("check") or ""):
+            raise VaultError("wrong passphrase for the SMS lists")
+        return vault
+
+    # -- subscribers ------------------------------------------------------------------------------
+
+    def subscriber(self, vault: Vault, number: str) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM sms_subscribers WHERE number_mac = ?", [vault.mac(number)]))
+        return rows[0] if rows else None
+
+    def add(self, vault: Vault, number: str, list_name: str, language: str, now: float, pin: str = "") -> dict:
+        """Put ``number`` on ``list_name`` (replacing its entry on any list); returns the row."""
+        mac = vault.mac(number)
+        handle = "r" + secrets.token_hex(4)
+        with self.store.transaction():
+            self.db.execute("DELETE FROM sms_subscribers WHERE number_mac = ?", [mac])
+            self.db.execute(
+                """INSERT INTO sms_subscribers (list, number_enc, number_mac, pin_mac, language, handle,
+                   created_at, joined_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                [list_name, vault.seal(number), mac, vault.mac(f"pin:{mac}:{pin}") if pin else "", language,
+                 handle, now, None if list_name == PENDING else now])
+        return self.subscriber(vault, number)
+
+    def set_list(self, subscriber_id: int, list_name: str, now: float) -> None:
+        with self.store.transaction():
+            self.db.execute("UPDATE sms_subscribers SET list = ?, joined_at = ? WHERE id = ?",
+                            [list_name, now, subscriber_id])
+
+    def pin_ok(self, vault: Vault, subscriber: dict, pin: str) -> bool:
+        return bool(subscriber["pin_mac"]) and secrets.compare_digest(
+            subscriber["pin_mac"], vault.mac(f"pin:{subscriber['number_mac']}:{pin}"))
+
+    def remove(self, vault: Vault, number: str) -> list[dict]:
+        """Take ``number`` off every list at once, and its texts not yet handed to the modem.
+
+        Returns the queue rows that were handed but not yet sent (the caller withdraws them)."""
+        mac = vault.mac(number)
+        with self.store.transaction():
+            self.db.execute("DELETE FROM sms_subscribers WHERE number_mac = ?", [mac])
+            self.db.execute("UPDATE sms_queue SET status = 'dropped' WHERE number_mac = ? AND status = 'queued'",
+                            [mac])
+            return list(self.db.query("SELECT * FROM sms_queue WHERE number_mac = ? AND status = 'handed'", [mac]))
+
+    def subscribers(self, list_names: tuple[str, ...]) -> list[dict]:
+        marks = ",".join("?" * len(list_names))
+        return list(self.db.query(f"SELECT * FROM sms_subscribers WHERE list IN ({marks}) ORDER BY id",
+                                  list(list_names)))
+
+    def counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT list, count(*) FROM sms_subscribers GROUP BY list")}
+
+    # -- the queue ---------------------------------------------------------------------------------
+
+    def enqueue(self, key: str, *, number_enc: bytes, number_mac: str, priority: str, text: str, now: float,
+                alert_id: str = "", state: int | None = None) -> bool:
+        """Queue a text once per ``key``; False if that key was queued before."""
+        with self.store.transaction():
+            return self.db.execute(
+                """INSERT OR IGNORE INTO sms_queue (key, number_enc, number_mac, priority, alert_id, state, text,
+                   status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)""",
+                [key, number_enc, number_mac, priority, alert_id, state, text, now]).rowcount > 0
+
+    def queued(self, limit: int = 50) -> list[dict]:
+        return list(self.db.query("SELECT * FROM sms_queue WHERE status = 'queued' ORDER BY priority, id LIMIT ?",
+                                  [limit]))
+
+    def got_alert(self, alert_id: str) -> list[dict]:
+        """Who was texted (or is queued) about ``alert_id``: one row per number."""
+        return list(self.db.query(
+            """SELECT number_mac, min(priority) AS priority FROM sms_queue WHERE alert_id = ?
+               AND status IN ('queued', 'handed', 'sent') GROUP BY number_mac""", [alert_id]))
+
+    def mark(self, queue_id: int, status: str, now: float) -> None:
+        column = "handed_at" if status == "handed" else "done_at"
+        with self.store.transaction():
+            self.db.execute(f"UPDATE sms_queue SET status = ?, {column} = ? WHERE id = ?", [status, now, queue_id])
+
+    def row(self, queue_id: int) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM sms_queue WHERE id = ?", [queue_id]))
+        return rows[0] if rows else None
+
+    def queue_counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT status, count(*) FROM sms_queue GROUP BY status")}
+
+    def add_tip(self, vault: Vault, text: str, number: str, now: float) -> int:
+        with self.store.transaction():
+            return self.db.execute("INSERT INTO sms_tips (text, number_enc, received_at) VALUES (?, ?, ?)",
+                                   [text, vault.seal(number), now]).lastrowid
+
+    def tips(self) -> list[dict]:
+        return list(self.db.query("SELECT id, text, received_at FROM sms_tips ORDER BY id"))
+
+
+__all__ = ["Book", "RESPONDER", "BROAD", "PENDING", "VaultError"]

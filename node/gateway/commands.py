@@ -1,0 +1,51 @@
+"""What an incoming text asks: pure, text in, a ``Command`` out.
+
+Responders' commands carry their personal PIN last; a text that is none of these is a tip.
+Case and extra spaces do not matter; ``FALSE`` is a cancel (a false alarm).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from node.catalog import LANGUAGES
+
+MAX_TEXT = 480      # characters: three segments; anything longer is refused, not read
+# The captains' action each responder command asks of the daemon (node/daemon/chores.py CAPTAIN_ACTIONS).
+ACTIONS = {"REPORT": "raise", "CONFIRM": "confirm", "CLEAR": "all_clear", "FALSE": "cancel"}
+_ALERT_ID = re.compile(r"^\d{1,5}-\d{1,10}$")
+_PIN = re.compile(r"^\d{4,8}$")
+
+
+@dataclass(frozen=True)
+class Command:
+    verb: str            # REPORT, CONFIRM, CLEAR, FALSE, JOIN, YES, STOP, HELP, TIP or BAD
+    argument: str = ""   # REPORT: the location code; CONFIRM/CLEAR/FALSE: the alert id; JOIN: the language
+    pin: str = ""
+
+
+def parse(text: str) -> Command:
+    """The command in ``text``. A malformed responder command is BAD (never a tip: it may hold a PIN)."""
+    if len(text) > MAX_TEXT:
+        return Command("BAD")
+    words = text.split()
+    if not words:
+        return Command("TIP", text.strip())
+    verb = words[0].upper()
+    if verb in ACTIONS:
+        if len(words) != 3 or not _PIN.match(words[2]):
+            return Command("BAD")
+        if verb == "REPORT" and not words[1].isdigit():
+            return Command("BAD")
+        if verb != "REPORT" and not _ALERT_ID.match(words[1]):
+            return Command("BAD")
+        return Command(verb, words[1], words[2])
+    if verb == "JOIN" and len(words) <= 2:
+        language = words[1].lower() if len(words) == 2 else "en"
+        return Command("JOIN", language if language in LANGUAGES else "en")
+    if verb in ("YES", "STOP", "HELP") and len(words) == 1:
+        return Command(verb)
+    if verb in ("UNSUBSCRIBE", "CANCEL", "END", "QUIT", "STOPALL") and len(words) == 1:
+        return Command("STOP")  # the carriers' usual opt-out words
+    return Command("TIP", text.strip())

@@ -1,0 +1,312 @@
+"""The gateway's loop: plan texts from alerts, hand them to gammu-smsd, record outcomes, answer texts.
+
+Each step (once a second, ``POLL``):
+
+1. ``plan``: each recent raid alert's state becomes one queue row per subscriber who should
+   get it (REPORTED: responders; CONFIRMED: responders and the broad list; ALL CLEAR and
+   CANCELLED: whoever got an earlier text). Needs no key: the numbers are copied sealed.
+2. ``hand_off`` (unlocked only): each queued text becomes a file in gammu-smsd's outbox,
+   exactly once (node/gateway/spool.py says how), responders first.
+3. ``reconcile``: texts gammu-smsd moved to sent or error are recorded, and their files deleted.
+4. ``answer`` (unlocked only): received texts become captains' requests, list changes, replies
+   or tips; each file is deleted once handled.
+
+Locked (after a boot, until ``silbato sms unlock``), texts queue and received ones wait in
+gammu's inbox; the store shows the trouble "SMS gateway: locked". Times are seconds on the
+node's clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from node.gateway import commands, texts
+from node.gateway.book import BROAD, PENDING, RESPONDER, Book
+from node.gateway.spool import Incoming, Spool
+from node.gateway.vault import Vault, VaultError
+from node.protocol.alerts import Kind, State
+from node.store import Store
+
+log = logging.getLogger(__name__)
+
+POLL = 1.0            # seconds between steps
+HELP_EVERY = 3600.0   # seconds: at most one HELP reply per number in this time
+BACKLOG = 1000        # queued texts beyond which the trouble says the queue is backing up
+HAND_OFF_BATCH = 100  # texts put in the outbox per step
+NUMBER = re.compile(r"^\+?[0-9]{6,15}$")
+
+
+def normalise_number(raw: str) -> str:
+    """``raw`` without spaces, dashes, dots or brackets; raises ``ValueError`` unless a phone number."""
+    number = re.sub(r"[\s\-().]", "", raw)
+    if not NUMBER.match(number):
+        raise ValueError("not a phone number (digits, optionally after a +, 6 to 15 of them)")
+    return number
+
+
+class Gateway:
+    """The SMS gateway on ``store`` (opened with ``writes=GATEWAY_TABLES``) and gammu-smsd's ``spool``."""
+
+    def __init__(self, store: Store, spool: Spool, *, clock: Callable[[], float] = time.time,
+                 max_age: float = 900.0, scrypt: dict | None = None):
+        self.store, self.spool, self.clock = store, spool, clock
+        self.book = Book(store)
+        self.max_age = max_age      # seconds: an alert not changed for this long gets no text
+        self.scrypt = scrypt        # tests: a cheaper KDF
+        self.vault: Vault | None = None
+        self.lock = threading.Lock()
+        self._planned: set[tuple[str, int]] = set()
+        self._helped: dict[str, float] = {}
+        self._shown: tuple[str, str] | None = None
+
+    # -- unlocking -------------------------------------------------------------------------------
+
+    def unlock(self, passphrase: str) -> None:
+        """Derive the key from ``passphrase`` (the first ever sets it); raises ``VaultError`` if wrong."""
+        with self.lock:
+            self.vault = self.book.unlock(passphrase, scrypt=self.scrypt)
+            log.info("SMS lists unlocked")
+            self._show_state()
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One pass of plan, hand off, reconcile and answer; each part's failure is logged, not raised."""
+        with self.lock:
+            now = self.clock()
+            for name, part in (("plan", self.plan), ("hand-off", self.hand_off), ("reconcile", self.reconcile),
+                               ("answer", self.answer)):
+                try:
+                    part(now)
+                except Exception:
+                    log.exception("SMS gateway: %s failed; the gateway goes on", name)
+            try:
+                self._show_state()
+            except Exception:
+                log.exception("SMS gateway: could not record its state")
+
+    def run(self, stopping: threading.Event, socket_path: Path | None = None) -> None:
+        """Step every ``POLL`` seconds until ``stopping``; listen for ``silbato sms unlock`` on ``socket_path``."""
+        listener = _UnlockListener(self, socket_path).start() if socket_path else None
+        try:
+            while True:
+                self.step()
+                if stopping.wait(POLL):
+                    break
+        finally:
+            if listener:
+                listener.stop()
+
+    def plan(self, now: float) -> None:
+        places = self.store.places()
+        for alert in self.store.alerts(limit=50):
+            if alert.kind is not Kind.RAID or now - alert.updated_at > self.max_age:
+                continue
+            if (alert.id, int(alert.state)) in self._planned:
+                continue
+            if alert.state is State.REPORTED:
+                targets = [(s, "A") for s in self.book.subscribers((RESPONDER,))]
+            elif alert.state is State.CONFIRMED:
+                targets = [(s, "A" if s["list"] == RESPONDER else "B")
+                           for s in self.book.subscribers((RESPONDER, BROAD))]
+            elif alert.state in (State.ALL_CLEAR, State.CANCELLED):
+                earlier = {r["number_mac"]: r["priority"] for r in self.book.got_alert(alert.id)}
+                targets = [(s, earlier[s["number_mac"]]) for s in self.book.subscribers((RESPONDER, BROAD))
+                           if s["number_mac"] in earlier]
+            else:
+                continue
+            place = places.get(alert.location) or str(alert.location)
+            queued = 0
+            with self.store.transaction():
+                for sub, priority in targets:
+                    text = texts.alert_text(alert.state, alert.id, place, sub["language"])
+                    queued += self.book.enqueue(
+                        f"alert:{alert.id}:{int(alert.state)}:{sub['number_mac']}", number_enc=sub["number_enc"],
+                        number_mac=sub["number_mac"], priority=priority, text=text, now=now, alert_id=alert.id,
+                        state=int(alert.state))
+            self._planned.add((alert.id, int(alert.state)))
+            if queued:
+                log.info("alert %s %s: %d texts queued", alert.id, alert.state.word, queued)
+
+    def hand_off(self, now: float) -> None:
+        if self.vault is None:
+            return
+        for row in self.book.queued(HAND_OFF_BATCH):
+            number = self.vault.open(row["number_enc"])
+            fresh = self.spool.hand_off(row["id"], row["priority"], number, row["text"])
+            self.book.mark(row["id"], "handed", now)
+            if not fresh:
+                log.info("text %d was in gammu's spool already (a hand-off interrupted before): not written again",
+                         row["id"])
+
+    def reconcile(self, now: float) -> None:
+        for queue_id, sent, path in self.spool.outcomes():
+            row = self.book.row(queue_id)
+            if row is not None and row["status"] in ("queued", "handed"):
+                self.book.mark(queue_id, "sent" if sent else "failed", now)
+                if not sent:
+                    log.warning("text %d could not be sent (gammu-smsd moved it to its error folder)", queue_id)
+            path.unlink(missing_ok=True)  # recorded: no number stays in the spool
+
+    def answer(self, now: float) -> None:
+        if self.vault is None:
+            return
+        for message in self.spool.incoming():
+            try:
+                self._answer(message, now)
+            except Exception:
+                log.exception("a received text from %s could not be handled; it is dropped",
+                              self.vault.pseudonym(message.sender))
+            for path in message.files:
+                path.unlink(missing_ok=True)
+
+    # -- received texts ------------------------------------------------------------------------------
+
+    def _answer(self, message: Incoming, now: float) -> None:
+        vault = self.vault
+        who = vault.pseudonym(message.sender)
+        if message.text is None:
+            log.info("a binary text from %s was ignored", who)
+            return
+        command = commands.parse(message.text)
+        subscriber = self.book.subscriber(vault, message.sender)
+        language = subscriber["language"] if subscriber else "en"
+        if command.verb in commands.ACTIONS:
+            if (subscriber is None or subscriber["list"] != RESPONDER
+                    or not self.book.pin_ok(vault, subscriber, command.pin)):
+                log.warning("a %s from %s was refused: not a responder, or a wrong PIN", command.verb, who)
+                self._help(message, language, now)
+                return
+            action = commands.ACTIONS[command.verb]
+            request = self.store.add_request(
+                action, captain=f"sms:{subscriber['handle']}", now=now,
+                alert_id="" if command.verb == "REPORT" else command.argument,
+                location=int(command.argument) if command.verb == "REPORT" else None)
+            log.info("responder %s texted %s: request %d for the node to sign", subscriber["handle"],
+                     command.verb, request)
+        elif command.verb == "JOIN":
+            if subscriber is not None and subscriber["list"] in (RESPONDER, BROAD):
+                self._reply(message, "welcome", subscriber["language"], now)
+                return
+            self.book.add(vault, message.sender, PENDING, command.argument, now)
+            log.info("%s asked to join (%s); waiting for YES", who, command.argument)
+            self._reply(message, "join", command.argument, now)
+        elif command.verb == "YES" and subscriber is not None and subscriber["list"] == PENDING:
+            self.book.set_list(subscriber["id"], BROAD, now)
+            log.info("%s joined the broad list", who)
+            self._reply(message, "welcome", language, now)
+        elif command.verb == "STOP":
+            for row in self.book.remove(vault, message.sender):
+                if self.spool.withdraw(row["id"], row["priority"], vault.open(row["number_enc"])):
+                    self.book.mark(row["id"], "dropped", now)
+            log.info("%s texted STOP: removed from every list", who)
+            self._reply(message, "stopped", language, now)
+        elif command.verb == "TIP":
+            tip = self.book.add_tip(vault, command.argument, message.sender, now)
+            log.info("tip %d received (no alert raised; a captain decides)", tip)
+        else:  # HELP, a malformed command, a YES with no JOIN
+            self._help(message, language, now)
+
+    def _help(self, message: Incoming, language: str, now: float) -> None:
+        mac = self.vault.mac(message.sender)
+        if now - self._helped.get(mac, float("-inf")) < HELP_EVERY:
+            return
+        self._helped[mac] = now
+        self._reply(message, "help", language, now)
+
+    def _reply(self, message: Incoming, kind: str, language: str, now: float) -> None:
+        vault = self.vault
+        self.book.enqueue(f"reply:{vault.mac(message.files[0].name)}", number_enc=vault.seal(message.sender),
+                          number_mac=vault.mac(message.sender), priority="C", text=texts.reply_text(kind, language),
+                          now=now)
+
+    # -- state -----------------------------------------------------------------------------------------
+
+    def _show_state(self) -> None:
+        if self.vault is None:
+            state, trouble = "locked", "locked: texts wait until a captain runs 'silbato sms unlock'"
+        else:
+            backlog = self.book.queue_counts().get("queued", 0)
+            state, trouble = "running", (f"queue backing up: {backlog} texts waiting" if backlog > BACKLOG else "")
+        if self._shown != (state, trouble):
+            self.book.set_state("state", state)
+            self.book.set_state("trouble", trouble)
+            self._shown = (state, trouble)
+
+
+class _UnlockListener:
+    """A Unix socket (0600) on which ``silbato sms unlock`` hands the gateway the passphrase."""
+
+    def __init__(self, gateway: Gateway, path: Path):
+        self.gateway, self.path = gateway, Path(path)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+
+    def start(self) -> "_UnlockListener":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        sock.listen(2)
+        sock.settimeout(0.5)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="sms-unlock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            with conn:
+                conn.settimeout(10)
+                try:
+                    passphrase = _read_line(conn)
+                    self.gateway.unlock(passphrase)
+                    conn.sendall(b"ok\n")
+                except VaultError as exc:
+                    log.warning("unlocking the SMS lists failed: %s", exc)
+                    conn.sendall(f"{exc}\n".encode())
+                except Exception:
+                    log.exception("unlocking the SMS lists failed")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+        if self._sock:
+            self._sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _read_line(conn: socket.socket, limit: int = 4096) -> str:
+    data = b""
+    while not data.endswith(b"\n") and len(data) < limit:
+        chunk = conn.recv(1024)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8").rstrip("\n")
+
+
+def send_unlock(socket_path: Path, passphrase: str, timeout: float = 30.0) -> str:
+    """Hand ``passphrase`` to the running gateway; returns its answer ("ok" or why not)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(socket_path))
+        sock.sendall(passphrase.encode("utf-8") + b"\n")
+        return _read_line(sock)

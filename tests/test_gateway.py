@@ -1,0 +1,293 @@
+"""The SMS gateway end to end, with the real gammu-smsd on Gammu's dummy driver (tests/gammu.py).
+
+A responder's texted REPORT becomes a captains' request the daemon signs; CONFIRMED goes to
+responders and the broad list in their languages; STOP stops texts; a wrong PIN raises
+nothing; a kill -9 of the gateway mid-dispatch resumes with each text sent exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gammu import GAMMU_SMSD, GammuSmsd, until
+from node import catalog
+from node.daemon.node import Node
+from node.gateway.book import BROAD, RESPONDER, Book
+from node.gateway.service import Gateway, send_unlock
+from node.hardware.devices import mock_factory
+from node.protocol.alerts import State
+from node.sim import provision
+from node.store import GATEWAY_TABLES, Store
+
+pytestmark = pytest.mark.skipif(GAMMU_SMSD is None, reason="gammu-smsd is not installed (.ci/apt-packages)")
+
+CHEAP_KDF = {"n": 2 ** 10, "r": 8, "p": 1}   # tests only: the real one costs ~0.1 s and 32 MiB
+PASSPHRASE = "correct horse battery staple"
+ANA, BEN = "+15550000001", "+15550000002"     # responders (es, en)
+CARLA, DAE = "+15550000101", "+15550000102"   # broad list (tl, ko)
+STRANGER = "+15550000999"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_catalogs():
+    for language in catalog.LANGUAGES:
+        if language != catalog.SOURCE and catalog.problem(language):
+            catalog.compile_catalog(catalog.po_file(language), catalog.mo_file(language), record_source=True)
+    catalog.translations.cache_clear()
+
+
+@pytest.fixture
+def node(tmp_path):
+    cfg = provision(tmp_path / "block", 2).configs[0]
+    node = Node(cfg, pin_factory=mock_factory(), clock=time.time).start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def gammu(tmp_path):
+    smsd = GammuSmsd(tmp_path / "gammu").start()
+    yield smsd
+    smsd.stop()
+
+
+@pytest.fixture
+def gateway(node, gammu):
+    store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+    gw = Gateway(store, gammu.spool, scrypt=CHEAP_KDF)
+    gw.unlock(PASSPHRASE)
+    now = time.time()
+    gw.book.add(gw.vault, ANA, RESPONDER, "es", now, pin="4321")
+    gw.book.add(gw.vault, BEN, RESPONDER, "en", now, pin="8765")
+    gw.book.add(gw.vault, CARLA, BROAD, "tl", now)
+    gw.book.add(gw.vault, DAE, BROAD, "ko", now)
+    yield gw
+    store.close()
+
+
+def step_until(gw: Gateway, condition, what: str, timeout: float = 30.0):
+    return until(lambda: (gw.step(), condition())[1], timeout, what)
+
+
+def text_to(gammu: GammuSmsd, number: str) -> list[str]:
+    return [text for to, text in gammu.texts() if to == number]
+
+
+def test_a_responders_report_by_text_is_a_request_the_daemon_signs(node, gammu, gateway):
+    gammu.receive(ANA, f"REPORT {node.location} 4321")
+    request = step_until(gateway, lambda: node.store.pending_requests(), "the REPORT's request")[0]
+    assert request["action"] == "raise" and request["captain"].startswith("sms:r")
+    assert "555" not in request["captain"], "the request names the responder by a handle, never the number"
+    node.process_requests()
+    row = node.store.get_request(request["id"])
+    assert row["status"] == "signed", row
+    alert = node.store.get_alert(row["result_alert_id"])
+    assert alert.state is State.REPORTED and alert.signer == node.id
+    # REPORTED: responders only, each in their language.
+    step_until(gateway, lambda: len(gammu.sent()) >= 2, "two REPORTED texts")
+    assert text_to(gammu, ANA)[0].startswith(f"Silbato {alert.id}: posible redada en Building 1")
+    assert f"CONFIRM {alert.id} PIN" in text_to(gammu, BEN)[0]
+    assert not text_to(gammu, CARLA) and not text_to(gammu, DAE)
+
+
+@pytest.fixture
+def block(tmp_path):
+    from node.sim import Block
+
+    block = Block(tmp_path / "block2", n=2, scale=1.0).start()   # the wall clock: requests expire in 60 s
+    yield block
+    block.stop()
+
+
+def test_a_confirm_by_text_reaches_responders_first_then_the_broad_list_and_stop_stops(block, gammu):
+    store = Store(block.nodes[1].config.db_file, writes=GATEWAY_TABLES)   # node 1 is the gateway
+    gateway = Gateway(store, gammu.spool, scrypt=CHEAP_KDF, clock=block.clock)
+    gateway.unlock(PASSPHRASE)
+    now = block.clock()
+    for number, list_name, language, pin in ((ANA, RESPONDER, "es", "4321"), (BEN, RESPONDER, "en", "8765"),
+                                             (CARLA, BROAD, "tl", ""), (DAE, BROAD, "ko", "")):
+        gateway.book.add(gateway.vault, number, list_name, language, now, pin=pin)
+    alert = block.nodes[2].report()   # node 2's button: it reaches the gateway's node over the air
+    step_until(gateway, lambda: len(gammu.sent()) >= 2, "two REPORTED texts")
+    assert "Building 2" in text_to(gammu, BEN)[0]
+
+    # Ben confirms by text; node 1 signs it (a signer other than the reporter); everyone gets CONFIRMED.
+    gammu.receive(BEN, f"CONFIRM {alert.id} 8765")
+    step_until(gateway, lambda: len(gammu.sent()) >= 6, "four CONFIRMED texts")
+    assert store.get_alert(alert.id).state is State.CONFIRMED
+    confirmed = gammu.sent()[2:]
+    assert [name[3] for name in confirmed] == ["A", "A", "B", "B"], "responders are handed to the modem first"
+    assert "REDADA CONFIRMADA" in text_to(gammu, ANA)[1]
+    assert "KUMPIRMADONG RAID" in text_to(gammu, CARLA)[0]
+    assert "단속 확인" in text_to(gammu, DAE)[0]
+    assert all("warrant" in t or "orden" in t or "영장" in t for _, t in gammu.texts()), "know-your-rights line"
+
+    # Carla texts STOP: off the list at once, told so, and never texted again.
+    gammu.receive(CARLA, "STOP")
+    step_until(gateway, lambda: len(text_to(gammu, CARLA)) == 2, "the STOP confirmation")
+    assert "hindi ka na namin padadalhan" in text_to(gammu, CARLA)[1]
+    block.nodes[2].act("all_clear", alert.id)
+    step_until(gateway, lambda: len(gammu.sent()) >= 10, "three ALL CLEAR texts")
+    assert len(text_to(gammu, CARLA)) == 2, "no text after STOP"
+    assert "ALL CLEAR" in text_to(gammu, BEN)[-1] and "상황 종료" in text_to(gammu, DAE)[-1]
+    assert len(gammu.sent()) == len(set(gammu.sent())) == 10, "no file sent twice"
+    counts = gateway.book.queue_counts()
+    assert counts.get("sent") == 10 and not counts.get("queued") and not counts.get("handed"), counts
+    assert not list(gammu.spool.sent.iterdir()) and not list(gammu.spool.inbox.iterdir()), \
+        "each spool file is deleted once handled"
+    store.close()
+
+
+@pytest.mark.parametrize("text", [
+    "REPORT 101 0000",          # a wrong PIN
+    "CONFIRM 1-1 4321",         # the right PIN from a number that is not a responder
+    "REPORT 101",               # no PIN
+    "CONFIRM soon 4321",        # malformed
+])
+def test_a_command_without_the_right_pin_raises_nothing_and_gets_one_help(node, gammu, gateway, text):
+    sender = STRANGER if text.startswith("CONFIRM") else ANA
+    gammu.receive(sender, text)
+    gammu.receive(sender, text)
+    step_until(gateway, lambda: gammu.sent(), "a HELP reply")
+    for _ in range(3):
+        gateway.step()
+    assert not node.store.pending_requests() and not node.store.requests()
+    assert not node.store.active_alerts()
+    assert len(gammu.sent()) == 1, "one HELP per hour, however many texts"
+    assert "REPORT lugar PIN" in gammu.texts()[0][1] or "REPORT place PIN" in gammu.texts()[0][1]
+
+
+def test_any_other_text_is_a_tip_and_join_needs_a_yes(node, gammu, gateway):
+    gammu.receive(STRANGER, "ICE vans parked by the laundromat")
+    step_until(gateway, lambda: gateway.book.tips(), "the tip")
+    assert gateway.book.tips()[0]["text"] == "ICE vans parked by the laundromat"
+    assert not node.store.requests() and not node.store.active_alerts()
+    gammu.receive(STRANGER, "JOIN ko")
+    step_until(gateway, lambda: text_to(gammu, STRANGER), "the JOIN reply")
+    assert "YES" in text_to(gammu, STRANGER)[0]
+    assert gateway.book.subscriber(gateway.vault, STRANGER)["list"] == "pending"
+    gammu.receive(STRANGER, "yes")
+    step_until(gateway, lambda: len(text_to(gammu, STRANGER)) == 2, "the welcome")
+    assert gateway.book.subscriber(gateway.vault, STRANGER)["list"] == BROAD
+    db = Path(node.config.db_file).read_bytes() + Path(str(node.config.db_file) + "-wal").read_bytes()
+    assert STRANGER.encode() not in db and STRANGER[1:].encode("utf-16-le") not in db, "numbers are sealed"
+
+
+def test_locked_texts_wait_and_the_store_shows_the_trouble(node, gammu, tmp_path):
+    store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+    gw = Gateway(store, gammu.spool, scrypt=CHEAP_KDF)
+    gw.unlock(PASSPHRASE)
+    gw.book.add(gw.vault, BEN, RESPONDER, "en", time.time(), pin="8765")
+    locked = Gateway(store, gammu.spool, scrypt=CHEAP_KDF)   # the gateway after a reboot
+    node.report()
+    locked.step()
+    assert node.store.troubles()["sms gateway"].startswith("locked")
+    assert locked.book.queue_counts() == {"queued": 1} and not list(gammu.spool.outbox.iterdir())
+    with pytest.raises(Exception, match="wrong passphrase"):
+        locked.unlock("not it")
+    locked.unlock(PASSPHRASE)
+    step_until(locked, lambda: gammu.sent(), "the queued text")
+    assert "sms gateway" not in node.store.troubles()
+    store.close()
+
+
+class Crash(BaseException):
+    """The gateway killed at this point."""
+
+
+def test_a_crash_between_the_outbox_file_and_its_mark_does_not_send_twice(node, gammu, gateway, monkeypatch):
+    node.report()
+    mark = gateway.book.mark
+
+    def crash(queue_id, status, now):
+        if status == "handed":
+            raise Crash()
+        return mark(queue_id, status, now)
+
+    monkeypatch.setattr(gateway.book, "mark", crash)
+    with pytest.raises(Crash):
+        gateway.step()
+    assert gateway.book.queue_counts().get("queued") == 2, "the row was not marked: the crash came first"
+    until(lambda: len(gammu.sent()) == 1, 30, "gammu-smsd to send the file the crash left behind")
+    monkeypatch.setattr(gateway.book, "mark", mark)
+    step_until(gateway, lambda: gateway.book.queue_counts().get("sent") == 2 and len(gammu.sent()) == 2,
+               "both texts sent")
+    assert len(set(gammu.sent())) == 2 and not list(gammu.spool.outbox.iterdir()), "each text once"
+
+
+def test_kill_9_of_the_gateway_mid_dispatch_sends_each_text_exactly_once(node, gammu, tmp_path):
+    rng = random.Random(14)
+    config = tmp_path / "silbato.toml"
+    config.write_text(f'[node]\nstate_dir = "{node.config.state_dir}"\norganizer_key = "{node.config["node.organizer_key"]}"\n'
+                      f'[sms]\nspool = "{gammu.spool.root}"\nsocket = "{tmp_path / "unlock.sock"}"\n')
+    store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+    book = Book(store)
+    vault = book.unlock(PASSPHRASE)
+    now = time.time()
+    for i in range(12):
+        book.add(vault, f"+1555010{i:04d}", BROAD if i >= 3 else RESPONDER, "en", now, pin="1234")
+    store.close()
+    alert = node.report()
+    # CONFIRMED (as if by another node: confirming needs a second signer), so both lists get it.
+    with node.store.transaction():
+        node.store.db.execute("UPDATE alerts SET state = ?, updated_at = ? WHERE id = ?",
+                              [int(State.CONFIRMED), time.time(), alert.id])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    command = [sys.executable, "-m", "node.cli", "--config", str(config), "gateway"]
+    for round_ in range(3):
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        until(lambda: (tmp_path / "unlock.sock").exists(), 30, "the gateway's socket")
+        assert send_unlock(tmp_path / "unlock.sock", PASSPHRASE) == "ok"
+        if round_ < 2:
+            target = len(gammu.sent()) + rng.randint(1, 3)
+            until(lambda: len(gammu.sent()) >= target or not list(gammu.spool.outbox.glob("OUT*")) and
+                  len(gammu.sent()) >= 12, 60, "some texts sent")
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+            (tmp_path / "unlock.sock").unlink(missing_ok=True)
+        else:
+            until(lambda: len(gammu.sent()) >= 12, 90, "every text sent")
+            with Store(node.config.db_file, readonly=True) as reader:
+                until(lambda: Book(reader).queue_counts().get("sent") == 12, 30, "every outcome recorded")
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=10)
+    sent = gammu.sent()
+    assert len(sent) == 12 and len(set(sent)) == 12, sent
+    assert [name[3] for name in sent] == ["A"] * 3 + ["B"] * 9, "responders are handed to the modem first"
+
+
+def test_the_sms_commands_manage_responders_without_showing_a_number(node, tmp_path):
+    from click.testing import CliRunner
+
+    from node.cli import cli
+
+    config = tmp_path / "silbato.toml"
+    config.write_text(f'[node]\nstate_dir = "{node.config.state_dir}"\n'
+                      f'organizer_key = "{node.config["node.organizer_key"]}"\n[sms]\nspool = "{tmp_path / "spool"}"\n')
+    env = {"SILBATO_SMS_PASSPHRASE": PASSPHRASE}
+
+    def run(*args, **kwargs):
+        return CliRunner().invoke(cli, ["--config", str(config), "sms", *args], env=kwargs.get("env", env))
+
+    added = run("responders", "add", "+1 (555) 000-0001", "--pin", "4321", "--language", "es")
+    assert added.exit_code == 0, added.output
+    assert "555" not in added.output and "Responder r" in added.output
+    status = run("status")
+    assert "responder 1" in status.output and "555" not in status.output, status.output
+    assert run("responders", "add", "+15550000001", "--pin", "12").exit_code == 2   # 4 to 8 digits
+    assert run("responders", "add", "call me", "--pin", "1234").exit_code == 2      # not a number
+    wrong = run("responders", "remove", "+15550000001", env={"SILBATO_SMS_PASSPHRASE": "not it"})
+    assert wrong.exit_code == 1 and "wrong passphrase" in wrong.output and "Traceback" not in wrong.output
+    assert run("responders", "remove", "+15550000001").exit_code == 0
+    assert "responder 0" in run("status").output
+    assert run("responders", "remove", "+15550000001").exit_code == 1               # on no list
+    unlock = run("unlock")
+    assert unlock.exit_code == 1 and "is silbato-gateway running?" in unlock.output
