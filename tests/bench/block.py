@@ -173,6 +173,8 @@ def run(preset: str, alerts: int, nodes: int, loss: float, seed: int, deadline: 
            "floor_s": floor, "farthest_p50_over_floor": ratio(percentile(to_far, 0.5), floor),
            "coverage_p50_s": percentile(watch.coverage, 0.5), "coverage_p95_s": percentile(watch.coverage, 0.95),
            "coverage_max_s": max(watch.coverage, default=math.nan),
+           "coverage_within_30s": sum(t <= 30.0 for t in watch.coverage) / max(len(watch.coverage), 1),
+           "coverage_converged": sum(math.isfinite(t) for t in watch.coverage) / max(len(watch.coverage), 1),
            "busiest_utilisation_last_hour": util, "wall_s": round(wall, 1), "links": links}
     row["delivered_ratio"] = row["delivered_all"]
     for state in (State.CONFIRMED, final):
@@ -203,6 +205,8 @@ def print_tables(rows: list[dict]) -> None:
               f"{seconds(r['farthest_max_s'])} {seconds(r['all_nodes_p95_s'])} {seconds(r['floor_s'])} "
               f"{seconds(r['farthest_p50_over_floor'])} {seconds(r['coverage_p50_s'])} "
               f"{seconds(r['coverage_p95_s'])} {r['busiest_utilisation_last_hour']:5.1%}")
+    print("\ncoverage of the final state right on every node: within 30 s / within 10 minutes of the last building: "
+          + ", ".join(f"{r['preset']} {r['coverage_within_30s']:.0%} / {r['coverage_converged']:.0%}" for r in rows))
     print("\neach state, seconds (farthest p50 / p95, every node p95, delivered to all):")
     for r in rows:
         for state in ("reported", "confirmed", r["final_state"]):

@@ -112,6 +112,11 @@ def run(kind: str, nodes: int, preset: str, loss: float, seed: int, outage: floa
                         for a in raised for n in block.nodes.values()):
                     coverage_all = t
             silent_at_end = sorted(silent_on_any())
+            # What is still wrong at the end, per alert raised meanwhile (reporter-counter): who lacks it,
+            # and on how many nodes its coverage still misses a building.
+            lacking = {a: [i for i, n in block.nodes.items() if n.store.get_alert(a) is None] for a in raised}
+            short = {a: sum(n.store.coverage(a, State.REPORTED)[0] != set(block.nodes) for n in block.nodes.values())
+                     for a in raised}
         finally:
             block.stop()
     return {"kind": kind, "nodes": nodes, "preset": preset, "loss": loss, "seed": seed, "middle": middle,
@@ -123,7 +128,8 @@ def run(kind: str, nodes: int, preset: str, loss: float, seed: int, outage: floa
             "last_shown_silent_after_return_s": 0.0 if last_silent is None else last_silent,
             "outaged_shown_silent_after_return_until_s": 0.0 if middle_last_silent is None else middle_last_silent,
             "holds_all_after_return_s": math.inf if holds_all is None else holds_all,
-            "coverage_complete_after_return_s": math.inf if coverage_all is None else coverage_all}
+            "coverage_complete_after_return_s": math.inf if coverage_all is None else coverage_all,
+            "lacking_at_end": lacking, "coverage_short_on_at_end": short}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -153,6 +159,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{len(r['silent_2min_after_return']):9d} "
               f"{len(r['silent_at_end']):6d} {seconds(r['holds_all_after_return_s'], 8)} "
               f"{seconds(r['coverage_complete_after_return_s'], 8)}")
+    for r in rows:
+        print(f"{r['kind']}: at the end, alert: nodes without it / nodes whose coverage misses a building: "
+              + ", ".join(f"{a}: {r['lacking_at_end'][a] or 'none'} / {r['coverage_short_on_at_end'][a]}"
+                          for a in r["lacking_at_end"]))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return rows

@@ -16,7 +16,7 @@
   P9 slow clients  1,000 slowly trickled requests from one address: page loads from another, old vs new
   P10 outage       a middle node's radio gone 5 minutes during alerts: healthy buildings shown silent, catch-up
 
-Simulated figures (P1, P3, P4, P5) are the same on every machine; wall-clock ones
+Simulated figures (P1, P3, P4, P5, P10) are the same on every machine; wall-clock ones
 (P2, P6, P7, P8, P9) vary with it, so compare them side by side in one run.
 """
 
