@@ -94,11 +94,13 @@ def run(kind: str, nodes: int, preset: str, loss: float, seed: int, outage: floa
             silent_after_2min = None
             silent_after_ever: set[int] = set()
             last_silent = middle_last_silent = None
+            viewers: set[int] = set()    # the nodes that showed a healthy building silent after the return
             while sched.now() < back + after:
                 sched.run_for(LOOK)
                 t = sched.now() - back
                 wrong = silent_on_any()
                 silent_after_ever |= wrong - {middle}
+                viewers |= {i for i, n in block.nodes.items() if n.supervisor.silent(block.clock()) - {middle}}
                 if wrong - {middle}:
                     last_silent = t
                 if middle in wrong:
@@ -125,6 +127,7 @@ def run(kind: str, nodes: int, preset: str, loss: float, seed: int, outage: floa
             "outaged_shown_silent_by": len(middle_seen_silent_by),
             "silent_2min_after_return": silent_after_2min if silent_after_2min is not None else [],
             "silent_after_return_ever": sorted(silent_after_ever), "silent_at_end": silent_at_end,
+            "silent_after_return_shown_by": sorted(viewers),
             "last_shown_silent_after_return_s": 0.0 if last_silent is None else last_silent,
             "outaged_shown_silent_after_return_until_s": 0.0 if middle_last_silent is None else middle_last_silent,
             "holds_all_after_return_s": math.inf if holds_all is None else holds_all,
@@ -160,6 +163,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{len(r['silent_at_end']):6d} {seconds(r['holds_all_after_return_s'], 8)} "
               f"{seconds(r['coverage_complete_after_return_s'], 8)}")
     for r in rows:
+        print(f"{r['kind']}: after the return, healthy buildings {r['silent_after_return_ever'] or 'none'} were shown "
+              f"silent, by nodes {r['silent_after_return_shown_by'] or 'none'}")
         print(f"{r['kind']}: at the end, alert: nodes without it / nodes whose coverage misses a building: "
               + ", ".join(f"{a}: {r['lacking_at_end'][a] or 'none'} / {r['coverage_short_on_at_end'][a]}"
                           for a in r["lacking_at_end"]))
