@@ -31,12 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # plain_flood, also when the suite loads this file by path
 
-import plain_flood  # noqa: E402
-from plain_flood import percentile, ratio, seconds  # noqa: E402
-from node.errors import SilbatoError  # noqa: E402
-from node.protocol.alerts import State  # noqa: E402
-from node.radio.sim_air import hops  # noqa: E402
-from node.sim import Block  # noqa: E402
+import plain_flood
+from plain_flood import percentile, ratio, seconds
+
+from node.errors import SilbatoError
+from node.protocol.alerts import State
+from node.radio.sim_air import hops
+from node.sim import Block
 
 COVERAGE_LIMIT = 600.0   # simulated seconds after the last building received a state before its coverage counts as never right
 POLL = 0.1               # seconds between looks at the stores while a state spreads

@@ -30,10 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # plain_flood, also when the suite loads this file by path
 
-from plain_flood import seconds  # noqa: E402
-from node.protocol.alerts import State  # noqa: E402
-from node.radio.sim_air import hops  # noqa: E402
-from node.sim import Block  # noqa: E402
+from plain_flood import seconds
+
+from node.protocol.alerts import State
+from node.radio.sim_air import hops
+from node.sim import Block
 
 SETTLE = 600.0   # simulated seconds for supervision to settle before the outage
 LOOK = 1.0       # seconds between looks at the stores and the supervision

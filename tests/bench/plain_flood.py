@@ -15,7 +15,7 @@ whatever its port, so it needs no change to model a text.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from node.protocol import wire
 from node.protocol.airtime import MESH_OVERHEAD, time_on_air
@@ -31,7 +31,7 @@ def percentile(values: Iterable[float], q: float) -> float:
     """Nearest-rank percentile; a lost delivery counts as ``math.inf``, so a p95 with more than
     5% lost is inf (shown as 'never'). NaN for no values."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else math.nan
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else math.nan
 
 
 def floor_seconds(hop_count: int, preset: str, payload: int = TRANSITION_BYTES) -> float:

@@ -23,10 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # plain_flood, also when the suite loads this file by path
 
-import plain_flood  # noqa: E402
-from plain_flood import percentile, ratio, seconds  # noqa: E402
-from node.protocol.alerts import State  # noqa: E402
-from node.sim import Block  # noqa: E402
+import plain_flood
+from plain_flood import percentile, ratio, seconds
+
+from node.protocol.alerts import State
+from node.sim import Block
 
 
 def one_run(root: Path, n: int, preset: str, loss: float, seed: int, limit: float) -> tuple[float | None, float, float]:
