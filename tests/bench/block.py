@@ -29,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))  # plain_flood, also when the suite loads this file by path
+if str(Path(__file__).parent) not in sys.path:   # plain_flood, also when the suite loads this file by path
+    sys.path.insert(0, str(Path(__file__).parent))
 
 import plain_flood
 from plain_flood import percentile, ratio, seconds
