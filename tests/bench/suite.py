@@ -6,15 +6,17 @@
 
   P1 frames        frame sizes and airtime against JSON with a base64 signature
   P2 latency       end of the hold to siren on, alert stored and frame queued (mock pins)
-  P3 block         30 nodes, 4+ hops, 10% loss: delivery, p50/p95 to the farthest siren
+  P3 block         30 nodes, 4+ hops, 10% loss: delivery, p50/p95 to the farthest siren, each state, coverage;
+                   beside plain Meshtastic (one broadcast text, hop limit 3 and 7) and the physical floor
   P4 supervision   heartbeat airtime, time to TROUBLE, false TROUBLE over a simulated week
-  P5 line          a 5-node line with 0% and 20% loss, every preset
+  P5 line          a 5-node line with 0% and 20% loss, every preset; beside plain Meshtastic and the floor
   P6 radio         start-up, unplug to TROUBLE, replug to connected (real meshtastic library)
   P7 web           live page fan-out under load
   P8 overload      10,000 page requests at 200/s: 429/503, never 500; hold to siren meanwhile
   P9 slow clients  1,000 slowly trickled requests from one address: page loads from another, old vs new
+  P10 outage       a middle node's radio gone 5 minutes during alerts: healthy buildings shown silent, catch-up
 
-Simulated figures (P1, P3, P4, P5) are the same on every machine; wall-clock ones
+Simulated figures (P1, P3, P4, P5, P10) are the same on every machine; wall-clock ones
 (P2, P6, P7, P8, P9) vary with it, so compare them side by side in one run.
 """
 
@@ -40,6 +42,7 @@ BENCHES = {
     "P8": ("web_overload", [], ["--requests", "200", "--rate", "100", "--holds", "2"]),
     "P9": ("slow_clients", [], ["--slow", "60", "--cap", "8", "--header-timeout", "1", "--trickle", "1",
                                 "--loads", "5", "--settle", "0.5", "--live-clients", "2"]),
+    "P10": ("outage", [], ["--kinds", "line", "--line-nodes", "3", "--outage", "200", "--after", "300"]),
 }
 
 
