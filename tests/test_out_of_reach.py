@@ -212,3 +212,36 @@ def test_a_receipt_waits_for_the_radio_instead_of_being_spent(tmp_path):
             limit=120) is not None, "the held receipt goes once the radio is back"
     finally:
         block.stop()
+
+
+def test_through_the_real_library_alerts_raised_during_an_outage_reach_everyone_and_their_coverage_settles(
+        serial_block):
+    """Issue 17's outage scenario, scaled down in time (20 s supervision, SHORT_FAST): the middle
+    node's radio goes while both ends raise alerts; after its return every node holds both, shows
+    every building received them, and no healthy building was ever shown silent. The 5-minute,
+    30-node version is benchmark P10 (tests/bench/outage.py)."""
+    block = serial_block(n=3, preset="SHORT_FAST", overrides=FAST_SUPERVISION)
+    everyone = {1, 2, 3}
+    for i, node in block.nodes.items():
+        assert node.wait_for(lambda node=node: node.supervisor.alive(block.clock()) == everyone, timeout=CONNECT), i
+    watch = Watch(block)
+    block.radios[2].unplug()
+    middle = block.nodes[2]
+    assert middle.wait_for(lambda: "radio" in middle.store.troubles(), timeout=CONNECT)
+    raised = [block.nodes[1].report(), block.nodes[3].report(location=103)]
+    away = block.clock()
+    middle.wait_for(lambda: block.clock() - away > 25, timeout=60)   # past a whole supervision period
+    block.radios[2].plug()
+    assert middle.link.connected.wait(CONNECT)
+
+    def settled() -> bool:
+        for node in block.nodes.values():
+            with node.lock:
+                for alert in raised:
+                    held = node.store.get_alert(alert.id)
+                    if held is None or node.store.coverage(alert.id, held.state)[0] != everyone:
+                        return False
+        return True
+
+    assert block.nodes[1].wait_for(settled, timeout=120), "coverage of the alerts raised during the outage"
+    assert watch.silent(1) == [] and watch.silent(3) == [], "a healthy building shown silent"
