@@ -91,7 +91,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["LANGUAGES"] = list(app.config["LANGUAGES"]) or ["en"]
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True  # smaller pages
 
-    from web import api, auth, captain, data, evidence, i18n, live, public, security
+    from web import api, auth, captain, data, evidence, i18n, live, public, security, uploads
 
     app.extensions["silbato.live"] = live.Live(
         app.config["DATABASE"], clock=app.config["CLOCK"], silent_after=app.config["SILENT_AFTER"],
@@ -101,9 +101,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     i18n.init_app(app)
     security.init_app(app)
     app.teardown_appcontext(data.close_store)
-    for blueprint in (public.bp, captain.bp, api.bp, live.bp, evidence.bp):
+    for blueprint in (public.bp, captain.bp, api.bp, live.bp, evidence.bp, uploads.bp):
         app.register_blueprint(blueprint)
     csrf.exempt(evidence.upload)  # checks the form's token itself, before reading any file (streamed)
+    csrf.exempt(uploads.piece)  # checks X-CSRFToken itself, after the upload it names is found
 
     hashes = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:10] for f in STATIC.iterdir() if f.is_file()}
 
