@@ -141,7 +141,7 @@ class TooLarge(WSGITask):
         return environ
 
     def execute(self):
-        self.close_on_finish = True  # the body is still on its way: nothing more is read from it
+        self.set_close_on_finish()  # "Connection: close": the body is still on its way, and is never read
         super().execute()
 
 
