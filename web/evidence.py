@@ -130,7 +130,8 @@ def rate_limited() -> float:
     return _limiter().hit(request.remote_addr or "?")
 
 
-RATE_MESSAGE = "You have sent many times in a short while. Please wait a few minutes and try again."
+def rate_message() -> str:
+    return _("You have sent many times in a short while. Please wait a few minutes and try again.")
 
 
 def open_to_evidence(alert_id: str) -> tuple[dict, dict, list] | tuple[int, str, str]:
@@ -162,7 +163,7 @@ def upload(alert_id: str):
     """Seal each file and the statement as they stream in; then back to the incident's page."""
     wait = rate_limited()
     if wait:
-        response = _refuse(429, _(RATE_MESSAGE), "upload rate limit")
+        response = _refuse(429, rate_message(), "upload rate limit")
         response.headers["Retry-After"] = str(int(wait + 0.999))
         return response
     opened = open_to_evidence(alert_id)

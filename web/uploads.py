@@ -258,7 +258,7 @@ def start(alert_id: str):
     """Start an upload of ``size`` bytes (a file too large for one request, or any file with JavaScript)."""
     wait = evidence.rate_limited()
     if wait:
-        response = _error(429, _(evidence.RATE_MESSAGE), "upload rate limit")
+        response = _error(429, evidence.rate_message(), "upload rate limit")
         response.headers["Retry-After"] = str(int(wait + 0.999))
         return response
     opened = evidence.open_to_evidence(alert_id)
