@@ -72,7 +72,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
       ``PERMANENT_SESSION_LIFETIME``: the longest a login lasts (12 h);
     - ``EVIDENCE_RECIPIENTS``: the organizers' age keys (empty: no evidence taken); ``EVIDENCE_DIR``
       (default: ``evidence/`` beside the database's folder), ``EVIDENCE_MAX_ITEM``, ``EVIDENCE_MAX_TOTAL``
-      (bytes); ``UPLOAD_LIMIT``: (uploads, seconds) per address.
+      (bytes); ``UPLOAD_LIMIT``: (uploads, seconds) per address; ``MAX_FORM_BODY``: bytes of the
+      form without JavaScript (default the server's ``MAX_BODY``); ``UPLOAD_IDLE``: seconds before an
+      upload in pieces with no new piece is abandoned, on ``UPLOAD_CLOCK`` (monotonic seconds).
     """
     app = Flask(__name__)
     app.json = JSONProvider(app)

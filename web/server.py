@@ -34,7 +34,7 @@ the page, into a buffer that moves to an (unlinked) temporary file once it holds
   ``channel_request_lookahead=1``), and all of them together stay near ``BODY_BUDGET``:
   past it a connection that is reading a body over ``SMALL_BODY`` is not read from until
   memory frees (small bodies, a captain's forms and the API, always go on);
-- the 413 is the page's own, in the reader's language (``TooLarge``), not waitress's text.
+- the 413 is the page's own, in the reader's language (``TooLargeTask``), not waitress's text.
 
 Large evidence goes in pieces under ``MAX_BODY`` (``web.uploads``).
 
@@ -124,7 +124,7 @@ class TimedRequest(HTTPRequestParser):
         self.started = time.monotonic()
 
 
-class TooLarge(WSGITask):
+class TooLargeTask(WSGITask):
     """waitress's 413 for a body of ``MAX_BODY`` or more, answered by the page at ``TOO_LARGE_PATH``
     (in the reader's language: the refused request's headers and cookies go along); the body is
     never read, so the connection closes after it."""
@@ -147,7 +147,7 @@ class TooLarge(WSGITask):
 
 def _error_task(channel, request):
     if isinstance(request.error, RequestEntityTooLarge):
-        return TooLarge(channel, request)
+        return TooLargeTask(channel, request)
     return ErrorTask(channel, request)
 
 
