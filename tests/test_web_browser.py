@@ -206,3 +206,54 @@ def test_readable_on_a_narrow_phone(browser, block, tmp_path, width):
             Path(keep, shot.name).write_bytes(shot.read_bytes())
     finally:
         context.close()
+
+
+def test_a_large_video_cut_off_at_60_percent_resumes_at_360px_in_spanish(browser, block):
+    """Sent in pieces by web/static/evidence.js; the piece past 60% loses its connection once, and
+    the upload goes on from the confirmed offset (not from the start); the item opens to the same bytes."""
+    import pyrage
+
+    identity = pyrage.x25519.Identity.generate()
+    raid = confirmed_raid(block)
+    node = block.nodes[4]
+    assert node.wait_for(lambda: node.store.get_alert(raid) is not None, timeout=20)
+    folder = block.files.configs[3].evidence_dir
+    server = Server(app_for(block, 4, TESTING=False, EVIDENCE_RECIPIENTS=str(identity.to_public())),
+                    "127.0.0.1", 0, live_clients=2).start()
+    context = browser.new_context(viewport={"width": 360, "height": 760}, locale="es-ES", is_mobile=True,
+                                  has_touch=True)
+    context.set_default_timeout(30_000)
+    video = bytes(range(256)) * (5_300_000 // 256)
+    pieces: list[tuple[int, str]] = []  # (offset, "sent" or "cut")
+
+    def route(route):
+        request = route.request
+        if request.method != "PUT":
+            route.continue_()
+            return
+        offset = int(re.search(r"offset=(\d+)", request.url)[1])
+        if offset >= 0.6 * len(video) and not any(kind == "cut" for _, kind in pieces):
+            pieces.append((offset, "cut"))
+            route.abort("connectionreset")  # the phone walked out of the Wi-Fi's range
+        else:
+            pieces.append((offset, "sent"))
+            route.continue_()
+
+    try:
+        page = context.new_page()
+        page.route("**/uploads/**", route)
+        page.goto(f"http://127.0.0.1:{server.port}/alerts/{raid}")
+        expect(page.locator("#evidence")).to_have_text("Envía fotos, video o un testimonio de lo que viste")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360, "no sideways scrolling"
+        expect(page.locator("#form-limit")).to_be_hidden()  # with the script, the larger limit applies
+        page.set_input_files("#file", files=[{"name": "clip.mp4", "mimeType": "video/mp4", "buffer": video}])
+        page.get_by_role("button", name="Enviar").click()
+        expect(page.locator(".sent")).to_contain_text("1", timeout=60_000)
+    finally:
+        context.close()
+        server.shutdown()
+    cut = next(offset for offset, kind in pieces if kind == "cut")
+    after = [offset for offset, kind in pieces[pieces.index((cut, "cut")) + 1:]]
+    assert after and after[0] == cut and 0 not in after  # resumed where it stopped, not from the start
+    sealed = [p for p in folder.glob("*.age") if not p.name.endswith(".meta.age")]
+    assert [pyrage.decrypt(p.read_bytes(), [identity]) for p in sealed] == [video]

@@ -104,6 +104,7 @@ def test_the_upload_is_read_in_small_pieces(app, block, identity):
         original(self, *args, **kwargs)
         seen.append(self)
     app.config["EVIDENCE_MAX_ITEM"] = 20_000_000
+    app.config["MAX_FORM_BODY"] = 32_000_000  # the page's own reading, past the server's in-memory limit
     web_evidence.Parts.__init__ = spy
     try:
         body = b"w" * 16_000_000

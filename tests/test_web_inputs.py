@@ -26,7 +26,7 @@ from node.protocol.alerts import State
 from web import create_app
 from web.auth import Throttle
 
-EXAMPLES = {"GET": 30, "POST": 150}  # per route and method: the POST routes read more
+EXAMPLES = {"GET": 30, "POST": 150, "PUT": 60}  # per route and method: the POST routes read more
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +154,7 @@ def bodies(alert_id: str) -> dict[str, st.SearchStrategy]:
         "api.create_request": json_body(action=field(*actions), alert=field(alert_id, "9-9"),
                                         location=st.one_of(st.sampled_from([101, 103]), NUMBER)),
         "api.add_note": json_body(text=field("agents at the door", "x" * 300)),
+        "uploads.start": form(size=field("1", "5000000", "-1", "0", "x", "9" * 30), type=field("video/mp4", "ä" * 300)),
     }
 
 

@@ -275,3 +275,46 @@ def test_silbato_web_and_sim_on_a_port_in_use_end_in_one_line(tmp_path):
         assert "Traceback" not in sim.stderr
     finally:
         taken.close()
+
+
+def test_large_bodies_wait_for_memory_while_small_requests_go_on(serve, monkeypatch):
+    """Past BODY_BUDGET, a connection in the middle of a large body is not read from; a page load is."""
+    from web import server as web_server
+
+    monkeypatch.setattr(web_server, "BODY_BUDGET", 256 * 1024)
+    server = serve()
+    listener = server._server
+    over = threading.Event()
+    hold = listener.hold
+
+    def noting(channel, held):
+        hold(channel, held)
+        if listener.over_budget():
+            over.set()
+    monkeypatch.setattr(listener, "hold", noting)
+
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    body = b"v" * (4 * 1024 * 1024)
+    sock.sendall(f"PUT /uploads/x HTTP/1.1\r\nHost: node\r\nContent-Length: {len(body) + 1}\r\n\r\n".encode())
+    sender = threading.Thread(target=lambda: _send_quietly(sock, body), daemon=True)
+    sender.start()
+    try:
+        assert over.wait(WAIT)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
+        conn.request("GET", "/api/health")
+        assert conn.getresponse().status in (200, 503)  # answered: the alert path does not wait
+        conn.close()
+        reading = [c for c in list(listener.active_channels.values()) if c.holding]
+        assert len(reading) == 1 and not reading[0].readable()
+        assert listener.body_bytes < web_server.BODY_BUDGET + web_server.SMALL_BODY + 64 * 1024
+    finally:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the sender's sendall
+        sock.close()
+        sender.join(WAIT)
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass

@@ -72,7 +72,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
       ``PERMANENT_SESSION_LIFETIME``: the longest a login lasts (12 h);
     - ``EVIDENCE_RECIPIENTS``: the organizers' age keys (empty: no evidence taken); ``EVIDENCE_DIR``
       (default: ``evidence/`` beside the database's folder), ``EVIDENCE_MAX_ITEM``, ``EVIDENCE_MAX_TOTAL``
-      (bytes); ``UPLOAD_LIMIT``: (uploads, seconds) per address.
+      (bytes); ``UPLOAD_LIMIT``: (uploads, seconds) per address; ``MAX_FORM_BODY``: bytes of the
+      form without JavaScript (default the server's ``MAX_BODY``); ``UPLOAD_IDLE``: seconds before an
+      upload in pieces with no new piece is abandoned, on ``UPLOAD_CLOCK`` (monotonic seconds).
     """
     app = Flask(__name__)
     app.json = JSONProvider(app)
@@ -91,7 +93,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["LANGUAGES"] = list(app.config["LANGUAGES"]) or ["en"]
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True  # smaller pages
 
-    from web import api, auth, captain, data, evidence, i18n, live, public, security
+    from web import api, auth, captain, data, evidence, i18n, live, public, security, uploads
 
     app.extensions["silbato.live"] = live.Live(
         app.config["DATABASE"], clock=app.config["CLOCK"], silent_after=app.config["SILENT_AFTER"],
@@ -101,9 +103,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     i18n.init_app(app)
     security.init_app(app)
     app.teardown_appcontext(data.close_store)
-    for blueprint in (public.bp, captain.bp, api.bp, live.bp, evidence.bp):
+    for blueprint in (public.bp, captain.bp, api.bp, live.bp, evidence.bp, uploads.bp):
         app.register_blueprint(blueprint)
     csrf.exempt(evidence.upload)  # checks the form's token itself, before reading any file (streamed)
+    csrf.exempt(uploads.piece)  # checks X-CSRFToken itself, after the upload it names is found
 
     hashes = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:10] for f in STATIC.iterdir() if f.is_file()}
 

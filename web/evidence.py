@@ -31,6 +31,7 @@ from node.errors import EvidenceError, StoreError
 from node.evidence import seal
 from web import data
 from web.security import RateLimit, error_response
+from web.server import MAX_BODY, TOO_LARGE_PATH
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def incident(alert_id: str):
     settings = _settings()
     return render_template("incident.html", alert=row, now=data.node_time(), sent=request.args.get("sent", type=int),
                            enabled=bool(settings["recipients"]), max_mb=settings["max_item"] // 1_000_000,
-                           statement_max=STATEMENT_MAX)
+                           form_mb=form_max_mb(settings), statement_max=STATEMENT_MAX)
 
 
 def _refuse(status: int, title: str, message: str):
@@ -88,20 +89,57 @@ def _refuse(status: int, title: str, message: str):
     return error_response(status, message, 5.0 if status == 503 else None, title=title)
 
 
-@bp.post("/alerts/<alert_id>/evidence")
-def upload(alert_id: str):
-    """Seal each file and the statement as they stream in; then back to the incident's page."""
-    address = request.remote_addr or "?"
-    wait = _limiter().hit(address)
-    if wait:
-        response = _refuse(429, _("You have sent many times in a short while. Please wait a few minutes and "
-                                  "try again."), "upload rate limit")
-        response.headers["Retry-After"] = str(int(wait + 0.999))
-        return response
+def form_limit() -> int:
+    """Bytes of a form the page takes in one request: under the server's ``MAX_BODY`` (held in memory)."""
+    return int(current_app.config.get("MAX_FORM_BODY", MAX_BODY))
+
+
+def form_max_mb(settings: dict) -> int:
+    """MB of a file the form without JavaScript takes."""
+    return min(settings["max_item"], form_limit() - FORM_SLACK) // 1_000_000
+
+
+def too_large_message(settings: dict) -> str:
+    return _("That is larger than this node takes (%(mb)s MB at most). Send a shorter video, or keep it "
+             "and give it to the organizers.", mb=settings["max_item"] // 1_000_000)
+
+
+def form_too_large_message(settings: dict) -> str:
+    return _("That is larger than this page takes without JavaScript (%(mb)s MB at most). Turn JavaScript on "
+             "in your browser to send it in pieces, or keep it and give it to the organizers.",
+             mb=form_max_mb(settings))
+
+
+def refusal(exc: BaseException, settings: dict) -> tuple[int, str, str] | None:
+    """(status, the neighbor's message, the log's words) for a sealing failure; ``None`` if not one."""
+    if isinstance(exc, seal.TooLarge):
+        return 413, too_large_message(settings), "item over evidence.max_item"
+    if isinstance(exc, seal.StorageFull):
+        return 507, _("This node's space for evidence is full. Keep what you have and give it to the "
+                      "organizers."), "evidence.max_total reached"
+    if isinstance(exc, seal.DiskFull):
+        return 507, _("This node's disk is full. Keep what you have and give it to the organizers."), "disk full"
+    if isinstance(exc, EvidenceError):
+        current_app.logger.error("evidence could not be kept: %s", exc)
+        return 503, _("The node could not keep what you sent. Please try again."), str(exc)
+    return None
+
+
+def rate_limited() -> float:
+    """Seconds this address must wait before its next upload (0: go on); counts this one."""
+    return _limiter().hit(request.remote_addr or "?")
+
+
+def rate_message() -> str:
+    return _("You have sent many times in a short while. Please wait a few minutes and try again.")
+
+
+def open_to_evidence(alert_id: str) -> tuple[dict, dict, list] | tuple[int, str, str]:
+    """(incident, settings, recipients) if the incident takes evidence now, else (status, message, log words)."""
     row = _incident(alert_id)
     if not row["takes_evidence"]:
-        return _refuse(409, _("This incident ended too long ago to take evidence here. Send it to the "
-                              "organizers."), "incident ended")
+        return 409, _("This incident ended too long ago to take evidence here. Send it to the organizers."), \
+            "incident ended"
     settings = _settings()
     try:
         recipients = seal.parse_recipients(settings["recipients"])
@@ -109,11 +147,31 @@ def upload(alert_id: str):
         current_app.logger.error("evidence.recipients: %s", exc)
         recipients = []
     if not recipients:
-        return _refuse(409, _("This node does not take photos or video yet: the organizers have not set "
-                              "their key."), "no recipients")
-    too_large = _("That is larger than this node takes (%(mb)s MB at most). Send a shorter video, or keep it "
-                  "and give it to the organizers.", mb=settings["max_item"] // 1_000_000)
-    budget = settings["max_item"] + FORM_SLACK
+        return 409, _("This node does not take photos or video yet: the organizers have not set their key."), \
+            "no recipients"
+    return row, settings, recipients
+
+
+@bp.get(TOO_LARGE_PATH)
+def too_large():
+    """The server's 413 for a body too large to hold in memory (a form without JavaScript), in the neighbor's language."""
+    return _refuse(413, form_too_large_message(_settings()), "request body over the server's limit")
+
+
+@bp.post("/alerts/<alert_id>/evidence")
+def upload(alert_id: str):
+    """Seal each file and the statement as they stream in; then back to the incident's page."""
+    wait = rate_limited()
+    if wait:
+        response = _refuse(429, rate_message(), "upload rate limit")
+        response.headers["Retry-After"] = str(int(wait + 0.999))
+        return response
+    opened = open_to_evidence(alert_id)
+    if isinstance(opened[0], int):
+        return _refuse(*opened)
+    row, settings, recipients = opened
+    budget = min(settings["max_item"] + FORM_SLACK, form_limit() - 1)
+    too_large = too_large_message(settings) if budget > settings["max_item"] else form_too_large_message(settings)
     if request.content_length is not None and request.content_length > budget:
         return _refuse(413, too_large, f"{request.content_length} bytes announced")
     request.max_content_length = budget
@@ -126,14 +184,6 @@ def upload(alert_id: str):
         _check_token(parts)
         for kind, content_type, reader in parts.items():
             sealed.append(_seal_one(reader, kind, content_type, settings, recipients))
-    except seal.TooLarge:
-        return _undo(sealed, _refuse(413, too_large, "item over evidence.max_item"))
-    except seal.StorageFull:
-        return _undo(sealed, _refuse(507, _("This node's space for evidence is full. Keep what you have and "
-                                            "give it to the organizers."), "evidence.max_total reached"))
-    except seal.DiskFull:
-        return _undo(sealed, _refuse(507, _("This node's disk is full. Keep what you have and give it to the "
-                                            "organizers."), "disk full"))
     except _BadToken:
         return _undo(sealed, _refuse(403, _("This form is too old. Open the page again and send once more."),
                                      "missing or invalid CSRF token"))
@@ -142,20 +192,14 @@ def upload(alert_id: str):
         log.warning("evidence upload from a phone stopped: %s", exc or type(exc).__name__)
         abort(400, "the upload was cut off or malformed; nothing was kept")
     except EvidenceError as exc:
-        current_app.logger.error("evidence could not be kept: %s", exc)
-        return _undo(sealed, _refuse(503, _("The node could not keep what you sent. Please try again."), str(exc)))
+        return _undo(sealed, _refuse(*refusal(exc, settings)))
     except BaseException:
         _undo(sealed, None)
         raise
     if not sealed:
         return _refuse(400, _("Choose a photo or video, or write what you saw."), "empty form")
-    now = data.node_time()
     try:
-        w = data.writer()
-        for item, meta in sealed:
-            w.add_evidence(item.item_id, row["id"], now, size=item.size, sha256=item.sha256,
-                           sealed_size=item.sealed_size, sealed_sha256=item.sealed_sha256,
-                           meta_sha256=meta.sealed_sha256)
+        record(row["id"], sealed)
     except StoreError as exc:
         current_app.logger.error("could not record evidence: %s", exc)
         return _undo(sealed, _refuse(503, _("The node could not keep what you sent. Please try again."), str(exc)))
@@ -163,10 +207,25 @@ def upload(alert_id: str):
     return redirect(url_for("evidence.incident", alert_id=row["id"], sent=len(sealed), _anchor="evidence"), code=303)
 
 
+def record(alert_id: str, sealed: list) -> None:
+    """One pending row per sealed item, for the daemon to chain; ``StoreError`` if it cannot."""
+    now = data.node_time()
+    w = data.writer()
+    for item, meta in sealed:
+        w.add_evidence(item.item_id, alert_id, now, size=item.size, sha256=item.sha256,
+                       sealed_size=item.sealed_size, sealed_sha256=item.sealed_sha256,
+                       meta_sha256=meta.sealed_sha256)
+
+
 def _seal_one(reader, kind: str, content_type: str, settings: dict, recipients: list) -> tuple:
     """One item and its sealed metadata (its content type is never in the clear)."""
     item = seal.seal(reader, settings["folder"], recipients, max_item=settings["max_item"],
                      max_total=settings["max_total"])
+    return seal_meta(item, kind, content_type, settings, recipients)
+
+
+def seal_meta(item: seal.Sealed, kind: str, content_type: str, settings: dict, recipients: list) -> tuple:
+    """``item`` and its sealed metadata; ``item`` is removed if that fails."""
     try:
         meta = json.dumps({"kind": kind, "content_type": content_type, "size": item.size, "sha256": item.sha256},
                           sort_keys=True).encode()

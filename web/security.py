@@ -125,6 +125,10 @@ def init_app(app) -> None:
         if limiter is None or request.endpoint == "static" or (app.config["EXEMPT_LOOPBACK"]
                                                                and _local(request.remote_addr)):
             return None
+        if request.endpoint in ("uploads.piece", "uploads.status"):
+            from web.uploads import uploads  # the pieces of an upload already counted when it started
+            if uploads().get((request.view_args or {}).get("upload_id", "")) is not None:
+                return None
         wait = limiter.hit(request.remote_addr or "?")
         if wait:
             raise TooManyRequests(retry_after=int(wait + 0.999))

@@ -19,6 +19,25 @@ which keeps waitress's own idle timeout from ever firing):
 A request being served (a live stream included) and an idle keep-alive connection
 between requests are not timed by this; waitress closes the latter after ``channel_timeout``.
 
+Request bodies stay in memory, never on disk. waitress reads a whole body before it calls
+the page, into a buffer that moves to an (unlinked) temporary file once it holds
+``inbuf_overflow`` bytes; a neighbor's photo would then be on the SD card in the clear. So:
+
+- ``max_request_body_size`` is ``MAX_BODY``: waitress answers a body announced with a
+  ``Content-Length`` of ``MAX_BODY`` or more with 413 as soon as the headers end, before
+  reading any of it (parser.py, ``received``); a chunked body is counted as it comes and
+  refused the moment it reaches ``MAX_BODY`` raw bytes, so its buffer holds less than
+  ``MAX_BODY + recv_bytes`` decoded bytes;
+- ``inbuf_overflow`` is ``MAX_BODY + 64 KiB`` (past anything an accepted body can buffer),
+  so a body's buffer never becomes a temporary file (buffers.py, ``OverflowableBuffer.append``);
+- every connection holds at most two bodies (the one served and one read ahead,
+  ``channel_request_lookahead=1``), and all of them together stay near ``BODY_BUDGET``:
+  past it a connection that is reading a body over ``SMALL_BODY`` is not read from until
+  memory frees (small bodies, a captain's forms and the API, always go on);
+- the 413 is the page's own, in the reader's language (``TooLargeTask``), not waitress's text.
+
+Large evidence goes in pieces under ``MAX_BODY`` (``web.uploads``).
+
 ``silbato web``, ``silbato sim`` and the tests all serve through ``Server``.
 """
 
@@ -27,6 +46,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
+import io
 import logging
 import secrets
 import threading
@@ -39,7 +59,8 @@ from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
-from waitress.task import ThreadedTaskDispatcher
+from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
+from waitress.utilities import RequestEntityTooLarge
 
 from node.errors import ListenError
 
@@ -54,6 +75,16 @@ PER_ADDRESS = 32
 HEADER_TIMEOUT = 5.0  # seconds: a phone sends its headers at once; this leaves room for resends on bad Wi-Fi
 MAINTENANCE = 1  # seconds between waitress's passes over its connections (its cleanup_interval)
 LOG_EVERY = 60.0  # seconds: at most one line per refused address, and one for the timeouts, per this
+# The largest request body (bytes, exclusive): the form without JavaScript takes files up to about
+# this, larger ones go in pieces. Memory, worst case: a Pi Zero 2 W has 512 MB (about 400 free
+# beside the daemon). Without a budget one address could hold PER_ADDRESS (32) connections x 2
+# bodies x 8 MiB = 512 MiB, and the whole server (live_clients 200 + 136 connections) 5.25 GiB;
+# so bodies are held to BODY_BUDGET (64 MiB) in all, plus at most SMALL_BODY + recv_bytes per
+# connection read before the budget is noticed: 336 x 72 KiB = 24 MiB. 88 MiB at worst.
+MAX_BODY = 8 * 1024 * 1024
+BODY_BUDGET = 64 * 1024 * 1024
+SMALL_BODY = 64 * 1024  # bytes of body a request may always buffer, budget or not (forms, the API)
+TOO_LARGE_PATH = "/too-large"  # the page's own 413, asked for with the refused request's headers
 _PSEUDONYMS = secrets.token_bytes(16)  # new at every start: a log line never names a phone's address
 
 
@@ -93,12 +124,42 @@ class TimedRequest(HTTPRequestParser):
         self.started = time.monotonic()
 
 
+class TooLargeTask(WSGITask):
+    """waitress's 413 for a body of ``MAX_BODY`` or more, answered by the page at ``TOO_LARGE_PATH``
+    (in the reader's language: the refused request's headers and cookies go along); the body is
+    never read, so the connection closes after it."""
+
+    def get_environment(self):
+        environ = super().get_environment()  # waitress keeps it as self.environ: changed in place
+        if environ.get("PATH_INFO") == TOO_LARGE_PATH:
+            return environ
+        query = environ.get("QUERY_STRING", "")
+        lang = next((p for p in query.split("&") if p.startswith("lang=")), "")
+        environ.update(REQUEST_METHOD="GET", PATH_INFO=TOO_LARGE_PATH, QUERY_STRING=lang, CONTENT_LENGTH="0")
+        environ.pop("CONTENT_TYPE", None)
+        environ["wsgi.input"] = io.BytesIO()
+        return environ
+
+    def execute(self):
+        self.set_close_on_finish()  # "Connection: close": the body is still on its way, and is never read
+        super().execute()
+
+
+def _error_task(channel, request):
+    if isinstance(request.error, RequestEntityTooLarge):
+        return TooLargeTask(channel, request)
+    return ErrorTask(channel, request)
+
+
 class Connection(HTTPChannel):
-    """A waitress connection that knows how long it has owed request headers, and counts per address."""
+    """A waitress connection that knows how long it has owed request headers, counts per address,
+    and keeps the bodies it holds within the server's ``BODY_BUDGET``."""
 
     parser_class = TimedRequest
+    error_task_class = staticmethod(_error_task)
     spoke = False  # whether any byte has come yet
     counted = False
+    holding = 0  # bytes of request bodies this connection holds (as last counted)
 
     def __init__(self, server: Listener, sock, addr, adj, map=None):
         self.opened = time.monotonic()
@@ -108,7 +169,32 @@ class Connection(HTTPChannel):
 
     def received(self, data):
         self.spoke = True
-        return super().received(data)
+        try:
+            return super().received(data)
+        finally:
+            self._recount()
+
+    def service(self):
+        try:
+            super().service()
+        finally:
+            self._recount()  # the request served is gone, and its body with it
+
+    def readable(self):
+        if not super().readable():
+            return False
+        request = self.request
+        body = request.body_rcv if request is not None else None
+        # a large body waits for memory; the loop looks again when the budget frees (or within 1 s)
+        return body is None or len(body) < SMALL_BODY or not self.server.over_budget()
+
+    def _recount(self) -> None:
+        held = 0
+        for request in [*self.requests, self.request]:
+            body = getattr(request, "body_rcv", None)
+            if body is not None:
+                held += len(body)
+        self.server.hold(self, held)
 
     def owes_headers_since(self) -> float | None:
         """Since when (monotonic seconds) this connection owes a request's headers; ``None`` if it doesn't."""
@@ -123,6 +209,7 @@ class Connection(HTTPChannel):
         if self.counted:  # closing may come twice, from the loop and from a shutdown
             self.counted = False
             self.server.count(self.addr[0], -1)
+        self.server.hold(self, 0)
 
 
 @dataclass
@@ -150,6 +237,7 @@ class Listener(TcpWSGIServer):
         self._turned_away: dict[str, TurnedAway] = {}
         self._timed_out = 0
         self._timeouts_logged = float("-inf")
+        self.body_bytes = 0  # request bodies held in memory by every connection
         super().__init__(app, map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
 
     def count(self, address: str, change: int) -> None:
@@ -163,6 +251,19 @@ class Listener(TcpWSGIServer):
     def open_from(self, address: str) -> int:
         """Connections open from ``address`` now."""
         return self._open.get(address, 0)
+
+    def hold(self, channel: Connection, held: int) -> None:
+        """``channel`` now holds ``held`` bytes of request bodies; wake the loop if that frees the budget."""
+        with self._lock:
+            was_over = self.over_budget()
+            self.body_bytes += held - channel.holding
+            channel.holding = held
+            freed = was_over and not self.over_budget()
+        if freed:
+            self.pull_trigger()
+
+    def over_budget(self) -> bool:
+        return self.body_bytes >= BODY_BUDGET
 
     def accept(self):
         """waitress's accept, which turns away a connection past its address's cap (``None``: nothing to serve)."""
@@ -261,6 +362,8 @@ class Server:
                 host=host, port=port, threads=threads, connection_limit=threads + 128, channel_timeout=60,
                 cleanup_interval=MAINTENANCE, asyncore_use_poll=True, ident="silbato",
                 clear_untrusted_proxy_headers=True,
+                # every accepted body stays in memory (see the module docstring)
+                max_request_body_size=MAX_BODY, inbuf_overflow=MAX_BODY + 64 * 1024,
                 # keep reading while a request runs, so a live stream learns at once that its reader left
                 channel_request_lookahead=1)
             dispatcher = ThreadedTaskDispatcher()  # its threads start once every socket is bound
@@ -308,6 +411,9 @@ class Server:
         live = self.app.extensions.get("silbato.live") if hasattr(self.app, "extensions") else None
         if live is not None:
             live.close()
+        uploads = self.app.extensions.get("silbato.uploads") if hasattr(self.app, "extensions") else None
+        if uploads is not None:
+            uploads.close()  # open uploads are aborted: their partial sealed files are removed
         while self._map:
             for dispatcher in list(self._map.values()):
                 try:
