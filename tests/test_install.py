@@ -27,7 +27,9 @@ def test_install_makes_a_node_under_the_root_and_says_what_it_did(node_root):
     assert current(root) == "releases/99.0.0"
     assert silbato("--version", exe=installed(root)).stdout.strip() == "silbato, version 99.0.0"
     units = sorted(p.name for p in (root / "etc" / "systemd" / "system").iterdir())
-    assert units == ["silbato-node.service", "silbato-purge.service", "silbato-purge.timer", "silbato-web.service"]
+    # the gateway's unit is installed on every node, and enabled only where an operator turns it on
+    assert units == ["silbato-gateway.service", "silbato-node.service", "silbato-purge.service",
+                     "silbato-purge.timer", "silbato-web.service"]
     key = root / "var" / "lib" / "silbato" / "node.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     toml = root / "etc" / "silbato" / "silbato.toml"
