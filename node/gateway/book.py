@@ -110,6 +110,15 @@ class Book:
         return list(self.db.query("SELECT * FROM sms_queue WHERE status = 'queued' ORDER BY priority, id LIMIT ?",
                                   [limit]))
 
+    def drop_oldest(self, keep: int, now: float) -> int:
+        """Mark the oldest queued texts dropped so that at most ``keep`` stay queued; how many were dropped."""
+        with self.store.transaction():
+            return self.db.execute(
+                """UPDATE sms_queue SET status = 'dropped', done_at = ? WHERE id IN (
+                   SELECT id FROM sms_queue WHERE status = 'queued' ORDER BY id
+                   LIMIT max(0, (SELECT count(*) FROM sms_queue WHERE status = 'queued') - ?))""",
+                [now, keep]).rowcount
+
     def got_alert(self, alert_id: str) -> list[dict]:
         """Who was texted (or is queued) about ``alert_id``: one row per number."""
         return list(self.db.query(
