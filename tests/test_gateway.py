@@ -396,3 +396,55 @@ def test_a_long_locked_queue_is_bounded_oldest_dropped_with_a_log_line(node, tmp
     gw.step()
     assert "queue full" not in sms_trouble(node.store), "a captain unlocked: seen"
     store.close()
+
+
+# -- the captains' console: tips with a reply box, responders masked --------------------------------
+
+def test_a_tip_shows_on_the_console_and_a_captains_reply_is_texted_without_showing_the_number(node, gammu, gateway):
+    from werkzeug.security import generate_password_hash
+
+    from web import create_app, settings
+    from websupport import CHEAP_SCRYPT, PASSWORD, csrf_token, login
+
+    node.store.add_captain("ana", generate_password_hash(PASSWORD, method=CHEAP_SCRYPT), time.time())
+    app = create_app({**settings(node.config), "TESTING": True})
+    client = app.test_client()
+    assert client.get("/captain/texts").status_code in (302, 303), "login first"
+    gammu.receive(STRANGER, "ICE vans parked by the laundromat")
+    tip = step_until(gateway, lambda: gateway.book.tips(), "the tip")[0]
+    login(client, "ana")
+    page = client.get("/captain/texts").get_data(as_text=True)
+    assert "ICE vans parked by the laundromat" in page and "Send the reply" in page
+    assert "555" not in page, "no number on the page"
+    assert "••• ••01" in page and "••• ••02" in page, "responders by masked number"
+    token = csrf_token(client, "/captain/texts")
+    assert client.post(f"/captain/texts/{tip['id']}/reply", data={"text": "", "csrf_token": token}).status_code == 400
+    assert client.post("/captain/texts/999/reply", data={"text": "hi", "csrf_token": token}).status_code == 404
+    assert client.post(f"/captain/texts/{tip['id']}/reply", data={"text": "x" * 301, "csrf_token": token}
+                       ).status_code == 400
+    sent = client.post(f"/captain/texts/{tip['id']}/reply", data={"text": "Thank you. Stay inside.",
+                                                                  "csrf_token": token})
+    assert sent.status_code == 303
+    step_until(gateway, lambda: text_to(gammu, STRANGER), "the reply texted to the tip's sender")
+    assert text_to(gammu, STRANGER) == ["Silbato: Thank you. Stay inside."]
+    assert "given to the gateway" in client.get("/captain/texts").get_data(as_text=True)
+    es = client.get("/captain/texts", headers={"Accept-Language": "es"}).get_data(as_text=True)
+    assert "Avisos" in es and "Enviar la respuesta" in es
+
+
+def test_the_texts_page_says_when_this_node_is_no_gateway_or_the_lists_are_paused(node, tmp_path):
+    from werkzeug.security import generate_password_hash
+
+    from web import create_app, settings
+    from websupport import CHEAP_SCRYPT, PASSWORD, login
+
+    node.store.add_captain("ana", generate_password_hash(PASSWORD, method=CHEAP_SCRYPT), time.time())
+    client = create_app({**settings(node.config), "TESTING": True}).test_client()
+    login(client, "ana")
+    assert "not the block's SMS gateway" in client.get("/captain/texts").get_data(as_text=True)
+    from node.gateway.spool import Spool
+
+    store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+    Gateway(store, Spool(tmp_path / "spool").make(), scrypt=CHEAP_KDF).step()   # started, locked
+    assert "paused until a captain unlocks" in client.get("/captain/texts").get_data(as_text=True)
+    store.close()

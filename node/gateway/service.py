@@ -10,6 +10,8 @@ Each step (once a second, ``POLL``):
 3. ``reconcile``: texts gammu-smsd moved to sent or error are recorded, and their files deleted.
 4. ``answer`` (unlocked only): received texts become captains' requests, list changes, replies
    or tips; each file is deleted once handled.
+5. ``reply`` (unlocked only): a captain's reply to a tip (``sms_replies``, written by the page,
+   which cannot read a number) is queued to the tip's sender.
 
 Locked (after a boot, until ``silbato sms unlock``), texts queue and received ones wait in
 gammu's inbox; the store shows the trouble "SMS gateway: locked". The queue is bounded
@@ -107,7 +109,7 @@ class Gateway:
         with self.lock:
             now = self.clock()
             for name, part in (("plan", self.plan), ("bound", self.bound), ("hand-off", self.hand_off),
-                               ("reconcile", self.reconcile), ("answer", self.answer), ("modem", self.watch_modem)):
+                               ("reconcile", self.reconcile), ("answer", self.answer), ("reply", self.reply), ("modem", self.watch_modem)):
                 try:
                     part(now)
                 except Exception:
@@ -236,6 +238,22 @@ class Gateway:
                               self.vault.pseudonym(message.sender))
             for path in message.files:
                 path.unlink(missing_ok=True)
+
+    def reply(self, now: float) -> None:
+        if self.vault is None:
+            return
+        for row in self.book.pending_replies():
+            number_enc = self.book.tip_number(row["tip_id"])
+            if number_enc is None:
+                self.book.mark_reply(row["id"], "refused", now)
+                log.warning("reply %d: tip %d is gone (purged?); not sent", row["id"], row["tip_id"])
+                continue
+            number = self.vault.open(number_enc)
+            with self.store.transaction():
+                self.book.enqueue(f"tip-reply:{row['id']}", number_enc=number_enc, number_mac=self.vault.mac(number),
+                                  priority="C", text=f"Silbato: {row['text']}", now=now)
+                self.book.mark_reply(row["id"], "queued", now)
+            log.info("reply %d to tip %d queued (captain %s)", row["id"], row["tip_id"], row["captain"])
 
     # -- received texts ------------------------------------------------------------------------------
 
