@@ -159,7 +159,10 @@ def test_the_gateway_gets_its_own_user_and_a_spool_only_it_and_gammu_smsd_may_en
 
 
 def test_sms_enabled_enables_the_gateway_and_turning_it_off_disables_it(tmp_path):
-    from node.appliance.install import enable_gateway, sms_spool
+    from node.appliance.install import SPOOL_FOLDERS, enable_gateway, sms_spool
+    from node.gateway.spool import FOLDERS
+
+    assert SPOOL_FOLDERS == FOLDERS
 
     layout = Layout(tmp_path)
     host = DirectoryHost(layout)

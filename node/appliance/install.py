@@ -38,6 +38,8 @@ from node.appliance.host import (GATEWAY_SERVICE, GATEWAY_USER, GROUPS, SERVICES
 Say = Callable[[str], None]
 
 UNIT_SUFFIXES = (".service", ".timer")
+# node.gateway.spool.FOLDERS, named again: nothing outside the gateway imports its code (tests/test_layout.py).
+SPOOL_FOLDERS = ("inbox", "outbox", "sent", "error")
 
 # Settings whose value is a path on the node: under a root other than /, the settings file
 # that install writes points them into that root, so the node there is self-contained.
@@ -207,11 +209,9 @@ def sms_spool(cfg: config_mod.Config, host: Host, say: Say) -> None:
     rename each other's files there; nobody else may even list them (they hold numbers until
     handled). The set-group-ID bit gives every file made inside the group ``gammu``.
     """
-    from node.gateway.spool import FOLDERS
-
     root = Path(cfg["sms.spool"])
     group = SMSD_GROUP if host.group_exists(SMSD_GROUP) else USER
-    for folder in (root, *(root / name for name in FOLDERS)):
+    for folder in (root, *(root / name for name in SPOOL_FOLDERS)):
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o2770)
         host.chown(folder, GATEWAY_USER, group)
