@@ -603,7 +603,7 @@ def gateway(ctx: click.Context) -> None:
     signal.signal(signal.SIGINT, on_signal)
     store = ctx.with_resource(Store(cfg.db_file, writes=GATEWAY_TABLES))
     spool = Spool(cfg["sms.spool"]).make()
-    Gateway(store, spool, max_age=cfg["sms.max_age"]).run(stopping, cfg["sms.socket"])
+    Gateway(store, spool, max_age=cfg["sms.max_age"], smsd_pid=cfg["sms.smsd_pid"]).run(stopping, cfg["sms.socket"])
 
 
 @cli.group()

@@ -231,6 +231,12 @@ SETTINGS: tuple[Setting, ...] = (
             bounds=between(1, 13)),
     Setting("wifi.name", str, "",
             "lan: the node is silbato-<name>.local. Empty: its name on the roster, in lower case (B7: silbato-b7)."),
+    Setting("sms.enabled", bool, False,
+            "This node is the block's SMS gateway (a modem and gammu-smsd on it): 'silbato install' and "
+            "'silbato update' enable and start silbato-gateway. False: the unit stays disabled (docs/sms.md)."),
+    Setting("sms.smsd_pid", Path, Path("/run/gammu-smsd.pid"),
+            "The SMS gateway: gammu-smsd's PID file; when it names no running process the node shows "
+            "'SMS gateway: no modem'. Empty: not checked."),
     Setting("sms.spool", Path, Path("/var/spool/silbato-sms"),
             "The SMS gateway: gammu-smsd's files-backend folders (inbox, outbox, sent, error) under this one."),
     Setting("sms.socket", Path, Path("/run/silbato-gateway/unlock.sock"),

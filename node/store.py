@@ -31,10 +31,10 @@ migrations = Migrations("silbato")
 REPLAY_WINDOW = 63
 
 # The only tables the web process may write (see ``Store(writes=...)``).
-WEB_TABLES = frozenset({"captains", "requests", "notes", "sessions", "evidence"})
+WEB_TABLES = frozenset({"captains", "requests", "notes", "sessions", "evidence", "sms_replies"})
 # The only tables the SMS gateway (``silbato gateway``) may write: its lists, queue, tips and
 # state, and captains' requests (a responder's texted REPORT or CONFIRM). Never alerts or troubles.
-GATEWAY_TABLES = frozenset({"requests", "sms_subscribers", "sms_queue", "sms_tips", "sms_state"})
+GATEWAY_TABLES = frozenset({"requests", "sms_subscribers", "sms_queue", "sms_tips", "sms_state", "sms_replies"})
 # Seconds: a captain's request older than this is refused, not acted on, so that a click
 # made while the daemon was down does not raise a siren minutes later.
 REQUEST_TTL = 60.0
@@ -156,6 +156,20 @@ def m007_sms(db: sqlite_utils.Database) -> None:
     db["sms_queue"].create_index(["status"])
     db["sms_tips"].create({"id": int, "text": str, "number_enc": bytes, "received_at": float}, pk="id")
     db["sms_state"].create({"key": str, "value": str}, pk="key")
+
+
+@migrations()
+def m008_sms_replies(db: sqlite_utils.Database) -> None:
+    """Captains' replies to tips, and a masked form of each subscriber's number for the console.
+
+    ``sms_replies`` is a request as ``requests`` is: the page writes it (it cannot read a
+    number), the gateway (which alone can) texts the tip's sender and marks it ``queued``, or
+    ``refused`` when the tip is gone. ``sms_subscribers.masked`` (``••• ••12``) is made when a
+    number is added, so the console can tell responders apart without the key.
+    """
+    db["sms_replies"].create({"id": int, "tip_id": int, "text": str, "captain": str, "created_at": float,
+                              "status": str, "done_at": float}, pk="id")
+    db["sms_subscribers"].add_column("masked", str)
 
 
 def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
@@ -616,6 +630,7 @@ class Store:
             self.db.execute("DELETE FROM sms_queue WHERE status IN ('sent', 'failed', 'dropped') "
                             "AND created_at < ?", [cutoff])
             self.db.execute("DELETE FROM sms_tips WHERE received_at < ?", [cutoff])
+            self.db.execute("DELETE FROM sms_replies WHERE created_at < ?", [cutoff])
             # Ended logins: the page deletes idle ones as it meets them; none outlives its lifetime.
             self.end_stale_sessions(now, idle=SESSION_LIFETIME)
         try:

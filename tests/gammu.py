@@ -1,7 +1,8 @@
 """The real gammu-smsd on Gammu's dummy driver: a phone in a folder, for the gateway's tests.
 
 ``GammuSmsd(root)`` writes an smsdrc (node.gateway.spool.smsdrc: the files backend on
-``root/spool``, the dummy driver on ``root/phone``), starts ``gammu-smsd -c <rc>`` and stops it.
+``root/spool``, the dummy driver on ``root/phone``), starts ``gammu-smsd -c <rc> --pid <root/gammu-smsd.pid>``
+and stops it (``start`` again restarts it on the same spool and phone).
 
 - A text *arrives* when ``receive(sender, text)`` puts an SMS in the dummy phone's inbox folder,
   ``phone/sms/1/<n>``, in Gammu's smsbackup format with ``PDU = Deliver`` (libgammu/phone/dummy/
@@ -59,10 +60,12 @@ class GammuSmsd:
         self.rc = self.root / "smsdrc"
         self.rc.write_text(smsdrc(self.spool.root, dummy=self.phone, log_file=self.root / "smsd.log",
                                   run_on_sent=str(hook)))
+        self.pid = self.root / "gammu-smsd.pid"   # as Debian's unit writes /run/gammu-smsd.pid (sms.smsd_pid)
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "GammuSmsd":
-        self.process = subprocess.Popen([GAMMU_SMSD, "-c", str(self.rc)], stdout=subprocess.DEVNULL,
+        self.process = subprocess.Popen([GAMMU_SMSD, "-c", str(self.rc), "--pid", str(self.pid)],
+                                        stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         until(lambda: "Starting phone communication" in self.log(), 20, "gammu-smsd to start")
         return self

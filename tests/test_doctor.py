@@ -281,3 +281,35 @@ def test_the_command_prints_one_line_per_finding_and_exits_1_on_failure(node):
                                  obj={})
     found = json.loads(as_json.output)
     assert {"status": "PASS", "check": "key"} == {k: found[1][k] for k in ("status", "check")}
+
+
+def test_gateway_passes_when_off_and_when_running_warns_locked_and_fails_without_a_modem(node, tmp_path):
+    cfg, toml, dev = node
+    unit = "silbato-gateway.service"
+    host = Services(Layout(tmp_path), {unit: "inactive"})
+    (off,) = findings(doctor(toml, dev, host=host), "gateway")
+    assert off.status == PASS and "sms.enabled is false" in off.detail
+    host.states[unit] = "active"
+    (stray,) = findings(doctor(toml, dev, host=host), "gateway")
+    assert stray.status == WARN and "sms.enabled is false" in stray.detail
+    toml.write_text(toml.read_text() + "[sms]\nenabled = true\n")
+    host.states[unit] = "failed"
+    (failed,) = findings(doctor(toml, dev, host=host), "gateway")
+    assert failed.status == FAIL and "silbato-gateway.service is failed" in failed.detail
+    host.states[unit] = "active"
+
+    def gateway_state(state, trouble):
+        with Store(cfg.db_file) as store, store.transaction():
+            store.db.execute("INSERT OR REPLACE INTO sms_state (key, value) VALUES ('state', ?), ('trouble', ?)",
+                             [state, trouble])
+        (found,) = findings(doctor(toml, dev, host=host), "gateway")
+        return found
+
+    locked = gateway_state("locked", "locked: texts wait until a captain runs 'silbato sms unlock'")
+    assert locked.status == WARN and "silbato sms unlock" in locked.detail
+    gone = gateway_state("running", "no modem: gammu-smsd is not running")
+    assert gone.status == FAIL and gone.detail == "SMS gateway: no modem: gammu-smsd is not running"
+    busy = gateway_state("running", "queue backing up: over 1000 texts waiting")
+    assert busy.status == WARN
+    fine = gateway_state("running", "")
+    assert fine.status == PASS and fine.detail == "running, unlocked, the modem seen, 0 texts queued"

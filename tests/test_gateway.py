@@ -291,3 +291,160 @@ def test_the_sms_commands_manage_responders_without_showing_a_number(node, tmp_p
     assert run("responders", "remove", "+15550000001").exit_code == 1               # on no list
     unlock = run("unlock")
     assert unlock.exit_code == 1 and "is silbato-gateway running?" in unlock.output
+
+
+# -- troubles: no modem, flooding, a full queue -------------------------------------------------------
+
+class Clock:
+    """Simulated seconds, from now."""
+
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self):
+        return self.now
+
+
+def sms_trouble(store: Store) -> str:
+    return store.troubles().get("sms gateway", "")
+
+
+def test_no_modem_within_30_s_when_gammu_smsd_stops_and_cleared_when_it_returns(node, gammu, tmp_path):
+    store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+    gw = Gateway(store, gammu.spool, scrypt=CHEAP_KDF, smsd_pid=gammu.pid)
+    gw.unlock(PASSPHRASE)
+    gw.book.add(gw.vault, BEN, RESPONDER, "en", time.time(), pin="8765")
+    gw.step()
+    assert sms_trouble(node.store) == ""
+    gammu.stop()
+    gw.step()   # one step (a second) after: the PID file names no process
+    assert sms_trouble(node.store) == "no modem: gammu-smsd is not running"
+    node.report()
+    gw.step()
+    assert gw.book.queue_counts() == {"handed": 1} and not gammu.sent(), "the text waits in gammu's outbox"
+    gammu.start()
+    step_until(gw, lambda: gammu.sent(), "the text, once gammu-smsd is back")
+    assert sms_trouble(node.store) == "", "cleared by itself"
+    store.close()
+
+
+def test_texts_stuck_in_the_outbox_for_25_s_are_no_modem_too(node, gammu, tmp_path):
+    clock = Clock()
+    store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+    gw = Gateway(store, gammu.spool, scrypt=CHEAP_KDF, clock=clock)   # no PID file to look at
+    gw.unlock(PASSPHRASE)
+    gw.book.add(gw.vault, BEN, RESPONDER, "en", clock(), pin="8765")
+    gammu.stop()   # as a modem that stopped answering: gammu-smsd takes nothing from its outbox
+    node.report()
+    gw.step()
+    clock.now += 24
+    gw.step()
+    assert sms_trouble(node.store) == "", "a slow modem is not a missing one"
+    clock.now += 1
+    gw.step()
+    assert sms_trouble(node.store) == "no modem: gammu-smsd has sent nothing for 25 s"
+    gammu.start()
+    step_until(gw, lambda: gammu.sent() and not sms_trouble(node.store), "the text sent and the trouble gone")
+    store.close()
+
+
+def test_a_flood_from_one_number_is_dropped_and_shows_as_trouble_never_an_alert(node, gammu, caplog):
+    clock = Clock()
+    store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+    gw = Gateway(store, gammu.spool, scrypt=CHEAP_KDF, clock=clock)
+    gw.unlock(PASSPHRASE)
+    gw.book.add(gw.vault, ANA, RESPONDER, "es", clock(), pin="4321")
+    for i in range(25):
+        gammu.receive(STRANGER, f"REPORT {node.location} 000{i % 10} tip {i}")
+    until(lambda: len(list(gammu.spool.inbox.glob("IN*"))) == 25, 30, "25 texts in gammu's inbox")
+    gw.step()
+    assert "flooding: texts from one number are dropped" in sms_trouble(node.store)
+    assert not list(gammu.spool.inbox.glob("IN*")), "the flood's files are deleted too"
+    flood_lines = [r for r in caplog.records if "flooding" in r.getMessage()]
+    assert len(flood_lines) == 1 and STRANGER not in flood_lines[0].getMessage(), "one line, no number"
+    assert not node.store.requests() and not node.store.active_alerts() and not gw.book.tips()
+    gw.step()
+    assert gw.book.queue_counts().get("queued", 0) + gw.book.queue_counts().get("handed", 0) <= 1, \
+        "at most one HELP reply"
+    # A responder texting meanwhile is not held up by someone else's flood.
+    gammu.receive(ANA, "HELP")
+    step_until(gw, lambda: text_to(gammu, ANA), "Ana's HELP reply")
+    clock.now += 61
+    gw.step()
+    assert "flooding" not in sms_trouble(node.store), "cleared once the number is quiet for a minute"
+    store.close()
+
+
+def test_a_long_locked_queue_is_bounded_oldest_dropped_with_a_log_line(node, tmp_path, caplog):
+    from node.gateway.spool import Spool
+
+    store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+    gw = Gateway(store, Spool(tmp_path / "spool").make(), scrypt=CHEAP_KDF)
+    vault = gw.book.unlock(PASSPHRASE, scrypt=CHEAP_KDF)
+    for i in range(5):
+        gw.book.add(vault, f"+1555020{i:04d}", RESPONDER, "en", time.time(), pin="1234")
+    gw.queue_limit = 3   # locked (gw.vault is None): the texts only queue
+    node.report()
+    gw.step()
+    rows = list(store.db.query("SELECT id, status FROM sms_queue ORDER BY id"))
+    assert [r["status"] for r in rows] == ["dropped", "dropped", "queued", "queued", "queued"], "oldest first"
+    assert "queue full: 2 oldest texts dropped" in sms_trouble(node.store)
+    assert any("the 2 oldest queued texts were dropped" in r.getMessage() for r in caplog.records)
+    gw.step()
+    assert gw.book.queue_counts() == {"dropped": 2, "queued": 3}, "never more than the limit"
+    gw.unlock(PASSPHRASE)
+    gw.step()
+    assert "queue full" not in sms_trouble(node.store), "a captain unlocked: seen"
+    store.close()
+
+
+# -- the captains' console: tips with a reply box, responders masked --------------------------------
+
+def test_a_tip_shows_on_the_console_and_a_captains_reply_is_texted_without_showing_the_number(node, gammu, gateway):
+    from werkzeug.security import generate_password_hash
+
+    from web import create_app, settings
+    from websupport import CHEAP_SCRYPT, PASSWORD, csrf_token, login
+
+    node.store.add_captain("ana", generate_password_hash(PASSWORD, method=CHEAP_SCRYPT), time.time())
+    app = create_app({**settings(node.config), "TESTING": True})
+    client = app.test_client()
+    assert client.get("/captain/texts").status_code in (302, 303), "login first"
+    gammu.receive(STRANGER, "ICE vans parked by the laundromat")
+    tip = step_until(gateway, lambda: gateway.book.tips(), "the tip")[0]
+    login(client, "ana")
+    page = client.get("/captain/texts").get_data(as_text=True)
+    assert "ICE vans parked by the laundromat" in page and "Send the reply" in page
+    assert "555" not in page, "no number on the page"
+    assert "••• ••01" in page and "••• ••02" in page, "responders by masked number"
+    token = csrf_token(client, "/captain/texts")
+    assert client.post(f"/captain/texts/{tip['id']}/reply", data={"text": "", "csrf_token": token}).status_code == 400
+    assert client.post("/captain/texts/999/reply", data={"text": "hi", "csrf_token": token}).status_code == 404
+    assert client.post(f"/captain/texts/{tip['id']}/reply", data={"text": "x" * 301, "csrf_token": token}
+                       ).status_code == 400
+    sent = client.post(f"/captain/texts/{tip['id']}/reply", data={"text": "Thank you. Stay inside.",
+                                                                  "csrf_token": token})
+    assert sent.status_code == 303
+    step_until(gateway, lambda: text_to(gammu, STRANGER), "the reply texted to the tip's sender")
+    assert text_to(gammu, STRANGER) == ["Silbato: Thank you. Stay inside."]
+    assert "given to the gateway" in client.get("/captain/texts").get_data(as_text=True)
+    es = client.get("/captain/texts", headers={"Accept-Language": "es"}).get_data(as_text=True)
+    assert "Avisos" in es and "Enviar la respuesta" in es
+
+
+def test_the_texts_page_says_when_this_node_is_no_gateway_or_the_lists_are_paused(node, tmp_path):
+    from werkzeug.security import generate_password_hash
+
+    from web import create_app, settings
+    from websupport import CHEAP_SCRYPT, PASSWORD, login
+
+    node.store.add_captain("ana", generate_password_hash(PASSWORD, method=CHEAP_SCRYPT), time.time())
+    client = create_app({**settings(node.config), "TESTING": True}).test_client()
+    login(client, "ana")
+    assert "not the block's SMS gateway" in client.get("/captain/texts").get_data(as_text=True)
+    from node.gateway.spool import Spool
+
+    store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+    Gateway(store, Spool(tmp_path / "spool").make(), scrypt=CHEAP_KDF).step()   # started, locked
+    assert "paused until a captain unlocks" in client.get("/captain/texts").get_data(as_text=True)
+    store.close()

@@ -146,3 +146,36 @@ def test_every_command_that_changes_the_system_needs_root_privileges_and_says_wh
     result = CliRunner().invoke(cli, words, obj={})
     name = " ".join(w for w in words if not w.startswith("-") and w != "x.whl")
     assert result.exit_code == 1 and f"run 'silbato {name}' as root (sudo), or give --root DIR" in result.output
+
+
+def test_the_gateway_gets_its_own_user_and_a_spool_only_it_and_gammu_smsd_may_enter(node_root):
+    root, output = node_root
+    assert "recorded: useradd --system silbato-gateway" in output
+    assert "groups: silbato-gateway is in gammu (gammu-smsd's) (recorded)" in output
+    spool = root / "var" / "spool" / "silbato-sms"
+    for folder in (spool, *(spool / name for name in ("inbox", "outbox", "sent", "error"))):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o2770, folder
+    assert f"sms: {spool} and its folders (mode 2770, silbato-gateway:gammu)" in output
+    # Off unless the operator turns it on: the unit is disabled, not enabled.
+    assert "sms: silbato-gateway.service disabled (sms.enabled is false) (recorded)" in output
+
+
+def test_sms_enabled_enables_the_gateway_and_turning_it_off_disables_it(tmp_path):
+    from node.appliance.install import SPOOL_FOLDERS, enable_gateway, sms_spool
+    from node.gateway.spool import FOLDERS
+
+    assert SPOOL_FOLDERS == FOLDERS
+
+    layout = Layout(tmp_path)
+    host = DirectoryHost(layout)
+    toml = tmp_path / "silbato.toml"
+    toml.write_text(f'[sms]\nenabled = true\nspool = "{tmp_path / "spool"}"\n')
+    cfg = config_mod.load(toml)
+    said = []
+    sms_spool(cfg, host, said.append)
+    enable_gateway(cfg, host, said.append)
+    assert ["chown", "silbato-gateway:gammu", str(tmp_path / "spool" / "outbox")] in host.recorded
+    assert ["systemctl", "enable", "silbato-gateway.service"] in host.recorded
+    toml.write_text(f'[sms]\nenabled = false\nspool = "{tmp_path / "spool"}"\n')
+    enable_gateway(config_mod.load(toml), host, said.append)
+    assert host.recorded[-1] == ["systemctl", "disable", "--now", "silbato-gateway.service"]

@@ -346,3 +346,73 @@ def test_opening_the_store_never_drops_the_locks_sqlite_holds(tmp_path):
         finally:
             store.close()
 
+
+
+# -- gammu-smsd's spool: the gateway and gammu-smsd, nobody else -------------------------------------
+
+GATEWAY_UID, SMSD_UID, SMSD_GID = 61003, 61004, 61005
+
+SPOOL_TRIES = r"""
+import json, os, sys
+spool, mode = sys.argv[1:3]
+out = {}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "allowed"
+    except PermissionError:
+        out[name] = "denied"
+if mode == "gammu":      # gammu-smsd: receives a text, then sends the gateway's and moves it
+    attempt("write inbox", lambda: open(os.path.join(spool, "inbox", "IN1_00_+1555_00.txt"), "w").write("hi"))
+    attempt("move outbox to sent", lambda: os.rename(os.path.join(spool, "outbox", "OUTA1.txt"),
+                                                     os.path.join(spool, "sent", "OUTA1.txt")))
+elif mode == "gateway":  # the gateway: reads and deletes what gammu-smsd wrote, writes the outbox
+    attempt("read inbox", lambda: open(os.path.join(spool, "inbox", "IN1_00_+1555_00.txt")).read())
+    attempt("delete inbox", lambda: os.unlink(os.path.join(spool, "inbox", "IN1_00_+1555_00.txt")))
+    attempt("write outbox", lambda: open(os.path.join(spool, "outbox", "OUTA2.txt"), "w").write("x"))
+else:                    # the page, or any other user
+    attempt("list inbox", lambda: os.listdir(os.path.join(spool, "inbox")))
+    attempt("list spool", lambda: os.listdir(spool))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to act as three other users (CI runs as root)")
+def test_the_sms_spool_is_the_gateways_and_gammu_smsds_and_nobody_elses(open_tmp):
+    from node import config as config_mod
+    from node.appliance.host import DirectoryHost, Layout
+    from node.appliance.install import sms_spool
+
+    class Numbers(DirectoryHost):
+        """chown by numbers: these users exist only for the kernel."""
+
+        def group_exists(self, name):
+            return True
+
+        def chown(self, path, user, group=None):
+            os.chown(path, {"silbato-gateway": GATEWAY_UID}[user], {"gammu": SMSD_GID}[group])
+
+    toml = open_tmp / "silbato.toml"
+    toml.write_text(f'[sms]\nspool = "{open_tmp / "spool"}"\n')
+    spool = open_tmp / "spool"
+    sms_spool(config_mod.load(toml), Numbers(Layout(open_tmp)), lambda _: None)
+    old = os.umask(0o007)   # the gateway's UMask=
+    try:
+        (spool / "outbox" / "OUTA1.txt").write_text("a text")
+        os.chown(spool / "outbox" / "OUTA1.txt", GATEWAY_UID, SMSD_GID)
+    finally:
+        os.umask(old)
+    system_python = shutil.which("python3", path="/usr/bin:/bin")
+
+    def tries(mode, uid, gid, groups):
+        result = subprocess.run([system_python, "-I", "-S", "-c", SPOOL_TRIES, str(spool), mode], user=uid,
+                                group=gid, extra_groups=groups, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    assert tries("gammu", SMSD_UID, SMSD_GID, []) == {"write inbox": "allowed", "move outbox to sent": "allowed"}
+    assert (spool / "inbox" / "IN1_00_+1555_00.txt").stat().st_gid == SMSD_GID, "set-group-ID folder"
+    assert tries("gateway", GATEWAY_UID, GROUP, [SMSD_GID]) == {
+        "read inbox": "allowed", "delete inbox": "allowed", "write outbox": "allowed"}
+    assert tries("other", WEB_UID, GROUP, []) == {"list inbox": "denied", "list spool": "denied"}
+    assert tries("other", DAEMON_UID, GROUP, []) == {"list inbox": "denied", "list spool": "denied"}

@@ -1,5 +1,9 @@
 """The captains' console (``/captain``): log in, then raise, confirm, clear, cancel, test and take notes.
 
+``/captain/texts`` (on the SMS gateway's node): the tips texted to the hotline, each with a
+reply box, and the responders by handle and masked number. The page cannot read a number:
+a reply is a row in ``sms_replies`` that the gateway, which alone holds the key, texts.
+
 Every action is a form post with a CSRF token that writes a *request* for the node
 daemon (``web.data.submit``, shared with the JSON API). The console then shows the
 request as waiting, then "sent to the block" once the daemon has signed it and the
@@ -8,9 +12,12 @@ radio has taken it, or "refused" with the daemon's reason. Notes stay on this no
 
 from __future__ import annotations
 
+import sqlite3
+
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 
 from node.protocol.alerts import State
+from node.errors import StoreError
 from web import auth, data, live
 
 bp = Blueprint("captain", __name__, url_prefix="/captain", template_folder="templates")
@@ -127,3 +134,55 @@ def add_note(alert_id: str):
     """Keep a short note on the incident, on this node only."""
     data.add_note(alert_id, auth.current_captain(), request.form.get("text", ""))
     return redirect(url_for("captain.alert", alert_id=alert_id, _anchor="notes"), code=303)
+
+
+# -- texts: the SMS gateway's tips and responders ------------------------------------------------
+
+REPLY_MAX = 300   # characters: two text messages at most in GSM-7
+
+
+def _texts_context() -> dict:
+    s = data.store()
+    db = s.db
+    if not db["sms_state"].exists() or db.execute("SELECT count(*) FROM sms_state WHERE key = 'state'").fetchone()[0] == 0:
+        return {"gateway": None}
+    state = db.execute("SELECT value FROM sms_state WHERE key = 'state'").fetchone()[0]
+    tips = list(db.query("SELECT id, text, received_at FROM sms_tips ORDER BY id DESC LIMIT 50"))
+    replies: dict[int, list[dict]] = {}
+    for r in db.query("SELECT id, tip_id, text, captain, created_at, status FROM sms_replies ORDER BY id"):
+        replies.setdefault(r["tip_id"], []).append(r)
+    responders = list(db.query("SELECT handle, masked, language FROM sms_subscribers WHERE list = 'responder' "
+                               "ORDER BY id"))
+    return {"gateway": state, "tips": tips, "replies": replies, "responders": responders,
+            "now": data.node_time(), "reply_max": REPLY_MAX}
+
+
+@bp.get("/texts")
+@auth.captain_required
+def texts():
+    """Tips texted to the hotline, with a reply box each, and the responders (numbers masked)."""
+    return render_template("captain/texts.html", **_texts_context())
+
+
+@bp.post("/texts/<int:tip_id>/reply")
+@auth.captain_required
+def reply(tip_id: int):
+    """Ask the gateway to text a reply to a tip's sender; the page never sees the number."""
+    text = " ".join(request.form.get("text", "").split())
+    if not text:
+        abort(400, "the reply is empty")
+    if len(text) > REPLY_MAX:
+        abort(400, f"a reply holds at most {REPLY_MAX} characters")
+    s = data.store()
+    if not s.db["sms_tips"].exists() or s.db.execute("SELECT 1 FROM sms_tips WHERE id = ?", [tip_id]).fetchone() is None:
+        abort(404, "no such tip")
+    w = data.writer()
+    try:
+        with w.transaction():
+            w.db.execute("INSERT INTO sms_replies (tip_id, text, captain, created_at, status) "
+                         "VALUES (?, ?, ?, ?, 'pending')", [tip_id, text, auth.current_captain(), data.node_time()])
+    except (StoreError, sqlite3.Error) as exc:
+        current_app.logger.error("could not write a reply to a tip: %s", exc)
+        abort(503, "the node's database is busy; try again")
+    current_app.logger.info("captain %s replied to tip %d (the gateway sends it)", auth.current_captain(), tip_id)
+    return redirect(url_for("captain.texts", _anchor=f"tip-{tip_id}"), code=303)

@@ -16,6 +16,8 @@ database    opens, ``integrity_check`` ok, WAL journal, ``synchronous=FULL``, ``
 clock       after this release was written (no RTC and no network leave it in the past)
 disk        free space under the state directory
 services    silbato-node, silbato-web and the purge timer are active
+gateway     with ``sms.enabled``: silbato-gateway active, unlocked, the modem seen, no backlog
+            (its state in the database); without it, the unit is not left enabled
 ==========  ==============================================================================
 
 ``exit_code`` is 0 when nothing FAILs (warnings allowed) and 1 otherwise.
@@ -39,7 +41,7 @@ from typing import Callable, Iterator
 
 from node import config as config_mod
 from node import statedir
-from node.appliance.host import SERVICES, TIMERS, USER, WEB_USER, Host
+from node.appliance.host import GATEWAY_SERVICE, SERVICES, TIMERS, USER, WEB_USER, Host
 from node.errors import SilbatoError
 from node.radio.interface import probe
 
@@ -456,3 +458,55 @@ def check_services(doctor: Doctor) -> Iterator[Result]:
             yield Result(WARN, "services", f"{unit}: not checked under {doctor.host.layout.root} (no systemd there)")
         else:
             yield Result(FAIL, "services", f"{unit} is {state}: see journalctl -u {unit}")
+
+
+def _gateway_state(doctor: Doctor, cfg: config_mod.Config) -> dict[str, str] | None:
+    from node.store import Store
+
+    try:
+        with Store(doctor.db or cfg.db_file, readonly=True) as store:
+            if not store.db["sms_state"].exists():
+                return {}
+            state = {r["key"]: r["value"] for r in store.db.query(
+                "SELECT key, value FROM sms_state WHERE key IN ('state', 'trouble')")}
+            state["queued"] = str(store.db.execute(
+                "SELECT count(*) FROM sms_queue WHERE status = 'queued'").fetchone()[0])
+            return state
+    except (SilbatoError, sqlite3.Error):
+        return None
+
+
+@check("gateway")
+def check_gateway(doctor: Doctor) -> Iterator[Result]:
+    cfg = doctor.cfg
+    if cfg is None:
+        yield from _needs_config(doctor, "gateway")
+        return
+    unit = doctor.host.service_state(GATEWAY_SERVICE)
+    if not cfg["sms.enabled"]:
+        if unit in ("active", "activating"):
+            yield Result(WARN, "gateway", f"{GATEWAY_SERVICE} is {unit} but sms.enabled is false: "
+                                          "'silbato install' disables it")
+        else:
+            yield Result(PASS, "gateway", "not this node's job (sms.enabled is false)")
+        return
+    if unit == "not running":
+        yield Result(WARN, "gateway", f"{GATEWAY_SERVICE}: not checked under {doctor.host.layout.root} "
+                                      "(no systemd there)")
+    elif unit != "active":
+        yield Result(FAIL, "gateway", f"{GATEWAY_SERVICE} is {unit}: see journalctl -u {GATEWAY_SERVICE}")
+        return
+    state = _gateway_state(doctor, cfg)
+    if state is None:
+        yield Result(WARN, "gateway", "its state is unreadable (the database does not open)")
+        return
+    running, trouble, queued = state.get("state"), state.get("trouble", ""), state.get("queued", "0")
+    if running is None:
+        yield Result(WARN, "gateway", "has not started yet (no state in the database)")
+    elif running == "locked":
+        yield Result(WARN, "gateway", f"locked: texts wait ({queued} queued) until a captain runs 'silbato sms unlock'")
+    elif trouble:
+        status = FAIL if "no modem" in trouble else WARN
+        yield Result(status, "gateway", f"SMS gateway: {trouble}")
+    else:
+        yield Result(PASS, "gateway", f"running, unlocked, the modem seen, {queued} texts queued")

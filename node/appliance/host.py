@@ -36,6 +36,8 @@ from node.errors import SilbatoError
 USER = "silbato"          # the node daemon (and the purge)
 WEB_USER = "silbato-web"  # the page: primary group silbato, writes only <state_dir>/db (node/statedir.py)
 GATEWAY_USER = "silbato-gateway"  # the SMS gateway (systemd/silbato-gateway.service): like the page, plus gammu's spool
+# gammu-smsd's user and group (Debian's gammu-smsd package creates both): the spool's group.
+SMSD_GROUP = "gammu"
 GROUPS = ("gpio", "dialout", "audio")  # GPIO chips, the radio's serial port, the speaker
 SERVICES = ("silbato-node.service", "silbato-web.service")
 TIMERS = ("silbato-purge.timer",)

@@ -3,16 +3,19 @@
 Each step says what it did, and running ``install`` again changes nothing that is
 already right. The steps, in order:
 
-1. the ``silbato`` system user, in the groups ``gpio``, ``dialout`` and ``audio``, and the page's
-   own user ``silbato-web`` (primary group ``silbato``, no other);
+1. the ``silbato`` system user, in the groups ``gpio``, ``dialout`` and ``audio``, the page's
+   own user ``silbato-web`` (primary group ``silbato``, no other) and the SMS gateway's
+   ``silbato-gateway`` (primary group ``silbato``, and ``gammu`` when gammu-smsd is installed);
 2. ``/etc/silbato/silbato.toml`` from a commented template, if absent (``config_template``);
 3. the state directory, its ``db/`` folder (0770, the only part the page may write) and the page's own
-   directory (``node/statedir.py`` says who may touch what);
+   directory (``node/statedir.py`` says who may touch what), and gammu-smsd's spool (``sms.spool``:
+   owner ``silbato-gateway``, group ``gammu``, mode 2770: the gateway and gammu-smsd, nobody else);
 4. the release, in ``/opt/silbato/releases/<version>`` with its own venv (``node.appliance.release``),
    and ``/opt/silbato/current`` pointing at it;
 5. the units from the release's ``systemd/``, then ``systemctl daemon-reload``;
 6. the node key, if missing;
-7. the services enabled, and started once a roster is installed.
+7. the services enabled, and started once a roster is installed; ``silbato-gateway`` only when
+   ``sms.enabled`` is true (otherwise it is disabled).
 
 Under a root other than ``/`` the privileged commands are recorded, not run (``node.appliance.host``).
 """
@@ -29,16 +32,19 @@ from node import config as config_mod
 from node.appliance import release as release_mod
 from node.errors import SilbatoError
 from node import statedir
-from node.appliance.host import GATEWAY_SERVICE, GROUPS, SERVICES, TIMERS, USER, WEB_USER, Host, Layout
+from node.appliance.host import (GATEWAY_SERVICE, GATEWAY_USER, GROUPS, SERVICES, SMSD_GROUP, TIMERS, USER, WEB_USER,
+                                 Host, Layout)
 
 Say = Callable[[str], None]
 
 UNIT_SUFFIXES = (".service", ".timer")
+# node.gateway.spool.FOLDERS, named again: nothing outside the gateway imports its code (tests/test_layout.py).
+SPOOL_FOLDERS = ("inbox", "outbox", "sent", "error")
 
 # Settings whose value is a path on the node: under a root other than /, the settings file
 # that install writes points them into that root, so the node there is self-contained.
 PATH_SETTINGS = ("node.state_dir", "web.state_dir", "node.organizer_key", "radio.channel_key_file", "speaker.recordings_dir",
-                 "sms.spool", "sms.socket")
+                 "sms.spool", "sms.socket", "sms.smsd_pid")
 
 
 def _toml_value(value) -> str:
@@ -126,6 +132,7 @@ def install(layout: Layout, host: Host, wheel: Path, *, say: Say, deps_from: Pat
         _config(layout, host, say)
         cfg = config_mod.load(layout.config_file)
         _state_dir(cfg, host, say)
+        sms_spool(cfg, host, say)
         release = release_mod.install(layout, wheel, deps_from=deps_from, say=say)
         if layout.current_release() != release:
             layout.switch(release)
@@ -160,6 +167,19 @@ def _user(host: Host, say: Say) -> None:
                   "--shell", "/usr/sbin/nologin", "--comment", "Silbato page", WEB_USER])
         say(f"user: created system user {WEB_USER} (the page), in group {USER} only" if host.real else
             f"user: not created under {host.layout.root} (recorded: useradd --system {WEB_USER})")
+    # The SMS gateway: like the page (primary group silbato, to write db/), plus gammu-smsd's group
+    # for the spool. Made on every node, so that turning sms.enabled on needs no new user.
+    smsd = host.group_exists(SMSD_GROUP)
+    if host.user_exists(GATEWAY_USER):
+        say(f"user: {GATEWAY_USER} exists")
+    else:
+        host.run(["useradd", "--system", "--gid", USER, "--home-dir", "/nonexistent", "--no-create-home",
+                  "--shell", "/usr/sbin/nologin", "--comment", "Silbato SMS gateway", GATEWAY_USER])
+        say(f"user: created system user {GATEWAY_USER} (the SMS gateway), in group {USER}" if host.real else
+            f"user: not created under {host.layout.root} (recorded: useradd --system {GATEWAY_USER})")
+    if smsd:
+        host.run(["usermod", "--append", "--groups", SMSD_GROUP, GATEWAY_USER])
+        say(f"groups: {GATEWAY_USER} is in {SMSD_GROUP} (gammu-smsd's)" + ("" if host.real else " (recorded)"))
 
 
 def _config(layout: Layout, host: Host, say: Say) -> None:
@@ -179,6 +199,25 @@ def prepare_host(cfg: config_mod.Config, host: Host, say: Say) -> None:
     """The users and the state directories this release needs (``silbato update`` runs it too)."""
     _user(host, say)
     _state_dir(cfg, host, say)
+    sms_spool(cfg, host, say)
+
+
+def sms_spool(cfg: config_mod.Config, host: Host, say: Say) -> None:
+    """gammu-smsd's files-backend folders: owner the gateway, group gammu-smsd's, mode 2770.
+
+    gammu-smsd (as root, Debian's default, or as ``gammu``) and the gateway read, write and
+    rename each other's files there; nobody else may even list them (they hold numbers until
+    handled). The set-group-ID bit gives every file made inside the group ``gammu``.
+    """
+    root = Path(cfg["sms.spool"])
+    group = SMSD_GROUP if host.group_exists(SMSD_GROUP) else USER
+    for folder in (root, *(root / name for name in SPOOL_FOLDERS)):
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o2770)
+        host.chown(folder, GATEWAY_USER, group)
+    say(f"sms: {root} and its folders (mode 2770, {GATEWAY_USER}:{group})"
+        + ("" if group == SMSD_GROUP else "; gammu-smsd is not installed: 'apt-get install gammu-smsd', then "
+                                          "install again"))
 
 
 def _state_dir(cfg: config_mod.Config, host: Host, say: Say) -> None:
@@ -217,8 +256,10 @@ def _node_key(cfg: config_mod.Config, host: Host, say: Say) -> None:
 def _enable(cfg: config_mod.Config, host: Host, say: Say) -> None:
     host.systemctl("enable", *SERVICES, *TIMERS)
     say(f"services: enabled {', '.join(SERVICES + TIMERS)}" + ("" if host.real else " (recorded)"))
+    enable_gateway(cfg, host, say)
     if cfg.roster_file.exists() and Path(cfg["node.organizer_key"]).exists():
-        host.systemctl("restart", "--no-block", *SERVICES)
+        gateway = (GATEWAY_SERVICE,) if cfg["sms.enabled"] else ()
+        host.systemctl("restart", "--no-block", *SERVICES, *gateway)
         host.systemctl("start", *TIMERS)
         say("services: (re)starting; 'silbato doctor' shows when they are up" + ("" if host.real else " (recorded)"))
     else:
@@ -227,15 +268,29 @@ def _enable(cfg: config_mod.Config, host: Host, say: Say) -> None:
             "'systemctl start silbato-node silbato-web'")
 
 
+def enable_gateway(cfg: config_mod.Config, host: Host, say: Say) -> None:
+    """``silbato-gateway`` enabled when ``sms.enabled`` is true, disabled (and stopped) when false."""
+    recorded = "" if host.real else " (recorded)"
+    if cfg["sms.enabled"]:
+        host.systemctl("enable", GATEWAY_SERVICE)
+        say(f"sms: {GATEWAY_SERVICE} enabled (sms.enabled); after each boot a captain runs "
+            f"'silbato sms unlock'{recorded}")
+    else:
+        host.systemctl("disable", "--now", GATEWAY_SERVICE, check=False)
+        say(f"sms: {GATEWAY_SERVICE} disabled (sms.enabled is false){recorded}")
+
+
 def uninstall(layout: Layout, host: Host, *, purge: bool, say: Say) -> None:
     """Stop and remove the services and releases; with ``purge``, also settings, state and user."""
     from node.appliance import wifi
 
     web_state = layout.path(str(config_mod.BY_NAME["web.state_dir"].default))
+    sms_spool_dir = layout.path(str(config_mod.BY_NAME["sms.spool"].default))
     try:
         if layout.config_file.exists():
             cfg = config_mod.load(layout.config_file)
             state, web_state = cfg.state_dir, Path(cfg["web.state_dir"])
+            sms_spool_dir = Path(cfg["sms.spool"])
         else:
             state = layout.state_dir
     except SilbatoError as exc:
@@ -259,8 +314,9 @@ def uninstall(layout: Layout, host: Host, *, purge: bool, say: Say) -> None:
             return
     _remove(state, "state", say)
     _remove(web_state, "page state", say)
+    _remove(sms_spool_dir, "SMS spool", say)
     _remove(layout.etc, "config", say)
-    for user in (WEB_USER, USER):  # the page's user first: its primary group is the node's
+    for user in (GATEWAY_USER, WEB_USER, USER):  # the node's user last: its group is the others' primary
         if host.user_exists(user) or not host.real:
             host.run(["userdel", user], check=False)
             say(f"user: removed {user}" + ("" if host.real else " (recorded)"))

@@ -16,6 +16,16 @@ from node.store import Store
 RESPONDER, BROAD, PENDING = "responder", "broad", "pending"
 
 
+def masked(number: str) -> str:
+    """``number`` as the console shows it: its last two digits only (``••• ••12``).
+
+    Made when the number is added, since the page has no key to open it. Only the last two:
+    without a numbering plan the country code cannot be told from the rest, and two digits
+    of a number leak next to nothing while letting captains tell responders apart.
+    """
+    return "••• ••" + number[-2:]
+
+
 class Book:
     def __init__(self, store: Store):
         self.store = store
@@ -62,9 +72,9 @@ class Book:
             self.db.execute("DELETE FROM sms_subscribers WHERE number_mac = ?", [mac])
             self.db.execute(
                 """INSERT INTO sms_subscribers (list, number_enc, number_mac, pin_mac, language, handle,
-                   created_at, joined_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                   created_at, joined_at, masked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 [list_name, vault.seal(number), mac, vault.mac(f"pin:{mac}:{pin}") if pin else "", language,
-                 handle, now, None if list_name == PENDING else now])
+                 handle, now, None if list_name == PENDING else now, masked(number)])
         return self.subscriber(vault, number)
 
     def set_list(self, subscriber_id: int, list_name: str, now: float) -> None:
@@ -110,6 +120,15 @@ class Book:
         return list(self.db.query("SELECT * FROM sms_queue WHERE status = 'queued' ORDER BY priority, id LIMIT ?",
                                   [limit]))
 
+    def drop_oldest(self, keep: int, now: float) -> int:
+        """Mark the oldest queued texts dropped so that at most ``keep`` stay queued; how many were dropped."""
+        with self.store.transaction():
+            return self.db.execute(
+                """UPDATE sms_queue SET status = 'dropped', done_at = ? WHERE id IN (
+                   SELECT id FROM sms_queue WHERE status = 'queued' ORDER BY id
+                   LIMIT max(0, (SELECT count(*) FROM sms_queue WHERE status = 'queued') - ?))""",
+                [now, keep]).rowcount
+
     def got_alert(self, alert_id: str) -> list[dict]:
         """Who was texted (or is queued) about ``alert_id``: one row per number."""
         return list(self.db.query(
@@ -132,6 +151,17 @@ class Book:
         with self.store.transaction():
             return self.db.execute("INSERT INTO sms_tips (text, number_enc, received_at) VALUES (?, ?, ?)",
                                    [text, vault.seal(number), now]).lastrowid
+
+    def tip_number(self, tip_id: int) -> bytes | None:
+        row = self.db.execute("SELECT number_enc FROM sms_tips WHERE id = ?", [tip_id]).fetchone()
+        return row[0] if row else None
+
+    def pending_replies(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM sms_replies WHERE status = 'pending' ORDER BY id"))
+
+    def mark_reply(self, reply_id: int, status: str, now: float) -> None:
+        with self.store.transaction():
+            self.db.execute("UPDATE sms_replies SET status = ?, done_at = ? WHERE id = ?", [status, now, reply_id])
 
     def tips(self) -> list[dict]:
         return list(self.db.query("SELECT id, text, received_at FROM sms_tips ORDER BY id"))

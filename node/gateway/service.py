@@ -10,10 +10,24 @@ Each step (once a second, ``POLL``):
 3. ``reconcile``: texts gammu-smsd moved to sent or error are recorded, and their files deleted.
 4. ``answer`` (unlocked only): received texts become captains' requests, list changes, replies
    or tips; each file is deleted once handled.
+5. ``reply`` (unlocked only): a captain's reply to a tip (``sms_replies``, written by the page,
+   which cannot read a number) is queued to the tip's sender.
 
 Locked (after a boot, until ``silbato sms unlock``), texts queue and received ones wait in
-gammu's inbox; the store shows the trouble "SMS gateway: locked". Times are seconds on the
-node's clock.
+gammu's inbox; the store shows the trouble "SMS gateway: locked". The queue is bounded
+(``QUEUE_LIMIT``): beyond it the oldest queued texts are dropped, with a log line and the
+trouble "queue full". Times are seconds on the node's clock.
+
+Troubles the gateway watches for itself (each step, in ``sms_state``'s ``trouble``):
+
+- **no modem**: gammu-smsd's PID file (``sms.smsd_pid``) names no running process, or texts
+  wait in its outbox and none has left it for ``STALL`` seconds. The files backend keeps no
+  status of its own (gammu-smsd-monitor reads a shared-memory segment that the hardened unit
+  cannot reach), so these two are what the gateway can see: the process, and its progress.
+  Cleared by itself on the first step after gammu-smsd answers again.
+- **flooding**: more than ``FLOOD_TEXTS`` texts from one number within ``FLOOD_WINDOW``
+  seconds; the rest are deleted unread (no reply, no tip, never an alert) until the window
+  passes. A trouble on the node's light, never a siren.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ import re
 import socket
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +55,10 @@ POLL = 1.0            # seconds between steps
 HELP_EVERY = 3600.0   # seconds: at most one HELP reply per number in this time
 BACKLOG = 1000        # queued texts beyond which the trouble says the queue is backing up
 HAND_OFF_BATCH = 100  # texts put in the outbox per step
+QUEUE_LIMIT = 2000    # queued texts kept at most (locked for long): beyond, the oldest are dropped
+STALL = 25.0          # seconds with texts in the outbox and none sent: the modem is gone (TROUBLE < 30 s)
+FLOOD_TEXTS = 10      # texts from one number within FLOOD_WINDOW beyond which the rest are dropped
+FLOOD_WINDOW = 60.0   # seconds
 NUMBER = re.compile(r"^\+?[0-9]{6,15}$")
 
 
@@ -55,8 +74,15 @@ class Gateway:
     """The SMS gateway on ``store`` (opened with ``writes=GATEWAY_TABLES``) and gammu-smsd's ``spool``."""
 
     def __init__(self, store: Store, spool: Spool, *, clock: Callable[[], float] = time.time,
-                 max_age: float = 900.0, scrypt: dict | None = None):
+                 max_age: float = 900.0, scrypt: dict | None = None, smsd_pid: Path | None = None):
         self.store, self.spool, self.clock = store, spool, clock
+        self.smsd_pid = smsd_pid if smsd_pid is not None and str(smsd_pid) not in ("", ".") else None
+        self.queue_limit = QUEUE_LIMIT
+        self._modem = ""                              # why there is no modem, or ""
+        self._outbox: tuple[int, float] | None = None  # (texts in gammu's outbox, since when that many)
+        self._heard: dict[str, deque] = {}            # number's mac -> when its recent texts came
+        self._flooding_until = float("-inf")
+        self._overflow = 0                            # texts dropped for a full queue since the last unlock
         self.book = Book(store)
         self.max_age = max_age      # seconds: an alert not changed for this long gets no text
         self.scrypt = scrypt        # tests: a cheaper KDF
@@ -72,6 +98,7 @@ class Gateway:
         """Derive the key from ``passphrase`` (the first ever sets it); raises ``VaultError`` if wrong."""
         with self.lock:
             self.vault = self.book.unlock(passphrase, scrypt=self.scrypt)
+            self._overflow = 0  # a captain is here: the trouble has been seen
             log.info("SMS lists unlocked")
             self._show_state()
 
@@ -81,8 +108,8 @@ class Gateway:
         """One pass of plan, hand off, reconcile and answer; each part's failure is logged, not raised."""
         with self.lock:
             now = self.clock()
-            for name, part in (("plan", self.plan), ("hand-off", self.hand_off), ("reconcile", self.reconcile),
-                               ("answer", self.answer)):
+            for name, part in (("plan", self.plan), ("bound", self.bound), ("hand-off", self.hand_off),
+                               ("reconcile", self.reconcile), ("answer", self.answer), ("reply", self.reply), ("modem", self.watch_modem)):
                 try:
                     part(now)
                 except Exception:
@@ -135,6 +162,50 @@ class Gateway:
             if queued:
                 log.info("alert %s %s: %d texts queued", alert.id, alert.state.word, queued)
 
+    def bound(self, now: float) -> None:
+        """Drop the oldest queued texts beyond ``queue_limit`` (a gateway locked for long), with a log line."""
+        dropped = self.book.drop_oldest(self.queue_limit, now)
+        if dropped:
+            self._overflow += dropped
+            log.warning("SMS queue full: the %d oldest queued texts were dropped (it keeps at most %d)",
+                        dropped, self.queue_limit)
+
+    def watch_modem(self, now: float) -> None:
+        """Whether gammu-smsd answers: its process, and its progress through the outbox."""
+        reason = ""
+        if self.smsd_pid is not None and not _running(self.smsd_pid):
+            reason = "gammu-smsd is not running"
+        waiting = self.spool.waiting()
+        if self._outbox is None or waiting == 0 or waiting < self._outbox[0]:
+            self._outbox = (waiting, now)          # empty, or a text left: progress
+        elif waiting > self._outbox[0]:
+            self._outbox = (waiting, self._outbox[1])
+        if not reason and waiting and now - self._outbox[1] >= STALL:
+            reason = f"gammu-smsd has sent nothing for {STALL:.0f} s"
+        if reason != self._modem:
+            if reason:
+                log.warning("SMS gateway: no modem (%s)", reason)
+            else:
+                log.info("SMS gateway: gammu-smsd answers again")
+            self._modem = reason
+
+    def _flooded(self, message: Incoming, now: float) -> bool:
+        """True (and logged once a window) if ``message``'s sender has texted too often."""
+        mac = self.vault.mac(message.sender)
+        heard = self._heard.setdefault(mac, deque())
+        while heard and now - heard[0] > FLOOD_WINDOW:
+            heard.popleft()
+        heard.append(now)
+        for other in [m for m, times in self._heard.items() if not times or now - times[-1] > FLOOD_WINDOW]:
+            del self._heard[other]  # forget quiet numbers: the dict stays small
+        if len(heard) <= FLOOD_TEXTS:
+            return False
+        if now >= self._flooding_until:
+            log.warning("flooding: %s sent more than %d texts in %.0f s; its texts are dropped unread",
+                        self.vault.pseudonym(message.sender), FLOOD_TEXTS, FLOOD_WINDOW)
+        self._flooding_until = now + FLOOD_WINDOW
+        return True
+
     def hand_off(self, now: float) -> None:
         if self.vault is None:
             return
@@ -160,12 +231,29 @@ class Gateway:
             return
         for message in self.spool.incoming():
             try:
-                self._answer(message, now)
+                if not self._flooded(message, now):
+                    self._answer(message, now)
             except Exception:
                 log.exception("a received text from %s could not be handled; it is dropped",
                               self.vault.pseudonym(message.sender))
             for path in message.files:
                 path.unlink(missing_ok=True)
+
+    def reply(self, now: float) -> None:
+        if self.vault is None:
+            return
+        for row in self.book.pending_replies():
+            number_enc = self.book.tip_number(row["tip_id"])
+            if number_enc is None:
+                self.book.mark_reply(row["id"], "refused", now)
+                log.warning("reply %d: tip %d is gone (purged?); not sent", row["id"], row["tip_id"])
+                continue
+            number = self.vault.open(number_enc)
+            with self.store.transaction():
+                self.book.enqueue(f"tip-reply:{row['id']}", number_enc=number_enc, number_mac=self.vault.mac(number),
+                                  priority="C", text=f"Silbato: {row['text']}", now=now)
+                self.book.mark_reply(row["id"], "queued", now)
+            log.info("reply %d to tip %d queued (captain %s)", row["id"], row["tip_id"], row["captain"])
 
     # -- received texts ------------------------------------------------------------------------------
 
@@ -230,15 +318,41 @@ class Gateway:
     # -- state -----------------------------------------------------------------------------------------
 
     def _show_state(self) -> None:
+        troubles = []
         if self.vault is None:
-            state, trouble = "locked", "locked: texts wait until a captain runs 'silbato sms unlock'"
+            state = "locked"
+            troubles.append("locked: texts wait until a captain runs 'silbato sms unlock'")
         else:
+            state = "running"
             backlog = self.book.queue_counts().get("queued", 0)
-            state, trouble = "running", (f"queue backing up: {backlog} texts waiting" if backlog > BACKLOG else "")
+            if backlog > BACKLOG:
+                troubles.append(f"queue backing up: over {BACKLOG} texts waiting")
+        if self._modem:
+            troubles.append(f"no modem: {self._modem}")
+        if self._overflow:
+            troubles.append(f"queue full: {self._overflow} oldest texts dropped")
+        if self.clock() < self._flooding_until:
+            troubles.append("flooding: texts from one number are dropped")
+        trouble = "; ".join(troubles)
         if self._shown != (state, trouble):
             self.book.set_state("state", state)
             self.book.set_state("trouble", trouble)
             self._shown = (state, trouble)
+
+
+def _running(pid_file: Path) -> bool:
+    """Whether ``pid_file`` names a live process (of any user: kill(pid, 0) answers EPERM for another's)."""
+    try:
+        pid = int(Path(pid_file).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _UnlockListener:

@@ -88,6 +88,10 @@ class Spool:
                     found.append((int(match.group(2)), sent, path))
         return found
 
+    def waiting(self) -> int:
+        """How many of our texts wait in the outbox for gammu-smsd."""
+        return sum(1 for path in self.outbox.glob("OUT*") if _OURS.match(path.name))
+
     def withdraw(self, queue_id: int, priority: str, number: str) -> bool:
         """Take a text back from the outbox before gammu-smsd sends it (STOP); True if it was there."""
         try:

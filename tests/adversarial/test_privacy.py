@@ -29,6 +29,7 @@ FREE_TEXT = "free text typed or caused by people: purged with the retention peri
 ACCOUNT = "a captain's account: kept until removed (silbato captain remove)"
 SESSION = "a captain's login (a SHA-256 of its token): deleted at logout, captain remove, idle or 12 h"
 HASH = "a SHA-256 or a size of a sealed item: no plaintext, no file name, no content type, no address"
+MASKED = "a phone number's last two digits (••• ••12), for the captains' console: never the number"
 SIGNED = "the daemon's signed evidence manifest: item ids, incident ids, times, sizes and hashes only"
 SEALED = ("a phone number or PIN, only sealed (AES-GCM) or as a keyed HMAC: unreadable without the SMS "
           "gateway's passphrase, which no file holds")
@@ -63,12 +64,15 @@ ALLOWED_COLUMNS: dict[str, dict[str, str]] = {
     # with the retention period; a subscriber stays until STOP or 'silbato sms responders remove'.
     "sms_subscribers": {"id": CODE, "list": MACHINE, "number_enc": SEALED, "number_mac": SEALED,
                         "pin_mac": SEALED, "language": MACHINE, "handle": CODE, "created_at": TIME,
-                        "joined_at": TIME},
+                        "joined_at": TIME, "masked": MASKED},
     "sms_queue": {"id": CODE, "key": SEALED, "number_enc": SEALED, "number_mac": SEALED, "priority": MACHINE,
                   "alert_id": CODE, "state": CODE, "text": ROSTER, "status": MACHINE, "created_at": TIME,
                   "handed_at": TIME, "done_at": TIME},
     "sms_tips": {"id": CODE, "text": FREE_TEXT, "number_enc": SEALED, "received_at": TIME},
     "sms_state": {"key": MACHINE, "value": MACHINE},
+    # A captain's reply to a tip: the page writes it without the number; the gateway texts it.
+    "sms_replies": {"id": CODE, "tip_id": CODE, "text": FREE_TEXT, "captain": PERSON, "created_at": TIME,
+                    "status": MACHINE, "done_at": TIME},
     "sessions": {"token_hash": SESSION, "captain": SESSION, "created_at": TIME, "last_seen": TIME},
     "troubles": {"subsystem": MACHINE, "message": MACHINE, "since": TIME},
 }
