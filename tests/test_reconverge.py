@@ -130,3 +130,23 @@ def test_a_neighbour_behind_in_the_receipts_is_repaired_before_its_next_heartbea
     repaired = run.run_until_true(lambda: has(block, 3, alert.id, State.CANCELLED), limit=60, step=0.05)
     assert repaired is not None and repaired < next_heartbeat - block.clock() + run.now() and repaired - heard < 10, \
         (repaired and repaired - heard, next_heartbeat - block.clock())
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_node_back_after_five_minutes_gets_every_alert_raised_meanwhile(make_block, seed):
+    """Two alerts raised at both ends while the middle node's radio is away for 5 minutes: its
+    heartbeat shows only its latest alert, and the repairs of the alerts' gaps were spent while it
+    was away, so only its neighbours' noticing it is back can bring it both (benchmark P10)."""
+    block = make_block(5, seed=seed)
+    run = block.scheduler
+    run.run_for(200)
+    block.air.radios[3].plugged = False
+    run.run_for(10)
+    raised = [block.nodes[1].report(), block.nodes[5].report(location=105)]
+    run.run_for(290)
+    block.air.radios[3].plugged = True
+    back = run.now()
+    done = run.run_until_true(lambda: all(all_have(block, a.id, State.REPORTED) and coverage_everywhere(block, a.id)
+                                          for a in raised), limit=600)
+    assert done is not None and done - back <= 120, \
+        f"seed {seed}: every node held both alerts and saw everyone had them {done and done - back} s after the return"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
+from typing import Callable
 
 from node.config import Config
 from node.daemon.outbox import Outbox
@@ -104,6 +105,8 @@ class Liveness:
         self._last_poll = NEVER
         self._verdicts_due: dict[int, float] = {}  # node -> when this node will call it silent
         self._peer_rows: dict[int, tuple] = {}      # node -> ((status, troubles), last heard) as stored
+        # Called with a neighbour heard first-hand after a silence, and the time (Receipts.neighbour_back).
+        self.on_back: Callable[[int, float], None] = lambda node, now: None
 
     def _interval(self) -> float:
         """Seconds to the next heartbeat: set, or sized to the airtime budget and the neighbours heard."""
@@ -155,7 +158,14 @@ class Liveness:
             log.debug("heartbeat from node %s signed %.0f s ago: old news", frame.origin, now - signed)
             return
         self.store.peer_heard(frame.origin, signed, frame.troubles)
+        last = self.supervisor.evidence.get(frame.origin)
+        back = (self.supervisor.status(frame.origin, now) in ("silent", "unreachable", "unknown")
+                or last is None or signed - last > self.supervisor.period / 2)
         self.supervisor.heard(frame.origin, signed, supervision.trouble_bits_from_mask(frame.troubles))
+        if back:
+            # Heard first-hand after a silence (or for the first time since this node started):
+            # it may have missed any number of alerts meanwhile, not just the latest its heartbeat shows.
+            self.on_back(frame.origin, now)
         if frame.troubles & WIPED_BIT:
             name = self.roster.members[frame.origin].name
             self.troubles.record(f"wiped-{frame.origin}", f"{name} was wiped: ask the organizers to revoke its key",

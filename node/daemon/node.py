@@ -171,6 +171,7 @@ class Node:
         self.liveness = Liveness(self.id, self.members, self.roster, self.config, store=self.store,
                                  supervisor=self.supervisor, signer=self.signer, outbox=self.outbox,
                                  relays=self.relays, troubles=self.troubles, link=self.link, **shared)
+        self.liveness.on_back = self.receipts.neighbour_back
         self.desk = Desk(self.id, self.location, self.members, self.roster, self.config, store=self.store,
                          signer=self.signer, hardware=self.hardware, outbox=self.outbox, relays=self.relays,
                          receipts=self.receipts, liveness=self.liveness, troubles=self.troubles, clock=self.clock,

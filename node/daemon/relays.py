@@ -267,6 +267,20 @@ class Receipts:
         if alert is not None and alert.state is state:
             self.schedule(alert.id, state, now)
 
+    def neighbour_back(self, neighbour: int, now: float) -> None:
+        """A neighbour heard again after a silence: pass it, soon, every state this node holds that its
+        coverage shows the neighbour lacks. Its heartbeat shows only its latest alert, and the gap
+        repairs of alerts raised while it was away were spent on it then."""
+        for (alert_id, state), receipt in self._receipts.items():
+            alert = self.store.get_alert(alert_id)
+            if alert is None or alert.state is not state or state not in alerts.ON_AIR:
+                continue
+            if neighbour in self.store.coverage(alert_id, state)[0]:
+                continue
+            receipt.repairs, receipt.next_repair = 0, now
+            receipt.took = min(receipt.took, now - REPAIR_AFTER)
+            self.counts["back-repair"] += 1
+
     def copy_heard(self, data: bytes, now: float) -> None:
         """A frame heard again (a replay to the codec): if it is a state this node holds, ``heard_again``."""
         try:
