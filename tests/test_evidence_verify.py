@@ -7,7 +7,9 @@ import io
 import json
 import os
 import re
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import pyrage
@@ -173,6 +175,68 @@ TAMPERING = {
     "the signed head removed": (lambda f: f.pop("evidence/head.json"), "evidence/head.json", "removed"),
     "the signed head edited": (_edit_head, "evidence/head.json", "edited"),
 }
+
+
+def in_place(original, tmp_path, member, change) -> Path:
+    """The bundle with ``member``'s bytes changed inside the zip itself (its CRC, sizes and index left as they were)."""
+    raw = bytearray(original.read_bytes())
+    with zipfile.ZipFile(original) as zf:
+        info = zf.getinfo(f"{original.stem}/{member(zf) if callable(member) else member}")
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    change(raw, start, info.compress_size)
+    out = tmp_path / original.name
+    out.write_bytes(bytes(raw))
+    return out
+
+
+def _flip(raw, start, size):
+    raw[start + size // 2] ^= 1
+
+
+def _garble(raw, start, size):  # a deflated stream of 0xff is an invalid block: zlib.error, not a CRC
+    raw[start:start + size] = b"\xff" * size
+
+
+def _first_item(zf):
+    return items({n.split("/", 1)[1] for n in zf.namelist()})[0]
+
+
+IN_PLACE = {  # (member, change, what zipfile raises reading it)
+    "a stored sealed item with one byte flipped": (_first_item, _flip, zipfile.BadZipFile),
+    "the deflated roster with one byte flipped": ("roster.json", _flip, (zipfile.BadZipFile, zlib.error)),
+    "the deflated roster's stream broken": ("roster.json", _garble, zlib.error),
+    "a deflated frame's stream broken": ("frames/02.frame", _garble, zlib.error),
+    "the deflated manifest's stream broken": ("evidence/manifest.jsonl", _garble, zlib.error),
+}
+
+
+@pytest.mark.parametrize("case", list(IN_PLACE))
+def test_a_member_edited_inside_the_zip_is_named_edited(case, original, tmp_path):
+    member, change, raises = IN_PLACE[case]
+    bundle = in_place(original, tmp_path, member, change)
+    with zipfile.ZipFile(bundle) as zf:
+        name = member(zf) if callable(member) else member
+        with pytest.raises(raises):  # the zip itself refuses to read it
+            zf.read(f"{original.stem}/{name}")
+    report = verify(bundle)
+    assert not report.ok
+    assert (name, "edited") in [(f.path, f.kind) for f in report.findings], report.findings
+    assert not any(f.path == name and f.kind == "removed" for f in report.findings)
+
+
+def test_silbato_verify_names_a_member_edited_inside_the_zip_without_a_traceback(original, tmp_path):
+    result = CliRunner().invoke(cli, ["verify", str(in_place(original, tmp_path, "roster.json", _flip))])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "FAIL roster.json: edited:" in result.output and "Traceback" not in result.output
+
+
+def test_silbato_verify_of_a_file_that_is_not_a_zip_says_so_in_one_line(tmp_path):
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(b"this is not a zip at all\n" * 10)
+    result = CliRunner().invoke(cli, ["verify", str(path)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.strip().splitlines() == [f"Error: {path}: not a readable zip: File is not a zip file"]
 
 
 @pytest.mark.parametrize("case", list(TAMPERING))

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,14 @@ from node.errors import EvidenceError, FrameError, RosterError
 from node.evidence import manifest, seal
 from node.protocol import wire
 from node.protocol.keys import Roster
+
+log = logging.getLogger(__name__)
+
+# What reading one member of a zip edited in place raises: a flipped byte in a stored member
+# fails its CRC-32 (BadZipFile), in a deflated one it breaks the stream (zlib.error), a
+# member cut short ends early (EOFError); RuntimeError and NotImplementedError: a member
+# made encrypted or given an unknown compression method.
+UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
 
 KINDS = ("edited", "removed", "reordered", "truncated", "added")
 
@@ -75,9 +85,23 @@ class _Check:
     def __init__(self, zf: zipfile.ZipFile, files: dict[str, str], incident: str, organizer):
         self.zf, self.files, self.incident, self.organizer = zf, files, incident, organizer
         self.report = Report()
+        self.unreadable: set[str] = set()  # members named ``edited`` already: not also ``removed``
 
     def read(self, name: str) -> bytes | None:
-        return self.zf.read(self.files[name]) if name in self.files else None
+        """The member ``name``'s bytes; ``None`` if it is absent, or unreadable (then named ``edited``)."""
+        if name not in self.files:
+            return None
+        try:
+            return self.zf.read(self.files[name])
+        except UNREADABLE as exc:
+            log.warning("%s: cannot be read from the bundle: %s", name, exc)
+            self.unreadable.add(name)
+            self.report.add(name, "edited", f"its bytes are not the ones the zip recorded ({exc})")
+            return None
+
+    def missing(self, name: str) -> bool:
+        """``name`` is not in the bundle (an unreadable one is there, and named ``edited`` already)."""
+        return name not in self.unreadable
 
     def run(self) -> Report:
         roster = self.roster()
@@ -95,7 +119,8 @@ class _Check:
     def roster(self) -> Roster | None:
         body = self.read("roster.json")
         if body is None:
-            self.report.add("roster.json", "removed", "without the roster no signature can be checked")
+            if self.missing("roster.json"):
+                self.report.add("roster.json", "removed", "without the roster no signature can be checked")
             return None
         organizer = self.organizer
         if organizer is None:
@@ -104,8 +129,9 @@ class _Check:
                 raw = base64.b64decode((key or b"").strip(), validate=True)
                 organizer = Ed25519PublicKey.from_public_bytes(raw)
             except ValueError:
-                self.report.add("organizer.pub", "removed" if key is None else "edited",
-                                "no organizers' key to check the roster with (pass --organizer)")
+                if self.missing("organizer.pub"):
+                    self.report.add("organizer.pub", "removed" if key is None else "edited",
+                                    "no organizers' key to check the roster with (pass --organizer)")
                 return None
             self.report.notes.append("the roster was checked against the organizers' key inside the bundle: pass "
                                      "--organizer with your own copy to prove it is theirs")
@@ -119,8 +145,9 @@ class _Check:
     def head(self, roster: Roster) -> dict | None:
         body = self.read("evidence/head.json")
         if body is None:
-            self.report.add("evidence/head.json", "removed",
-                            "nothing signed says which frames and how many items the incident had")
+            if self.missing("evidence/head.json"):
+                self.report.add("evidence/head.json", "removed",
+                                "nothing signed says which frames and how many items the incident had")
             return None
         try:
             doc = json.loads(body)
@@ -144,6 +171,9 @@ class _Check:
         found: list[tuple[str, str, bool]] = []  # (file, sha256, signature ok)
         for name in names:
             data = self.read(name)
+            if data is None:  # unreadable: named edited
+                found.append((name, "", False))
+                continue
             try:
                 frame = wire.decode(data, roster)
                 ok = isinstance(frame, wire.TransitionFrame)
@@ -175,6 +205,8 @@ class _Check:
 
     def chain(self, roster: Roster, head: dict | None) -> None:
         body = self.read("evidence/manifest.jsonl")
+        if body is None and not self.missing("evidence/manifest.jsonl"):
+            return  # unreadable, named edited: no entry can be trusted, nor any item checked against one
         lines = body.decode("utf-8", "replace").splitlines() if body else []
         entries: list[dict] = []
         for i, line in enumerate(lines):
@@ -233,7 +265,8 @@ class _Check:
                 named.add(name)
                 data = self.read(name)
                 if data is None:
-                    self.report.add(name, "removed", f"manifest entry {e['seq']} names it")
+                    if self.missing(name):
+                        self.report.add(name, "removed", f"manifest entry {e['seq']} names it")
                 elif manifest.sha256(data) != digest:
                     kind = "truncated" if suffix == seal.SUFFIX and len(data) < e["sealed_size"] else "edited"
                     self.report.add(name, kind, f"its SHA-256 is not the one in manifest entry {e['seq']}")
