@@ -5,6 +5,7 @@ import io
 import os
 import shutil
 import subprocess
+import threading
 import uuid
 
 import pyrage
@@ -123,3 +124,73 @@ def test_recipients_setting_is_checked(identity):
         config_mod.from_mapping({"evidence.recipients": "ssh-ed25519 AAAA"})
     with pytest.raises(ConfigError, match="evidence.recipients: not a valid age public key"):
         config_mod.from_mapping({"evidence.recipients": good[:-3] + "xyz"})
+
+
+class _Together:
+    """Sources that each give their first piece only once every seal has begun reading or has ended:
+    all of them are under way at once, as uploads from four phones are."""
+
+    def __init__(self, n: int):
+        self.n, self.begun, self.ended = n, 0, 0
+        self.cond = threading.Condition()
+
+    def ended_one(self) -> None:
+        with self.cond:
+            self.ended += 1
+            self.cond.notify_all()
+
+    def source(self, size: int):
+        together = self
+
+        class Source:
+            left, first = size, True
+
+            def read(self, n=-1):
+                if self.first:
+                    self.first = False
+                    with together.cond:
+                        together.begun += 1
+                        together.cond.notify_all()
+                        assert together.cond.wait_for(lambda: together.begun + together.ended >= together.n, 30)
+                n = min(self.left, 65536 if n is None or n < 0 else n)
+                self.left -= n
+                return b"v" * n
+        return Source()
+
+
+def test_concurrent_seals_cannot_pass_the_folders_cap_together(folder, identity):
+    together, results = _Together(4), []
+
+    def one():
+        try:
+            results.append(seal.seal(together.source(900_000), folder, [identity.to_public()],
+                                     max_item=900_000, max_total=1_000_000))
+        except seal.StorageFull as exc:
+            results.append(exc)
+        finally:
+            together.ended_one()
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    sealed = [r for r in results if isinstance(r, seal.Sealed)]
+    assert len(results) == 4 and len(sealed) == 1, results  # before: all four sealed, 3.6 MB in a 1 MB folder
+    assert seal.used_bytes(folder) <= 1_000_000
+    assert seal.LEDGER.outstanding(folder) == 0 and not any(p.name.startswith(".part-") for p in folder.iterdir())
+
+
+def test_room_is_reserved_for_the_expected_size_and_given_back_whatever_the_end(folder, identity):
+    recipients = [identity.to_public()]
+    held = seal.reserve(folder, 500_000, recipients, 1_000_000)
+    assert seal.room(folder, 1_000_000) == 1_000_000 - seal.sealed_bound(500_000)
+    with pytest.raises(seal.StorageFull):  # the form's default reservation, max_item, does not fit beside it
+        seal.seal(io.BytesIO(b"s" * 1000), folder, recipients, max_item=600_000, max_total=1_000_000)
+    item = seal.seal(io.BytesIO(b"s" * 1000), folder, recipients, max_item=600_000, max_total=1_000_000,
+                     expected=10_000)  # a form of 10 kB holds no larger file: it fits
+    held.release()
+    with pytest.raises(seal.TooLarge):
+        seal.seal(io.BytesIO(b"s" * 20_000), folder, recipients, max_item=10_000, max_total=1_000_000)
+    assert seal.LEDGER.outstanding(folder) == 0
+    assert seal.room(folder, 1_000_000) == 1_000_000 - item.sealed_size

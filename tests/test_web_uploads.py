@@ -15,6 +15,7 @@ from pathlib import Path
 import pyrage
 import pytest
 
+from node.evidence import seal
 from node.protocol.alerts import State
 from web import uploads as web_uploads
 from web.server import MAX_BODY, Server
@@ -258,3 +259,55 @@ def test_an_upload_larger_than_the_cap_is_refused_at_its_start(block, identity):
                   EVIDENCE_MAX_ITEM=3_000_000)
     answer = app.test_client().post(f"/alerts/{block.raid}/uploads?lang=ko", data={"size": 3_000_001})
     assert answer.status_code == 413 and "3 MB" in answer.json["error"] and "조직자" in answer.json["error"]
+
+
+def _token(client, alert_id) -> str:
+    html = client.get(f"/alerts/{alert_id}").get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', html)[1]
+
+
+def test_finished_uploads_free_their_place_and_are_forgotten_after_five_minutes(block, identity):
+    now = [1000.0]
+    app = app_for(block, 2, EVIDENCE_RECIPIENTS=str(identity.to_public()), UPLOAD_CLOCK=lambda: now[0],
+                  WTF_CSRF_ENABLED=False)
+    client = app.test_client()
+    urls = []
+    for i in range(web_uploads.MAX_OPEN + 1):  # one more than may be open at once, each finished in turn
+        answer = client.post(f"/alerts/{block.raid}/uploads", data={"size": 10, "type": "image/jpeg"})
+        assert answer.status_code == 201, (i, answer.json)  # before: 503 "busy" for the 9th, from anyone
+        done = client.put(f"{answer.json['url']}?offset=0", data=b"p" * 10)
+        assert done.status_code == 200 and done.json["done"], done.json
+        urls.append(answer.json["url"])
+    registry = app.extensions["silbato.uploads"]
+    now[0] += web_uploads.DONE_KEEP - 1
+    registry.sweep()
+    assert client.get(urls[0]).json["done"]  # a phone that missed the last answer still learns it
+    now[0] += 2
+    assert registry.sweep() == 0  # forgotten, not aborted: its item stays
+    gone = client.get(urls[0])
+    assert gone.status_code == 404 and gone.json["restart"]
+    assert len(sealed_items(block)) == web_uploads.MAX_OPEN + 1
+
+
+def test_uploads_started_together_cannot_share_the_same_free_space(block, identity):
+    folder = evidence_folder(block)
+    cap = seal.used_bytes(folder) + 1_000_000
+    app = app_for(block, 2, EVIDENCE_RECIPIENTS=str(identity.to_public()), EVIDENCE_MAX_TOTAL=cap)
+    client = app.test_client()
+    token = _token(client, block.raid)
+    first = client.post(f"/alerts/{block.raid}/uploads", data={"csrf_token": token, "size": 600_000})
+    assert first.status_code == 201
+    second = client.post(f"/alerts/{block.raid}/uploads", data={"csrf_token": token, "size": 600_000})
+    assert second.status_code == 507, second.json  # before: 201, and both could be sealed past the cap
+    form = client.post(f"/alerts/{block.raid}/evidence", content_type="multipart/form-data",
+                       data={"csrf_token": token, "file": (io.BytesIO(b"f" * 500_000), "a.mp4", "video/mp4")})
+    assert form.status_code == 507  # the form reserves against the same ledger (before: 303)
+    assert seal.used_bytes(folder) <= cap
+    # the first one ends (here: a piece past its size); its room is free again
+    assert client.put(f"{first.json['url']}?offset=0", data=b"x" * 600_001,
+                      headers={"X-CSRFToken": token}).status_code == 413
+    assert seal.room(folder, cap) == cap - seal.used_bytes(folder)
+    again = client.post(f"/alerts/{block.raid}/uploads", data={"csrf_token": token, "size": 600_000})
+    assert again.status_code == 201
+    app.extensions["silbato.uploads"].close()
+    assert seal.LEDGER.outstanding(folder) == 0

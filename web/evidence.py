@@ -179,11 +179,12 @@ def upload(alert_id: str):
     if request.mimetype != "multipart/form-data" or not boundary:
         abort(400, "expected a multipart form")
     parts = Parts(request.stream, boundary, limit=budget)
+    bound = min(request.content_length or budget, budget)  # no file of this form is larger: room reserved for it
     sealed: list[tuple[seal.Sealed, seal.Sealed]] = []
     try:
         _check_token(parts)
         for kind, content_type, reader in parts.items():
-            sealed.append(_seal_one(reader, kind, content_type, settings, recipients))
+            sealed.append(_seal_one(reader, kind, content_type, settings, recipients, bound))
     except _BadToken:
         return _undo(sealed, _refuse(403, _("This form is too old. Open the page again and send once more."),
                                      "missing or invalid CSRF token"))
@@ -217,10 +218,11 @@ def record(alert_id: str, sealed: list) -> None:
                        meta_sha256=meta.sealed_sha256)
 
 
-def _seal_one(reader, kind: str, content_type: str, settings: dict, recipients: list) -> tuple:
-    """One item and its sealed metadata (its content type is never in the clear)."""
+def _seal_one(reader, kind: str, content_type: str, settings: dict, recipients: list, bound: int) -> tuple:
+    """One item (at most ``bound`` bytes, the form's length) and its sealed metadata (its content type is
+    never in the clear)."""
     item = seal.seal(reader, settings["folder"], recipients, max_item=settings["max_item"],
-                     max_total=settings["max_total"])
+                     max_total=settings["max_total"], expected=bound)
     return seal_meta(item, kind, content_type, settings, recipients)
 
 

@@ -16,7 +16,11 @@ The plaintext never touches the disk: each upload has one sealer thread running
 ``node.evidence.seal.seal`` over a ``Pipe`` the pieces are written into (at most
 ``PIPE_BYTES`` + one piece held), so the sealed file grows as the pieces come. An upload
 idle for ``UPLOAD_IDLE`` seconds (default ``IDLE``) is aborted and its partial sealed file
-removed; so is every open upload when the page stops. The page keeps uploads in memory
+removed; so is every open upload when the page stops. A finished upload no longer counts
+against ``MAX_OPEN``; it is remembered ``DONE_KEEP`` seconds (5 minutes), so a phone that lost
+the last answer learns ``done`` from ``GET`` within that time, and is told to start over after.
+Room in the evidence folder for the announced ``size`` is reserved when the upload starts
+(``node.evidence.seal.reserve``; 507 if there is none) and released when it ends. The page keeps uploads in memory
 only: after a restart of ``silbato web`` the phone is told to start the file over.
 """
 
@@ -46,6 +50,7 @@ bp = Blueprint("uploads", __name__)
 CHUNK = 1024 * 1024          # bytes per piece: well under MAX_BODY, a few seconds on poor Wi-Fi
 PIPE_BYTES = 1024 * 1024     # bytes waiting for the sealer before a piece's request waits
 IDLE = 1800.0                # seconds without a piece before an upload is aborted
+DONE_KEEP = 300.0            # seconds a finished upload is still answered "done" (a phone that missed it)
 MAX_OPEN = 8                 # uploads open at once on the node (each holds a thread and up to 2 MiB)
 MAX_OPEN_PER_ADDRESS = 3     # ... and from one address
 WRITE_TIMEOUT = 60.0         # seconds a piece may wait for the sealer (a slow SD card) before 503
@@ -127,6 +132,7 @@ class Upload:
     content_type: str
     seen: float
     pipe: Pipe
+    reservation: seal.Reservation | None = None
     offset: int = 0
     done: bool = False
     sealed: seal.Sealed | None = None
@@ -142,22 +148,30 @@ class Uploads:
     ``clock``: monotonic seconds; ``idle``: seconds without a piece before an upload is aborted.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, idle: float = IDLE):
-        self.clock, self.idle = clock, idle
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, idle: float = IDLE,
+                 done_keep: float = DONE_KEEP):
+        self.clock, self.idle, self.done_keep = clock, idle, done_keep
         self._open: dict[str, Upload] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._reaper: threading.Thread | None = None
 
     def start(self, alert_id: str, address: str, size: int, content_type: str, settings: dict,
-              recipients: list) -> Upload | None:
-        """A new upload with its sealer running; ``None`` if too many are open (on the node or from ``address``)."""
+              recipients: list, reservation: seal.Reservation | None = None) -> Upload | None:
+        """A new upload with its sealer running; ``None`` if too many are open (on the node or from ``address``).
+
+        ``reservation``: room reserved for it in the evidence folder, released when its sealer ends
+        (at once if it is refused here).
+        """
         with self._lock:
-            mine = sum(1 for u in self._open.values() if u.address == address and not u.done)
-            if len(self._open) >= MAX_OPEN or mine >= MAX_OPEN_PER_ADDRESS:
+            unfinished = [u for u in self._open.values() if not u.done]  # a finished one holds no thread
+            mine = sum(1 for u in unfinished if u.address == address)
+            if len(unfinished) >= MAX_OPEN or mine >= MAX_OPEN_PER_ADDRESS:
+                if reservation is not None:
+                    reservation.release()
                 return None
             upload = Upload(secrets.token_urlsafe(16), alert_id, address, size, content_type, self.clock(),
-                            Pipe(PIPE_BYTES))
+                            Pipe(PIPE_BYTES), reservation)
             self._open[upload.id] = upload
         upload.thread = threading.Thread(target=self._seal, args=(upload, settings, recipients),
                                          name="evidence-sealer", daemon=True)
@@ -168,7 +182,7 @@ class Uploads:
     def _seal(self, upload: Upload, settings: dict, recipients: list) -> None:
         try:
             upload.sealed = seal.seal(upload.pipe, settings["folder"], recipients, max_item=upload.size,
-                                      max_total=settings["max_total"])
+                                      max_total=settings["max_total"], reservation=upload.reservation)
         except BaseException as exc:  # kept for the next piece's answer; seal() left nothing behind
             upload.error = exc
             upload.pipe.abort(exc)
@@ -196,10 +210,10 @@ class Uploads:
                 upload.sealed.path.unlink(missing_ok=True)
 
     def sweep(self) -> int:
-        """Abort uploads idle for ``idle`` seconds (and forget finished ones); how many were aborted."""
+        """Abort uploads idle for ``idle`` seconds, forget those finished ``done_keep`` ago; how many were aborted."""
         now = self.clock()
         with self._lock:
-            stale = [u for u in self._open.values() if now - u.seen > self.idle]
+            stale = [u for u in self._open.values() if now - u.seen > (self.done_keep if u.done else self.idle)]
         aborted = 0
         for upload in stale:
             if not upload.done:
@@ -270,10 +284,13 @@ def start(alert_id: str):
         return _error(400, _("Choose a photo or video, or write what you saw."), "no size")
     if size > settings["max_item"]:
         return _error(413, evidence.too_large_message(settings), f"{size} bytes announced")
-    if size > settings["max_total"] - seal.used_bytes(settings["folder"]):
-        return _error(*evidence.refusal(seal.StorageFull("full"), settings))
+    try:  # under the ledger's lock: uploads started together cannot share the same free space
+        reservation = seal.reserve(settings["folder"], size, recipients, settings["max_total"])
+    except seal.StorageFull as exc:
+        return _error(*evidence.refusal(exc, settings))
     content_type = (request.form.get("type") or "application/octet-stream")[:100]
-    upload = uploads().start(row["id"], request.remote_addr or "?", size, content_type, settings, recipients)
+    upload = uploads().start(row["id"], request.remote_addr or "?", size, content_type, settings, recipients,
+                             reservation)
     if upload is None:
         return _error(503, _("The node is busy taking other videos. Please try again in a few minutes."),
                       "too many uploads open", retry=60)
@@ -343,7 +360,8 @@ def piece(upload_id: str):
                 return _failed(registry, upload, exc, settings)
             current_app.logger.error("could not record evidence: %s", exc)
             return _error(503, _("The node could not keep what you sent. Please try again."), str(exc))
-        upload.done = True  # kept until idle, so a phone that missed this answer learns it from GET
+        upload.done = True  # kept DONE_KEEP seconds, so a phone that missed this answer learns it from GET
+        upload.seen = registry.clock()
         log.info("evidence: 1 item sealed in pieces for incident %s", upload.alert_id)
         return jsonify(_state(upload, sent=url_for("evidence.incident", alert_id=upload.alert_id, sent=1,
                                                     _anchor="evidence")))

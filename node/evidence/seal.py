@@ -6,6 +6,12 @@ name in the folder that becomes ``<item>.age`` once it is complete and synced. A
 stops it (too large, the folder's cap, a full disk, a dropped connection) removes the
 temporary file: no partial item is ever left.
 
+The folder's cap (``evidence.max_total``) holds under concurrent uploads: every seal first
+reserves, under one process-wide lock, the most its sealed file can take (``sealed_bound``
+of the plaintext it may receive), and is refused ``StorageFull`` at once if what the folder
+holds plus what others have reserved and not yet written would pass the cap. The
+reservation shrinks as sealed bytes are written and is released when the seal ends.
+
 The output is the standard age format (v1, X25519 recipients): ``age -d -i key.txt item.age``
 opens it on an organizer's laptop.
 """
@@ -17,6 +23,7 @@ import hashlib
 import logging
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -95,6 +102,83 @@ def used_bytes(folder: Path) -> int:
     return total
 
 
+def sealed_bound(plaintext: int, recipients: int = 1) -> int:
+    """The most bytes an age file of ``plaintext`` bytes to ``recipients`` recipients can take.
+
+    age adds a 16-byte tag per 64 KiB piece, a 16-byte nonce and a header of one stanza per
+    recipient (plus a random "grease" stanza): counted generously.
+    """
+    return plaintext + 16 * (plaintext // 65536 + 1) + 2048 + 256 * max(recipients, 1)
+
+
+class Reservation:
+    """Bytes of the evidence folder one seal may still write (``size`` reserved, ``written`` so far)."""
+
+    def __init__(self, ledger: "Ledger", key: str, size: int):
+        self.ledger, self.key, self.size = ledger, key, size
+        self.written = 0
+        self.released = False
+
+    @property
+    def outstanding(self) -> int:
+        return max(self.size - self.written, 0)
+
+    def release(self) -> None:
+        self.ledger.release(self)
+
+
+class Ledger:
+    """The process's reservations against each evidence folder's cap, under one lock.
+
+    What a folder holds is its files (sealed items and temporary ones being written) plus the
+    part of each reservation not written yet: two uploads started together cannot both count
+    on the same free space.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._held: dict[str, list[Reservation]] = {}
+
+    def reserve(self, folder: Path, size: int, max_total: int) -> Reservation:
+        """Reserve ``size`` bytes of ``folder``; ``StorageFull`` if that would pass ``max_total``."""
+        key = os.path.abspath(folder)
+        with self._lock:
+            held = self._held.setdefault(key, [])
+            if used_bytes(Path(folder)) + sum(r.outstanding for r in held) + size > max_total:
+                raise StorageFull("the evidence folder is full")
+            reservation = Reservation(self, key, size)
+            held.append(reservation)
+            return reservation
+
+    def release(self, reservation: Reservation) -> None:
+        with self._lock:
+            if reservation.released:
+                return
+            reservation.released = True
+            held = self._held.get(reservation.key, [])
+            held.remove(reservation)
+            if not held:
+                self._held.pop(reservation.key, None)
+
+    def outstanding(self, folder: Path) -> int:
+        """Bytes reserved in ``folder`` and not written yet."""
+        with self._lock:
+            return sum(r.outstanding for r in self._held.get(os.path.abspath(folder), []))
+
+
+LEDGER = Ledger()  # one per process: the page's form uploads and chunked uploads share it
+
+
+def reserve(folder: Path, plaintext: int, recipients: list, max_total: int) -> Reservation:
+    """Reserve room in ``folder`` for an item of at most ``plaintext`` bytes; ``StorageFull`` if there is none."""
+    return LEDGER.reserve(folder, sealed_bound(plaintext, len(recipients)), max_total)
+
+
+def room(folder: Path, max_total: int) -> int:
+    """Bytes ``folder`` may still take: its cap less what it holds and what is reserved."""
+    return max_total - used_bytes(Path(folder)) - LEDGER.outstanding(folder)
+
+
 class _Source:
     """The plaintext on its way in: hashed and counted, refused past ``limit`` bytes."""
 
@@ -124,10 +208,10 @@ class _Source:
 
 
 class _Sink:
-    """The sealed bytes on their way out: hashed, counted, refused past the folder's cap."""
+    """The sealed bytes on their way out: hashed, counted, refused past the room reserved."""
 
-    def __init__(self, fd: int, room: int):
-        self.fd, self.room = fd, room
+    def __init__(self, fd: int, reservation: Reservation):
+        self.fd, self.reservation = fd, reservation
         self.hash = hashlib.sha256()
         self.size = 0
         self.error: BaseException | None = None
@@ -137,7 +221,7 @@ class _Sink:
 
     def write(self, data) -> int:
         data = bytes(data)
-        if self.size + len(data) > self.room:
+        if self.size + len(data) > self.reservation.size:
             self.error = StorageFull("the evidence folder is full")
             raise self.error
         try:
@@ -149,6 +233,7 @@ class _Sink:
             raise self.error from None
         self.hash.update(data)
         self.size += len(data)
+        self.reservation.written = self.size  # after the write: a look in between counts it twice, never none
         return len(data)
 
     def flush(self) -> None:
@@ -156,20 +241,30 @@ class _Sink:
 
 
 def seal(source: BinaryIO, folder: Path, recipients: list, *, max_item: int, max_total: int,
-         item_id: str | None = None, suffix: str = SUFFIX) -> Sealed:
+         item_id: str | None = None, suffix: str = SUFFIX, expected: int | None = None,
+         reservation: Reservation | None = None) -> Sealed:
     """Seal ``source`` (read to its end) into ``folder/<item_id><suffix>``; return its hashes and sizes.
 
     ``max_item``: bytes of plaintext one item may hold; ``max_total``: bytes the folder may hold.
+    Room is reserved first for ``expected`` bytes of plaintext (at most; default ``max_item``),
+    unless the caller passes its own ``reservation``; either way it is released at the end.
     Raises ``NoRecipients``, ``TooLarge``, ``StorageFull`` or ``DiskFull`` (leaving nothing
     behind), or the source's own error (a dropped connection), also leaving nothing.
     """
-    if not recipients:
-        raise NoRecipients("no organizers' age recipients are configured (evidence.recipients)")
-    folder = Path(folder)
-    item_id = item_id or new_item_id()
-    room = max_total - used_bytes(folder)
-    if room <= 0:
-        raise StorageFull("the evidence folder is full")
+    try:
+        if not recipients:
+            raise NoRecipients("no organizers' age recipients are configured (evidence.recipients)")
+        if reservation is None:
+            size = max_item if expected is None else min(expected, max_item)
+            reservation = reserve(folder, size, recipients, max_total)
+        return _seal(source, Path(folder), recipients, max_item, item_id or new_item_id(), suffix, reservation)
+    finally:
+        if reservation is not None:
+            reservation.release()
+
+
+def _seal(source: BinaryIO, folder: Path, recipients: list, max_item: int, item_id: str, suffix: str,
+          reservation: Reservation) -> Sealed:
     final = folder / f"{item_id}{suffix}"
     part = folder / f"{PART_PREFIX}{item_id}{suffix}"
     try:
@@ -181,7 +276,7 @@ def seal(source: BinaryIO, folder: Path, recipients: list, *, max_item: int, max
     reader, writer = _Source(source, max_item), None
     try:
         os.fchmod(fd, FILE_MODE)  # whatever the umask: the daemon (group) must read it
-        writer = _Sink(fd, room)
+        writer = _Sink(fd, reservation)
         try:
             pyrage.encrypt_io(reader, writer, recipients)
         except pyrage.EncryptError as exc:
