@@ -500,7 +500,7 @@ def test_five_wrong_pins_in_a_row_lock_the_pin_silently_until_a_captain_unlocks_
 
     for guess in ("000000", "111111", "222222", "333333"):
         text(f"REPORT {node.location} {guess}")
-    text(f"FALSE 1-1 432156")   # the right PIN: the count starts again
+    text("FALSE 1-1 432156")   # the right PIN: the count starts again
     assert gw.book.subscriber(gw.vault, ANA)["pin_failures"] == 0
     for guess in ("000000", "111111", "222222", "333333", "444444"):
         text(f"REPORT {node.location} {guess}")
@@ -509,7 +509,7 @@ def test_five_wrong_pins_in_a_row_lock_the_pin_silently_until_a_captain_unlocks_
     replies = texted(gw, ANA)
     requests = len(node.store.requests())
     text(f"REPORT {node.location} 432156")   # now even the right PIN does nothing
-    text(f"CONFIRM 1-1 432156")
+    text("CONFIRM 1-1 432156")
     assert len(node.store.requests()) == requests and not node.store.active_alerts()
     assert texted(gw, ANA) == replies, "no reply tells the guesser anything"
     assert any("PIN is locked" in r.getMessage() and ANA not in r.getMessage() for r in caplog.records)

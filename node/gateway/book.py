@@ -208,4 +208,4 @@ class Book:
         return list(self.db.query("SELECT id, text, received_at FROM sms_tips ORDER BY id"))
 
 
-__all__ = ["Book", "RESPONDER", "BROAD", "PENDING", "PIN_TRIES", "PIN_RULE", "check_pin", "VaultError"]
+__all__ = ["BROAD", "PENDING", "PIN_RULE", "PIN_TRIES", "RESPONDER", "Book", "VaultError", "check_pin"]
