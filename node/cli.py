@@ -667,6 +667,9 @@ def sms_status(ctx: click.Context) -> None:
     click.echo("texts: " + ", ".join(f"{name} {queue.get(name, 0)}"
                                      for name in ("queued", "handed", "sent", "failed", "dropped")))
     click.echo(f"tips: {len(book.tips())}")
+    locked = book.pin_locked_handles()
+    if locked:
+        click.echo("PIN locked (wrong PINs; 'silbato sms responders unlock-pin NUMBER'): " + ", ".join(locked))
 
 
 @sms.command("test")
@@ -695,17 +698,20 @@ def sms_responders() -> None:
 
 @sms_responders.command("add")
 @click.argument("number")
-@click.option("--pin", required=True, help="The responder's personal PIN, 4 to 8 digits.")
+@click.option("--pin", required=True, help="The responder's personal PIN, 6 to 8 digits.")
 @click.option("--language", type=click.Choice(LANGUAGES), default="en", show_default=True)
 @_passphrase
 @click.pass_context
 def sms_responders_add(ctx: click.Context, number: str, pin: str, language: str, passphrase: str) -> None:
     """Add NUMBER to the responders (or give a responder a new PIN or language)."""
-    import re
     import time as time_mod
 
-    if not re.fullmatch(r"\d{4,8}", pin):
-        raise click.BadParameter("4 to 8 digits", param_hint="--pin")
+    from node.gateway.book import check_pin
+
+    try:
+        check_pin(pin)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--pin") from None
     book, vault = _sms_vault(ctx, passphrase)
     row = book.add(vault, _number(number), "responder", language, time_mod.time(), pin=pin)
     click.echo(f"Responder {row['handle']} added ({vault.pseudonym(_number(number))}).")
@@ -723,6 +729,25 @@ def sms_responders_remove(ctx: click.Context, number: str, passphrase: str) -> N
         raise click.ClickException(f"{vault.pseudonym(number)} is on no list")
     book.remove(vault, number)
     click.echo(f"{vault.pseudonym(number)} removed.")
+
+
+@sms_responders.command("unlock-pin")
+@click.argument("number")
+@_passphrase
+@click.pass_context
+def sms_responders_unlock_pin(ctx: click.Context, number: str, passphrase: str) -> None:
+    """Let NUMBER's texted commands work again after its PIN was locked by wrong PINs."""
+    from node.gateway.book import RESPONDER
+
+    book, vault = _sms_vault(ctx, passphrase)
+    number = _number(number)
+    row = book.subscriber(vault, number)
+    if row is None or row["list"] != RESPONDER:
+        raise click.ClickException(f"{vault.pseudonym(number)} is not a responder")
+    was = row["pin_failures"] or 0
+    book.pin_reset(row["id"])
+    click.echo(f"Responder {row['handle']}: PIN unlocked ({was} wrong PINs in a row forgotten). "
+               "If they did not send those, consider a new PIN: 'silbato sms responders add'.")
 
 
 # -- the appliance: install, update, doctor, status, Wi-Fi, fleet ------------------------

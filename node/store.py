@@ -172,6 +172,16 @@ def m008_sms_replies(db: sqlite_utils.Database) -> None:
     db["sms_subscribers"].add_column("masked", str)
 
 
+@migrations()
+def m009_sms_pin_failures(db: sqlite_utils.Database) -> None:
+    """Wrong PINs texted in a row for each responder: at ``PIN_TRIES`` the PIN is locked.
+
+    Kept in the store, not in the gateway's memory, so a restart does not give a guesser fresh
+    tries; reset by a right PIN and by ``silbato sms responders unlock-pin``.
+    """
+    db["sms_subscribers"].add_column("pin_failures", int, not_null_default=0)
+
+
 def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
     try:
         if readonly or existing:

@@ -65,8 +65,8 @@ def gateway(node, gammu):
     gw = Gateway(store, gammu.spool, scrypt=CHEAP_KDF)
     gw.unlock(PASSPHRASE)
     now = time.time()
-    gw.book.add(gw.vault, ANA, RESPONDER, "es", now, pin="4321")
-    gw.book.add(gw.vault, BEN, RESPONDER, "en", now, pin="8765")
+    gw.book.add(gw.vault, ANA, RESPONDER, "es", now, pin="432156")
+    gw.book.add(gw.vault, BEN, RESPONDER, "en", now, pin="876543")
     gw.book.add(gw.vault, CARLA, BROAD, "tl", now)
     gw.book.add(gw.vault, DAE, BROAD, "ko", now)
     yield gw
@@ -82,7 +82,7 @@ def text_to(gammu: GammuSmsd, number: str) -> list[str]:
 
 
 def test_a_responders_report_by_text_is_a_request_the_daemon_signs(node, gammu, gateway):
-    gammu.receive(ANA, f"REPORT {node.location} 4321")
+    gammu.receive(ANA, f"REPORT {node.location} 432156")
     request = step_until(gateway, lambda: node.store.pending_requests(), "the REPORT's request")[0]
     assert request["action"] == "raise" and request["captain"].startswith("sms:r")
     assert "555" not in request["captain"], "the request names the responder by a handle, never the number"
@@ -112,7 +112,7 @@ def test_a_confirm_by_text_reaches_responders_first_then_the_broad_list_and_stop
     gateway = Gateway(store, gammu.spool, scrypt=CHEAP_KDF, clock=block.clock)
     gateway.unlock(PASSPHRASE)
     now = block.clock()
-    for number, list_name, language, pin in ((ANA, RESPONDER, "es", "4321"), (BEN, RESPONDER, "en", "8765"),
+    for number, list_name, language, pin in ((ANA, RESPONDER, "es", "432156"), (BEN, RESPONDER, "en", "876543"),
                                              (CARLA, BROAD, "tl", ""), (DAE, BROAD, "ko", "")):
         gateway.book.add(gateway.vault, number, list_name, language, now, pin=pin)
     alert = block.nodes[2].report()   # node 2's button: it reaches the gateway's node over the air
@@ -120,7 +120,7 @@ def test_a_confirm_by_text_reaches_responders_first_then_the_broad_list_and_stop
     assert "Building 2" in text_to(gammu, BEN)[0]
 
     # Ben confirms by text; node 1 signs it (a signer other than the reporter); everyone gets CONFIRMED.
-    gammu.receive(BEN, f"CONFIRM {alert.id} 8765")
+    gammu.receive(BEN, f"CONFIRM {alert.id} 876543")
     step_until(gateway, lambda: len(gammu.sent()) >= 6, "four CONFIRMED texts")
     assert store.get_alert(alert.id).state is State.CONFIRMED
     confirmed = gammu.sent()[2:]
@@ -148,9 +148,9 @@ def test_a_confirm_by_text_reaches_responders_first_then_the_broad_list_and_stop
 
 @pytest.mark.parametrize("text", [
     "REPORT 101 0000",          # a wrong PIN
-    "CONFIRM 1-1 4321",         # the right PIN from a number that is not a responder
+    "CONFIRM 1-1 432156",         # the right PIN from a number that is not a responder
     "REPORT 101",               # no PIN
-    "CONFIRM soon 4321",        # malformed
+    "CONFIRM soon 432156",        # malformed
 ])
 def test_a_command_without_the_right_pin_raises_nothing_and_gets_one_help(node, gammu, gateway, text):
     sender = STRANGER if text.startswith("CONFIRM") else ANA
@@ -185,7 +185,7 @@ def test_locked_texts_wait_and_the_store_shows_the_trouble(node, gammu, tmp_path
     store = Store(node.config.db_file, writes=GATEWAY_TABLES)
     gw = Gateway(store, gammu.spool, scrypt=CHEAP_KDF)
     gw.unlock(PASSPHRASE)
-    gw.book.add(gw.vault, BEN, RESPONDER, "en", time.time(), pin="8765")
+    gw.book.add(gw.vault, BEN, RESPONDER, "en", time.time(), pin="876543")
     locked = Gateway(store, gammu.spool, scrypt=CHEAP_KDF)   # the gateway after a reboot
     node.report()
     locked.step()
@@ -233,7 +233,7 @@ def test_kill_9_of_the_gateway_mid_dispatch_sends_each_text_exactly_once(node, g
     vault = book.unlock(PASSPHRASE)
     now = time.time()
     for i in range(12):
-        book.add(vault, f"+1555010{i:04d}", BROAD if i >= 3 else RESPONDER, "en", now, pin="1234")
+        book.add(vault, f"+1555010{i:04d}", BROAD if i >= 3 else RESPONDER, "en", now, pin="123456")
     store.close()
     alert = node.report()
     # CONFIRMED (as if by another node: confirming needs a second signer), so both lists get it.
@@ -277,13 +277,23 @@ def test_the_sms_commands_manage_responders_without_showing_a_number(node, tmp_p
     def run(*args, **kwargs):
         return CliRunner().invoke(cli, ["--config", str(config), "sms", *args], env=kwargs.get("env", env))
 
-    added = run("responders", "add", "+1 (555) 000-0001", "--pin", "4321", "--language", "es")
+    added = run("responders", "add", "+1 (555) 000-0001", "--pin", "432156", "--language", "es")
     assert added.exit_code == 0, added.output
     assert "555" not in added.output and "Responder r" in added.output
     status = run("status")
     assert "responder 1" in status.output and "555" not in status.output, status.output
-    assert run("responders", "add", "+15550000001", "--pin", "12").exit_code == 2   # 4 to 8 digits
-    assert run("responders", "add", "call me", "--pin", "1234").exit_code == 2      # not a number
+    assert run("responders", "add", "+15550000001", "--pin", "12").exit_code == 2   # 6 to 8 digits
+    short = run("responders", "add", "+15550000002", "--pin", "1234")
+    assert short.exit_code == 2 and "a PIN is 6 to 8 digits" in short.output, short.output
+    # A PIN locked by wrong guesses: status names the handle, unlock-pin lets the responder text again.
+    with Store(node.config.db_file) as store:
+        store.db.execute("UPDATE sms_subscribers SET pin_failures = 5")
+    assert "PIN locked" in run("status").output and "555" not in run("status").output
+    unlocked = run("responders", "unlock-pin", "+15550000001")
+    assert unlocked.exit_code == 0 and "PIN unlocked (5 wrong PINs" in unlocked.output, unlocked.output
+    assert "PIN locked" not in run("status").output
+    assert run("responders", "unlock-pin", "+15550000009").exit_code == 1          # not a responder
+    assert run("responders", "add", "call me", "--pin", "123456").exit_code == 2      # not a number
     wrong = run("responders", "remove", "+15550000001", env={"SILBATO_SMS_PASSPHRASE": "not it"})
     assert wrong.exit_code == 1 and "wrong passphrase" in wrong.output and "Traceback" not in wrong.output
     assert run("responders", "remove", "+15550000001").exit_code == 0
@@ -313,7 +323,7 @@ def test_no_modem_within_30_s_when_gammu_smsd_stops_and_cleared_when_it_returns(
     store = Store(node.config.db_file, writes=GATEWAY_TABLES)
     gw = Gateway(store, gammu.spool, scrypt=CHEAP_KDF, smsd_pid=gammu.pid)
     gw.unlock(PASSPHRASE)
-    gw.book.add(gw.vault, BEN, RESPONDER, "en", time.time(), pin="8765")
+    gw.book.add(gw.vault, BEN, RESPONDER, "en", time.time(), pin="876543")
     gw.step()
     assert sms_trouble(node.store) == ""
     gammu.stop()
@@ -333,7 +343,7 @@ def test_texts_stuck_in_the_outbox_for_25_s_are_no_modem_too(node, gammu, tmp_pa
     store = Store(node.config.db_file, writes=GATEWAY_TABLES)
     gw = Gateway(store, gammu.spool, scrypt=CHEAP_KDF, clock=clock)   # no PID file to look at
     gw.unlock(PASSPHRASE)
-    gw.book.add(gw.vault, BEN, RESPONDER, "en", clock(), pin="8765")
+    gw.book.add(gw.vault, BEN, RESPONDER, "en", clock(), pin="876543")
     gammu.stop()   # as a modem that stopped answering: gammu-smsd takes nothing from its outbox
     node.report()
     gw.step()
@@ -353,7 +363,7 @@ def test_a_flood_from_one_number_is_dropped_and_shows_as_trouble_never_an_alert(
     store = Store(node.config.db_file, writes=GATEWAY_TABLES)
     gw = Gateway(store, gammu.spool, scrypt=CHEAP_KDF, clock=clock)
     gw.unlock(PASSPHRASE)
-    gw.book.add(gw.vault, ANA, RESPONDER, "es", clock(), pin="4321")
+    gw.book.add(gw.vault, ANA, RESPONDER, "es", clock(), pin="432156")
     for i in range(25):
         gammu.receive(STRANGER, f"REPORT {node.location} 000{i % 10} tip {i}")
     until(lambda: len(list(gammu.spool.inbox.glob("IN*"))) == 25, 30, "25 texts in gammu's inbox")
@@ -382,7 +392,7 @@ def test_a_long_locked_queue_is_bounded_oldest_dropped_with_a_log_line(node, tmp
     gw = Gateway(store, Spool(tmp_path / "spool").make(), scrypt=CHEAP_KDF)
     vault = gw.book.unlock(PASSPHRASE, scrypt=CHEAP_KDF)
     for i in range(5):
-        gw.book.add(vault, f"+1555020{i:04d}", RESPONDER, "en", time.time(), pin="1234")
+        gw.book.add(vault, f"+1555020{i:04d}", RESPONDER, "en", time.time(), pin="123456")
     gw.queue_limit = 3   # locked (gw.vault is None): the texts only queue
     node.report()
     gw.step()
@@ -448,3 +458,119 @@ def test_the_texts_page_says_when_this_node_is_no_gateway_or_the_lists_are_pause
     Gateway(store, Spool(tmp_path / "spool").make(), scrypt=CHEAP_KDF).step()   # started, locked
     assert "paused until a captain unlocks" in client.get("/captain/texts").get_data(as_text=True)
     store.close()
+
+
+# -- guessing PINs, spoofed senders: limits (unit level: texts put straight into gammu's inbox) ----------
+
+_INBOX_SEQ = iter(range(10 ** 6))
+
+
+def arrive(spool, sender: str, text: str) -> None:
+    """A text from ``sender`` in gammu-smsd's inbox, as gammu-smsd writes one."""
+    n = next(_INBOX_SEQ)
+    (spool.inbox / f"IN20250101_{n:06d}_00_{sender}_00.txt").write_text(text, encoding="utf-8")
+
+
+@pytest.fixture
+def quiet(node, tmp_path):
+    """A gateway on a spool no gammu-smsd reads, on simulated time; Ana a responder (PIN 432156)."""
+    from node.gateway.spool import Spool
+
+    clock = Clock()
+    store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+    gw = Gateway(store, Spool(tmp_path / "spool").make(), scrypt=CHEAP_KDF, clock=clock)
+    gw.unlock(PASSPHRASE)
+    gw.book.add(gw.vault, ANA, RESPONDER, "es", clock(), pin="432156")
+    yield gw, clock
+    store.close()
+
+
+def texted(gw: Gateway, number: str) -> int:
+    mac = gw.vault.mac(number)
+    return gw.store.db.execute("SELECT count(*) FROM sms_queue WHERE number_mac = ?", [mac]).fetchone()[0]
+
+
+def test_five_wrong_pins_in_a_row_lock_the_pin_silently_until_a_captain_unlocks_it(node, quiet, caplog):
+    gw, clock = quiet
+
+    def text(words):
+        arrive(gw.spool, ANA, words)
+        clock.now += 7   # slower than the flood limit, as a patient guesser would be
+        gw.step()
+
+    for guess in ("000000", "111111", "222222", "333333"):
+        text(f"REPORT {node.location} {guess}")
+    text("FALSE 1-1 432156")   # the right PIN: the count starts again
+    assert gw.book.subscriber(gw.vault, ANA)["pin_failures"] == 0
+    for guess in ("000000", "111111", "222222", "333333", "444444"):
+        text(f"REPORT {node.location} {guess}")
+    assert gw.book.subscriber(gw.vault, ANA)["pin_failures"] == 5
+    assert "PIN locked: 1 responder after 5 wrong PINs" in sms_trouble(node.store)
+    replies = texted(gw, ANA)
+    requests = len(node.store.requests())
+    text(f"REPORT {node.location} 432156")   # now even the right PIN does nothing
+    text("CONFIRM 1-1 432156")
+    assert len(node.store.requests()) == requests and not node.store.active_alerts()
+    assert texted(gw, ANA) == replies, "no reply tells the guesser anything"
+    assert any("PIN is locked" in r.getMessage() and ANA not in r.getMessage() for r in caplog.records)
+    # A restart gives the guesser no fresh tries; a captain's unlock-pin does (the CLI test runs the command).
+    restarted = Gateway(gw.store, gw.spool, scrypt=CHEAP_KDF, clock=clock)
+    restarted.unlock(PASSPHRASE)
+    arrive(gw.spool, ANA, f"REPORT {node.location} 432156")
+    restarted.step()
+    assert len(node.store.requests()) == requests
+    restarted.book.pin_reset(restarted.book.subscriber(restarted.vault, ANA)["id"])
+    arrive(gw.spool, ANA, f"REPORT {node.location} 432156")
+    clock.now += 7
+    restarted.step()
+    assert len(node.store.requests()) == requests + 1, "unlocked: the right PIN acts again"
+    assert "PIN locked" not in sms_trouble(node.store)
+
+
+def test_new_responders_need_a_pin_of_at_least_6_digits(quiet):
+    gw, clock = quiet
+    with pytest.raises(ValueError, match="a PIN is 6 to 8 digits"):
+        gw.book.add(gw.vault, BEN, RESPONDER, "en", clock(), pin="8765")
+    assert gw.book.subscriber(gw.vault, BEN) is None
+
+
+def test_a_spoofed_number_cannot_make_the_gateway_text_a_victim_without_limit(node, quiet):
+    from node.gateway import service
+
+    gw, clock = quiet
+    for _ in range(20):   # JOIN, YES, STOP, HELP, over and over, just under the flood limit
+        for words in ("JOIN", "YES", "STOP", "HELP"):
+            arrive(gw.spool, STRANGER, words)
+            clock.now += 7
+            gw.step()
+        assert gw.book.subscriber(gw.vault, STRANGER) is None, "a STOP is honoured at once, every time"
+    assert texted(gw, STRANGER) == service.REPLIES_PER_NUMBER, "replies to one number are limited"
+    clock.now += service.REPLY_WINDOW
+    arrive(gw.spool, STRANGER, "JOIN")
+    gw.step()
+    assert texted(gw, STRANGER) == service.REPLIES_PER_NUMBER + 1, "a day later: a reply again"
+    # Many spoofed numbers: an hourly cap on every automatic reply together.
+    clock.now += 3600
+    numbers = [f"+1555030{i:04d}" for i in range(service.REPLIES_PER_HOUR + 20)]
+    for number in numbers:
+        arrive(gw.spool, number, "JOIN")
+    gw.step()
+    assert sum(texted(gw, number) for number in numbers) == service.REPLIES_PER_HOUR
+    clock.now += 3600
+    arrive(gw.spool, "+15550399999", "JOIN")
+    gw.step()
+    assert texted(gw, "+15550399999") == 1, "an hour later the cap has room again"
+
+
+def test_the_help_memory_forgets_spoofed_senders(quiet):
+    from node.gateway import service
+
+    gw, clock = quiet
+    for i in range(50):
+        arrive(gw.spool, f"+1555040{i:04d}", "HELP")
+    gw.step()
+    assert len(gw._helped) == 50
+    clock.now += service.REPLY_WINDOW
+    arrive(gw.spool, STRANGER, "HELP")
+    gw.step()
+    assert len(gw._helped) == 1 and len(gw._replied) == 1, "numbers not heard from for a day are forgotten"

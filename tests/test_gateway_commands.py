@@ -23,6 +23,10 @@ from node.gateway.segments import count
     ("CONFIRM 3-41 12", Command("BAD")),
     ("CONFIRM x 4321", Command("BAD")),
     ("X" * (MAX_TEXT + 1), Command("BAD")),      # oversized: not read
+    ("Report12 1234", Command("BAD")),           # a mistyped command holds a PIN: never a tip
+    ("CONFIRM: 3-7 1234", Command("BAD")),
+    ("clear3-41 123456", Command("BAD")),
+    ("FALSE-ALARM 3-41 123456", Command("BAD")),
     ("vans by the laundromat", Command("TIP", "vans by the laundromat")),
     ("stop the raid please", Command("TIP", "stop the raid please")),
 ])

@@ -8,12 +8,25 @@ before the hand-off); ``key`` makes each (alert state, subscriber) one row.
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from node.gateway.vault import Vault, VaultError, new_salt
 from node.store import Store
 
 RESPONDER, BROAD, PENDING = "responder", "broad", "pending"
+PIN_TRIES = 5            # wrong PINs in a row after which a responder's PIN is locked
+PIN_RULE = "a PIN is 6 to 8 digits"   # new PINs; older 4- and 5-digit ones still work until changed
+_NEW_PIN = re.compile(r"^\d{6,8}$")
+
+
+def check_pin(pin: str) -> None:
+    """Raise ``ValueError`` naming the rule unless ``pin`` may be given to a responder now.
+
+    Six digits: with the lockout after ``PIN_TRIES`` wrong ones, a guesser's odds are 5 in a
+    million instead of 5 in ten thousand."""
+    if not _NEW_PIN.match(pin):
+        raise ValueError(PIN_RULE)
 
 
 def masked(number: str) -> str:
@@ -65,7 +78,12 @@ class Book:
         return rows[0] if rows else None
 
     def add(self, vault: Vault, number: str, list_name: str, language: str, now: float, pin: str = "") -> dict:
-        """Put ``number`` on ``list_name`` (replacing its entry on any list); returns the row."""
+        """Put ``number`` on ``list_name`` (replacing its entry on any list); returns the row.
+
+        A responder needs a PIN by ``check_pin``'s rule (``ValueError`` otherwise); a new entry
+        starts with no wrong PINs."""
+        if list_name == RESPONDER:
+            check_pin(pin)
         mac = vault.mac(number)
         handle = "r" + secrets.token_hex(4)
         with self.store.transaction():
@@ -85,6 +103,29 @@ class Book:
     def pin_ok(self, vault: Vault, subscriber: dict, pin: str) -> bool:
         return bool(subscriber["pin_mac"]) and secrets.compare_digest(
             subscriber["pin_mac"], vault.mac(f"pin:{subscriber['number_mac']}:{pin}"))
+
+    def pin_locked(self, subscriber: dict) -> bool:
+        return (subscriber.get("pin_failures") or 0) >= PIN_TRIES
+
+    def pin_failed(self, subscriber_id: int) -> int:
+        """Count one more wrong PIN for ``subscriber_id``; returns how many in a row now."""
+        with self.store.transaction():
+            self.db.execute("UPDATE sms_subscribers SET pin_failures = pin_failures + 1 WHERE id = ?",
+                            [subscriber_id])
+            row = self.db.execute("SELECT pin_failures FROM sms_subscribers WHERE id = ?", [subscriber_id]).fetchone()
+        return row[0] if row else 0
+
+    def pin_reset(self, subscriber_id: int) -> None:
+        """A right PIN, or a captain's ``unlock-pin``: no wrong PINs counted."""
+        with self.store.transaction():
+            self.db.execute("UPDATE sms_subscribers SET pin_failures = 0 WHERE id = ? AND pin_failures != 0",
+                            [subscriber_id])
+
+    def pin_locked_handles(self) -> list[str]:
+        """The handles of responders whose PIN is locked (``PIN_TRIES`` wrong in a row)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT handle FROM sms_subscribers WHERE list = ? AND pin_failures >= ? ORDER BY id",
+            [RESPONDER, PIN_TRIES])]
 
     def remove(self, vault: Vault, number: str) -> list[dict]:
         """Take ``number`` off every list at once, and its texts not yet handed to the modem.
@@ -167,4 +208,4 @@ class Book:
         return list(self.db.query("SELECT id, text, received_at FROM sms_tips ORDER BY id"))
 
 
-__all__ = ["Book", "RESPONDER", "BROAD", "PENDING", "VaultError"]
+__all__ = ["BROAD", "PENDING", "PIN_RULE", "PIN_TRIES", "RESPONDER", "Book", "VaultError", "check_pin"]

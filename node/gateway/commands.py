@@ -1,6 +1,9 @@
 """What an incoming text asks: pure, text in, a ``Command`` out.
 
 Responders' commands carry their personal PIN last; a text that is none of these is a tip.
+A text whose first word merely starts with a responder's verb ("Report12 1234", "CONFIRM:
+3-7 1234") is BAD, not a tip: a mistyped command holds a PIN, and a tip is kept in plain text.
+The price: a tip worded "Clearly ..." or "False alarm ..." gets the HELP text instead.
 Case and extra spaces do not matter; ``FALSE`` is a cancel (a false alarm).
 """
 
@@ -41,6 +44,8 @@ def parse(text: str) -> Command:
         if verb != "REPORT" and not _ALERT_ID.match(words[1]):
             return Command("BAD")
         return Command(verb, words[1], words[2])
+    if verb.startswith(tuple(ACTIONS)):
+        return Command("BAD")  # a mistyped responder command: it may hold a PIN
     if verb == "JOIN" and len(words) <= 2:
         language = words[1].lower() if len(words) == 2 else "en"
         return Command("JOIN", language if language in LANGUAGES else "en")

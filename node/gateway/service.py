@@ -28,6 +28,13 @@ Troubles the gateway watches for itself (each step, in ``sms_state``'s ``trouble
 - **flooding**: more than ``FLOOD_TEXTS`` texts from one number within ``FLOOD_WINDOW``
   seconds; the rest are deleted unread (no reply, no tip, never an alert) until the window
   passes. A trouble on the node's light, never a siren.
+- **PIN locked**: a responder's PIN had ``PIN_TRIES`` wrong guesses in a row; their texted
+  commands are refused, silently, until a captain runs ``silbato sms responders unlock-pin``.
+
+Automatic replies (HELP, JOIN's question, the welcome, STOP's confirmation) are limited, since
+a sender's number can be spoofed to make the gateway text a victim: at most one HELP per number
+an hour, ``REPLIES_PER_NUMBER`` replies of any kind per number a day, ``REPLIES_PER_HOUR`` to
+everyone together. What a text does (a STOP's removal) never waits for its reply.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from pathlib import Path
 from typing import Callable
 
 from node.gateway import commands, texts
-from node.gateway.book import BROAD, PENDING, RESPONDER, Book
+from node.gateway.book import BROAD, PENDING, PIN_TRIES, RESPONDER, Book
 from node.gateway.spool import Incoming, Spool
 from node.gateway.vault import Vault, VaultError
 from node.protocol.alerts import Kind, State
@@ -53,6 +60,9 @@ log = logging.getLogger(__name__)
 
 POLL = 1.0            # seconds between steps
 HELP_EVERY = 3600.0   # seconds: at most one HELP reply per number in this time
+REPLIES_PER_NUMBER = 4  # automatic replies (help, join, welcome, stopped) to one number within REPLY_WINDOW
+REPLY_WINDOW = 86400.0  # seconds
+REPLIES_PER_HOUR = 100  # automatic replies to all numbers together within an hour
 BACKLOG = 1000        # queued texts beyond which the trouble says the queue is backing up
 HAND_OFF_BATCH = 100  # texts put in the outbox per step
 QUEUE_LIMIT = 2000    # queued texts kept at most (locked for long): beyond, the oldest are dropped
@@ -89,7 +99,10 @@ class Gateway:
         self.vault: Vault | None = None
         self.lock = threading.Lock()
         self._planned: set[tuple[str, int]] = set()
-        self._helped: dict[str, float] = {}
+        self._helped: dict[str, float] = {}          # number's mac -> when it was last sent HELP
+        self._replied: dict[str, deque] = {}          # number's mac -> when its automatic replies went
+        self._replies: deque = deque()                # when every automatic reply of the last hour went
+        self._capped_until = float("-inf")            # the hourly cap's log line: once an hour
         self._shown: tuple[str, str] | None = None
 
     # -- unlocking -------------------------------------------------------------------------------
@@ -229,6 +242,7 @@ class Gateway:
     def answer(self, now: float) -> None:
         if self.vault is None:
             return
+        self._forget(now)
         for message in self.spool.incoming():
             try:
                 if not self._flooded(message, now):
@@ -267,11 +281,26 @@ class Gateway:
         subscriber = self.book.subscriber(vault, message.sender)
         language = subscriber["language"] if subscriber else "en"
         if command.verb in commands.ACTIONS:
-            if (subscriber is None or subscriber["list"] != RESPONDER
-                    or not self.book.pin_ok(vault, subscriber, command.pin)):
-                log.warning("a %s from %s was refused: not a responder, or a wrong PIN", command.verb, who)
+            if subscriber is None or subscriber["list"] != RESPONDER:
+                log.warning("a %s from %s was refused: not a responder", command.verb, who)
                 self._help(message, language, now)
                 return
+            if self.book.pin_locked(subscriber):
+                # No reply: the sender must not learn that the guessing was noticed, nor the PIN's state.
+                log.warning("a %s from responder %s was refused: their PIN is locked (a captain runs "
+                            "'silbato sms responders unlock-pin')", command.verb, subscriber["handle"])
+                return
+            if not self.book.pin_ok(vault, subscriber, command.pin):
+                failures = self.book.pin_failed(subscriber["id"])
+                if failures >= PIN_TRIES:
+                    log.warning("responder %s: %d wrong PINs in a row; their PIN is locked until a captain runs "
+                                "'silbato sms responders unlock-pin'", subscriber["handle"], failures)
+                    return
+                log.warning("a %s from responder %s was refused: a wrong PIN (%d in a row)", command.verb,
+                            subscriber["handle"], failures)
+                self._help(message, language, now)
+                return
+            self.book.pin_reset(subscriber["id"])
             action = commands.ACTIONS[command.verb]
             request = self.store.add_request(
                 action, captain=f"sms:{subscriber['handle']}", now=now,
@@ -306,14 +335,43 @@ class Gateway:
         mac = self.vault.mac(message.sender)
         if now - self._helped.get(mac, float("-inf")) < HELP_EVERY:
             return
-        self._helped[mac] = now
-        self._reply(message, "help", language, now)
+        if self._reply(message, "help", language, now):
+            self._helped[mac] = now
 
-    def _reply(self, message: Incoming, kind: str, language: str, now: float) -> None:
+    def _reply(self, message: Incoming, kind: str, language: str, now: float) -> bool:
+        """Queue an automatic reply unless a limit says no (logged); whether it was queued."""
         vault = self.vault
+        mac = vault.mac(message.sender)
+        replied = self._replied.get(mac, ())
+        if len(replied) >= REPLIES_PER_NUMBER:
+            log.info("no %s reply to %s: %d replies to that number in %.0f h already", kind,
+                     vault.pseudonym(message.sender), REPLIES_PER_NUMBER, REPLY_WINDOW / 3600)
+            return False
+        if len(self._replies) >= REPLIES_PER_HOUR:
+            if now >= self._capped_until:
+                log.warning("automatic replies capped: %d sent within the hour; more are not sent until it passes",
+                            REPLIES_PER_HOUR)
+                self._capped_until = self._replies[0] + 3600.0
+            return False
+        self._replied.setdefault(mac, deque()).append(now)
+        self._replies.append(now)
         self.book.enqueue(f"reply:{vault.mac(message.files[0].name)}", number_enc=vault.seal(message.sender),
                           number_mac=vault.mac(message.sender), priority="C", text=texts.reply_text(kind, language),
                           now=now)
+        return True
+
+    def _forget(self, now: float) -> None:
+        """Drop reply times past their limits' windows, so spoofed senders cannot grow these without bound."""
+        while self._replies and now - self._replies[0] >= 3600.0:
+            self._replies.popleft()
+        for mac in list(self._replied):
+            times = self._replied[mac]
+            while times and now - times[0] >= REPLY_WINDOW:
+                times.popleft()
+            if not times:
+                del self._replied[mac]
+        for mac in [m for m, when in self._helped.items() if now - when >= HELP_EVERY]:
+            del self._helped[mac]
 
     # -- state -----------------------------------------------------------------------------------------
 
@@ -333,6 +391,10 @@ class Gateway:
             troubles.append(f"queue full: {self._overflow} oldest texts dropped")
         if self.clock() < self._flooding_until:
             troubles.append("flooding: texts from one number are dropped")
+        locked = self.book.pin_locked_handles()
+        if locked:
+            troubles.append(f"PIN locked: {len(locked)} responder{'s' if len(locked) > 1 else ''} "
+                            f"after {PIN_TRIES} wrong PINs ('silbato sms responders unlock-pin')")
         trouble = "; ".join(troubles)
         if self._shown != (state, trouble):
             self.book.set_state("state", state)

@@ -64,7 +64,7 @@ ALLOWED_COLUMNS: dict[str, dict[str, str]] = {
     # with the retention period; a subscriber stays until STOP or 'silbato sms responders remove'.
     "sms_subscribers": {"id": CODE, "list": MACHINE, "number_enc": SEALED, "number_mac": SEALED,
                         "pin_mac": SEALED, "language": MACHINE, "handle": CODE, "created_at": TIME,
-                        "joined_at": TIME, "masked": MASKED},
+                        "joined_at": TIME, "masked": MASKED, "pin_failures": CODE},
     "sms_queue": {"id": CODE, "key": SEALED, "number_enc": SEALED, "number_mac": SEALED, "priority": MACHINE,
                   "alert_id": CODE, "state": CODE, "text": ROSTER, "status": MACHINE, "created_at": TIME,
                   "handed_at": TIME, "done_at": TIME},
