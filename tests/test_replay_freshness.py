@@ -287,6 +287,31 @@ def test_frames_recorded_through_the_real_library_change_nothing_when_played_bac
                     f"node {i} heard a neighbour's neighbour's heartbeat"
                 new = {(e["signer"], e["counter"]) for e in node.store.events()} - events[i]
                 assert not new & {wire.peek_origin(p) for p in recorded}, f"a replay went into node {i}'s log"
-                assert all(node.supervisor.status(j, node.clock()) == "ok" for j in (1, 2, 3))
+                # No building made silent, out of reach or in trouble by a replay. A building two hops
+                # away may still be "unknown" (waiting for first contact): which live heartbeat first
+                # carried news of it before the check is a matter of timing on the air.
+                statuses = {j: node.supervisor.status(j, node.clock()) for j in (1, 2, 3)}
+                assert set(statuses.values()) <= {"ok", "unknown"}, (i, statuses, node.store.troubles())
+                assert all(statuses[j] == "ok" for j in (1, 2, 3) if abs(i - j) <= 1), (i, statuses)
     finally:
         block.stop()
+
+
+def test_a_flood_of_old_recordings_cannot_get_a_building_muted_as_flooding(line):
+    """The flood limit counts frames that pass the signature and replay checks. Heartbeats go to
+    direct neighbours only, so node 1 never saw node 3's counters: played back by the dozen, they
+    would count as node 3 flooding, and node 3's next real alert would be dropped. Old news is
+    dropped before the flood limit weighs it."""
+    block, air = line
+    block.scheduler.run_until_true(lambda: air.count(3, wire.FrameType.HEARTBEAT) >= 45, limit=24 * 3600)
+    block.scheduler.run_for(FRESH + 5)
+    heartbeats = [p for p in air.signed_by(3, wire.FrameType.HEARTBEAT)
+                  if not block.nodes[1].store.seen(*wire.peek_origin(p))]
+    assert len(heartbeats) >= 40, len(heartbeats)
+    one = block.nodes[1]
+    for payload in heartbeats:
+        one.on_frame(payload)   # as if heard from a radio in range, one after another
+    assert one.counts["rate-limited"] == 0 and "flooding" not in one.store.troubles()
+    assert one.counts["stale-heartbeat"] >= len(heartbeats)
+    alert = block.nodes[3].report(location=103)
+    assert block.scheduler.run_until_true(lambda: one.store.get_alert(alert.id) is not None, limit=60) is not None

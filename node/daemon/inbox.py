@@ -22,6 +22,7 @@ from node.daemon.relays import Receipts, Relays
 from node.daemon.troubles import Troubles
 from node.errors import FrameError, StoreError
 from node.protocol import wire
+from node.protocol.clock import FRESH
 from node.protocol.alerts import Alert
 from node.protocol.keys import Roster
 from node.protocol.ratelimit import OriginRateLimit
@@ -70,6 +71,17 @@ class Inbox:
                 self.counts["own-echo"] += 1
                 self.relays.copy_heard(data)
                 return
+            if self._stale(frame, now):
+                # A heartbeat or receipt signed long ago: a recording played back (node.protocol.clock).
+                # Dropped before the flood limit, so replaying a building's old frames cannot get that
+                # building's live frames (its alerts) dropped as a flood; marked seen, so it is not
+                # weighed again.
+                try:
+                    with self.store.transaction():
+                        self.store.mark_seen(frame.origin, frame.counter)
+                except StoreError as exc:
+                    log.error("storage failed; a stale frame from %s not marked seen: %s", frame.origin, exc)
+                return
             if not self.rate_limit.allow(frame.origin, now):
                 self.counts["rate-limited"] += 1  # dropped before it touches the store
                 log.debug("frame from node %s dropped: it is flooding the channel", frame.origin)
@@ -88,6 +100,17 @@ class Inbox:
                 self.desk.sound(sound, at_origin=False)
             self.troubles.show()
             self._changed.notify_all()
+
+    def _stale(self, frame: wire.Frame, now: float) -> bool:
+        """Whether ``frame`` is a heartbeat or receipt signed more than ``FRESH`` seconds ago
+        (counted as ``stale-heartbeat`` or ``stale-receipt``)."""
+        if not isinstance(frame, (wire.HeartbeatFrame, wire.ReceiptFrame)):
+            return False
+        if now - self.liveness.signed_at(frame.clock, now) <= FRESH:
+            return False
+        self.counts["stale-heartbeat" if isinstance(frame, wire.HeartbeatFrame) else "stale-receipt"] += 1
+        log.debug("%s from node %s signed long ago: old news", type(frame).__name__, frame.origin)
+        return True
 
     def _seen(self, origin: int, counter: int) -> bool:
         """The replay check (``wire.decode``); this node's own frames are dropped after it, as ``own-echo``."""
