@@ -86,7 +86,8 @@ def test_the_flooding_trouble_comes_and_goes_with_the_flood(tmp_path):
         counter = iter(range(1, 10_000))
 
         def heartbeat(origin: int) -> bytes:
-            return sign(wire.HeartbeatFrame(origin, next(counter), 0, 2, 0, 0, 0, b"", 0))
+            # stamped with the node's block time: fresh news (an old one is dropped before the flood limit)
+            return sign(wire.HeartbeatFrame(origin, next(counter), 0, 2, 0, 0, 0, b"", node.signer.stamp(clock[0])))
 
         for _ in range(FLOOD):
             clock[0] += GAP
