@@ -270,10 +270,12 @@ class Receipts:
     def neighbour_back(self, neighbour: int, now: float) -> None:
         """A neighbour heard again after a silence: pass it, soon, every state this node holds that its
         coverage shows the neighbour lacks. Its heartbeat shows only its latest alert, and the gap
-        repairs of alerts raised while it was away were spent on it then."""
+        repairs of alerts raised while it was away were spent on it then. Active alerts only: an
+        ended one it still shows as active its heartbeat asks for, and the ended states of old alerts,
+        whose coverage seldom settles completely, would fill the air with old news."""
         for (alert_id, state), receipt in self._receipts.items():
             alert = self.store.get_alert(alert_id)
-            if alert is None or alert.state is not state or state not in alerts.ON_AIR:
+            if alert is None or alert.state is not state or state not in alerts.ACTIVE:
                 continue
             if neighbour in self.store.coverage(alert_id, state)[0]:
                 continue
