@@ -158,13 +158,13 @@ class Liveness:
             log.debug("heartbeat from node %s signed %.0f s ago: old news", frame.origin, now - signed)
             return
         self.store.peer_heard(frame.origin, signed, frame.troubles)
-        last = self.supervisor.evidence.get(frame.origin)
-        back = (self.supervisor.status(frame.origin, now) in ("silent", "unreachable", "unknown")
-                or last is None or signed - last > self.supervisor.period / 2)
+        # Back from a real outage: shown silent or out of reach here. (Not a mere gap in first-hand
+        # news: on LONG_FAST those are common, and repairing on each doubled every-node p95 in P3.)
+        back = self.supervisor.status(frame.origin, now) in ("silent", "unreachable")
         self.supervisor.heard(frame.origin, signed, supervision.trouble_bits_from_mask(frame.troubles))
         if back:
-            # Heard first-hand after a silence (or for the first time since this node started):
-            # it may have missed any number of alerts meanwhile, not just the latest its heartbeat shows.
+            # Heard first-hand after a silence: it may have missed any number of alerts meanwhile,
+            # not just the latest its heartbeat shows.
             self.on_back(frame.origin, now)
         if frame.troubles & WIPED_BIT:
             name = self.roster.members[frame.origin].name

@@ -268,7 +268,7 @@ class Receipts:
             self.schedule(alert.id, state, now)
 
     def neighbour_back(self, neighbour: int, now: float) -> None:
-        """A neighbour heard again after a silence: pass it, soon, every state this node holds that its
+        """A neighbour heard again after an outage: pass it, soon, every state this node holds that its
         coverage shows the neighbour lacks. Its heartbeat shows only its latest alert, and the gap
         repairs of alerts raised while it was away were spent on it then. Active alerts only: an
         ended one it still shows as active its heartbeat asks for, and the ended states of old alerts,
