@@ -35,6 +35,9 @@ WEB_TABLES = frozenset({"captains", "requests", "notes", "sessions", "evidence",
 # The only tables the SMS gateway (``silbato gateway``) may write: its lists, queue, tips and
 # state, and captains' requests (a responder's texted REPORT or CONFIRM). Never alerts or troubles.
 GATEWAY_TABLES = frozenset({"requests", "sms_subscribers", "sms_queue", "sms_tips", "sms_state", "sms_replies"})
+# The only tables the neighborhood bridge (``silbato bridge``) may write: what it took from the
+# broker, its own state, and the ``sent_at`` mark of what it published (node/bridgequeue.py).
+BRIDGE_TABLES = frozenset({"bridge_in", "bridge_out", "bridge_state"})
 # Seconds: a captain's request older than this is refused, not acted on, so that a click
 # made while the daemon was down does not raise a siren minutes later.
 REQUEST_TTL = 60.0
@@ -180,6 +183,25 @@ def m009_sms_pin_failures(db: sqlite_utils.Database) -> None:
     tries; reset by a right PIN and by ``silbato sms responders unlock-pin``.
     """
     db["sms_subscribers"].add_column("pin_failures", int, not_null_default=0)
+
+
+@migrations()
+def m010_bridge(db: sqlite_utils.Database) -> None:
+    """The neighborhood bridge's queues (node/bridgequeue.py): the store is its only link to the daemon.
+
+    ``bridge_out``: what the daemon wants published (its block's signed roster, retained, and
+    the signed frames of its alerts' state changes), in ``id`` order; the bridge sets ``sent_at``
+    once the broker acknowledged it (QoS 1), so a message survives a broker outage and a restart.
+    ``bridge_in``: every message the bridge took from the broker, as received, for the daemon
+    to check and consume (it deletes the row). ``bridge_state``: the link's state and counters.
+    """
+    # AUTOINCREMENT: an id is never reused, so a late acknowledgement cannot mark a newer row sent.
+    db.execute("CREATE TABLE bridge_out (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+               "payload BLOB NOT NULL, retain INTEGER NOT NULL, created_at REAL NOT NULL, sent_at REAL)")
+    db["bridge_out"].create_index(["sent_at"])
+    db.execute("CREATE TABLE bridge_in (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+               "payload BLOB NOT NULL, received_at REAL NOT NULL)")
+    db["bridge_state"].create({"key": str, "value": str}, pk="key")
 
 
 def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
@@ -456,12 +478,16 @@ class Store:
         self.db.execute("DELETE FROM troubles WHERE subsystem = ?", [subsystem])
 
     def troubles(self) -> dict[str, str]:
-        """The daemon's troubles, and the SMS gateway's (which writes only its own ``sms_state``)."""
+        """The daemon's troubles, the SMS gateway's and the bridge's (each writes only its own state table)."""
         found = {r["subsystem"]: r["message"] for r in self.db.query("SELECT * FROM troubles")}
         if self.db["sms_state"].exists():  # a database not yet migrated (a reader opened it first)
             row = self.db.execute("SELECT value FROM sms_state WHERE key = 'trouble'").fetchone()
             if row and row[0]:
                 found["sms gateway"] = row[0]
+        if self.db["bridge_state"].exists():
+            row = self.db.execute("SELECT value FROM bridge_state WHERE key = 'trouble'").fetchone()
+            if row and row[0]:
+                found["neighborhood"] = row[0]
         return found
 
     def meta(self, key: str) -> str | None:
