@@ -244,6 +244,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sms.max_age", float, 900.0,
             "Seconds: the SMS gateway texts about an alert only if it changed this recently (a gateway "
             "started late does not text old news).", bounds=SECONDS),
+    Setting("neighborhood.name", str, "",
+            "The neighborhood this block belongs to (its MQTT topics are silbato/<name>/...). Empty: the "
+            "block shares nothing beyond itself (docs/neighborhood.md)."),
+    Setting("bridge.enabled", bool, False,
+            "This node is one of its block's bridge nodes (a network path to the neighborhood's MQTT "
+            "broker): 'silbato install' and 'silbato update' enable and start silbato-bridge, and the "
+            "daemon shares its block's confirmed alerts and passes on its neighbors' (docs/neighborhood.md)."),
     Setting("log.level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
             choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
