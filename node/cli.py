@@ -288,6 +288,146 @@ def roster_show(ctx: click.Context) -> None:
     click.echo(config_mod.describe_block(effective))
 
 
+# -- neighborhood ---------------------------------------------------------------------------
+
+@cli.group()
+def neighborhood() -> None:
+    """The neighborhood roster: the member blocks, signed by the neighborhood's organizers."""
+
+
+def _body(path: str) -> dict:
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("blocks"), list):
+        raise click.ClickException(f"{path}: not a neighborhood roster body ('silbato neighborhood init' makes one)")
+    return data
+
+
+def _write_body(path: str, body: dict) -> None:
+    Path(path).write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+@neighborhood.command("init")
+@click.argument("name")
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to create the neighborhood organizers' signing key (its public key: KEY.pub).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The new, empty roster body (JSON).")
+def neighborhood_init(name: str, key_path: str, out: str) -> None:
+    """Create the neighborhood organizers' key and an empty roster body for neighborhood NAME."""
+    from node.protocol.keys import SigningKey
+    from node.protocol.neighborhood import check_name
+
+    check_name(name, "neighborhood name")
+    if Path(out).exists():
+        raise click.ClickException(f"{out} exists already; it was not replaced")
+    key = SigningKey.create(Path(key_path))  # KeyFileError if it exists: the organizers make it once
+    Path(key_path + ".pub").write_text(key.public_b64 + "\n")
+    _write_body(out, {"name": name, "version": 1, "blocks": []})
+    click.echo(f"created {key_path} (keep it off the nodes), {key_path}.pub (install on every node as "
+               f"neighborhood.organizer_key) and {out}: add blocks ('silbato neighborhood add-block'), then sign it")
+
+
+@neighborhood.command("add-block")
+@click.argument("body", type=click.Path(exists=True, dir_okay=False))
+@click.argument("name")
+@click.option("--organizer-key", "organizer", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The public key that signs that block's roster (its organizer.pub).")
+@click.option("--area", default="", help='A short public description, such as "Elm St 100-200".')
+@click.option("--neighbor", "neighbors", multiple=True, help="A neighboring block already listed (repeatable).")
+def neighborhood_add_block(body: str, name: str, organizer: str, area: str, neighbors: tuple[str, ...]) -> None:
+    """Add block NAME (or replace its entry) in BODY, and raise BODY's version."""
+    from node.protocol.keys import load_public
+    from node.protocol.neighborhood import _parse_body, block_entry, check_name
+
+    data = _body(body)
+    check_name(name, "block name")
+    entry = block_entry(name, load_public(Path(organizer)), area, neighbors)
+    data["blocks"] = [b for b in data["blocks"] if not (isinstance(b, dict) and b.get("name") == name)] + [entry]
+    data["version"] = int(data.get("version", 0)) + 1
+    try:
+        _parse_body(data)
+    except SilbatoError as exc:
+        raise click.ClickException(f"{body}: {exc}") from None
+    _write_body(body, data)
+    click.echo(f"{body}: block {name!r} added (version {data['version']}); sign it to publish it")
+
+
+@neighborhood.command("revoke-block")
+@click.argument("body", type=click.Path(exists=True, dir_okay=False))
+@click.argument("name")
+def neighborhood_revoke_block(body: str, name: str) -> None:
+    """Mark block NAME revoked in BODY (its alerts no longer cross), and raise BODY's version."""
+    data = _body(body)
+    found = [b for b in data["blocks"] if isinstance(b, dict) and b.get("name") == name]
+    if not found:
+        raise click.ClickException(f"{body}: no block {name!r}")
+    found[0]["revoked"] = True
+    data["version"] = int(data.get("version", 0)) + 1
+    _write_body(body, data)
+    click.echo(f"{body}: block {name!r} revoked (version {data['version']}); sign it to publish it")
+
+
+@neighborhood.command("sign")
+@click.argument("body", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The neighborhood organizers' private key.")
+@click.option("--out", type=click.Path(dir_okay=False), default="-", help="Where to write the signed roster.")
+def neighborhood_sign(body: str, key_path: str, out: str) -> None:
+    """Sign BODY, a JSON file {"name", "version", "blocks": [...], "policy": {...}}, with the organizers' key."""
+    from node.protocol.keys import load_organizer_key
+    from node.protocol.neighborhood import sign_neighborhood
+
+    data = _read_json(body)
+    organizer = load_organizer_key(Path(key_path))
+    try:
+        document = sign_neighborhood(data, organizer)
+    except SilbatoError as exc:
+        raise click.ClickException(f"{body}: {exc}") from None
+    text = json.dumps(document, indent=1, ensure_ascii=False) + "\n"
+    if out == "-":
+        click.echo(text, nl=False)
+    else:
+        Path(out).write_text(text, encoding="utf-8")
+        click.echo(f"signed neighborhood roster v{data['version']} ({len(data['blocks'])} blocks) written to {out}")
+
+
+@neighborhood.command("install")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def neighborhood_install(ctx: click.Context, file: str) -> None:
+    """Verify FILE against neighborhood.organizer_key and install it (the daemon reads it at start).
+
+    Refuses a bad signature, another neighborhood than neighborhood.name, or an older version.
+    """
+    from node.protocol.keys import load_public
+    from node.protocol.neighborhood import install_neighborhood, roster_path
+
+    cfg = load_config(ctx)
+    try:
+        result = install_neighborhood(_read_json(file), load_public(Path(cfg["neighborhood.organizer_key"])),
+                                      roster_path(cfg), name=cfg["neighborhood.name"])
+    except SilbatoError as exc:
+        raise click.ClickException(f"{file}: {exc}") from None
+    click.echo(f"installed neighborhood roster v{result.version} of {result.name!r} ({len(result.blocks)} blocks) "
+               f"at {roster_path(cfg)}")
+
+
+@neighborhood.command("show")
+@click.pass_context
+def neighborhood_show(ctx: click.Context) -> None:
+    """Print the installed neighborhood roster after checking its signature."""
+    from node.protocol.neighborhood import load_installed, policy_from_settings
+
+    cfg = load_config(ctx)
+    r = load_installed(cfg)
+    click.echo(f"neighborhood {r.name!r}, version {r.version}")
+    for b in r.blocks.values():
+        click.echo(f"  {b.name:16s} {b.code:08x} {b.area}  neighbors: {', '.join(sorted(b.neighbors)) or '-'}"
+                   f"{'  REVOKED' if b.revoked else ''}")
+    policy = r.policy or policy_from_settings(cfg)
+    click.echo(f"crossing: {', '.join(s.word for s in sorted(policy.states))} to {policy.to} "
+               f"({'the roster' if r.policy else 'this node'}'s policy)")
+
+
 # -- wipe -------------------------------------------------------------------------------
 
 @cli.command()

@@ -247,6 +247,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("neighborhood.name", str, "",
             "The neighborhood this block belongs to (its MQTT topics are silbato/<name>/...). Empty: the "
             "block shares nothing beyond itself (docs/neighborhood.md)."),
+    Setting("neighborhood.roster", str, "",
+            "The installed neighborhood roster (the member blocks, signed by the neighborhood's "
+            "organizers). Empty: <state_dir>/neighborhood.json."),
+    Setting("neighborhood.organizer_key", str, "/etc/silbato/neighborhood.pub",
+            "The neighborhood organizers' public key; only neighborhood rosters signed by it are installed."),
+    Setting("neighborhood.cross", str, "confirmed,all_clear,cancelled",
+            "Which alert states cross between blocks (comma-separated: reported, confirmed, all_clear, "
+            "cancelled), unless the neighborhood roster carries a policy."),
+    Setting("neighborhood.cross_to", str, "neighbors",
+            "To which blocks alerts cross: the neighbors the neighborhood roster names, or all its blocks; "
+            "unless the neighborhood roster carries a policy.", choices=("neighbors", "all")),
+    Setting("neighborhood.siren", bool, False,
+            "A raid confirmed nearby sounds the siren's CONFIRMED pattern. False: a short chime only."),
     Setting("bridge.enabled", bool, False,
             "This node is one of its block's bridge nodes (a network path to the neighborhood's MQTT "
             "broker): 'silbato install' and 'silbato update' enable and start silbato-bridge, and the "
