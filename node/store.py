@@ -204,6 +204,31 @@ def m010_bridge(db: sqlite_utils.Database) -> None:
     db["bridge_state"].create({"key": str, "value": str}, pk="key")
 
 
+@migrations()
+def m011_neighborhood(db: sqlite_utils.Database) -> None:
+    """The neighborhood (node/daemon/neighborhood.py): what a bridge node shared and took, and NEARBY alerts.
+
+    ``neighborhood_shared``: each (incident, state) of this block a bridge node queued for the
+    broker, so it goes once, across restarts. ``neighborhood_blocks``: the other blocks' signed
+    rosters, as a bridge node took them (version only rises). ``neighborhood_counters``: the
+    replay window of each (foreign block, origin), as ``counters`` is for this block.
+    ``neighborhood_drops``: foreign messages refused, counted by reason. ``nearby``: alert states
+    on other blocks, one row per (foreign block, foreign alert, state), however many NEARBY
+    frames told it (two bridge nodes, re-sends): what the page shows.
+    """
+    db["neighborhood_shared"].create({"alert_id": str, "state": int, "queued_at": float}, pk=("alert_id", "state"))
+    db["neighborhood_blocks"].create({"block": str, "version": int, "document": str, "updated_at": float},
+                                     pk="block")
+    db["neighborhood_counters"].create({"block": str, "origin": int, "highest": int, "bitmap": int},
+                                       pk=("block", "origin"))
+    db["neighborhood_drops"].create({"reason": str, "count": int, "last_at": float}, pk="reason")
+    db["nearby"].create({
+        "block_code": int, "reporter": int, "counter": int, "state": int, "block": str, "area": str,
+        "place": str, "location": int, "signer": int, "received_at": float,
+    }, pk=("block_code", "reporter", "counter", "state"))
+    db["nearby"].create_index(["received_at"])
+
+
 def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
     try:
         if readonly or existing:
@@ -302,16 +327,17 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('counter', ?)", [str(value)])
         return value
 
-    def seen(self, origin: int, counter: int) -> bool:
-        """Whether ``counter`` from ``origin`` was accepted before, or is too old to tell."""
-        row = self.db.execute("SELECT highest, bitmap FROM counters WHERE origin = ?", [origin]).fetchone()
+    def seen(self, origin: int, counter: int, *, block: str | None = None) -> bool:
+        """Whether ``counter`` from ``origin`` was accepted before, or is too old to tell.
+        ``block``: an origin of that other block of the neighborhood (its frames over the broker)."""
+        row = self.db.execute(*self._counter_row(origin, block)).fetchone()
         if row is None or counter > row[0]:
             return False
         back = row[0] - counter
         return back >= REPLAY_WINDOW or bool(row[1] >> back & 1)
 
-    def mark_seen(self, origin: int, counter: int) -> None:
-        row = self.db.execute("SELECT highest, bitmap FROM counters WHERE origin = ?", [origin]).fetchone()
+    def mark_seen(self, origin: int, counter: int, *, block: str | None = None) -> None:
+        row = self.db.execute(*self._counter_row(origin, block)).fetchone()
         mask = (1 << REPLAY_WINDOW) - 1
         if row is None:
             highest, bitmap = counter, 1
@@ -320,8 +346,73 @@ class Store:
             highest, bitmap = counter, ((row[1] << shift) | 1) & mask if shift < REPLAY_WINDOW else 1
         else:
             highest, bitmap = row[0], (row[1] | 1 << (row[0] - counter)) & mask
-        self.db.execute("INSERT OR REPLACE INTO counters (origin, highest, bitmap) VALUES (?, ?, ?)",
-                        [origin, highest, bitmap])
+        if block is None:
+            self.db.execute("INSERT OR REPLACE INTO counters (origin, highest, bitmap) VALUES (?, ?, ?)",
+                            [origin, highest, bitmap])
+        else:
+            self.db.execute("INSERT OR REPLACE INTO neighborhood_counters (block, origin, highest, bitmap) "
+                            "VALUES (?, ?, ?, ?)", [block, origin, highest, bitmap])
+
+    @staticmethod
+    def _counter_row(origin: int, block: str | None) -> tuple[str, list]:
+        if block is None:
+            return "SELECT highest, bitmap FROM counters WHERE origin = ?", [origin]
+        return "SELECT highest, bitmap FROM neighborhood_counters WHERE block = ? AND origin = ?", [block, origin]
+
+    # -- the neighborhood (node/daemon/neighborhood.py) ------------------------------------------
+
+    def crossing_events(self, after: int, since: float) -> list[dict]:
+        """This block's accepted transitions (new or changed) after event ``after`` and not older than
+        ``since``, with their signed frames, in order: what a bridge node may share."""
+        return list(self.db.query(
+            "SELECT id, alert_id, state, frame FROM events WHERE id > ? AND received_at >= ? AND frame IS NOT NULL "
+            "AND outcome IN ('new', 'changed') ORDER BY id", [after, since]))
+
+    def mark_shared(self, alert_id: str, state: State, now: float) -> bool:
+        """Record that (``alert_id``, ``state``) went to the broker; False if it had already."""
+        return self.db.execute("INSERT OR IGNORE INTO neighborhood_shared (alert_id, state, queued_at) "
+                               "VALUES (?, ?, ?)", [alert_id, int(state), now]).rowcount == 1
+
+    def foreign_roster(self, block: str) -> dict | None:
+        row = self.db.execute("SELECT version, document FROM neighborhood_blocks WHERE block = ?", [block]).fetchone()
+        return {"version": row[0], "document": row[1]} if row else None
+
+    def foreign_rosters(self) -> dict[str, str]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT block, document FROM neighborhood_blocks")}
+
+    def set_foreign_roster(self, block: str, version: int, document: str, now: float) -> None:
+        self.db.execute("INSERT OR REPLACE INTO neighborhood_blocks (block, version, document, updated_at) "
+                        "VALUES (?, ?, ?, ?)", [block, version, document, now])
+
+    def count_drop(self, reason: str, now: float) -> None:
+        self.db.execute("INSERT INTO neighborhood_drops (reason, count, last_at) VALUES (?, 1, ?) "
+                        "ON CONFLICT(reason) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
+                        [reason, now])
+
+    def drops(self) -> dict[str, int]:
+        """Foreign messages refused, by reason."""
+        return {r[0]: r[1] for r in self.db.execute("SELECT reason, count FROM neighborhood_drops")}
+
+    def has_nearby(self, block_code: int, reporter: int, counter: int, state: State) -> bool:
+        return self.db.execute("SELECT 1 FROM nearby WHERE block_code = ? AND reporter = ? AND counter = ? "
+                               "AND state = ?", [block_code, reporter, counter, int(state)]).fetchone() is not None
+
+    def add_nearby(self, row: dict) -> bool:
+        """Keep a nearby alert state; False if this (block, alert, state) was known already."""
+        cols = ("block_code", "reporter", "counter", "state", "block", "area", "place", "location", "signer",
+                "received_at")
+        return self.db.execute(f"INSERT OR IGNORE INTO nearby ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                               [row[c] for c in cols]).rowcount == 1
+
+    def nearby(self, now: float, window: float) -> list[dict]:
+        """Nearby alerts to show: each foreign alert's latest state, if it is still active (reported or
+        confirmed) and was taken within ``window`` seconds; newest first."""
+        rows = self.db.query(
+            "SELECT n.* FROM nearby n WHERE n.received_at >= ? AND n.state IN (?, ?) AND NOT EXISTS ("
+            "SELECT 1 FROM nearby m WHERE m.block_code = n.block_code AND m.reporter = n.reporter "
+            "AND m.counter = n.counter AND m.state > n.state) ORDER BY n.received_at DESC",
+            [now - window, int(State.REPORTED), int(State.CONFIRMED)])
+        return list(rows)
 
     # -- alerts -------------------------------------------------------------------
 
@@ -658,6 +749,9 @@ class Store:
             self.db.execute("DELETE FROM events WHERE received_at < ? AND alert_id NOT IN (SELECT id FROM alerts)",
                             [cutoff])
             self.db.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", [cutoff])
+            # The neighborhood's alerts: nearby states and what this node shared (replay windows stay).
+            self.db.execute("DELETE FROM nearby WHERE received_at < ?", [cutoff])
+            self.db.execute("DELETE FROM neighborhood_shared WHERE queued_at < ?", [cutoff])
             # Captains' requests and stray notes name captains: they go with the retention period too.
             self.db.execute("DELETE FROM requests WHERE created_at < ?", [cutoff])
             self.db.execute("DELETE FROM notes WHERE created_at < ? AND alert_id NOT IN (SELECT id FROM alerts)",

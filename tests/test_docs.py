@@ -52,6 +52,7 @@ def test_the_frame_sizes_in_the_docs_are_the_codec_s():
     assert f"| transition | {wire.frame_size(wire.FrameType.TRANSITION)} |" in text
     assert f"| receipt, 30 nodes | {wire.frame_size(wire.FrameType.RECEIPT, 8)} |" in text
     assert f"| heartbeat, 30 nodes | {wire.frame_size(wire.FrameType.HEARTBEAT, 30)} |" in text
+    assert f"| nearby | {wire.frame_size(wire.FrameType.NEARBY)} |" in text
 
 
 def test_the_two_setup_commands_are_in_the_readme_and_ci_runs_the_test_one():

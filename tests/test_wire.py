@@ -24,6 +24,8 @@ FRAMES = {
                                         latest_reporter=1, latest_counter=7, latest_state=int(State.REPORTED),
                                         vector=bytes([0x05, 0x30, 0xF0, 0x21]), clock=1_790_000_123),
     FrameType.SILENT: SilentFrame(origin=2, counter=77, subject=3, silent_for=185, clock=1_790_000_456),
+    FrameType.NEARBY: wire.NearbyFrame(origin=2, counter=78, block_code=0x4BA76876, alert_reporter=9,
+                                       alert_counter=12, state=State.CONFIRMED, location=907, clock=1_790_000_500),
 }
 
 
@@ -67,7 +69,8 @@ def test_every_frame_type_round_trips(roster_setup, frame):
 
 def test_frame_sizes(roster_setup):
     sizes = {t: len(encode(roster_setup, f)) for t, f in FRAMES.items()}
-    assert sizes == {FrameType.TRANSITION: 82, FrameType.RECEIPT: 87, FrameType.HEARTBEAT: 91, FrameType.SILENT: 80}
+    assert sizes == {FrameType.TRANSITION: 82, FrameType.RECEIPT: 87, FrameType.HEARTBEAT: 91, FrameType.SILENT: 80,
+                     FrameType.NEARBY: 89}
     assert sizes[FrameType.HEARTBEAT] == frame_size(FrameType.HEARTBEAT, 4)
 
 
@@ -145,7 +148,7 @@ def test_every_single_bit_flip_is_rejected(roster_setup, frame):
 def test_too_short_is_truncated(roster_setup, frame):
     data = encode(roster_setup, frame)
     shortest = {FrameType.TRANSITION: 82, FrameType.RECEIPT: 87, FrameType.HEARTBEAT: 87,
-                FrameType.SILENT: 80}[frame.type]
+                FrameType.SILENT: 80, FrameType.NEARBY: 89}[frame.type]
     assert reason(data[:shortest - 1], roster_setup.roster) == "truncated"
     assert reason(b"", roster_setup.roster) == "truncated"
 

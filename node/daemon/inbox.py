@@ -23,6 +23,7 @@ from node.daemon.troubles import Troubles
 from node.errors import FrameError, StoreError
 from node.protocol import wire
 from node.protocol.clock import FRESH
+from node.daemon.neighborhood import NEARBY_FOR, Neighborhood
 from node.protocol.alerts import Alert
 from node.protocol.keys import Roster
 from node.protocol.ratelimit import OriginRateLimit
@@ -36,11 +37,13 @@ class Inbox:
 
     def __init__(self, me: int, roster: Roster, store: Store, rate_limit: OriginRateLimit, *, desk: Desk,
                  liveness: Liveness, relays: Relays, receipts: Receipts, troubles: Troubles,
-                 counts: collections.Counter[str], clock: Callable[[], float], lock: threading.RLock,
+                 neighborhood: Neighborhood | None = None, counts: collections.Counter[str], clock: Callable[[], float], lock: threading.RLock,
                  changed: threading.Condition):
         self.me, self.roster, self.store, self.rate_limit = me, roster, store, rate_limit
         self.desk, self.liveness, self.relays, self.receipts, self.troubles = desk, liveness, relays, receipts, troubles
         self.counts, self.clock, self._lock, self._changed = counts, clock, lock, changed
+        self.neighborhood = neighborhood
+        self._nearby: dict | None = None   # a new nearby state taken in the current transaction, to chime after it
 
     def on_frame(self, data: bytes) -> None:
         """Verify, apply and sound one frame heard on the air. Never raises."""
@@ -88,6 +91,7 @@ class Inbox:
                 self.troubles.show_flooding(now)
                 return
             self.counts["accepted"] += 1
+            self._nearby = None
             try:
                 with self.store.transaction():
                     sound = self._apply(frame, now, bytes(data))
@@ -98,12 +102,19 @@ class Inbox:
                 return
             if sound is not None:
                 self.desk.sound(sound, at_origin=False)
+            if self._nearby is not None and self.neighborhood is not None:
+                self.neighborhood.chime(self._nearby)
             self.troubles.show()
             self._changed.notify_all()
 
     def _stale(self, frame: wire.Frame, now: float) -> bool:
         """Whether ``frame`` is a heartbeat or receipt signed more than ``FRESH`` seconds ago
-        (counted as ``stale-heartbeat`` or ``stale-receipt``)."""
+        (counted as ``stale-heartbeat`` or ``stale-receipt``), or a NEARBY more than ``NEARBY_FOR``."""
+        if isinstance(frame, wire.NearbyFrame):
+            if now - self.liveness.signed_at(frame.clock, now) <= NEARBY_FOR:
+                return False
+            self.counts["stale-nearby"] += 1
+            return True
         if not isinstance(frame, (wire.HeartbeatFrame, wire.ReceiptFrame)):
             return False
         if now - self.liveness.signed_at(frame.clock, now) <= FRESH:
@@ -126,6 +137,9 @@ class Inbox:
                 # A receipt for an alert this node never heard: its heartbeat, sent early, shows the
                 # neighbours that it is behind, and they repair it.
                 self.liveness.answer_early(now, "pull")
+        elif isinstance(frame, wire.NearbyFrame):
+            if self.neighborhood is not None:
+                self._nearby = self.neighborhood.accept(frame, now, data)
         elif isinstance(frame, wire.SilentFrame):
             self.liveness.apply_silent(frame, now, data)
         else:

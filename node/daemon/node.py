@@ -11,7 +11,9 @@ the work to collaborators that each own one job (times are seconds, ``now`` pass
 - ``Liveness`` (liveness.py): heartbeats, polls, verdicts, the peers' rows;
 - ``Troubles`` (troubles.py): TROUBLE lines and the status light;
 - ``Chores`` (chores.py): captains' requests, the weekly self-test, the purge;
-- ``EvidenceDesk`` (evidence.py): neighbors' sealed evidence checked and chained in the signed manifest.
+- ``EvidenceDesk`` (evidence.py): neighbors' sealed evidence checked and chained in the signed manifest;
+- ``Neighborhood`` (neighborhood.py): on a bridge node, alerts to and from the other blocks through the
+  bridge's queues; on every node, NEARBY alerts.
 
 Its entry points are called from any thread (the button's, the radio's, the main loop's)
 and are serialised by one lock, ``Node.lock``, which the collaborators share:
@@ -45,6 +47,7 @@ from node.daemon.desk import Desk
 from node.daemon.evidence import EvidenceDesk
 from node.daemon.inbox import Inbox
 from node.daemon.liveness import Liveness, make_supervisor
+from node.daemon.neighborhood import Neighborhood
 from node.daemon.outbox import Outbox
 from node.daemon.relays import Receipts, Relays
 from node.daemon.signer import Signer
@@ -176,8 +179,11 @@ class Node:
                          signer=self.signer, hardware=self.hardware, outbox=self.outbox, relays=self.relays,
                          receipts=self.receipts, liveness=self.liveness, troubles=self.troubles, clock=self.clock,
                          lock=self.lock, changed=self._changed, **shared)
+        self.neighborhood = Neighborhood(self.config, self.id, self.roster, self.store, signer=self.signer,
+                                         outbox=self.outbox, relays=self.relays, hardware=self.hardware,
+                                         counts=self.counts)
         self.inbox = Inbox(self.id, self.roster, self.store, self.rate_limit, desk=self.desk,
-                           liveness=self.liveness,
+                           liveness=self.liveness, neighborhood=self.neighborhood,
                            relays=self.relays, receipts=self.receipts, troubles=self.troubles, counts=self.counts,
                            clock=self.clock, lock=self.lock, changed=self._changed)
         self.chores = Chores(self.config, self.store, self.desk)
@@ -196,6 +202,7 @@ class Node:
             ("peers' rows", self.liveness.record_peers),
             ("mesh check", self.liveness.check_mesh),
             ("self-test", self.chores.selftest),
+            ("neighborhood", self.neighborhood.tick),
             ("outbox", self.outbox.flush),
             ("retention purge", self.chores.purge),
             ("evidence", self.evidence.tick),

@@ -20,6 +20,8 @@ PATTERNS: dict[str, Pattern] = {
     "cancelled": (((0.3, 0.0), (0.5, 0.0)), 1),          # falling tone
     "test": (((0.05, 0.0),), 1),                         # one quiet chirp
     "ack": (((0.05, 0.05),) * 2, 1),                     # a hold was taken but changed nothing
+    "nearby": (((0.15, 0.1), (0.15, 0.1), (0.3, 0.0)), 1),  # a raid on another block: a rising chime, no siren
+    "nearby_end": (((0.15, 0.1), (0.15, 0.0)), 1),       # it ended there (all clear, cancelled)
 }
 
 # The piezo's note for each step of a pattern (within the TonalBuzzer's A5-A7 range,
@@ -33,11 +35,13 @@ TONES: dict[str, tuple[str, ...]] = {
     "cancelled": ("G6", "C6"),
     "test": ("A6",),
     "ack": ("A6", "A6"),
+    "nearby": ("C6", "E6", "G6"),
+    "nearby_end": ("G6", "E6"),
 }
 PIEZO_MID_TONE = "A6"
 
 # What a short press silences: the alarms. Not the chirps that answer a captain's own hold.
-SILENCEABLE = frozenset({"reported", "reported_quiet", "confirmed", "all_clear", "cancelled"})
+SILENCEABLE = frozenset({"reported", "reported_quiet", "confirmed", "all_clear", "cancelled", "nearby", "nearby_end"})
 
 # Before this time (2024-01-01) the clock is taken as unknown and quiet hours do not apply.
 CLOCK_KNOWN_AFTER = 1_704_067_200.0

@@ -6,7 +6,7 @@ Header (8 bytes)::
 
     offset size field
     0      1    version   = 2 (version 1 frames, without block times, are refused)
-    1      1    type      1 transition, 2 receipt, 3 heartbeat, 4 silent
+    1      1    type      1 transition, 2 receipt, 3 heartbeat, 4 silent, 5 nearby
     2      2    origin    node id of the signer (from the roster)
     4      4    counter   the origin's monotonic frame counter, persisted before sending
 
@@ -28,6 +28,12 @@ known alive (2, saturating), block time when signed (4). Sent by a neighbour of 
 subject, flooded. The block time (``node.protocol.clock``) lets a node that never saw
 the signer's counters tell a fresh heartbeat or verdict from a recording.
 
+A NEARBY (17 bytes): a state change of an alert on another block of the neighborhood,
+signed by a bridge node of this block (``node.daemon.neighborhood``): the foreign block's
+code (4, ``node.protocol.neighborhood.code``), the foreign alert's reporter (2) and counter
+(4), its state (1), its location code on that block (2), block time when signed (4).
+Codes only: names stay in the neighborhood roster and the foreign block's roster.
+
 A receipt's bitmaps and a heartbeat's vector are in roster order, so they are
 read only when the sender's roster version is the receiver's; k is 1 to 19 and
 n is 0 to 33 (``node.protocol.coverage``, ``node.protocol.supervision``).
@@ -37,7 +43,7 @@ where ``block`` is the roster's block name. The block name is not sent; it keeps
 frame from one block from being accepted on another.
 
 Sizes: transition 82 bytes; receipt 83 to 119 (89 for 30 nodes); heartbeat
-87 to 120 (117 for 30 nodes); silent 80. ``MAX_FRAME`` is 120.
+87 to 120 (117 for 30 nodes); silent 80; nearby 89. ``MAX_FRAME`` is 120.
 
 The alert id is ``"<alert_reporter>-<alert_counter>"``: the counter of the frame that
 first reported it. Places travel as location codes; names stay in each node's roster.
@@ -60,7 +66,8 @@ MAX_FRAME = 120
 SIGNATURE_SIZE = 64
 _HEADER = struct.Struct(">BBHI")
 # Fixed part of each body; receipts and heartbeats carry a variable tail after it.
-_BODIES = {1: struct.Struct(">HIBBH"), 2: struct.Struct(">HIBHI"), 3: struct.Struct(">HHHIBI"), 4: struct.Struct(">HHI")}
+_BODIES = {1: struct.Struct(">HIBBH"), 2: struct.Struct(">HIBHI"), 3: struct.Struct(">HHHIBI"), 4: struct.Struct(">HHI"),
+           5: struct.Struct(">IHIBHI")}
 MAX_BITMAP = 17   # bytes per receipt bitmap: up to 136 roster nodes
 assert MAX_BITMAP * 8 >= keys.MAX_MEMBERS, "every roster a node accepts must fit a receipt"
 MAX_VECTOR = 33   # bytes of heartbeat age vector: one per roster node, up to 33
@@ -71,10 +78,11 @@ class FrameType(enum.IntEnum):
     RECEIPT = 2
     HEARTBEAT = 3
     SILENT = 4
+    NEARBY = 5
 
 
-_FIXED = {t: _HEADER.size + _BODIES[t].size + SIGNATURE_SIZE for t in (1, 2, 3, 4)}
-_TAIL = {1: (0, 0), 2: (2, 2 * MAX_BITMAP), 3: (0, MAX_VECTOR), 4: (0, 0)}  # (min, max) bytes after the body
+_FIXED = {t: _HEADER.size + _BODIES[t].size + SIGNATURE_SIZE for t in _BODIES}
+_TAIL = {1: (0, 0), 2: (2, 2 * MAX_BITMAP), 3: (0, MAX_VECTOR), 4: (0, 0), 5: (0, 0)}  # (min, max) bytes after the body
 MIN_FRAME = min(_FIXED[t] + _TAIL[t][0] for t in _FIXED)
 
 
@@ -182,12 +190,38 @@ class SilentFrame:
         return b""
 
 
+@dataclass(frozen=True)
+class NearbyFrame:
+    """An alert state on another block of the neighborhood, passed on by a bridge node (codes only)."""
+
+    origin: int
+    counter: int
+    block_code: int       # the foreign block's code (node.protocol.neighborhood.code)
+    alert_reporter: int   # the foreign alert's id, on its block
+    alert_counter: int
+    state: State
+    location: int         # the foreign location code, on its block's roster
+    clock: int            # the signer's block time when it signed, seconds (node.protocol.clock)
+
+    type = FrameType.NEARBY
+
+    @property
+    def foreign_alert_id(self) -> str:
+        return alert_id(self.alert_reporter, self.alert_counter)
+
+    def _body(self) -> tuple:
+        return (self.block_code, self.alert_reporter, self.alert_counter, int(self.state), self.location, self.clock)
+
+    def _tail(self) -> bytes:
+        return b""
+
+
 def frame_size(ftype: FrameType, tail: int = 0) -> int:
     """Bytes on air for a frame of ``ftype`` with ``tail`` variable bytes."""
     return _FIXED[ftype] + tail
 
 
-Frame = Union[TransitionFrame, ReceiptFrame, HeartbeatFrame, SilentFrame]
+Frame = Union[TransitionFrame, ReceiptFrame, HeartbeatFrame, SilentFrame, NearbyFrame]
 _WIRE_STATES = {s.value for s in (State.REPORTED, State.CONFIRMED, State.ALL_CLEAR, State.CANCELLED)}
 
 
@@ -282,6 +316,13 @@ def _build(ftype: FrameType, origin: int, counter: int, fields: tuple, tail: byt
         half = len(tail) // 2
         return ReceiptFrame(origin, counter, reporter, acounter, State(state), version, tail[:half], tail[half:],
                             clock)
+    if ftype is FrameType.NEARBY:
+        block_code, reporter, acounter, state, location, clock = fields
+        if not reporter or not acounter or not location:
+            raise FrameError("bad-field", f"nearby alert {reporter}-{acounter} at {location}")
+        if state not in _WIRE_STATES:
+            raise FrameError("bad-field", f"state {state}")
+        return NearbyFrame(origin, counter, block_code, reporter, acounter, State(state), location, clock)
     if ftype is FrameType.SILENT:
         subject, silent_for, clock = fields
         if subject not in roster or subject == origin:
