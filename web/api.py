@@ -62,6 +62,12 @@ def health():
                     "live_version": snapshot.version, "live_clients": hub.clients, "live_slots": hub.slots})
 
 
+@bp.get("/nearby")
+def nearby():
+    """Raids on other blocks of the neighborhood, as this block's bridge nodes passed them on (NEARBY)."""
+    return jsonify(data.nearby_rows(data.store(), data.node_time()))
+
+
 @bp.get("/troubles")
 def troubles():
     """This node's own TROUBLE lines (radio, storage) as a JSON object."""

@@ -16,7 +16,8 @@ from typing import NoReturn
 from flask import abort, current_app, g, has_app_context
 
 from node.protocol import coverage
-from node.protocol.alerts import parse_alert_id
+from node.protocol.alerts import State, parse_alert_id
+from node.protocol.neighborhood import NEARBY_FOR
 from node.errors import StoreError, TransitionError
 from node.store import REQUEST_TTL, WEB_TABLES, Store
 from web.security import NotRunning
@@ -176,19 +177,27 @@ def banner(rows: list[dict]) -> dict:
     return {"state": "quiet", "places": [], "since": None, "test": test}
 
 
+def nearby_rows(s: Store, now: float) -> list[dict]:
+    """Raids on other blocks of the neighborhood (NEARBY), until their ALL CLEAR or CANCELLED, or 2 h."""
+    return [{"block": r["block"], "area": r["area"], "place": r["place"], "state": State(r["state"]).word,
+             "alert": f"{r['reporter']}-{r['counter']}", "received_at": iso(r["received_at"]),
+             "received_ts": r["received_at"]} for r in s.nearby(now, NEARBY_FOR)]
+
+
 def state_document(s: Store, now: float, silent_after: float) -> dict:
     """Everything the page shows, as one JSON-able document."""
     rows = alert_rows(now, s)
     active = [r for r in rows if r["active"]]
     ended = [r for r in rows if not r["active"]][:HISTORY]
     return {"banner": banner(rows), "alerts": active + ended, "nodes": node_rows(s, now, silent_after),
-            "troubles": s.troubles(), "now": now}
+            "troubles": s.troubles(), "nearby": nearby_rows(s, now), "now": now}
 
 
 def digest(doc: dict) -> str:
     """A version for ``doc`` that changes when what the page shows changes, not as time passes."""
     stable = {
         "banner": doc["banner"], "troubles": doc["troubles"],
+        "nearby": [(n["block"], n["alert"], n["state"]) for n in doc.get("nearby", [])],
         "alerts": [(r["id"], r["state"], r["place"], r["updated_ts"], r["buildings"]) for r in doc["alerts"]],
         "nodes": [(n["id"], n["name"], n["place"], n["health"], n["through"],
                    n["health"] != "ok" and n["last_heard_ts"])

@@ -78,7 +78,9 @@ def incident(alert_id: str):
     """One incident for neighbors: what it is, and the form to send photos, video or a statement."""
     row = _incident(alert_id)
     settings = _settings()
-    return render_template("incident.html", alert=row, now=data.node_time(), sent=request.args.get("sent", type=int),
+    now = data.node_time()
+    return render_template("incident.html", alert=row, now=now, sent=request.args.get("sent", type=int),
+                           nearby=data.nearby_rows(data.store(), now),
                            enabled=bool(settings["recipients"]), max_mb=settings["max_item"] // 1_000_000,
                            form_mb=form_max_mb(settings), statement_max=STATEMENT_MAX)
 

@@ -46,6 +46,12 @@ SCHEMAS = {
                      "health": {"type": "string", "enum": ["ok", "trouble", "silent", "unreachable", "waiting"]}, "this_node": _B,
                      "through": _nullable(_I), "through_name": _nullable(_S),
                      "last_heard": _nullable(_T), "last_heard_ts": _nullable(_N)}),
+    "Nearby": _object({
+        "block": {**_S, "description": "the other block's name (its code when no neighborhood roster is installed)"},
+        "area": {**_S, "description": "that block's public description, from the neighborhood roster"},
+        "place": {**_S, "description": "the place there, where this node holds that block's roster; else its area"},
+        "state": {"type": "string", "enum": ["reported", "confirmed"]},
+        "alert": {**_S, "description": "the alert's id on its block"}, "received_at": _T, "received_ts": _N}),
     "Troubles": {"type": "object", "additionalProperties": _S, "description": "subsystem: TROUBLE sentence"},
     "Health": _object({"status": {"type": "string", "enum": ["ok", "trouble"]}, "troubles": _ref("Troubles"),
                        "banner": {"type": "string", "enum": BANNERS},
@@ -102,6 +108,8 @@ def document(title: str = "Silbato") -> dict:
         "/api/nodes": {"get": _op("The block's buildings and their health", {
             "200": _json({"type": "array", "items": _ref("Node")})})},
         "/api/health": {"get": _op("This node's health", {"200": _json(_ref("Health"))})},
+        "/api/nearby": {"get": _op("Raids on other blocks of the neighborhood, until cleared or 2 h", {
+            "200": _json({"type": "array", "items": _ref("Nearby")})})},
         "/api/troubles": {"get": _op("This node's TROUBLE lines", {"200": _json(_ref("Troubles"))})},
         "/api/live": {"get": _op("The page's live document (for polling; 304 while unchanged)", {
             "200": _json(_ref("Live")), "304": {"description": "not changed since the ETag sent"}},

@@ -36,14 +36,13 @@ from node.errors import FrameError, RosterError, SilbatoError, StoreError
 from node.protocol import wire
 from node.protocol.alerts import ENDED, Kind, State
 from node.protocol.keys import Roster, load_public
-from node.protocol.neighborhood import NeighborhoodRoster, Policy, newer_than, policy_from_settings, roster_path, \
+from node.protocol.neighborhood import NEARBY_FOR, NeighborhoodRoster, Policy, newer_than, policy_from_settings, roster_path, \
     write_document
 from node.protocol.ratelimit import OriginRateLimit
 from node.store import Store
 
 log = logging.getLogger(__name__)
 
-NEARBY_FOR = 2 * 3600.0   # seconds a NEARBY alert shows without an ALL CLEAR or CANCELLED (and a NEARBY frame is news)
 INCOMING_BATCH = 200      # messages taken from the bridge per tick
 DROP_LOG_GAP = 300.0      # seconds: a reason is logged again only after this long without it
 # A block sends a few crossing states an hour; a block past this is flooding (per block, verified frames only).

@@ -47,6 +47,8 @@ STATE_WORDS = {"reported": State.REPORTED, "confirmed": State.CONFIRMED, "all_cl
                "cancelled": State.CANCELLED}
 DEFAULT_STATES = (State.CONFIRMED, State.ALL_CLEAR, State.CANCELLED)
 TO_CHOICES = ("neighbors", "all")
+# Seconds a nearby alert shows without its ALL CLEAR or CANCELLED (and a NEARBY frame is news).
+NEARBY_FOR = 2 * 3600.0
 
 
 def code(name: str) -> int:
