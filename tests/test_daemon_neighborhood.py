@@ -16,9 +16,8 @@ from node.bridgequeue import BridgeQueue, topic
 from node.protocol import wire
 from node.protocol.alerts import Kind, State
 from node.protocol.keys import SigningKey, sign_roster
-from node.protocol.neighborhood import block_entry, code, sign_neighborhood
+from node.protocol.neighborhood import block_entry, sign_neighborhood
 from node.sim import Block
-from node.store import Store
 from websupport import app_for
 
 HOOD = "eastside"

@@ -103,7 +103,6 @@ def main(argv: list[str] | None = None) -> dict:
                 for alert in node.store.active_alerts():   # each hold a new report, not a merge
                     node.act("cancel", alert.id)
                 node.hardware.siren.silence()
-                on = threading.Event()
                 siren.when_changed = None
                 pressed = time.monotonic()
                 button.drive_low()
