@@ -15,7 +15,7 @@ from node import config as config_mod
 from node.bridgequeue import BridgeQueue, topic
 from node.protocol import wire
 from node.protocol.alerts import Kind, State
-from node.protocol.keys import SigningKey, sign_roster
+from node.protocol.keys import SigningKey, public_body, sign_roster
 from node.protocol.neighborhood import block_entry, sign_neighborhood
 from node.sim import Block
 from websupport import app_for
@@ -36,6 +36,11 @@ class Foreign:
         return sign_roster({"block": self.name, "version": version, "nodes": [
             {"id": i, "name": f"O{i}", "location": 200 + i, "place": f"{self.name} house {i}",
              "public_key": k.public_b64} for i, k in self.keys.items()]}, self.organizer)
+
+    def public(self, version: int = 1) -> dict:
+        """The roster as its bridge node publishes it: without place names."""
+        document = self.roster(version)
+        return {"roster": public_body(document["roster"]), "public_signature": document["public_signature"]}
 
     def frame(self, state: State, *, kind: Kind = Kind.RAID, alert: tuple[int, int] = (1, 1), origin: int = 1,
               location: int = 201) -> bytes:
@@ -75,7 +80,7 @@ class Hood:
         BridgeQueue(self.node(i).store).received(where, payload, self.block.clock())
 
     def give_roster(self, i: int, foreign: Foreign, version: int = 1) -> None:
-        self.give(i, topic(HOOD, foreign.name), json.dumps(foreign.roster(version)).encode())
+        self.give(i, topic(HOOD, foreign.name), json.dumps(foreign.public(version)).encode())
 
     def give_frame(self, i: int, foreign: Foreign, data: bytes) -> None:
         self.give(i, topic(HOOD, foreign.name, "frames"), data)
@@ -116,8 +121,8 @@ def test_a_confirmed_raid_next_door_shows_as_nearby_on_every_node_and_on_the_pag
         rows = hood.nearby(i)
         assert [(r["block"], r["state"], r["reporter"], r["counter"]) for r in rows] == \
             [("oak-st", int(State.CONFIRMED), 1, 1)], i
-    # The bridge node holds oak-st's roster, so it names the place; the others show the block's area.
-    assert hood.nearby(1)[0]["place"] == "oak-st house 1" and hood.nearby(3)[0]["place"] == "Oak St 1-99"
+    # Place names never leave their block: every node, the bridge node too, names the block's area.
+    assert hood.nearby(1)[0]["place"] == "Oak St 1-99" and hood.nearby(3)[0]["place"] == "Oak St 1-99"
     # A chime, not the siren: the siren pin played the nearby pattern.
     assert hood.node(3).hardware.siren.playing in ("nearby", None)
     assert hood.node(3).counts["nearby-chime"] == 1
@@ -186,7 +191,7 @@ def test_each_drop_reason_is_counted_and_nothing_is_shown(make_hood, caplog):
     hood.give_roster(1, oak, version=2)
     hood.give_roster(1, oak, version=1)                                            # stale-roster
     impostor = Foreign("oak-st")                                                   # signed by another key
-    hood.give(1, topic(HOOD, "oak-st"), json.dumps(impostor.roster(3)).encode())  # bad-signature
+    hood.give(1, topic(HOOD, "oak-st"), json.dumps(impostor.public(3)).encode())  # bad-signature
     hood.give_frame(1, oak, wire.encode(wire.TransitionFrame(1, 99, 1, 1, Kind.RAID, State.CONFIRMED, 201),
                                         impostor.keys[1], "oak-st"))              # bad-signature
     hood.give_frame(1, stranger, stranger.frame(State.CONFIRMED))                 # unknown-block
@@ -250,7 +255,8 @@ def test_own_crossing_states_are_queued_once_across_a_restart_and_the_roster_ret
     hood.run(5)
     out = hood.out(1)
     assert [(r["topic"], r["retain"]) for r in out] == [(topic(HOOD, "sim-block"), 1), (topic(HOOD), 1)]
-    assert json.loads(out[0]["payload"]) == hood.node(1).roster.document
+    assert json.loads(out[0]["payload"]) == hood.node(1).roster.public_document()
+    assert b'"place"' not in out[0]["payload"] and b"Building" not in out[0]["payload"]
     alert = hood.node(3).report()
     hood.run(60)
     hood.node(2).act("confirm", alert.id)

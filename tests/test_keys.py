@@ -131,6 +131,32 @@ def test_roster_round_trip(roster_setup):
     assert roster.find_key(roster_setup.keys[3].public_raw).id == 3
 
 
+def test_the_public_roster_carries_no_place_and_verifies_on_its_own(roster_setup):
+    """What a bridge node shows the neighborhood's broker: keys, ids and codes, never a place name."""
+    roster = Roster.parse(roster_setup.document, roster_setup.organizer.public)
+    public = json.loads(json.dumps(roster.public_document()))
+    assert "Building" not in json.dumps(public) and all("place" not in n for n in public["roster"]["nodes"])
+    seen = Roster.parse_public(public, roster_setup.organizer.public)
+    assert sorted(seen.members) == [1, 2, 3, 4] and seen.member(4).revoked and seen.place(102) == ""
+    assert seen.member(2).verify(roster_setup.keys[2].sign(b"x"), b"x")
+    # Altered, from another organizer, or with the places put back: refused.
+    altered = copy.deepcopy(public)
+    altered["roster"]["nodes"][3]["revoked"] = False
+    for document, organizer in ((altered, roster_setup.organizer.public), (public, SigningKey.generate().public)):
+        with pytest.raises(RosterError, match="bad signature"):
+            Roster.parse_public(document, organizer)
+    with pytest.raises(RosterError):
+        Roster.parse_public({**roster_setup.document, "public_signature": public["public_signature"]},
+                            roster_setup.organizer.public)
+    # The two signatures cannot stand in for each other (the public one has its own prefix).
+    swapped = {"roster": roster_setup.document["roster"], "signature": public["public_signature"]}
+    with pytest.raises(RosterError, match="bad signature"):
+        Roster.parse(swapped, roster_setup.organizer.public)
+    # A roster signed before public rosters existed has none to show.
+    old = {k: v for k, v in roster_setup.document.items() if k != "public_signature"}
+    assert Roster.parse(old, roster_setup.organizer.public).public_document() is None
+
+
 def test_roster_member_verifies_its_own_signatures(roster_setup):
     member = roster_setup.roster.member(2)
     assert member.verify(roster_setup.keys[2].sign(b"hello"), b"hello")

@@ -111,11 +111,25 @@ class Neighborhood:
 
     def publish_rosters(self, now: float) -> None:
         """This block's roster (at start and when it changes) and the neighborhood roster, retained."""
-        document = json.dumps(self.roster.document, sort_keys=True, ensure_ascii=False)
-        if document != self._published:
+        public = self.roster.public_document()   # no place names: they never leave the block
+        if public is None:
+            if self._published != "unsigned":
+                self._published = "unsigned"
+                log.error("neighborhood %s: the block roster v%d has no public_signature (signed before "
+                          "version 0.1 of the neighborhood): re-sign it with 'silbato roster sign' and install "
+                          "it; until then other blocks cannot check this block's alerts", self.name,
+                          self.roster.version)
+                self.store.set_trouble("neighborhood roster", "the block roster must be signed again to be "
+                                       "shared with the neighborhood ('silbato roster sign')", now)
+            document = None
+        else:
+            document = json.dumps(public, sort_keys=True, ensure_ascii=False)
+        if document is not None and document != self._published:
+            self.store.clear_trouble("neighborhood roster")
             self.queue.publish(topic(self.name, self.roster.block), document.encode("utf-8"), now, retain=True)
             self._published = document
-            log.info("neighborhood %s: block roster v%d queued for the broker", self.name, self.roster.version)
+            log.info("neighborhood %s: block roster v%d queued for the broker (without place names)", self.name,
+                     self.roster.version)
         if self.hood is not None and self.hood.version != self._hood_published:
             self.queue.publish(topic(self.name), json.dumps(self.hood.document, sort_keys=True,
                                                             ensure_ascii=False).encode("utf-8"), now, retain=True)
@@ -228,7 +242,7 @@ class Neighborhood:
         except ValueError:
             raise Drop("not-silbato", f"{block} roster: not JSON") from None
         try:
-            roster = Roster.parse(document, entry.organizer_key)
+            roster = Roster.parse_public(document, entry.organizer_key)
         except (RosterError, ValueError) as exc:
             raise Drop("bad-signature" if "signature" in str(exc) else "not-silbato", f"{block}: {exc}") from None
         if roster.block != block:
@@ -253,7 +267,7 @@ class Neighborhood:
             if row is None or entry is None:
                 return None
             try:
-                self._foreign[block] = Roster.parse(json.loads(row["document"]), entry.organizer_key)
+                self._foreign[block] = Roster.parse_public(json.loads(row["document"]), entry.organizer_key)
             except (RosterError, ValueError):
                 return None   # its block's organizer key changed in the neighborhood roster
         return self._foreign[block]
@@ -285,7 +299,7 @@ class Neighborhood:
                                   frame.location, self.signer.stamp(now))
         self.store.enqueue(signed.data, now)
         log.info("neighborhood %s: %s %s at %s: NEARBY sent to the block", self.name, block,
-                 frame.state.word, roster.place(frame.location))
+                 frame.state.word, f"location {frame.location}")
         return self._record(code, frame.alert_reporter, frame.alert_counter, frame.state, frame.location, self.me,
                             now)
 
@@ -316,11 +330,11 @@ class Neighborhood:
     def _record(self, code: int, reporter: int, counter: int, state: State, location: int, signer: int,
                 now: float) -> dict | None:
         block = self.hood.by_code.get(code) if self.hood else None
-        foreign = self.foreign(block.name) if block is not None and self.bridge else None
+        # Place names never leave their block (the broker sees public rosters only): every page
+        # names a nearby raid by its block and the block's area from the neighborhood roster.
         row = {"block_code": code, "reporter": reporter, "counter": counter, "state": int(state),
                "block": block.name if block else f"block {code:08x}", "area": block.area if block else "",
-               "place": foreign.place(location) if foreign and location in foreign.by_location else
-               (block.area if block else ""),
+               "place": block.area if block else "",
                "location": location, "signer": signer, "received_at": now}
         return row if self.store.add_nearby(row) else None
 

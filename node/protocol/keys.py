@@ -13,7 +13,10 @@ A roster file is JSON::
      "signature": "<base64 Ed25519 signature by the organizer key>"}
 
 The signature covers the canonical JSON of ``roster`` (sorted keys, no spaces), so
-the block-wide ``settings`` too. They are optional (older rosters carry none); which
+the block-wide ``settings`` too. A second one, ``public_signature``, covers the same body
+without its place names (``public_body``, under the prefix ``PUBLIC_DOMAIN``): that *public
+roster* is what a bridge node shows the neighborhood's broker (node/daemon/neighborhood.py),
+since place names are never sent beyond the block. Rosters signed before it have none. They are optional (older rosters carry none); which
 settings may appear and their bounds are declared in ``node.config`` (``BLOCK_SETTINGS``,
 checked by ``node.config.block_settings`` when a roster is signed, installed or applied):
 this module checks only that they are an object of names and plain values.
@@ -179,6 +182,23 @@ def _canonical(body: Any) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+# Signed before the canonical public roster, so a public signature is never a roster signature.
+PUBLIC_DOMAIN = b"silbato-public-roster/1\0"
+
+
+def public_body(body: dict) -> dict:
+    """A roster body without its place names: what may leave the block (keys, ids, location codes)."""
+    nodes = body.get("nodes")
+    if not isinstance(nodes, list):
+        return body
+    return {**body, "nodes": [{k: v for k, v in n.items() if k != "place"} if isinstance(n, dict) else n
+                              for n in nodes]}
+
+
+def _public_message(body: dict) -> bytes:
+    return PUBLIC_DOMAIN + _canonical(public_body(body))
+
+
 class Roster:
     """The verified list of the block's nodes. Build it with :meth:`parse` or :meth:`load`."""
 
@@ -218,8 +238,39 @@ class Roster:
             organizer.verify(signature, _canonical(body))
         except InvalidSignature:
             raise RosterError("roster: bad signature (not signed by the organizers' key, or altered)") from None
+        if "public_signature" in document:
+            public = unb64(str(document["public_signature"]), "roster public_signature", 64)
+            try:
+                organizer.verify(public, _public_message(body))
+            except InvalidSignature:
+                raise RosterError("roster: bad public_signature (not the organizers', or altered)") from None
         block, version, members, settings = _parse_body(body)
         return cls(block, version, members, document=document, settings=settings)
+
+    @classmethod
+    def parse_public(cls, document: Any, organizer: Ed25519PublicKey) -> "Roster":
+        """Check a public roster (``public_document``: no place names); raise ``RosterError``.
+
+        Its members' ``place`` is empty: another block knows a building by its location code only."""
+        if not isinstance(document, dict) or not isinstance(document.get("roster"), dict):
+            raise RosterError("public roster: expected an object with 'roster' and 'public_signature'")
+        body = document["roster"]
+        signature = unb64(str(document.get("public_signature", "")), "roster public_signature", 64)
+        try:
+            organizer.verify(signature, PUBLIC_DOMAIN + _canonical(body))
+        except InvalidSignature:
+            raise RosterError("public roster: bad signature (not signed by the organizers' key, or altered)") from None
+        if any(isinstance(n, dict) and "place" in n for n in body.get("nodes") or []):
+            raise RosterError("public roster: carries place names")
+        block, version, members, settings = _parse_body(body, public=True)
+        return cls(block, version, members, document=document, settings=settings)
+
+    def public_document(self) -> dict | None:
+        """The roster as another block may see it (no place names), or None if signed without one."""
+        signature = self.document.get("public_signature")
+        if signature is None:
+            return None
+        return {"roster": public_body(self.document["roster"]), "public_signature": signature}
 
     @classmethod
     def load(cls, path: Path, organizer: Ed25519PublicKey) -> "Roster":
@@ -237,7 +288,7 @@ class Roster:
 MAX_MEMBERS = 136
 
 
-def _parse_body(body: dict) -> tuple[str, int, list[Member], dict[str, Any]]:
+def _parse_body(body: dict, public: bool = False) -> tuple[str, int, list[Member], dict[str, Any]]:
     block, version, nodes = body.get("block"), body.get("version"), body.get("nodes")
     settings = body.get("settings", {})
     if not isinstance(settings, dict) or not all(
@@ -259,6 +310,8 @@ def _parse_body(body: dict) -> tuple[str, int, list[Member], dict[str, Any]]:
         if not isinstance(entry, dict):
             raise RosterError(f"{where}: expected an object")
         for field, kind in (("id", int), ("name", str), ("location", int), ("place", str), ("public_key", str)):
+            if public and field == "place":
+                continue
             if not isinstance(entry.get(field), kind) or isinstance(entry.get(field), bool):
                 raise RosterError(f"{where}.{field}: expected {'an integer' if kind is int else 'a string'}")
         if not (0 < entry["id"] < 2**16 and 0 < entry["location"] < 2**16):
@@ -268,7 +321,7 @@ def _parse_body(body: dict) -> tuple[str, int, list[Member], dict[str, Any]]:
         seen_ids.add(entry["id"])
         seen_locations.add(entry["location"])
         key = Ed25519PublicKey.from_public_bytes(unb64(entry["public_key"], f"{where}.public_key", 32))
-        members.append(Member(entry["id"], entry["name"], entry["location"], entry["place"], key,
+        members.append(Member(entry["id"], entry["name"], entry["location"], entry.get("place", ""), key,
                               bool(entry.get("revoked", False))))
     return block, version, members, settings
 
@@ -279,7 +332,8 @@ def sign_roster(body: dict, organizer: SigningKey) -> dict:
     The values of ``settings`` are checked by the caller (``node.config.block_settings``): the
     protocol does not know the settings' bounds."""
     _parse_body(body)
-    return {"roster": body, "signature": b64(organizer.sign(_canonical(body)))}
+    return {"roster": body, "signature": b64(organizer.sign(_canonical(body))),
+            "public_signature": b64(organizer.sign(_public_message(body)))}
 
 
 def install_roster(document: Any, organizer: Ed25519PublicKey, path: Path, *,
