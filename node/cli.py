@@ -606,6 +606,38 @@ def gateway(ctx: click.Context) -> None:
     Gateway(store, spool, max_age=cfg["sms.max_age"], smsd_pid=cfg["sms.smsd_pid"]).run(stopping, cfg["sms.socket"])
 
 
+# -- the neighborhood bridge -------------------------------------------------------------------
+
+@cli.command()
+@click.pass_context
+def bridge(ctx: click.Context) -> None:
+    """Run the neighborhood bridge (this block's link to the MQTT broker) until SIGTERM."""
+    import signal
+    import threading
+
+    from node.bridge.service import Bridge
+    from node.bridge.settings import link_settings
+    from node.store import BRIDGE_TABLES, Store
+
+    cfg = load_config(ctx)
+    _setup_logging(cfg["log.level"])
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame):
+        logging.getLogger("node.bridge").info("received %s, stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    store = ctx.with_resource(Store(cfg.db_file, writes=BRIDGE_TABLES))
+    try:
+        link = link_settings(cfg, store)
+    except SilbatoError as exc:
+        logging.getLogger("node.bridge").error("%s", exc)
+        raise
+    Bridge(store, link, retention=cfg["alerts.retention"]).run(stopping)
+
+
 @cli.group()
 def sms() -> None:
     """The SMS gateway's lists and state (numbers are encrypted: most commands ask for the passphrase)."""
