@@ -57,9 +57,9 @@ class Side:
         self._thread: threading.Thread | None = None
         self._bridge_store: Store | None = None
 
-    def start(self, client_id: str | None = None) -> Bridge:
+    def start(self, client_id: str | None = None, **link_options) -> Bridge:
         self._bridge_store = Store(self.path, writes=BRIDGE_TABLES)
-        link = LinkSettings(HOOD, "127.0.0.1", self.port, client_id or f"silbato-{HOOD}-{self.name}-1")
+        link = LinkSettings(HOOD, "127.0.0.1", self.port, client_id or f"silbato-{HOOD}-{self.name}-1", **link_options)
         self.bridge = Bridge(self._bridge_store, link, clock=self.clock)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self.bridge.run, args=(self._stopping,), daemon=True)
@@ -274,3 +274,116 @@ def test_the_trouble_is_logged_when_it_shows_and_when_it_clears(tmp_path, broker
         side.daemon.close()
     assert any("neighborhood link down since" in r.getMessage() for r in caplog.records)
     assert any("trouble cleared" in r.getMessage() for r in caplog.records)
+
+
+# -- the broker's example configuration (docs/neighborhood.md) ---------------------------------------
+
+DOCS = Path(__file__).parent.parent / "docs" / "neighborhood.md"
+
+
+def documented(first_line: str) -> str:
+    """The ```conf block of docs/neighborhood.md that begins with ``first_line``."""
+    text = DOCS.read_text(encoding="utf-8")
+    for block in text.split("```conf\n")[1:]:
+        body = block.split("```", 1)[0]
+        if body.startswith(first_line):
+            return body
+    raise AssertionError(f"docs/neighborhood.md has no ```conf block starting {first_line!r}")
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A certificate authority and the broker's certificate for 127.0.0.1 (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(text):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("neighborhood CA")).issuer_name(name("neighborhood CA"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(name("broker")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(2).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False).sign(ca_key, hashes.SHA256()))
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+             "broker.crt": cert.public_bytes(serialization.Encoding.PEM),
+             "broker.key": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption())}
+    for file, data in files.items():
+        (folder / file).write_bytes(data)
+    return {file: folder / file for file in files}
+
+
+@pytest.fixture
+def acl_broker(tmp_path):
+    """Mosquitto with the documented silbato.conf and silbato.acl; users A, B (passwords 'pw-A', 'pw-B')."""
+    etc = tmp_path / "etc"
+    certs = make_certificates(etc / "certs")
+    passwd = etc / "silbato.passwd"
+    for i, user in enumerate(("A", "B")):
+        subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(passwd), user, f"pw-{user}"],
+                       check=True, capture_output=True, timeout=30)
+    acl = documented("# silbato.acl")
+    (etc / "silbato.acl").write_text(acl)
+    conf = documented("# silbato.conf").replace("listener 8883\n", "")  # LocalBroker's listener stands in
+    conf = conf.replace("/etc/mosquitto/certs", str(etc / "certs")).replace("/etc/mosquitto", str(etc))
+    assert "acl_file " + str(etc / "silbato.acl") in conf and "allow_anonymous false" in conf
+    with LocalBroker(tmp_path / "broker", extra=conf) as running:
+        running.ca_file = str(certs["ca.crt"])
+        yield running
+
+
+def secret_file(folder: Path, password: str) -> Path:
+    path = folder / "password"
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_the_documented_acl_lets_a_block_publish_only_under_its_own_topic(tmp_path, acl_broker):
+    clock = Clock()
+    a, b = (Side(tmp_path, name, acl_broker.port, clock) for name in ("A", "B"))
+    try:
+        for side in (a, b):  # through link_settings, as 'silbato bridge' reads them
+            cfg = config_mod.from_mapping({
+                "neighborhood.name": HOOD, "bridge.broker": acl_broker.address, "bridge.tls": True,
+                "bridge.ca_file": acl_broker.ca_file, "bridge.username": side.name,
+                "bridge.password_file": str(secret_file(tmp_path / side.name, f"pw-{side.name}"))})
+            link = link_settings(cfg)
+            side.start(client_id=link.client_id + side.name, tls=True, ca_file=link.ca_file, username=link.username,
+                       password=link.password)
+        connected(a, b)
+        a.queue.publish(topic(HOOD, "B", "frames"), b"A speaking for B", clock())
+        a.queue.publish(topic(HOOD, "A", "frames"), b"A speaking for A", clock())
+        until(lambda: b.payloads() == [b"A speaking for A"], what="A's own message through")
+        until(lambda: a.unsent() == 0, what="both acknowledged")
+        assert a.state("refused") == "1", "the broker refused the forged one (MQTT 5: 'Not authorized')"
+        assert b.payloads() == [b"A speaking for A"], "B never saw A's message under B's topic"
+    finally:
+        a.stop(), b.stop()
+        a.daemon.close(), b.daemon.close()
+
+
+def test_the_documented_broker_refuses_a_wrong_password(tmp_path, acl_broker):
+    clock = Clock()
+    side = Side(tmp_path, "A", acl_broker.port, clock)
+    try:
+        side.start(tls=True, ca_file=acl_broker.ca_file, username="A", password="wrong")
+        until(lambda: side.state("link") == "down", what="a state")
+        clock.advance(TROUBLE_AFTER + 1)
+        until(lambda: "refused" in side.daemon.troubles().get("neighborhood", ""), what="refused")
+        assert "Not authorized" in side.daemon.troubles()["neighborhood"]
+    finally:
+        side.stop()
+        side.daemon.close()
