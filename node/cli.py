@@ -532,13 +532,25 @@ def hardware_test(ctx: click.Context, mock: bool, yes: bool, wait: float, step: 
 @click.option("--radio", default="air", show_default=True, type=click.Choice(["air", "serial"]),
               help="air: nodes on the simulated air directly; serial: through the real meshtastic library "
                    "to simulated radios on pseudo-terminals.")
+@click.option("--blocks", type=click.IntRange(1, 50), default=None,
+              help="A neighborhood: this many blocks of N nodes, sharing alerts through a Mosquitto broker "
+                   "started on a free loopback port (needs Debian's mosquitto); node 1 of each is its bridge.")
 def sim(n: int, topology: str, port_base: int, loss: float, preset: str, seed: int, scale: float,
-        state_dir: str | None, radio: str) -> None:
-    """Run a simulated block of N nodes, each with its web page, on localhost."""
-    from node.sim import run_demo
+        state_dir: str | None, radio: str, blocks: int | None) -> None:
+    """Run a simulated block of N nodes (or --blocks B of them), each node with its web page, on localhost."""
+    from node.sim import run_demo, run_neighborhood
 
     _setup_logging("INFO")
     root = Path(state_dir) if state_dir else None  # None: a temporary folder, removed at exit
+    if blocks is not None:
+        if radio != "air":
+            raise click.BadParameter("a neighborhood runs on the simulated air only", param_hint="--radio")
+        try:
+            run_neighborhood(root, blocks, n, topology, port_base=port_base, loss=loss, preset=preset, seed=seed,
+                             scale=scale, say=click.echo)
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from None
+        return
     try:
         run_demo(root, n, topology, port_base=port_base, loss=loss, preset=preset, seed=seed, scale=scale,
                  radio=radio, say=click.echo)
