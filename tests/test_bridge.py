@@ -387,3 +387,22 @@ def test_the_documented_broker_refuses_a_wrong_password(tmp_path, acl_broker):
     finally:
         side.stop()
         side.daemon.close()
+
+
+def test_sent_rows_are_purged_after_the_retention_and_unsent_ones_never(tmp_path):
+    clock = Clock()
+    side = Side(tmp_path, "E", LocalBroker(tmp_path / "none").port, clock)  # nothing listens: no network needed
+    try:
+        old = side.queue.publish(topic(HOOD, "E", "frames"), b"old", clock())
+        unsent = side.queue.publish(topic(HOOD, "E", "frames"), b"unsent", clock())
+        side.queue.mark_sent([old], clock())
+        clock.advance(72 * 3600 + 1)
+        fresh = side.queue.publish(topic(HOOD, "E", "frames"), b"fresh", clock())
+        side.queue.mark_sent([fresh], clock())
+        bridge = side.start()
+        until(lambda: side.state("link") == "down", what="a first step")
+        ids = [r[0] for r in side.daemon.db.execute("SELECT id FROM bridge_out ORDER BY id")]
+        assert ids == [unsent, fresh] and bridge.retention == 72 * 3600
+    finally:
+        side.stop()
+        side.daemon.close()
