@@ -672,13 +672,25 @@ def hardware_test(ctx: click.Context, mock: bool, yes: bool, wait: float, step: 
 @click.option("--radio", default="air", show_default=True, type=click.Choice(["air", "serial"]),
               help="air: nodes on the simulated air directly; serial: through the real meshtastic library "
                    "to simulated radios on pseudo-terminals.")
+@click.option("--blocks", type=click.IntRange(1, 50), default=None,
+              help="A neighborhood: this many blocks of N nodes, sharing alerts through a Mosquitto broker "
+                   "started on a free loopback port (needs Debian's mosquitto); node 1 of each is its bridge.")
 def sim(n: int, topology: str, port_base: int, loss: float, preset: str, seed: int, scale: float,
-        state_dir: str | None, radio: str) -> None:
-    """Run a simulated block of N nodes, each with its web page, on localhost."""
-    from node.sim import run_demo
+        state_dir: str | None, radio: str, blocks: int | None) -> None:
+    """Run a simulated block of N nodes (or --blocks B of them), each node with its web page, on localhost."""
+    from node.sim import run_demo, run_neighborhood
 
     _setup_logging("INFO")
     root = Path(state_dir) if state_dir else None  # None: a temporary folder, removed at exit
+    if blocks is not None:
+        if radio != "air":
+            raise click.BadParameter("a neighborhood runs on the simulated air only", param_hint="--radio")
+        try:
+            run_neighborhood(root, blocks, n, topology, port_base=port_base, loss=loss, preset=preset, seed=seed,
+                             scale=scale, say=click.echo)
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from None
+        return
     try:
         run_demo(root, n, topology, port_base=port_base, loss=loss, preset=preset, seed=seed, scale=scale,
                  radio=radio, say=click.echo)
@@ -744,6 +756,38 @@ def gateway(ctx: click.Context) -> None:
     store = ctx.with_resource(Store(cfg.db_file, writes=GATEWAY_TABLES))
     spool = Spool(cfg["sms.spool"]).make()
     Gateway(store, spool, max_age=cfg["sms.max_age"], smsd_pid=cfg["sms.smsd_pid"]).run(stopping, cfg["sms.socket"])
+
+
+# -- the neighborhood bridge -------------------------------------------------------------------
+
+@cli.command()
+@click.pass_context
+def bridge(ctx: click.Context) -> None:
+    """Run the neighborhood bridge (this block's link to the MQTT broker) until SIGTERM."""
+    import signal
+    import threading
+
+    from node.bridge.service import Bridge
+    from node.bridge.settings import link_settings
+    from node.store import BRIDGE_TABLES, Store
+
+    cfg = load_config(ctx)
+    _setup_logging(cfg["log.level"])
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame):
+        logging.getLogger("node.bridge").info("received %s, stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    store = ctx.with_resource(Store(cfg.db_file, writes=BRIDGE_TABLES))
+    try:
+        link = link_settings(cfg, store)
+    except SilbatoError as exc:
+        logging.getLogger("node.bridge").error("%s", exc)
+        raise
+    Bridge(store, link, retention=cfg["alerts.retention"]).run(stopping)
 
 
 @cli.group()

@@ -264,6 +264,23 @@ SETTINGS: tuple[Setting, ...] = (
             "This node is one of its block's bridge nodes (a network path to the neighborhood's MQTT "
             "broker): 'silbato install' and 'silbato update' enable and start silbato-bridge, and the "
             "daemon shares its block's confirmed alerts and passes on its neighbors' (docs/neighborhood.md)."),
+    Setting("bridge.broker", str, "",
+            "The bridge: the neighborhood's MQTT broker, host:port (1883 plain, 8883 with TLS). Empty: the "
+            "bridge has nowhere to connect and shows the trouble 'neighborhood link down'."),
+    Setting("bridge.tls", bool, False,
+            "The bridge: connect to the broker over TLS (required when the broker is across the internet)."),
+    Setting("bridge.ca_file", str, "",
+            "The bridge with TLS: the certificate authority that signed the broker's certificate (PEM). "
+            "Empty: the system's trusted authorities."),
+    Setting("bridge.username", str, "",
+            "The bridge: this block's user name on the broker (the ACL lets it publish only under its "
+            "block's topics). Empty: anonymous."),
+    Setting("bridge.password_file", str, "",
+            "The bridge: a file (mode 0600, owned by silbato-bridge) holding this block's broker password "
+            "on its first line. Empty: no password."),
+    Setting("bridge.client_id", str, "",
+            "The bridge's MQTT client id, fixed so the broker keeps its session across restarts. Empty: "
+            "silbato-<neighborhood>-<block>-<node id> (from the daemon's store), or silbato-<host name>."),
     Setting("log.level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
             choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
@@ -607,7 +624,8 @@ def _validate(values: dict[str, Any], source: str, origins: Mapping[str, str]) -
         _check_declared(setting, values[setting.name], origins.get(setting.name, source))
     if values["radio.port"] and values["radio.tcp"]:
         raise ConfigError(f"{source}: radio.tcp: set radio.port or radio.tcp, not both")
-    parsed = [("radio.tcp", lambda v: v and parse_host_port(v)), ("selftest.schedule", lambda v: v and parse_weekly(v)),
+    parsed = [("radio.tcp", lambda v: v and parse_host_port(v)), ("bridge.broker", lambda v: v and parse_host_port(v)),
+              ("selftest.schedule", lambda v: v and parse_weekly(v)),
               ("hardware.quiet_hours", parse_quiet_hours), ("hardware.rgb_pins", lambda v: parse_pins(v, 3))]
     for name, parse in parsed:  # the words that have a grammar
         try:

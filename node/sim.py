@@ -11,6 +11,10 @@ They talk through the simulated air (``node.radio.sim_air``). The control endpoi
 - ``POST /nodes/<i>/confirm|all_clear|cancel?alert=ID``: a captain's action on node i
   (without ``alert``: the newest active alert that node holds).
 
+``silbato sim --blocks B`` runs a ``Neighborhood``: B such blocks and a real Mosquitto on a loopback
+port; each block's controls are under ``/blocks/<b>``, ``GET /nodes`` lists the blocks, and
+``POST /blocks/<b>/link/down|up`` takes block b's bridges off the broker and back.
+
 It answers JSON, errors too: ``{"error": sentence, "status": code}``.
 """
 
@@ -84,15 +88,16 @@ class Block:
     def __init__(self, root: Path, n: int = 5, topology: str = "line", *, loss: float = 0.0,
                  preset: str = "MEDIUM_FAST", seed: int = 1, scale: float | None = None,
                  hold_time: float = 2.0, overrides: dict[str, Any] | None = None, radio: str = "air",
-                 settings: dict[str, Any] | None = None):
+                 settings: dict[str, Any] | None = None, block: str = "sim-block"):
         if radio not in ("air", "serial"):
             raise ValueError(f"unknown radio {radio!r}: expected air or serial")
         if radio == "serial" and scale is None:
             raise ValueError("simulated serial radios run on the wall clock: give a scale")
         self.radio = radio
         self.seed = seed
-        self.files = provision(root, n, hold_time=hold_time, overrides={"radio.preset": preset, **(overrides or {})},
-                               settings=settings)
+        self.name = block
+        self.files = provision(root, n, block=block, hold_time=hold_time,
+                               overrides={"radio.preset": preset, **(overrides or {})}, settings=settings)
         self.scheduler = Scheduler(scale)
         hop_limit = self.files.configs[0]["radio.hop_limit"]
         self.air = SimAir(n, topology, loss=loss, preset=preset, seed=seed, hop_limit=hop_limit,
@@ -105,6 +110,7 @@ class Block:
         self._servers: list[Any] = []
         self._holds: dict[int, tuple[threading.Timer, float]] = {}  # node -> (release timer, monotonic release time)
         self._holds_lock = threading.Lock()
+        self.page_port: Callable[[int], int] = lambda i: i  # node i's page port, once served
 
     def start(self) -> "Block":
         try:
@@ -214,8 +220,6 @@ class Block:
         """Node i's page on port_base+i (waitress, as on a node), the control endpoint on port_base."""
         from werkzeug.serving import make_server
 
-        from web import create_app, server, settings
-
         try:  # bound here: werkzeug's own bind prints and calls sys.exit on a port in use
             listening = socket.create_server((host, port_base))
         except OSError as exc:
@@ -225,14 +229,21 @@ class Block:
                                   fd=listening.fileno())
         threading.Thread(target=control.serve_forever, name=f"web-{port_base}", daemon=True).start()
         self._servers.append(control)
+        self.serve_pages(lambda i: port_base + i, host)
+
+    def serve_pages(self, port_of: Callable[[int], int], host: str = "127.0.0.1") -> None:
+        """Node i's page on ``port_of(i)``."""
+        from web import create_app, server, settings
+
+        self.page_port = port_of
         for i, cfg in enumerate(self.files.configs, start=1):
             app = create_app({**settings(cfg), "EXEMPT_LOOPBACK": True, "LIVE_CLIENTS": self.SIM_LIVE_CLIENTS,
                               "CLOCK": self.clock,
                               "ON_REQUEST": self._nudge(i)})
             try:
-                page = server.Server(app, host, port_base + i, live_clients=self.SIM_LIVE_CLIENTS).start()
+                page = server.Server(app, host, port_of(i), live_clients=self.SIM_LIVE_CLIENTS).start()
             except (OSError, ListenError) as exc:
-                raise _cannot_listen(f"node {i}'s page", host, port_base + i, exc) from None
+                raise _cannot_listen(f"node {i}'s page", host, port_of(i), exc) from None
             self._servers.append(page)
 
     def _nudge(self, i: int):
@@ -242,7 +253,13 @@ class Block:
     CONTROL_USAGE = ("the sim's control endpoint answers GET /nodes, POST /nodes/<i>/hold?seconds=S and "
                      "POST /nodes/<i>/confirm|all_clear|cancel (optionally ?alert=ID)")
 
-    def control_app(self, port_base: int, host: str):
+    def describe(self, host: str = "127.0.0.1") -> list[dict]:
+        """The block's nodes, their pages and the alerts each holds (``GET /nodes``)."""
+        return [{"node": i, "name": f"B{i}", "url": f"http://{host}:{self.page_port(i)}/",
+                 "active": [a.id for a in n.store.active_alerts()]} for i, n in sorted(self.nodes.items())]
+
+    def control_app(self, port_base: int, host: str, extra: Callable[[Any], None] | None = None):
+        """The control endpoint's Flask app; ``extra(app)`` adds routes (the neighborhood's link controls)."""
         from flask import Flask, abort, jsonify, request
         from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
@@ -267,9 +284,7 @@ class Block:
         @app.get("/nodes")
         def nodes():
             """The block's nodes, their pages and the alerts each holds."""
-            return jsonify([{"node": i, "name": f"B{i}", "url": f"http://{host}:{port_base + i}/",
-                             "active": [a.id for a in n.store.active_alerts()]}
-                            for i, n in sorted(self.nodes.items())])
+            return jsonify(self.describe(host))
 
         @app.post("/nodes/<int:i>/hold")
         def hold(i: int):
@@ -306,7 +321,229 @@ class Block:
                 abort(409, str(exc))
             return jsonify({"node": i, "alert": alert.id, "state": alert.state.word})
 
+        if extra is not None:
+            extra(app)
         return app
+
+
+# -- a neighborhood: several blocks and a real broker --------------------------------------------
+
+SIM_NEIGHBORHOOD = "sim-hood"
+
+
+def provision_neighborhood(root: Path, name: str, blocks: dict[int, "Block"]) -> None:
+    """TO BE FILLED IN AT MERGE (issue 16): the signed neighborhood roster for ``blocks``.
+
+    The daemon's side (``node/protocol/neighborhood.py``, built beside this) defines the roster's
+    format and where a node reads it. This one function should: make the neighborhood organizers'
+    key under ``root``, sign a roster listing every block (``block.name``, its organizers' public
+    key ``block.files.organizer.public_b64``, and as neighbors every other block), and install it on
+    every node of every block (``block.files.configs``) as that format says. Until then the blocks
+    share the broker and the topics, and the daemon, finding no neighborhood roster, takes nothing
+    from them.
+    """
+
+
+class Neighborhood:
+    """``blocks`` blocks of ``n`` nodes on one Mosquitto on loopback; node 1 of each is its bridge node.
+
+    Every node has ``neighborhood.name``; each bridge node has ``bridge.enabled`` and runs the real
+    bridge (``node.bridge``) in-process, on its block's clock. ``link_down(b)``/``link_up(b)`` take
+    block b's bridges off the broker and back (the control endpoint's ``/blocks/<b>/link/down|up``).
+    """
+
+    def __init__(self, root: Path, blocks: int = 2, n: int = 3, *, name: str = SIM_NEIGHBORHOOD,
+                 bridges: int = 1, **block_options):
+        from node.bridge.broker import LocalBroker
+
+        self.root = Path(root)
+        self.name = name
+        self.broker = LocalBroker(self.root / "broker")
+        self.bridge_nodes = tuple(range(1, min(bridges, n) + 1))
+        self.blocks: dict[int, Block] = {}
+        seed = block_options.pop("seed", 1)
+        for b in range(1, blocks + 1):
+            block = Block(self.root / f"block{b}", n, block=f"block{b}", seed=seed + b - 1,
+                          overrides={"neighborhood.name": name}, **block_options)
+            self.blocks[b] = block
+        self.bridges: dict[int, list] = {}   # block -> its bridges (node.bridge.service.Bridge)
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._servers: list[Any] = []
+
+    def start(self) -> "Neighborhood":
+        try:
+            self.broker.start()
+            for b, block in self.blocks.items():
+                for i in self.bridge_nodes:
+                    cfg = block.files.configs[i - 1]
+                    block.files.configs[i - 1] = config_mod.from_mapping(
+                        {"bridge.enabled": True, "bridge.broker": self.broker.address}, source="sim",
+                        base={key: cfg[key] for key in cfg})
+            provision_neighborhood(self.root, self.name, self.blocks)
+            for block in self.blocks.values():
+                block.start()
+            for b in self.blocks:
+                self._start_bridges(b)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_bridges(self, b: int) -> None:
+        from node.bridge.service import Bridge
+        from node.bridge.settings import link_settings
+        from node.store import BRIDGE_TABLES, Store
+
+        block = self.blocks[b]
+        for i in self.bridge_nodes:
+            cfg = block.files.configs[i - 1]
+            store = Store(cfg.db_file, writes=BRIDGE_TABLES)
+            bridge = Bridge(store, link_settings(cfg, store), clock=block.clock)
+            thread = threading.Thread(target=bridge.run, args=(self._stopping,), name=f"bridge-{b}-{i}", daemon=True)
+            thread.start()
+            self.bridges.setdefault(b, []).append(bridge)
+            self._threads.append(thread)
+
+    def link_down(self, b: int) -> None:
+        for bridge in self.bridges[b]:
+            bridge.hold_down()
+
+    def link_up(self, b: int) -> None:
+        for bridge in self.bridges[b]:
+            bridge.release()
+
+    def link_state(self, b: int) -> list[dict]:
+        """Each bridge node's ``link`` and its block's neighborhood trouble, read from its database."""
+        from node.bridgequeue import BridgeQueue
+        from node.store import Store
+
+        found = []
+        for i in self.bridge_nodes:
+            with Store(self.blocks[b].files.configs[i - 1].db_file, readonly=True) as store:
+                found.append({"node": i, "link": BridgeQueue(store).state("link") or "down",
+                              "trouble": store.troubles().get("neighborhood", "")})
+        return found
+
+    def page_port(self, port_base: int, b: int, i: int) -> int:
+        n = len(self.blocks[1].files.configs)
+        return port_base + (b - 1) * n + i
+
+    def serve(self, port_base: int, host: str = "127.0.0.1") -> None:
+        """The control endpoint on port_base (block b's controls under /blocks/<b>), block b's node i's
+        page on port_base + (b-1)*n + i."""
+        from werkzeug.middleware.dispatcher import DispatcherMiddleware
+        from werkzeug.serving import make_server
+
+        mounts = {f"/blocks/{b}": block.control_app(port_base, host, extra=self._link_routes(b))
+                  for b, block in self.blocks.items()}
+        app = DispatcherMiddleware(self.control_app(host), mounts)
+        try:
+            listening = socket.create_server((host, port_base))
+        except OSError as exc:
+            raise _cannot_listen("the sim's control endpoint", host, port_base, exc) from None
+        with listening:
+            control = make_server(host, port_base, app, threaded=True, fd=listening.fileno())
+        threading.Thread(target=control.serve_forever, name=f"web-{port_base}", daemon=True).start()
+        self._servers.append(control)
+        for b, block in self.blocks.items():
+            block.serve_pages(lambda i, b=b: self.page_port(port_base, b, i), host)
+
+    def _link_routes(self, b: int):
+        def add(app) -> None:
+            from flask import jsonify
+
+            @app.post("/link/<any(down, up):action>")
+            def link(action: str):
+                """Take this block's bridges off the broker (down) or let them back (up)."""
+                (self.link_down if action == "down" else self.link_up)(b)
+                return jsonify({"block": b, "link": action, "bridges": list(self.bridge_nodes)})
+        return add
+
+    CONTROL_USAGE = ("the neighborhood's control endpoint answers GET /nodes, POST /blocks/<b>/link/down|up, and "
+                     "each block's controls under /blocks/<b> (POST /blocks/<b>/nodes/<i>/hold?seconds=S, ...)")
+
+    def control_app(self, host: str):
+        from flask import Flask, jsonify, request
+        from werkzeug.exceptions import HTTPException
+
+        app = Flask("silbato-sim-neighborhood")
+
+        @app.errorhandler(HTTPException)
+        def error(exc: HTTPException):
+            """Errors answer JSON too."""
+            return jsonify({"error": f"{request.method} {request.path}: no such control; {self.CONTROL_USAGE}",
+                            "status": exc.code}), exc.code
+
+        @app.get("/nodes")
+        def nodes():
+            """The blocks, their bridges' links and their nodes."""
+            return jsonify([{"block": b, "name": block.name, "broker": self.broker.address,
+                             "bridges": self.link_state(b), "nodes": block.describe(host)}
+                            for b, block in self.blocks.items()])
+
+        return app
+
+    def add_captain(self, name: str, password: str) -> None:
+        for block in self.blocks.values():
+            block.add_captain(name, password)
+
+    def stop(self) -> None:
+        for server in reversed(self._servers):
+            server.shutdown()
+        self._servers.clear()
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+        for bridges in self.bridges.values():
+            for bridge in bridges:
+                bridge.store.close()
+        self.bridges.clear()
+        for block in reversed(list(self.blocks.values())):
+            block.stop()
+        self.broker.stop()
+
+
+def run_neighborhood(root: Path | None, blocks: int, n: int, topology: str, *, port_base: int, loss: float,
+                     preset: str, seed: int, scale: float, stopping: threading.Event | None = None,
+                     say: Callable[[str], None] = lambda _: None) -> None:
+    """The neighborhood demo (``silbato sim --blocks B``): as ``run_demo``, with B blocks and a broker."""
+    stopping = stopping or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda *_: stopping.set())
+    keep = root is not None
+    root = Path(root) if keep else Path(tempfile.mkdtemp(prefix="silbato-sim-"))
+    hood = None
+    try:
+        hood = Neighborhood(root, blocks, n, topology=topology, loss=loss, preset=preset, seed=seed, scale=scale)
+        hood.start()
+        hood.serve(port_base)
+        password = secrets.token_urlsafe(12)
+        hood.add_captain(DEMO_CAPTAIN, password)
+        control = f"http://127.0.0.1:{port_base}"
+        say(f"Silbato neighborhood demo: {blocks} blocks of {n} node{'s' if n > 1 else ''} ({topology}, {preset}), "
+            f"neighborhood {hood.name!r}, Mosquitto on {hood.broker.address}")
+        for b, block in hood.blocks.items():
+            say(f"  block {b} ({block.name}), bridge node {', '.join(map(str, hood.bridge_nodes))}: " + ", ".join(
+                f"http://127.0.0.1:{hood.page_port(port_base, b, i)}/" for i in range(1, n + 1)))
+        say(f"  control:     {control}/nodes")
+        say(f"  captains:    /captain on every page: name {DEMO_CAPTAIN}, password {password}")
+        say(f"  state:       {root}" + ("" if keep else " (removed at exit; --dir DIR keeps the state)"))
+        say(f"Hold block 1's node 1:  curl -X POST '{control}/blocks/1/nodes/1/hold?seconds=3'")
+        say(f"Block 2's link down:    curl -X POST {control}/blocks/2/link/down   (and .../link/up)")
+        say("Ctrl-C stops the neighborhood.")
+        while not stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if hood is not None:
+            hood.stop()
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+        say(json.dumps({"stopped": True, "state": str(root), "kept": keep}))
 
 
 def _cannot_listen(what: str, host: str, port: int, exc: Exception) -> ListenError:

@@ -67,3 +67,14 @@ def test_the_outage_scenario_reports_silent_buildings_and_the_catch_up():
     for key in ("healthy_silent_during", "silent_after_return_ever", "silent_2min_after_return", "silent_at_end"):
         assert isinstance(row[key], list)
     assert row["holds_all_after_return_s"] > 0
+
+
+def test_the_broker_load_benchmark_delivers_every_message_to_every_block_in_its_smoke_size():
+    from node.bridge.broker import mosquitto_path
+
+    if mosquitto_path() is None:
+        import pytest
+        pytest.skip("mosquitto is not installed (.ci/apt-packages)")
+    (row,) = load("broker_load").main(["--blocks", "10", "--seconds", "2", "--rate", "1", "--procs", "1"])
+    assert row["published"] > 10 and row["delivered"] == row["expected"] == row["published"] * 10
+    assert row["latency_p95_ms"] >= row["latency_p50_ms"] > 0 and row["broker_cpu_pct"] >= 0

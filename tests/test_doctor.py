@@ -313,3 +313,43 @@ def test_gateway_passes_when_off_and_when_running_warns_locked_and_fails_without
     assert busy.status == WARN
     fine = gateway_state("running", "")
     assert fine.status == PASS and fine.detail == "running, unlocked, the modem seen, 0 texts queued"
+
+
+def test_bridge_passes_when_off_fails_on_bad_settings_or_a_link_down_and_passes_with_the_link_up(node, tmp_path):
+    cfg, toml, dev = node
+    unit = "silbato-bridge.service"
+    host = Services(Layout(tmp_path), {unit: "inactive"})
+    (off,) = findings(doctor(toml, dev, host=host), "bridge")
+    assert off.status == PASS and "bridge.enabled is false" in off.detail
+    host.states[unit] = "active"
+    (stray,) = findings(doctor(toml, dev, host=host), "bridge")
+    assert stray.status == WARN and "bridge.enabled is false" in stray.detail
+    base = toml.read_text()
+    toml.write_text(base + '[bridge]\nenabled = true\n')
+    (empty,) = findings(doctor(toml, dev, host=host), "bridge")
+    assert empty.status == FAIL and "neighborhood.name is empty" in empty.detail
+    secret = tmp_path / "bridge.password"
+    secret.write_text("pw\n")
+    secret.chmod(0o644)
+    toml.write_text(base + '[neighborhood]\nname = "eastside"\n[bridge]\nenabled = true\nbroker = "b.example:8883"\n'
+                    f'username = "A"\npassword_file = "{secret}"\n')
+    (loose,) = findings(doctor(toml, dev, host=host), "bridge")
+    assert loose.status == FAIL and "mode 0644, expected 0600" in loose.detail
+    secret.chmod(0o600)
+    host.states[unit] = "failed"
+    (failed,) = findings(doctor(toml, dev, host=host), "bridge")
+    assert failed.status == FAIL and "silbato-bridge.service is failed" in failed.detail
+    host.states[unit] = "active"
+
+    def bridge_state(link, trouble):
+        with Store(cfg.db_file) as store, store.transaction():
+            store.db.execute("INSERT OR REPLACE INTO bridge_state (key, value) VALUES ('link', ?), ('trouble', ?)",
+                             [link, trouble])
+        (found,) = findings(doctor(toml, dev, host=host), "bridge")
+        return found
+
+    down = bridge_state("down", "neighborhood link down since 10:02 (connection refused)")
+    assert down.status == FAIL and down.detail == "neighborhood link down since 10:02 (connection refused)"
+    assert bridge_state("down", "").status == WARN
+    up = bridge_state("up", "")
+    assert up.status == PASS and up.detail == "the link to b.example:8883 is up"

@@ -27,8 +27,8 @@ def test_install_makes_a_node_under_the_root_and_says_what_it_did(node_root):
     assert current(root) == "releases/99.0.0"
     assert silbato("--version", exe=installed(root)).stdout.strip() == "silbato, version 99.0.0"
     units = sorted(p.name for p in (root / "etc" / "systemd" / "system").iterdir())
-    # the gateway's unit is installed on every node, and enabled only where an operator turns it on
-    assert units == ["silbato-gateway.service", "silbato-node.service", "silbato-purge.service",
+    # the gateway's and the bridge's units are installed on every node, and enabled only where turned on
+    assert units == ["silbato-bridge.service", "silbato-gateway.service", "silbato-node.service", "silbato-purge.service",
                      "silbato-purge.timer", "silbato-web.service"]
     key = root / "var" / "lib" / "silbato" / "node.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
@@ -179,3 +179,21 @@ def test_sms_enabled_enables_the_gateway_and_turning_it_off_disables_it(tmp_path
     toml.write_text(f'[sms]\nenabled = false\nspool = "{tmp_path / "spool"}"\n')
     enable_gateway(config_mod.load(toml), host, said.append)
     assert host.recorded[-1] == ["systemctl", "disable", "--now", "silbato-gateway.service"]
+
+
+def test_the_bridge_gets_its_own_user_and_its_unit_is_off_unless_bridge_enabled(node_root, tmp_path):
+    from node.appliance.install import enable_bridge
+
+    _, output = node_root
+    assert "recorded: useradd --system silbato-bridge" in output
+    assert "bridge: silbato-bridge.service disabled (bridge.enabled is false) (recorded)" in output
+    host = DirectoryHost(Layout(tmp_path))
+    toml = tmp_path / "silbato.toml"
+    toml.write_text('[neighborhood]\nname = "eastside"\n[bridge]\nenabled = true\nbroker = "mqtt.example:8883"\n')
+    said = []
+    enable_bridge(config_mod.load(toml), host, said.append)
+    assert host.recorded[-1] == ["systemctl", "enable", "silbato-bridge.service"]
+    assert "connects to bridge.broker (mqtt.example:8883)" in said[-1]
+    toml.write_text('[bridge]\nenabled = false\n')
+    enable_bridge(config_mod.load(toml), host, said.append)
+    assert host.recorded[-1] == ["systemctl", "disable", "--now", "silbato-bridge.service"]

@@ -98,3 +98,17 @@ def test_nothing_of_the_node_imports_the_gateway():
     # The daemon and the page never load the code that reads phone numbers.
     users = importers(("node.gateway",)) - under("node.gateway")
     assert users <= {"node.cli"}, sorted(users)
+
+
+def test_the_bridge_never_imports_radio_hardware_daemon_or_appliance_code():
+    # The bridge talks to a broker on the network: it works only through the store, and holds no key.
+    assert "node.bridge.service" in IMPORTS, "the scan must see the bridge"
+    bad = importers(("node.radio", "node.hardware", "node.daemon", "node.appliance", "node.protocol.keys", "web",
+                     "node.gateway")) & under("node.bridge")
+    assert not bad, sorted(bad)
+
+
+def test_only_the_command_and_the_sim_run_the_bridge():
+    # The daemon meets the bridge in the store (node.bridgequeue), never in code.
+    users = importers(("node.bridge",)) - under("node.bridge")
+    assert users <= {"node.cli", "node.sim"}, sorted(users)

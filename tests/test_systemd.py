@@ -15,7 +15,8 @@ import pytest
 
 from appliance import REPO, copy_system_units, silbato
 
-LIMITS = {"silbato-node.service": 1.0, "silbato-web.service": 1.5, "silbato-gateway.service": 1.5}
+LIMITS = {"silbato-node.service": 1.0, "silbato-web.service": 1.5, "silbato-gateway.service": 1.5,
+          "silbato-bridge.service": 1.5}
 README = (REPO / "docs" / "appliance.md").read_text(encoding="utf-8")
 
 
@@ -33,7 +34,7 @@ def analyze(*args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("unit", ["silbato-node.service", "silbato-web.service", "silbato-gateway.service",
-                                  "silbato-purge.service", "silbato-purge.timer"])
+                                  "silbato-bridge.service", "silbato-purge.service", "silbato-purge.timer"])
 def test_the_installed_unit_verifies(root, unit):
     result = analyze("verify", f"--root={root}", unit)
     assert result.returncode == 0 and not result.stderr.strip() and not result.stdout.strip(), \

@@ -18,6 +18,8 @@ disk        free space under the state directory
 services    silbato-node, silbato-web and the purge timer are active
 gateway     with ``sms.enabled``: silbato-gateway active, unlocked, the modem seen, no backlog
             (its state in the database); without it, the unit is not left enabled
+bridge      with ``bridge.enabled``: its settings valid, silbato-bridge active, the link to the
+            neighborhood's broker up (its state in the database); without it, the unit is not left enabled
 ==========  ==============================================================================
 
 ``exit_code`` is 0 when nothing FAILs (warnings allowed) and 1 otherwise.
@@ -41,7 +43,7 @@ from typing import Callable, Iterator
 
 from node import config as config_mod
 from node import statedir
-from node.appliance.host import GATEWAY_SERVICE, SERVICES, TIMERS, USER, WEB_USER, Host
+from node.appliance.host import BRIDGE_SERVICE, GATEWAY_SERVICE, SERVICES, TIMERS, USER, WEB_USER, Host
 from node.errors import SilbatoError
 from node.radio.interface import probe
 
@@ -510,3 +512,62 @@ def check_gateway(doctor: Doctor) -> Iterator[Result]:
         yield Result(status, "gateway", f"SMS gateway: {trouble}")
     else:
         yield Result(PASS, "gateway", f"running, unlocked, the modem seen, {queued} texts queued")
+
+
+def _bridge_state(doctor: Doctor, cfg: config_mod.Config) -> dict[str, str] | None:
+    from node.store import Store
+
+    try:
+        with Store(doctor.db or cfg.db_file, readonly=True) as store:
+            if not store.db["bridge_state"].exists():
+                return {}
+            return {r["key"]: r["value"] for r in store.db.query("SELECT key, value FROM bridge_state")}
+    except (SilbatoError, sqlite3.Error):
+        return None
+
+
+@check("bridge")
+def check_bridge(doctor: Doctor) -> Iterator[Result]:
+    cfg = doctor.cfg
+    if cfg is None:
+        yield from _needs_config(doctor, "bridge")
+        return
+    unit = doctor.host.service_state(BRIDGE_SERVICE)
+    if not cfg["bridge.enabled"]:
+        if unit in ("active", "activating"):
+            yield Result(WARN, "bridge", f"{BRIDGE_SERVICE} is {unit} but bridge.enabled is false: "
+                                         "'silbato install' disables it")
+        else:
+            yield Result(PASS, "bridge", "not this node's job (bridge.enabled is false)")
+        return
+    # The settings' own words (no network here: whether the broker answers is the link's state below).
+    for name in ("neighborhood.name", "bridge.broker"):
+        if not cfg[name]:
+            yield Result(FAIL, "bridge", f"{name} is empty: the bridge has nowhere to connect (docs/neighborhood.md)")
+            return
+    if cfg["bridge.password_file"]:
+        path = Path(cfg["bridge.password_file"])
+        if not path.exists():
+            yield Result(FAIL, "bridge", f"bridge.password_file: {path}: no such file")
+            return
+        if path.stat().st_mode & 0o077:
+            yield Result(FAIL, "bridge", f"bridge.password_file: {path}: mode {path.stat().st_mode & 0o777:04o}, "
+                                         f"expected 0600 (chmod 600 {path})")
+            return
+    if unit == "not running":
+        yield Result(WARN, "bridge", f"{BRIDGE_SERVICE}: not checked under {doctor.host.layout.root} "
+                                     "(no systemd there)")
+    elif unit != "active":
+        yield Result(FAIL, "bridge", f"{BRIDGE_SERVICE} is {unit}: see journalctl -u {BRIDGE_SERVICE}")
+        return
+    state = _bridge_state(doctor, cfg)
+    if state is None:
+        yield Result(WARN, "bridge", "its state is unreadable (the database does not open)")
+    elif not state.get("link"):
+        yield Result(WARN, "bridge", "has not started yet (no link state in the database)")
+    elif state.get("trouble"):
+        yield Result(FAIL, "bridge", state["trouble"])
+    elif state["link"] != "up":
+        yield Result(WARN, "bridge", f"the link to {cfg['bridge.broker']} is down (for less than 30 s)")
+    else:
+        yield Result(PASS, "bridge", f"the link to {cfg['bridge.broker']} is up")

@@ -36,6 +36,7 @@ from node.errors import SilbatoError
 USER = "silbato"          # the node daemon (and the purge)
 WEB_USER = "silbato-web"  # the page: primary group silbato, writes only <state_dir>/db (node/statedir.py)
 GATEWAY_USER = "silbato-gateway"  # the SMS gateway (systemd/silbato-gateway.service): like the page, plus gammu's spool
+BRIDGE_USER = "silbato-bridge"  # the neighborhood bridge (systemd/silbato-bridge.service): like the page, with network
 # gammu-smsd's user and group (Debian's gammu-smsd package creates both): the spool's group.
 SMSD_GROUP = "gammu"
 GROUPS = ("gpio", "dialout", "audio")  # GPIO chips, the radio's serial port, the speaker
@@ -43,6 +44,13 @@ SERVICES = ("silbato-node.service", "silbato-web.service")
 TIMERS = ("silbato-purge.timer",)
 # Installed with the others but enabled only on the node with the modem (docs/sms.md).
 GATEWAY_SERVICE = "silbato-gateway.service"
+# Installed with the others but enabled only on a block's bridge nodes (docs/neighborhood.md).
+BRIDGE_SERVICE = "silbato-bridge.service"
+
+
+def optional_services(cfg) -> tuple[str, ...]:
+    """The services this node's settings turn on: the SMS gateway (sms.enabled), the bridge (bridge.enabled)."""
+    return ((GATEWAY_SERVICE,) if cfg["sms.enabled"] else ()) + ((BRIDGE_SERVICE,) if cfg["bridge.enabled"] else ())
 
 
 class HostError(SilbatoError):

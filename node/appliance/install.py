@@ -5,7 +5,8 @@ already right. The steps, in order:
 
 1. the ``silbato`` system user, in the groups ``gpio``, ``dialout`` and ``audio``, the page's
    own user ``silbato-web`` (primary group ``silbato``, no other) and the SMS gateway's
-   ``silbato-gateway`` (primary group ``silbato``, and ``gammu`` when gammu-smsd is installed);
+   ``silbato-gateway`` (primary group ``silbato``, and ``gammu`` when gammu-smsd is installed) and the
+   neighborhood bridge's ``silbato-bridge`` (primary group ``silbato``, no other);
 2. ``/etc/silbato/silbato.toml`` from a commented template, if absent (``config_template``);
 3. the state directory, its ``db/`` folder (0770, the only part the page may write) and the page's own
    directory (``node/statedir.py`` says who may touch what), and gammu-smsd's spool (``sms.spool``:
@@ -15,7 +16,8 @@ already right. The steps, in order:
 5. the units from the release's ``systemd/``, then ``systemctl daemon-reload``;
 6. the node key, if missing;
 7. the services enabled, and started once a roster is installed; ``silbato-gateway`` only when
-   ``sms.enabled`` is true (otherwise it is disabled).
+   ``sms.enabled`` is true, ``silbato-bridge`` only when ``bridge.enabled`` is true (otherwise
+   each is disabled).
 
 Under a root other than ``/`` the privileged commands are recorded, not run (``node.appliance.host``).
 """
@@ -32,8 +34,8 @@ from node import config as config_mod
 from node.appliance import release as release_mod
 from node.errors import SilbatoError
 from node import statedir
-from node.appliance.host import (GATEWAY_SERVICE, GATEWAY_USER, GROUPS, SERVICES, SMSD_GROUP, TIMERS, USER, WEB_USER,
-                                 Host, Layout)
+from node.appliance.host import (BRIDGE_SERVICE, BRIDGE_USER, GATEWAY_SERVICE, GATEWAY_USER, GROUPS, SERVICES,
+                                 SMSD_GROUP, TIMERS, USER, WEB_USER, Host, Layout, optional_services)
 
 Say = Callable[[str], None]
 
@@ -180,6 +182,15 @@ def _user(host: Host, say: Say) -> None:
     if smsd:
         host.run(["usermod", "--append", "--groups", SMSD_GROUP, GATEWAY_USER])
         say(f"groups: {GATEWAY_USER} is in {SMSD_GROUP} (gammu-smsd's)" + ("" if host.real else " (recorded)"))
+    # The bridge: like the page (primary group silbato, to write db/), no other group. Made on every
+    # node, so that turning bridge.enabled on needs no new user.
+    if host.user_exists(BRIDGE_USER):
+        say(f"user: {BRIDGE_USER} exists")
+    else:
+        host.run(["useradd", "--system", "--gid", USER, "--home-dir", "/nonexistent", "--no-create-home",
+                  "--shell", "/usr/sbin/nologin", "--comment", "Silbato neighborhood bridge", BRIDGE_USER])
+        say(f"user: created system user {BRIDGE_USER} (the neighborhood bridge), in group {USER} only" if host.real
+            else f"user: not created under {host.layout.root} (recorded: useradd --system {BRIDGE_USER})")
 
 
 def _config(layout: Layout, host: Host, say: Say) -> None:
@@ -257,9 +268,9 @@ def _enable(cfg: config_mod.Config, host: Host, say: Say) -> None:
     host.systemctl("enable", *SERVICES, *TIMERS)
     say(f"services: enabled {', '.join(SERVICES + TIMERS)}" + ("" if host.real else " (recorded)"))
     enable_gateway(cfg, host, say)
+    enable_bridge(cfg, host, say)
     if cfg.roster_file.exists() and Path(cfg["node.organizer_key"]).exists():
-        gateway = (GATEWAY_SERVICE,) if cfg["sms.enabled"] else ()
-        host.systemctl("restart", "--no-block", *SERVICES, *gateway)
+        host.systemctl("restart", "--no-block", *SERVICES, *optional_services(cfg))
         host.systemctl("start", *TIMERS)
         say("services: (re)starting; 'silbato doctor' shows when they are up" + ("" if host.real else " (recorded)"))
     else:
@@ -280,6 +291,18 @@ def enable_gateway(cfg: config_mod.Config, host: Host, say: Say) -> None:
         say(f"sms: {GATEWAY_SERVICE} disabled (sms.enabled is false){recorded}")
 
 
+def enable_bridge(cfg: config_mod.Config, host: Host, say: Say) -> None:
+    """``silbato-bridge`` enabled when ``bridge.enabled`` is true, disabled (and stopped) when false."""
+    recorded = "" if host.real else " (recorded)"
+    if cfg["bridge.enabled"]:
+        host.systemctl("enable", BRIDGE_SERVICE)
+        say(f"bridge: {BRIDGE_SERVICE} enabled (bridge.enabled); it connects to bridge.broker "
+            f"({cfg['bridge.broker'] or 'not set yet'}){recorded}")
+    else:
+        host.systemctl("disable", "--now", BRIDGE_SERVICE, check=False)
+        say(f"bridge: {BRIDGE_SERVICE} disabled (bridge.enabled is false){recorded}")
+
+
 def uninstall(layout: Layout, host: Host, *, purge: bool, say: Say) -> None:
     """Stop and remove the services and releases; with ``purge``, also settings, state and user."""
     from node.appliance import wifi
@@ -297,9 +320,10 @@ def uninstall(layout: Layout, host: Host, *, purge: bool, say: Say) -> None:
         say(f"config: {exc}; assuming the default state directories")
         state = layout.state_dir
     with layout.lock():
-        units = [layout.unit_dir / name for name in (*SERVICES, *TIMERS, "silbato-purge.service", GATEWAY_SERVICE)]
+        units = [layout.unit_dir / name for name in (*SERVICES, *TIMERS, "silbato-purge.service", GATEWAY_SERVICE,
+                                                     BRIDGE_SERVICE)]
         if any(u.exists() for u in units):
-            host.systemctl("disable", "--now", *TIMERS, *SERVICES, GATEWAY_SERVICE, check=False)
+            host.systemctl("disable", "--now", *TIMERS, *SERVICES, GATEWAY_SERVICE, BRIDGE_SERVICE, check=False)
             for unit in units:
                 unit.unlink(missing_ok=True)
             host.systemctl("daemon-reload")
@@ -316,7 +340,7 @@ def uninstall(layout: Layout, host: Host, *, purge: bool, say: Say) -> None:
     _remove(web_state, "page state", say)
     _remove(sms_spool_dir, "SMS spool", say)
     _remove(layout.etc, "config", say)
-    for user in (GATEWAY_USER, WEB_USER, USER):  # the node's user last: its group is the others' primary
+    for user in (BRIDGE_USER, GATEWAY_USER, WEB_USER, USER):  # the node's user last: its group is the others' primary
         if host.user_exists(user) or not host.real:
             host.run(["userdel", user], check=False)
             say(f"user: removed {user}" + ("" if host.real else " (recorded)"))

@@ -35,7 +35,7 @@ from node.appliance import doctor as doctor_mod
 from node.appliance import install as install_mod
 from node.appliance import release as release_mod
 from node.config import Config
-from node.appliance.host import GATEWAY_SERVICE, SERVICES, DirectoryHost, Host, Layout
+from node.appliance.host import SERVICES, DirectoryHost, Host, Layout, optional_services
 
 Say = Callable[[str], None]
 
@@ -179,6 +179,7 @@ class Updater:
         install_mod.prepare_host(self.cfg, self.host, self.say)   # the page's user and db/, if an older install lacks them
         install_mod.install_units(self.layout, self.host, release_mod.share_dir(release), self.say)
         install_mod.enable_gateway(self.cfg, self.host, self.say)   # sms.enabled may have changed
+        install_mod.enable_bridge(self.cfg, self.host, self.say)    # so may bridge.enabled
         self.layout.switch(release)
         self.say(f"current: {old} -> {new}")
         self._restart()
@@ -202,8 +203,7 @@ class Updater:
     def _restart(self) -> None:
         # --no-block: a node that never sends READY=1 would hold systemctl for TimeoutStartSec;
         # the health wait below is the one that counts.
-        gateway = (GATEWAY_SERVICE,) if self.cfg["sms.enabled"] else ()
-        self.host.systemctl("restart", "--no-block", *SERVICES, *gateway, check=False)
+        self.host.systemctl("restart", "--no-block", *SERVICES, *optional_services(self.cfg), check=False)
         self.say("services: restarted" + ("" if self.host.real else " (recorded; nothing runs under --root)"))
 
     def health(self, version: str, restarts: dict[str, int]) -> str:
