@@ -332,16 +332,27 @@ SIM_NEIGHBORHOOD = "sim-hood"
 
 
 def provision_neighborhood(root: Path, name: str, blocks: dict[int, "Block"]) -> None:
-    """TO BE FILLED IN AT MERGE (issue 16): the signed neighborhood roster for ``blocks``.
+    """The neighborhood organizers' key and the signed neighborhood roster, installed on every node.
 
-    The daemon's side (``node/protocol/neighborhood.py``, built beside this) defines the roster's
-    format and where a node reads it. This one function should: make the neighborhood organizers'
-    key under ``root``, sign a roster listing every block (``block.name``, its organizers' public
-    key ``block.files.organizer.public_b64``, and as neighbors every other block), and install it on
-    every node of every block (``block.files.configs``) as that format says. Until then the blocks
-    share the broker and the topics, and the daemon, finding no neighborhood roster, takes nothing
-    from them.
+    Every block is listed with its organizers' public key and an area ("Sim block b"), and every
+    other block as its neighbor, so a block's confirmed raid shows on all the others. Each node
+    gets ``neighborhood.organizer_key`` and the roster at ``<state_dir>/neighborhood.json``.
     """
+    from node.protocol.neighborhood import block_entry, install_neighborhood, roster_path, sign_neighborhood
+
+    organizer = SigningKey.create(Path(root) / "neighborhood-organizer.key", force=True)
+    public = Path(root) / "neighborhood-organizer.pub"
+    public.write_text(organizer.public_b64 + "\n")
+    names = {b: block.name for b, block in blocks.items()}
+    document = sign_neighborhood({"name": name, "version": 1, "blocks": [
+        block_entry(names[b], block.files.organizer.public, f"Sim block {b}",
+                    [names[o] for o in blocks if o != b]) for b, block in blocks.items()]}, organizer)
+    for block in blocks.values():
+        for k, cfg in enumerate(block.files.configs):
+            cfg = config_mod.from_mapping({"neighborhood.organizer_key": str(public)}, source="sim",
+                                          base={key: cfg[key] for key in cfg})
+            block.files.configs[k] = cfg
+            install_neighborhood(document, organizer.public, roster_path(cfg), name=name)
 
 
 class Neighborhood:

@@ -254,7 +254,7 @@ def test_own_crossing_states_are_queued_once_across_a_restart_and_the_roster_ret
     hood = make_hood(bridges=(1, 2))
     hood.run(5)
     out = hood.out(1)
-    assert [(r["topic"], r["retain"]) for r in out] == [(topic(HOOD, "sim-block"), 1), (topic(HOOD), 1)]
+    assert [(r["topic"], r["retain"]) for r in out] == [(topic(HOOD, "sim-block"), 1)]
     assert json.loads(out[0]["payload"]) == hood.node(1).roster.public_document()
     assert b'"place"' not in out[0]["payload"] and b"Building" not in out[0]["payload"]
     alert = hood.node(3).report()

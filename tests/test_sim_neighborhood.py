@@ -90,3 +90,62 @@ def test_without_mosquitto_the_sim_says_so_in_one_line(tmp_path):
     assert done.returncode == 1, done.stderr
     assert "mosquitto is not installed: 'apt-get install mosquitto'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@needs_mosquitto
+def test_a_raid_confirmed_on_block_1_shows_as_nearby_on_every_page_of_blocks_2_and_3(tmp_path):
+    """Issue 16's "done when": three blocks on a real Mosquitto; a raid reported and confirmed on
+    block 1 reaches every page of blocks 2 and 3 as NEARBY (through block 1's bridge node, the
+    broker, blocks 2's and 3's bridge nodes, and their LoRa meshes), and its ALL CLEAR ends it."""
+    from test_cli import free_port_base
+
+    from node.sim import run_neighborhood
+
+    blocks, n = 3, 3
+    base = free_port_base(blocks * n + 1)
+    ready, stopping, said, failed = threading.Event(), threading.Event(), [], []
+
+    def say(line):
+        said.append(line)
+        if "Ctrl-C stops the neighborhood" in line:
+            ready.set()
+
+    def run():
+        try:
+            run_neighborhood(tmp_path / "hood", blocks, n, "line", port_base=base, loss=0.0, preset="MEDIUM_FAST",
+                             seed=3, scale=20.0, stopping=stopping, say=say)
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    control = f"http://127.0.0.1:{base}"
+    try:
+        assert ready.wait(60) and not failed, (failed, said)
+        pages = {(b["block"], node["node"]): node["url"] for b in call(f"{control}/nodes") for node in b["nodes"]}
+        assert len(pages) == blocks * n
+        until(lambda: all(b["bridges"][0]["link"] == "up" for b in call(f"{control}/nodes")), what="bridges up")
+        assert call(f"{control}/blocks/1/nodes/3/hold?seconds=3", "POST")["long_enough"]
+        alert = until(lambda: [a for a in call(f"{control}/blocks/1/nodes")[1]["active"]], what="the report on B2")[0]
+        call(f"{control}/blocks/1/nodes/2/confirm?alert={alert}", "POST")
+
+        def nearby(block, i):
+            return call(pages[(block, i)] + "api/nearby")
+
+        def shown(state):
+            return all([(r["block"], r["state"]) for r in nearby(b, i)] == [("block1", state)]
+                       for b in (2, 3) for i in range(1, n + 1))
+
+        until(lambda: shown("confirmed"), timeout=60, what="NEARBY confirmed on every page of blocks 2 and 3")
+        page = urllib.request.urlopen(pages[(3, n)] + "?lang=en", timeout=10).read().decode()
+        assert "Raid confirmed nearby: block1, Sim block 1" in page
+        assert all(nearby(1, i) == [] for i in range(1, n + 1))     # block 1 has the raid itself
+        call(f"{control}/blocks/1/nodes/2/all_clear?alert={alert}", "POST")
+        until(lambda: all(nearby(b, i) == [] for b in (2, 3) for i in range(1, n + 1)), timeout=60,
+              what="the ALL CLEAR ending it on every page")
+    finally:
+        stopping.set()
+        thread.join(60)
+    assert not thread.is_alive() and not failed, failed

@@ -5,8 +5,9 @@ through the store's queues (``node.bridgequeue``). Only when ``neighborhood.name
 
 On a bridge node (``bridge.enabled``), once a tick:
 
-- **out**: this block's signed roster, retained under ``<block>/roster`` (at start and when it
-  changes), and the installed neighborhood roster under ``roster``; then each accepted
+- **out**: this block's public roster (no place names), retained under ``<block>/roster`` (at
+  start and when it changes; the neighborhood roster under ``roster`` is the organizers' to
+  publish, and the broker's ACL lets no block write it); then each accepted
   transition of a raid of this block into a crossing state (the policy), its signed frame as
   sent or received (``events.frame``) under ``<block>/frames``, once per (incident, state)
   across restarts (``neighborhood_shared``, in the transaction that queues it);
@@ -81,7 +82,6 @@ class Neighborhood:
         self._foreign: dict[str, Roster] = {}
         self._cursor = 0                 # the last event looked at for sharing
         self._published: str | None = None
-        self._hood_published: int | None = None
         self._last_logged: dict[str, float] = {}
         if self.name:
             self._load_hood()
@@ -110,7 +110,7 @@ class Neighborhood:
         self.take(now)
 
     def publish_rosters(self, now: float) -> None:
-        """This block's roster (at start and when it changes) and the neighborhood roster, retained."""
+        """This block's public roster, retained (at start and when it changes)."""
         public = self.roster.public_document()   # no place names: they never leave the block
         if public is None:
             if self._published != "unsigned":
@@ -130,10 +130,6 @@ class Neighborhood:
             self._published = document
             log.info("neighborhood %s: block roster v%d queued for the broker (without place names)", self.name,
                      self.roster.version)
-        if self.hood is not None and self.hood.version != self._hood_published:
-            self.queue.publish(topic(self.name), json.dumps(self.hood.document, sort_keys=True,
-                                                            ensure_ascii=False).encode("utf-8"), now, retain=True)
-            self._hood_published = self.hood.version
 
     def share(self, now: float) -> int:
         """Queue each new crossing state of this block's raids for the broker, once; returns how many."""
@@ -232,7 +228,6 @@ class Neighborhood:
         except RosterError as exc:
             log.error("neighborhood %s: %s (kept in memory until a restart)", self.name, exc)
         self.hood = roster
-        self._hood_published = roster.version   # it is on the broker already
         log.info("neighborhood %s: neighborhood roster v%d taken (%d blocks)", self.name, roster.version,
                  len(roster.blocks))
 
