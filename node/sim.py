@@ -206,7 +206,9 @@ class Block:
                 store.add_captain(name, hashed, self.clock(), replace=True)
 
     def newest_active(self, i: int) -> str:
-        active = self.nodes[i].store.active_alerts()
+        node = self.nodes[i]
+        with node.lock:   # the node's connection is the daemon's: never used by two threads at once
+            active = node.store.active_alerts()
         if not active:
             raise SilbatoError(f"node {i} holds no active alert")
         return active[-1].id
@@ -255,8 +257,12 @@ class Block:
 
     def describe(self, host: str = "127.0.0.1") -> list[dict]:
         """The block's nodes, their pages and the alerts each holds (``GET /nodes``)."""
-        return [{"node": i, "name": f"B{i}", "url": f"http://{host}:{self.page_port(i)}/",
-                 "active": [a.id for a in n.store.active_alerts()]} for i, n in sorted(self.nodes.items())]
+        def active(node: Node) -> list[str]:
+            with node.lock:   # the node's connection is the daemon's: never used by two threads at once
+                return [a.id for a in node.store.active_alerts()]
+
+        return [{"node": i, "name": f"B{i}", "url": f"http://{host}:{self.page_port(i)}/", "active": active(n)}
+                for i, n in sorted(self.nodes.items())]
 
     def control_app(self, port_base: int, host: str, extra: Callable[[Any], None] | None = None):
         """The control endpoint's Flask app; ``extra(app)`` adds routes (the neighborhood's link controls)."""

@@ -307,11 +307,44 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator["Store"]:
-        """All writes inside commit together or not at all; sqlite errors become ``StoreError``."""
+        """All writes inside commit together or not at all; sqlite errors become ``StoreError``.
+
+        The outermost one is ``BEGIN IMMEDIATE``: it takes the write lock first (waiting up to the
+        busy timeout). A deferred ``BEGIN`` that reads and then writes fails at once with "database
+        is locked" when another process (the page, the gateway, the bridge) wrote in between, since
+        its snapshot is then stale; the busy timeout does not help there. Nested ones are savepoints.
+        """
+        conn = self.db.conn
+        if conn.in_transaction:
+            try:
+                with self.db.atomic():
+                    yield self
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: write failed: {exc}") from exc
+            return
         try:
-            with self.db.atomic():
-                yield self
+            conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: write failed: {exc}") from exc
+        try:
+            yield self
+        except BaseException as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: write failed: {exc}") from exc
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
 
     def pragma(self, name: str):

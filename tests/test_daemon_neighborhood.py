@@ -313,3 +313,20 @@ def test_a_replayed_nearby_frame_is_refused(make_hood):
     store = hood.node(3).store
     store.purge(hood.block.clock() + hood.node(3).config["alerts.retention"] + 1, hood.node(3).config["alerts.retention"])
     assert store.db.execute("SELECT COUNT(*) FROM nearby").fetchone()[0] == 0
+
+
+def test_a_nearby_lost_on_air_reaches_the_block_by_the_bridge_nodes_repeats(make_hood):
+    """A NEARBY has no receipts: when its first copy is lost (here: node 1's link to node 2 down
+    while it goes out), the bridge node's repeats still bring it to every node."""
+    hood = make_hood(bridges=(1,))
+    hood.give_roster(1, hood.oak)
+    hood.run(5)
+    air = hood.block.air
+    air.set_loss(1, 2, 1.0)
+    hood.give_frame(1, hood.oak, hood.oak.frame(State.CONFIRMED))
+    hood.run(5)                       # the first copy went out, and was lost
+    assert hood.nearby(1) and not hood.nearby(2) and not hood.nearby(3)
+    air.set_loss(1, 2, 0.0)
+    hood.run(120)
+    assert all(len(hood.nearby(i)) == 1 for i in (1, 2, 3))
+    assert hood.node(1).counts["relay"] >= 1

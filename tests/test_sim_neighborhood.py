@@ -138,13 +138,22 @@ def test_a_raid_confirmed_on_block_1_shows_as_nearby_on_every_page_of_blocks_2_a
             return all([(r["block"], r["state"]) for r in nearby(b, i)] == [("block1", state)]
                        for b in (2, 3) for i in range(1, n + 1))
 
-        until(lambda: shown("confirmed"), timeout=60, what="NEARBY confirmed on every page of blocks 2 and 3")
+        try:
+            until(lambda: shown("confirmed"), timeout=60, what="NEARBY confirmed on every page of blocks 2 and 3")
+        except AssertionError:
+            raise AssertionError({"nearby": {f"{b}/{i}": nearby(b, i) for b in (1, 2, 3) for i in range(1, n + 1)},
+                                  "nodes": call(f"{control}/nodes")}) from None
         page = urllib.request.urlopen(pages[(3, n)] + "?lang=en", timeout=10).read().decode()
         assert "Raid confirmed nearby: block1, Sim block 1" in page
         assert all(nearby(1, i) == [] for i in range(1, n + 1))     # block 1 has the raid itself
-        call(f"{control}/blocks/1/nodes/2/all_clear?alert={alert}", "POST")
-        until(lambda: all(nearby(b, i) == [] for b in (2, 3) for i in range(1, n + 1)), timeout=60,
-              what="the ALL CLEAR ending it on every page")
+        cleared = call(f"{control}/blocks/1/nodes/2/all_clear?alert={alert}", "POST")
+        try:
+            until(lambda: all(nearby(b, i) == [] for b in (2, 3) for i in range(1, n + 1)), timeout=60,
+                  what="the ALL CLEAR ending it on every page")
+        except AssertionError:
+            raise AssertionError({"cleared": cleared,
+                                  "nearby": {f"{b}/{i}": nearby(b, i) for b in (1, 2, 3) for i in range(1, n + 1)},
+                                  "nodes": call(f"{control}/nodes")}) from None
     finally:
         stopping.set()
         thread.join(60)

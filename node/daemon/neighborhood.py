@@ -45,6 +45,11 @@ from node.store import Store
 log = logging.getLogger(__name__)
 
 INCOMING_BATCH = 200      # messages taken from the bridge per tick
+# Seconds after its first copy at which a bridge node sends its NEARBY again (random within each
+# window). A NEARBY has no receipts, and one copy can be lost on air (a collision, a node
+# transmitting at that moment): the repeats reach a node that missed it; a node that has it
+# drops them as replays. Three copies of 89 bytes per nearby state change.
+NEARBY_REPEATS = ((15.0, 25.0), (60.0, 90.0))
 DROP_LOG_GAP = 300.0      # seconds: a reason is logged again only after this long without it
 # A block sends a few crossing states an hour; a block past this is flooding (per block, verified frames only).
 BLOCK_BURST = 30
@@ -293,6 +298,9 @@ class Neighborhood:
         signed = self.signer.sign(wire.NearbyFrame, code, frame.alert_reporter, frame.alert_counter, frame.state,
                                   frame.location, self.signer.stamp(now))
         self.store.enqueue(signed.data, now)
+        for k, delay in enumerate(NEARBY_REPEATS):
+            self.relays.relay_verdict(("nearby-repeat", bytes(signed.data), k), signed.data, now, delay=delay,
+                                      hop_limit=None)
         log.info("neighborhood %s: %s %s at %s: NEARBY sent to the block", self.name, block,
                  frame.state.word, f"location {frame.location}")
         return self._record(code, frame.alert_reporter, frame.alert_counter, frame.state, frame.location, self.me,
