@@ -338,3 +338,35 @@ def test_readonly_store_opens_a_path_with_a_hash(tmp_path):
     finally:
         ro.close()
         writer.close()
+
+
+def test_a_transaction_that_reads_then_writes_is_not_refused_by_another_process_writing_between(tmp_path):
+    """BEGIN IMMEDIATE: the daemon reads the bridge's queue, the bridge (another connection)
+    writes, then the daemon writes. A deferred BEGIN failed there at once with "database is
+    locked" (its snapshot was stale; the busy timeout does not apply). Now the other writer waits."""
+    import threading
+
+    from node.bridgequeue import BridgeQueue
+    from node.store import BRIDGE_TABLES
+
+    path = tmp_path / "db"
+    daemon = Store(path)
+    bridge = Store(path, writes=BRIDGE_TABLES)
+    done, failed = threading.Event(), []
+
+    def bridge_writes():
+        try:
+            BridgeQueue(bridge).received("silbato/h/b/frames", b"x", 2.0)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+        done.set()
+
+    with daemon.transaction():
+        assert BridgeQueue(daemon).incoming() == []
+        writer = threading.Thread(target=bridge_writes)
+        writer.start()
+        done.wait(1.0)        # the old code: the bridge's write is in by now; the new: it waits for us
+        daemon.set_meta("k", "v")
+    writer.join(10)
+    assert not failed and done.is_set()
+    assert daemon.meta("k") == "v" and len(BridgeQueue(daemon).incoming()) == 1
