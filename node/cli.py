@@ -575,6 +575,44 @@ def verify_bundle(bundle: str, organizer_path: str | None, as_json: bool) -> Non
         raise SystemExit(1)
 
 
+@cli.group()
+def evidence() -> None:
+    """Neighbors' sealed evidence: open a bundle, pull it off the nodes, release it on a node."""
+
+
+@evidence.command("open")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.option("--identity", "identity_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The organizers' age identity file (as age-keygen writes it).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder to write the items to.")
+@click.option("--keep-metadata", is_flag=True,
+              help="Keep location tags in photos and videos (default: removed with exiftool).")
+@click.option("--organizer", "organizer_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Your own copy of the organizers' public key (default: the one inside the bundle).")
+def evidence_open(bundle: str, identity_path: str, out: str, keep_metadata: bool, organizer_path: str | None) -> None:
+    """Verify BUNDLE, then decrypt its items into OUT (location removed from photos and videos)."""
+    from node.evidence.unseal import load_identities, unseal
+    from node.protocol.keys import load_public
+
+    identities = load_identities(Path(identity_path))
+    result = unseal(Path(bundle), identities, Path(out), keep_metadata=keep_metadata,
+                    organizer=load_public(Path(organizer_path)) if organizer_path else None)
+    if not result.report.ok:
+        for finding in result.report.findings:
+            click.echo(f"FAIL {finding}")
+        raise click.ClickException(f"{bundle} does not verify ({len(result.report.findings)} problem(s)); "
+                                   "nothing was decrypted")
+    for opened in result.opened:
+        where = "location removed" if opened.location_removed else "as sent"
+        click.echo(f"{opened.file}  {opened.content_type}  ({where})")
+    for problem in result.problems:
+        click.echo(f"FAIL {problem}")
+    click.echo(f"{'OK' if result.ok else 'FAILED'}: {len(result.opened)} item(s) opened into {out}"
+               + (f"; {len(result.problems)} not" if result.problems else ""))
+    if not result.ok:
+        raise SystemExit(1)
+
+
 # -- the SMS gateway ------------------------------------------------------------------------
 
 PASSPHRASE_ENV = "SILBATO_SMS_PASSPHRASE"

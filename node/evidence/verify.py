@@ -56,6 +56,7 @@ class Report:
     frames: int = 0
     entries: int = 0
     items: int = 0
+    chain: list[dict] = field(default_factory=list)  # the signed entries, in order (trust them only if ``ok``)
 
     @property
     def ok(self) -> bool:
@@ -255,6 +256,7 @@ class _Check:
                                 f"{expected_seq - head['entries']} entries past the signed head")
             elif entries and head.get("tip") != prev:
                 self.report.add("evidence/manifest.jsonl", "edited", "the chain's last entry is not the signed head's tip")
+        self.report.chain = [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries]
         self.items(entries)
 
     def items(self, entries: list[dict]) -> None:
