@@ -395,6 +395,25 @@ class Store:
     def finish_evidence(self, item_id: str, status: str, reason: str = "") -> None:
         self.db.execute("UPDATE evidence SET status = ?, reason = ? WHERE item_id = ?", [status, reason, item_id])
 
+    def release_evidence(self, item_id: str, now: float) -> bool:
+        """Mark a chained item released (pulled off the node; its files are deleted next). False if it was not chained."""
+        cur = self.db.execute("UPDATE evidence SET status = 'released', reason = ? WHERE item_id = ? AND status = 'chained'",
+                              [f"pulled at {now:.0f}", item_id])
+        return cur.rowcount == 1
+
+    def released_evidence(self) -> list[dict]:
+        """Items released and not yet recorded as pulled in their incident's manifest."""
+        return list(self.db.query("SELECT * FROM evidence WHERE status = 'released' ORDER BY rowid"))
+
+    def evidence_status(self, item_id: str) -> str | None:
+        row = self.db.execute("SELECT status FROM evidence WHERE item_id = ?", [item_id]).fetchone()
+        return row[0] if row else None
+
+    def held_evidence(self) -> list[dict]:
+        """Per incident, the chained items still on the node: ``alert_id``, ``items``, ``bytes`` (sealed)."""
+        return list(self.db.query("SELECT alert_id, count(*) AS items, sum(sealed_size) AS bytes FROM evidence "
+                                  "WHERE status = 'chained' GROUP BY alert_id ORDER BY min(received_at)"))
+
     def evidence_count(self, alert_id: str) -> int:
         return self.db.execute("SELECT count(*) FROM evidence WHERE alert_id = ?",
                                [self.resolve(alert_id)]).fetchone()[0]

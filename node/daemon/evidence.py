@@ -8,6 +8,9 @@ appended to the incident's chain (``node.evidence.manifest``), and the incident'
 signed again. A row that does not check is refused, with the reason, and logged. The
 plaintext's hash cannot be checked (the node cannot open the item): it is the page's word.
 
+An item an organizer pulled (``silbato evidence release``, run by ``evidence pull``) gets a
+signed ``pulled`` entry in the same chain, so later bundles show it pulled rather than removed.
+
 Each incident's head (its transition frames and the chain's tip) is signed again whenever
 either changes. Sealed items older than ``evidence.keep`` are deleted with their rows and
 the incident's manifest, once every ``PURGE_EVERY`` seconds; so are temporary files left by
@@ -41,6 +44,7 @@ class EvidenceDesk:
 
     def tick(self, now: float) -> None:
         self.chain(now)
+        self.record_pulled(now)
         self.sign_heads()
         if now - self._last_purge >= PURGE_EVERY:
             self._last_purge = now
@@ -67,6 +71,30 @@ class EvidenceDesk:
                                            manifest.sign(manifest.ENTRY_DOMAIN, body, self.key))
                 self.store.finish_evidence(row["item_id"], "chained")
             log.info("evidence %s chained: incident %s, entry %d", row["item_id"], incident, len(chain))
+            done += 1
+        return done
+
+    def record_pulled(self, now: float) -> int:
+        """Chain a signed ``pulled`` entry for each item ``silbato evidence release`` let go; returns how many.
+
+        The release deleted its files after checking them against the item's entry (and if it
+        stopped before, they are deleted here): the node keeps only the record that it was pulled.
+        """
+        done = 0
+        for row in self.store.released_evidence():
+            for suffix in (seal.SUFFIX, seal.META_SUFFIX):
+                (self.folder / f"{row['item_id']}{suffix}").unlink(missing_ok=True)
+            incident = row["alert_id"]
+            chain = self.store.manifest(incident)
+            prev = chain[-1]["hash"] if chain else manifest.genesis(self.block, incident)
+            body = manifest.pulled(block=self.block, incident=incident, seq=len(chain), prev=prev, signer=self.me,
+                                   item=row["item_id"], pulled_at=now)
+            with self.store.transaction():
+                self.store.append_manifest(incident, len(chain), row["item_id"], manifest.canonical(body).decode(),
+                                           manifest.sha256(manifest.canonical(body)),
+                                           manifest.sign(manifest.ENTRY_DOMAIN, body, self.key))
+                self.store.finish_evidence(row["item_id"], "pulled", row["reason"])
+            log.info("evidence %s pulled: recorded in incident %s, entry %d", row["item_id"], incident, len(chain))
             done += 1
         return done
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import pyrage
 
 from node.errors import EvidenceError
-from node.evidence import seal
+from node.evidence import manifest, seal
 from node.evidence.verify import Report, verify
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,11 @@ def unseal(bundle: Path, identities: list, out: Path, *, keep_metadata: bool = F
     with zipfile.ZipFile(bundle) as zf:
         folder = zf.namelist()[0].split("/", 1)[0]
         for entry in report.chain:
-            if entry.get("kind", "item") != "item":
+            if manifest.kind(entry) != "item":
                 continue  # a record (such as ``pulled``), not an item
+            if entry["item"] in report.pulled and f"{folder}/evidence/items/{entry['item']}{seal.SUFFIX}" \
+                    not in zf.NameToInfo:
+                continue  # pulled off the node before this bundle was made: it is in an earlier one
             try:
                 result.opened.append(_open_one(zf, folder, entry, identities, out, tool))
             except EvidenceError as exc:
