@@ -8,6 +8,12 @@ appended to the incident's chain (``node.evidence.manifest``), and the incident'
 signed again. A row that does not check is refused, with the reason, and logged. The
 plaintext's hash cannot be checked (the node cannot open the item): it is the page's word.
 
+Hashing a 500 MB video takes seconds on a Pi, and the tick runs under the node's lock: so once
+``start()`` is called (the daemon does) the files are hashed on a thread of their own, the
+*checker*, with no lock held, and a later tick chains what it found. Alerts never wait for a
+hash. A row changed after it was handed to the checker is checked again. Without ``start()``
+(the simulation, on virtual time) the tick hashes inline.
+
 An item an organizer pulled (``silbato evidence release``, run by ``evidence pull``) gets a
 signed ``pulled`` entry in the same chain, so later bundles show it pulled rather than removed.
 
@@ -21,7 +27,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import stat
+import threading
 from pathlib import Path
 
 from node.evidence import manifest, seal
@@ -31,6 +39,7 @@ log = logging.getLogger(__name__)
 
 PURGE_EVERY = 3600.0   # seconds between two purges of old evidence
 PART_GRACE = 86400.0   # seconds after which a temporary file is a page's leftover, not an upload in progress
+CHECKER_JOIN = 5.0     # seconds ``stop`` waits for the checker thread (it stops between two 1 MiB reads)
 
 
 class EvidenceDesk:
@@ -41,6 +50,57 @@ class EvidenceDesk:
         self.keep, self.max_item = keep, max_item
         self._heads: dict[str, dict] = {}
         self._last_purge = 0.0
+        self.hash_file = _hash_plain_file  # (path, stopping) -> (size, SHA-256); a seam for tests
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._todo: queue.Queue[dict | None] = queue.Queue()
+        self._lock = threading.Lock()     # guards the two below (the checker and the tick share them)
+        self._handed: set[str] = set()    # item ids handed to the checker, not yet found
+        self._found: dict[str, tuple[dict, str]] = {}  # item id -> (the row as checked, reason or "")
+
+    # -- the checker thread ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Hash the page's files on a thread of their own from now on (the daemon; not the simulation)."""
+        self._thread = threading.Thread(target=self._checker, name="evidence-checker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._todo.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=CHECKER_JOIN)
+
+    def _checker(self) -> None:
+        while not self._stopping.is_set():
+            row = self._todo.get()
+            if row is None:
+                break
+            try:
+                reason = self._check_files(row)
+            except _Stopped:
+                break
+            except Exception as exc:  # one bad file never stops the checker
+                log.exception("evidence %s: the check failed", row["item_id"])
+                reason = f"the check failed: {exc}"
+            with self._lock:
+                self._handed.discard(row["item_id"])
+                self._found[row["item_id"]] = (row, reason)
+
+    def _checked(self, row: dict) -> str | None:
+        """The reason to refuse ``row`` ("" to chain it), or ``None`` while the checker is at it."""
+        reason = self._check_row(row)
+        if reason or self._thread is None:
+            return reason or self._check_files(row)
+        item = row["item_id"]
+        with self._lock:
+            found = self._found.pop(item, None)
+            if found is not None and found[0] == row:
+                return found[1]
+            if item not in self._handed:  # new, or changed since it was checked: (again) to the checker
+                self._handed.add(item)
+                self._todo.put(dict(row))
+        return None
 
     def tick(self, now: float) -> None:
         self.chain(now)
@@ -54,7 +114,9 @@ class EvidenceDesk:
         """Check and chain every pending item; returns how many were chained."""
         done = 0
         for row in self.store.pending_evidence():
-            reason = self._check(row)
+            reason = self._checked(dict(row))
+            if reason is None:
+                continue  # being hashed: a later tick chains it
             if reason:
                 log.warning("evidence %s refused: %s", row["item_id"], reason)
                 with self.store.transaction():
@@ -98,18 +160,23 @@ class EvidenceDesk:
             done += 1
         return done
 
-    def _check(self, row: dict) -> str:
+    def _check_row(self, row: dict) -> str:
+        """What can be checked at once, under the node's lock (the store is read)."""
         if not _is_item_id(row["item_id"]):
             return "not an item id"
         if self.store.get_alert(row["alert_id"]) is None:
             return "no such incident"
         if not isinstance(row["size"], int) or not 0 <= row["size"] <= self.max_item:
             return "size out of bounds"
+        return ""
+
+    def _check_files(self, row: dict) -> str:
+        """Both files against the row: slow for a large item, and touches no store (the checker runs it)."""
         for suffix, size, digest in ((seal.SUFFIX, row["sealed_size"], row["sealed_sha256"]),
                                      (seal.META_SUFFIX, None, row["meta_sha256"])):
             path = self.folder / f"{row['item_id']}{suffix}"
             try:
-                found_size, found = _hash_plain_file(path)
+                found_size, found = self.hash_file(path, self._stopping)
             except OSError as exc:
                 return f"{path.name}: {exc.strerror or exc}"
             if found != digest or size is not None and found_size != size:
@@ -156,7 +223,11 @@ def _is_item_id(value) -> bool:
     return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 
 
-def _hash_plain_file(path: Path) -> tuple[int, str]:
+class _Stopped(Exception):
+    """The daemon is stopping: a hash in progress is dropped (the row stays pending)."""
+
+
+def _hash_plain_file(path: Path, stopping: threading.Event | None = None) -> tuple[int, str]:
     """(size, SHA-256) of a plain file, never through a link (the page's user may write the folder)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as fh:
@@ -164,6 +235,8 @@ def _hash_plain_file(path: Path) -> tuple[int, str]:
             raise OSError(0, "not a plain file")
         h, size = manifest.hashlib.sha256(), 0
         while chunk := fh.read(1 << 20):
+            if stopping is not None and stopping.is_set():
+                raise _Stopped()
             h.update(chunk)
             size += len(chunk)
     return size, h.hexdigest()
