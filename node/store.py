@@ -282,10 +282,33 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator["Store"]:
-        """All writes inside commit together or not at all; sqlite errors become ``StoreError``."""
+        """All writes inside commit together or not at all; sqlite errors become ``StoreError``.
+
+        The outermost one takes the write lock as it begins (``BEGIN IMMEDIATE``), waiting for
+        it up to the busy timeout. A deferred ``BEGIN`` would read first and ask for the lock
+        at its first write: had the other process (the page, or the daemon) committed in
+        between, SQLite refuses at once ("database is locked", no waiting), and a hold during
+        an upload lost its alert. Nested ones are savepoints.
+        """
+        conn = self.db.conn
         try:
-            with self.db.atomic():
+            if conn.in_transaction or self.readonly:
+                with self.db.atomic():
+                    yield self
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
                 yield self
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
 

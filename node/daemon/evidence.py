@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 PURGE_EVERY = 3600.0   # seconds between two purges of old evidence
 PART_GRACE = 86400.0   # seconds after which a temporary file is a page's leftover, not an upload in progress
+CHECKER_NICE = 19      # the checker thread's nice value: hashing a video yields to everything else
 CHECKER_JOIN = 5.0     # seconds ``stop`` waits for the checker thread (it stops between two 1 MiB reads)
 
 
@@ -72,6 +73,10 @@ class EvidenceDesk:
             self._thread.join(timeout=CHECKER_JOIN)
 
     def _checker(self) -> None:
+        try:  # the lowest CPU priority for this thread alone (Linux): the alert threads come first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECKER_NICE)
+        except (AttributeError, OSError) as exc:
+            log.debug("evidence checker keeps its priority: %s", exc)
         while not self._stopping.is_set():
             row = self._todo.get()
             if row is None:
