@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 
 import pyrage
 import pytest
@@ -149,3 +150,18 @@ def test_a_row_changed_while_it_was_hashed_is_checked_again(block):
     finally:
         go.set()
         desk.stop()
+
+
+def test_the_purge_removes_a_page_s_stale_temporary_file_but_not_an_upload_in_progress(block):
+    """A temporary file's age is told by the kernel's clock, not the node's: with the node's clock
+    ahead (here the simulation's, weeks ahead; on a node, a clock set forward) the purge deleted
+    the file of an upload in progress, and the upload failed at its last piece."""
+    node = block.nodes[1]
+    folder = block.files.configs[0].evidence_dir
+    fresh, stale = folder / ".part-fresh.age", folder / ".part-stale.age"
+    fresh.write_bytes(b"sealed so far")
+    stale.write_bytes(b"left by a page that stopped")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(stale, (two_days_ago, two_days_ago))
+    node.evidence.purge(block.clock() + 30 * 86400)
+    assert fresh.exists() and not stale.exists()

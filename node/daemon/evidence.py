@@ -30,6 +30,7 @@ import os
 import queue
 import stat
 import threading
+import time
 from pathlib import Path
 
 from node.evidence import manifest, seal
@@ -213,9 +214,10 @@ class EvidenceDesk:
         for item_id in gone:
             for suffix in (seal.SUFFIX, seal.META_SUFFIX):
                 (self.folder / f"{item_id}{suffix}").unlink(missing_ok=True)
+        wall = time.time()  # a file's time is the kernel's clock, not the node's (which may be ahead, or simulated)
         try:
             for entry in os.scandir(self.folder):
-                if entry.name.startswith(seal.PART_PREFIX) and now - entry.stat(follow_symlinks=False).st_mtime > PART_GRACE:
+                if entry.name.startswith(seal.PART_PREFIX) and wall - entry.stat(follow_symlinks=False).st_mtime > PART_GRACE:
                     os.unlink(entry.path)
         except OSError as exc:
             log.warning("could not clean %s: %s", self.folder, exc)

@@ -5,7 +5,8 @@
 
 One complete node (real SQLite, keys, roster, gpiozero mock pins, its evidence checker
 thread) in this process, and ``silbato web`` (waitress) for it as its own process on
-127.0.0.1, with the organizers' age key set. Then:
+127.0.0.1, with the organizers' age key set and the environment its systemd unit gives it.
+Then:
 
 1. **one large upload** through the page as the page's JavaScript sends it (``POST
    /alerts/<id>/uploads``, then 1 MiB ``PUT`` pieces), sealed as it streams, against the
@@ -71,6 +72,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 '''
+
+
+def unit_environment() -> dict[str, str]:
+    """The ``Environment=`` settings of ``systemd/silbato-web.service``."""
+    unit = HERE.parent.parent / "systemd" / "silbato-web.service"
+    pairs = [line.split("=", 1)[1].split("=", 1) for line in unit.read_text().splitlines()
+             if line.startswith("Environment=")]
+    return {k: v for k, v in pairs}
 
 
 def free_port() -> int:
@@ -255,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f'max_item = {settings["evidence.max_item"]}\nmax_total = {settings["evidence.max_total"]}\n'
                 '[log]\nlevel = "WARNING"\n')
             env = {k: v for k, v in os.environ.items() if not k.startswith("SILBATO_")}
+            env.update(unit_environment())  # the page runs as its unit runs it (MALLOC_ARENA_MAX)
             web = subprocess.Popen(["nice", "-n", str(args.web_nice), sys.executable, "-m", "node.cli",
                                     "--config", str(toml), "web"], env=env)
             plain = subprocess.Popen([sys.executable, "-c", PLAIN_SERVER, str(plain_port), str(root / "plain.bin")])
