@@ -28,7 +28,7 @@ from node.evidence.verify import verify
 from node.protocol.alerts import Alert, Kind, State
 from node.protocol.keys import Roster, SigningKey
 from node.store import Store
-from test_fleet import free_port, sshd  # noqa: F401  (the real sshd fixture)
+from test_fleet import sshd  # noqa: F401  (the real sshd fixture)
 
 NOW = 1_800_000_000.0
 

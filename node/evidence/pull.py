@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from node.appliance.fleet import PRELUDE, FleetError, Ssh, _last_json, _why
+from node.appliance.fleet import PRELUDE, Ssh, _last_json, _why
 from node.evidence import manifest, seal
 from node.evidence.verify import verify
 from node.store import Store
@@ -203,5 +203,3 @@ def lines(results: Sequence[Pulled]) -> list[str]:
         out += [f"[{r.host}]   FAIL {p}" for p in r.problems]
     return out
 
-
-__all__ = ["FleetError", "Pulled", "held", "lines", "pull", "release"]

@@ -46,7 +46,7 @@ from gpiozero.pins.mock import MockFactory
 
 from node.daemon.node import Node
 from node.protocol.alerts import Alert, Kind, State
-from node.sim import Block, provision
+from node.sim import provision
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -128,7 +128,8 @@ class Phone:
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
         cookie = "; ".join(f"{k}={m.value}" for k, m in self.cookies.items())
-        self.conn.request(method, path, body=body, headers={**(headers or {}), **({"Cookie": cookie} if cookie else {})})
+        headers = {**(headers or {}), **({"Cookie": cookie} if cookie else {})}
+        self.conn.request(method, path, body=body, headers=headers)
         response = self.conn.getresponse()
         data = response.read()
         for header in response.headers.get_all("Set-Cookie") or []:
@@ -283,12 +284,16 @@ def main(argv: list[str] | None = None) -> dict:
             chained = node.wait_for(lambda: not node.store.pending_evidence(), timeout=300)
 
             quiet = holds(node, factory, offset, args.hold_time, args.holds)
+            now = time.time()
+            with node.lock:  # a new incident: the page lists 200 alerts, and the holds made as many
+                node.store.save_alert(Alert("2-2", Kind.RAID, 102, 2, State.CONFIRMED, 3, now, now, now))
             done, errors = threading.Event(), []
 
             def send(i: int) -> None:  # each phone its own process: the node's process only runs the node
                 # at nice 19: the phones are not on the node, so they take only the CPU it leaves
-                done_ = subprocess.run(["nice", "-n", "19", sys.executable, __file__, "--phone", str(port), "2-1", str(each),
-                                        f"127.3.0.{i + 1}", str(10 + i)], capture_output=True, text=True, env=env)
+                done_ = subprocess.run(["nice", "-n", "19", sys.executable, __file__, "--phone", str(port), "2-2",
+                                        str(each), f"127.3.0.{i + 1}", str(10 + i)],
+                                       capture_output=True, text=True, env=env)
                 if done_.returncode != 0:
                     errors.append((done_.stderr.strip().splitlines() or ["failed"])[-1])
 
@@ -311,7 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
         "size_mb": args.size, "page_s": page_s, "plain_s": plain_s,
         "page_mb_s": args.size / page_s, "plain_mb_s": args.size / plain_s, "ratio": plain_s / page_s,
         "rss_idle_mb": idle / 1024, "rss_peak_mb": rss.peak / 1024, "rss_growth_mb": (rss.peak - idle) / 1024,
-        "chained": chained, "web_nice": args.web_nice, "uploads": args.uploads, "upload_size_mb": args.upload_size, "upload_errors": errors,
+        "chained": chained, "web_nice": args.web_nice, "uploads": args.uploads, "upload_size_mb": args.upload_size,
+        "upload_errors": errors,
         "holds_quiet": len(quiet), "holds_busy": len(busy),
         "hold_p50_ms": percentile(quiet, 0.5), "hold_p99_ms": percentile(quiet, 0.99),
         "hold_p50_ms_uploading": percentile(busy, 0.5), "hold_p99_ms_uploading": percentile(busy, 0.99),
