@@ -403,6 +403,8 @@ class Store:
             "('new', 'changed', 'merged') ORDER BY id", [alert_id])]
 
     # -- evidence (the page writes pending rows; the daemon chains and signs them) -------------
+    # An item's status: pending -> chained (or refused); chained -> released ('silbato evidence
+    # release', its files deleted) -> pulled (the daemon signed a 'pulled' entry for it).
 
     def add_evidence(self, item_id: str, alert_id: str, now: float, *, size: int, sha256: str,
                      sealed_size: int, sealed_sha256: str, meta_sha256: str) -> None:
