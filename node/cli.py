@@ -727,6 +727,125 @@ def verify_bundle(bundle: str, organizer_path: str | None, as_json: bool) -> Non
         raise SystemExit(1)
 
 
+@cli.group()
+def evidence() -> None:
+    """Neighbors' sealed evidence: open a bundle, pull it off the nodes, release it on a node."""
+
+
+@evidence.command("open")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.option("--identity", "identity_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The organizers' age identity file (as age-keygen writes it).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder to write the items to.")
+@click.option("--keep-metadata", is_flag=True,
+              help="Keep location tags in photos and videos (default: removed with exiftool).")
+@click.option("--organizer", "organizer_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Your own copy of the organizers' public key (default: the one inside the bundle).")
+def evidence_open(bundle: str, identity_path: str, out: str, keep_metadata: bool, organizer_path: str | None) -> None:
+    """Verify BUNDLE, then decrypt its items into OUT (location removed from photos and videos)."""
+    from node.evidence.unseal import load_identities, unseal
+    from node.protocol.keys import load_public
+
+    identities = load_identities(Path(identity_path))
+    result = unseal(Path(bundle), identities, Path(out), keep_metadata=keep_metadata,
+                    organizer=load_public(Path(organizer_path)) if organizer_path else None)
+    if not result.report.ok:
+        for finding in result.report.findings:
+            click.echo(f"FAIL {finding}")
+        raise click.ClickException(f"{bundle} does not verify ({len(result.report.findings)} problem(s)); "
+                                   "nothing was decrypted")
+    for opened in result.opened:
+        where = "location removed" if opened.location_removed else "as sent"
+        click.echo(f"{opened.file}  {opened.content_type}  ({where})")
+    for problem in result.problems:
+        click.echo(f"FAIL {problem}")
+    click.echo(f"{'OK' if result.ok else 'FAILED'}: {len(result.opened)} item(s) opened into {out}"
+               + (f"; {len(result.problems)} not" if result.problems else ""))
+    if not result.ok:
+        raise SystemExit(1)
+
+
+@evidence.command("pull")
+@click.argument("hosts", nargs=-1, required=True)
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder on this machine for the bundles (one folder per host).")
+@click.option("--ssh-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="An ssh_config file to use instead of ~/.ssh/config (ssh -F).")
+@click.option("--organizer", "organizer_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Your own copy of the organizers' public key (default: the one inside each bundle).")
+def evidence_pull(hosts: tuple[str, ...], to: Path, ssh_config: Path | None, organizer_path: str | None) -> None:
+    """Copy each node's sealed evidence here, verify it here, then have the node delete what verified."""
+    from node.appliance.fleet import Ssh
+    from node.evidence import pull as pull_mod
+    from node.protocol.keys import load_public
+
+    organizer = load_public(Path(organizer_path)) if organizer_path else None
+    results = pull_mod.pull(hosts, to, ssh=Ssh(ssh_config, say=click.echo), organizer=organizer)
+    for line in pull_mod.lines(results):
+        click.echo(line)
+    if not results:
+        click.echo("nothing held on those nodes")
+    click.echo(f"evidence pull: {sum(r.verified for r in results)} item(s) verified, "
+               f"{sum(r.released for r in results)} released"
+               + (f"; {sum(not r.ok for r in results)} problem(s)" if not all(r.ok for r in results) else ""))
+    if not all(r.ok for r in results):
+        raise SystemExit(1)
+
+
+@evidence.command("held")
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON (for evidence pull).")
+@click.pass_context
+def evidence_held(ctx: click.Context, as_json: bool) -> None:
+    """On a node: the incidents with sealed evidence still kept here."""
+    from node.evidence.pull import held
+
+    found = held(open_store(ctx))
+    if as_json:
+        click.echo(json.dumps({"incidents": found}))
+        return
+    for incident in found:
+        click.echo(f"{incident['id']}: {incident['items']} item(s), {incident['bytes']} bytes sealed")
+    if not found:
+        click.echo("no evidence held")
+
+
+@evidence.command("bundle")
+@click.argument("incident")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default="-", show_default=True,
+              help="Where to write the zip ('-': standard output).")
+@click.pass_context
+def evidence_bundle(ctx: click.Context, incident: str, out: str) -> None:
+    """On a node: write INCIDENT's bundle (the page's export), sealed items included."""
+    from web.export import stream_bundle
+
+    cfg = load_config(ctx)
+    found = stream_bundle(open_store(ctx), incident, evidence_dir=cfg.evidence_dir)
+    if found is None:
+        raise click.ClickException(f"no incident {incident} on this node")
+    with click.open_file(out, "wb") as fh:
+        for chunk in found[1]:
+            fh.write(chunk)
+
+
+@evidence.command("release")
+@click.argument("incident")
+@click.argument("items", nargs=-1, required=True)
+@click.pass_context
+def evidence_release(ctx: click.Context, incident: str, items: tuple[str, ...]) -> None:
+    """On a node: delete ITEMS of INCIDENT that an organizer pulled, if their sealed files are the ones signed."""
+    import time as time_mod
+
+    from node.evidence.pull import release
+
+    cfg = load_config(ctx)
+    outcome = release(open_store(ctx), cfg.evidence_dir, incident, items, time_mod.time())
+    for item, word in outcome.items():
+        click.echo(f"{item}: {word}")
+    click.echo(json.dumps({"items": outcome}))
+    if any(word.startswith("kept") for word in outcome.values()):
+        raise SystemExit(1)
+
+
 # -- the SMS gateway ------------------------------------------------------------------------
 
 PASSPHRASE_ENV = "SILBATO_SMS_PASSPHRASE"

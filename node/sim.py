@@ -118,7 +118,7 @@ class Block:
                 self.scheduler.start()
             for i, cfg in enumerate(self.files.configs, start=1):
                 node = Node(cfg, link=self._link(i, cfg), pin_factory=self.factories[i], clock=self.clock,
-                            rng=random.Random(self.seed * 1000 + i))
+                            rng=random.Random(self.seed * 1000 + i), evidence_thread=False)
                 self.nodes[i] = node.start()
                 # Each node ticks once a second at its own phase, as real nodes booted at random moments do.
                 phase = 0.001 + random.Random(self.seed * 7919 + i).random() * 0.998
@@ -138,7 +138,7 @@ class Block:
         old = self.nodes.pop(i)
         old.stop()
         node = Node(old.config, link=old.link, pin_factory=self.factories[i], clock=self.clock,
-                    rng=random.Random(self.seed * 1000 + i + 500))
+                    rng=random.Random(self.seed * 1000 + i + 500), evidence_thread=False)
         self.nodes[i] = node.start()
         return node
 

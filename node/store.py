@@ -270,6 +270,15 @@ def _writes_only_to(tables: Collection[str]):
     return authorize
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is left of a transaction; an error here must not hide the one that caused it."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
 def _alert(row: dict) -> Alert:
     return Alert(id=row["id"], kind=Kind(row["kind"]), location=row["location"], reporter=row["reporter"],
                  state=State(row["state"]), signer=row["signer"], opened_at=row["opened_at"],
@@ -309,13 +318,14 @@ class Store:
     def transaction(self) -> Iterator["Store"]:
         """All writes inside commit together or not at all; sqlite errors become ``StoreError``.
 
-        The outermost one is ``BEGIN IMMEDIATE``: it takes the write lock first (waiting up to the
-        busy timeout). A deferred ``BEGIN`` that reads and then writes fails at once with "database
-        is locked" when another process (the page, the gateway, the bridge) wrote in between, since
-        its snapshot is then stale; the busy timeout does not help there. Nested ones are savepoints.
+        The outermost one takes the write lock as it begins (``BEGIN IMMEDIATE``), waiting for it
+        up to the busy timeout. A deferred ``BEGIN`` reads first and asks for the lock at its first
+        write: had another process (the page, the gateway, the bridge, the daemon) committed in
+        between, SQLite refuses at once ("database is locked", no waiting; its snapshot is stale),
+        and a hold during an upload lost its alert. Nested ones are savepoints.
         """
         conn = self.db.conn
-        if conn.in_transaction:
+        if conn.in_transaction or self.readonly:
             try:
                 with self.db.atomic():
                     yield self
@@ -329,22 +339,14 @@ class Store:
         try:
             yield self
         except BaseException as exc:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            _rollback(conn)
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{self.path}: write failed: {exc}") from exc
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            _rollback(conn)
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
 
     def pragma(self, name: str):
@@ -504,6 +506,8 @@ class Store:
             "('new', 'changed', 'merged') ORDER BY id", [alert_id])]
 
     # -- evidence (the page writes pending rows; the daemon chains and signs them) -------------
+    # An item's status: pending -> chained (or refused); chained -> released ('silbato evidence
+    # release', its files deleted) -> pulled (the daemon signed a 'pulled' entry for it).
 
     def add_evidence(self, item_id: str, alert_id: str, now: float, *, size: int, sha256: str,
                      sealed_size: int, sealed_sha256: str, meta_sha256: str) -> None:
@@ -518,6 +522,25 @@ class Store:
 
     def finish_evidence(self, item_id: str, status: str, reason: str = "") -> None:
         self.db.execute("UPDATE evidence SET status = ?, reason = ? WHERE item_id = ?", [status, reason, item_id])
+
+    def release_evidence(self, item_id: str, now: float) -> bool:
+        """Mark a chained item released (pulled off the node; its files are deleted next). False if it was not chained."""
+        cur = self.db.execute("UPDATE evidence SET status = 'released', reason = ? WHERE item_id = ? AND status = 'chained'",
+                              [f"pulled at {now:.0f}", item_id])
+        return cur.rowcount == 1
+
+    def released_evidence(self) -> list[dict]:
+        """Items released and not yet recorded as pulled in their incident's manifest."""
+        return list(self.db.query("SELECT * FROM evidence WHERE status = 'released' ORDER BY rowid"))
+
+    def evidence_status(self, item_id: str) -> str | None:
+        row = self.db.execute("SELECT status FROM evidence WHERE item_id = ?", [item_id]).fetchone()
+        return row[0] if row else None
+
+    def held_evidence(self) -> list[dict]:
+        """Per incident, the chained items still on the node: ``alert_id``, ``items``, ``bytes`` (sealed)."""
+        return list(self.db.query("SELECT alert_id, count(*) AS items, sum(sealed_size) AS bytes FROM evidence "
+                                  "WHERE status = 'chained' GROUP BY alert_id ORDER BY min(received_at)"))
 
     def evidence_count(self, alert_id: str) -> int:
         return self.db.execute("SELECT count(*) FROM evidence WHERE alert_id = ?",

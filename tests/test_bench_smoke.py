@@ -19,7 +19,7 @@ def test_the_whole_suite_runs_in_smoke_sizes_and_writes_its_json(tmp_path, capsy
     out = tmp_path / "bench.json"
     results = load("suite").main(["--smoke", "--json", str(out)])
     printed = capsys.readouterr().out
-    for bench_id in ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P10"):
+    for bench_id in ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P10", "P11"):
         assert f"== {bench_id}" in printed
     assert json.loads(out.read_text())["P1"]["name"] == "frames"
     assert results["P3"]["result"][0]["delivered_ratio"] == 1.0

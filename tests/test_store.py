@@ -370,3 +370,38 @@ def test_a_transaction_that_reads_then_writes_is_not_refused_by_another_process_
     writer.join(10)
     assert not failed and done.is_set()
     assert daemon.meta("k") == "v" and len(BridgeQueue(daemon).incoming()) == 1
+def test_a_transaction_that_reads_first_is_not_refused_when_the_page_writes_meanwhile(db_path):
+    """The daemon reads its counter, then writes it; the page (another process) commits an evidence row
+    in between. With a deferred BEGIN SQLite refused the daemon at once ("database is locked") and the
+    hold's alert was lost (tests/bench/evidence.py found it). Now the daemon holds the write lock from
+    its BEGIN, and the page waits its turn."""
+    daemon = Store(db_path)
+    page = Store(db_path, writes=store_mod.WEB_TABLES)
+    page.db.conn.set_authorizer(None)  # the page may not set pragmas: this test does, for it
+    page.db.conn.execute("PRAGMA busy_timeout = 0")  # it would wait; here it says at once that it must
+    page.db.conn.set_authorizer(store_mod._writes_only_to(store_mod.WEB_TABLES))
+    meanwhile = []
+
+    def page_writes_between(action, table, *_):
+        if action == sqlite3.SQLITE_UPDATE or action == sqlite3.SQLITE_INSERT:
+            if table == "meta" and not meanwhile:
+                try:
+                    page.add_evidence("0" * 32, "1-1", 1.0, size=1, sha256="a", sealed_size=1, sealed_sha256="b",
+                                      meta_sha256="c")
+                    meanwhile.append("the page wrote")
+                except StoreError:
+                    meanwhile.append("the page waits")
+        return sqlite3.SQLITE_OK
+
+    daemon.db.conn.set_authorizer(page_writes_between)
+    try:
+        with daemon.transaction():
+            counter = daemon.next_counter()  # reads meta, then writes it: the authorizer runs the page here
+    finally:
+        daemon.db.conn.set_authorizer(None)
+    assert meanwhile == ["the page waits"]
+    assert daemon.next_counter() == counter + 1
+    page.add_evidence("1" * 32, "1-1", 2.0, size=1, sha256="a", sealed_size=1, sealed_sha256="b", meta_sha256="c")
+    assert daemon.db.execute("SELECT count(*) FROM evidence").fetchone()[0] == 1
+    page.close()
+    daemon.close()

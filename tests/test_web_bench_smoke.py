@@ -29,3 +29,16 @@ def test_slow_clients_benchmark_smoke(tmp_path, capsys):
     assert figures["old"]["attacker"]["opened"] == 60
     assert "alert to open page" in capsys.readouterr().out
     assert json.loads((tmp_path / "out.json").read_text())["new"]["cap"] == 8
+
+
+def test_evidence_benchmark_smoke(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("evidence_bench", Path(__file__).parent / "bench" / "evidence.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = bench.main(["--size", "3", "--uploads", "2", "--upload-size", "2", "--holds", "3",
+                          "--json", str(tmp_path / "out.json")])
+    assert figures["upload_errors"] == [] and figures["chained"], figures
+    assert figures["holds_quiet"] == 3 and figures["holds_busy"] >= 3
+    assert figures["page_s"] > 0 and figures["plain_s"] > 0 and figures["rss_peak_mb"] >= figures["rss_idle_mb"]
+    assert "against a plain HTTP copy" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["uploads"] == 2

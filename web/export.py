@@ -10,7 +10,8 @@
     incident-<id>/organizer.pub      the organizers' public key (pin your own copy: ``silbato verify --organizer``)
     incident-<id>/evidence/head.json      the node's signed head: the frames' hashes, the chain's length and tip
     incident-<id>/evidence/manifest.jsonl the hash-chained, signed entries, one per sealed item
-    incident-<id>/evidence/items/<item>.age, <item>.meta.age   the sealed items (age; the node cannot open them)
+    incident-<id>/evidence/items/<item>.age, <item>.meta.age   the sealed items (age; the node cannot open them),
+                                     but for those pulled off the node (a signed ``pulled`` entry says so)
     incident-<id>/SHA256SUMS         ``sha256sum -c`` checks every file above
 
 ``silbato verify`` checks the signed parts (``node.evidence.verify``); ``SHA256SUMS`` alone
@@ -137,7 +138,8 @@ def stream_bundle(store: Store, alert_id: str, *, block: str = "", evidence_dir:
     files = [("incident.json", _json(incident)), ("notes.json", _json(notes)),
              *cap_messages(alert, events, place, block), *_signed_files(store, alert.id)]
     chain = store.manifest(alert.id)
-    items = [f"{row['item_id']}{suffix}" for row in chain for suffix in (seal.SUFFIX, seal.META_SUFFIX)]
+    items = [f"{row['item_id']}{suffix}" for row in chain if manifest.kind(json.loads(row["entry"])) == "item"
+             for suffix in (seal.SUFFIX, seal.META_SUFFIX)]
     folder = f"incident-{alert.id}"
     return f"{folder}.zip", _zip(folder, files, items, Path(evidence_dir) if evidence_dir else None)
 

@@ -35,6 +35,7 @@ Say = Callable[[str], None]
 BATCH = 3               # nodes updated at once after the canary
 CONNECT_TIMEOUT = 15    # seconds for ssh to connect
 UPDATE_TIMEOUT = 1800   # seconds for one node's whole update (building a venv on a Pi Zero is slow)
+COPY_CHUNK = 1 << 20    # bytes read at a time from a copy's ssh (a bundle of videos is never held whole)
 
 # Every remote script starts here: where silbato is on the node, and how to become root.
 PRELUDE = r"""set -e
@@ -108,6 +109,37 @@ class Ssh:
             feeder.join(timeout=10)
             drainer.join(timeout=10)
         return code, lines, b"".join(err).decode("utf-8", "replace")
+
+    def copy_out(self, host: str, script: str, dest: Path, *, timeout: float = UPDATE_TIMEOUT) -> tuple[int, str]:
+        """Run ``script`` on ``host`` and write its standard output, as bytes, to the new file ``dest``.
+
+        Returns ``(exit code, stderr)``. Anything that stops the copy (the connection dropped,
+        a full disk here) kills ssh and is raised; the caller removes ``dest``.
+        """
+        proc = subprocess.Popen(self.argv(host, script), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        err: list[bytes] = []
+        drainer = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+        drainer.start()
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            with open(dest, "xb") as fh:
+                while chunk := proc.stdout.read(COPY_CHUNK):
+                    self._write(fh, chunk)
+            code = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+            drainer.join(timeout=10)
+        return code, b"".join(err).decode("utf-8", "replace")
+
+    @staticmethod
+    def _write(fh, chunk: bytes) -> None:
+        fh.write(chunk)
 
     @staticmethod
     def _feed(proc: subprocess.Popen, data: bytes) -> None:

@@ -71,8 +71,10 @@ class Node:
     """One building's node. Call ``start()`` before use and ``stop()`` after."""
 
     def __init__(self, config: Config, *, link: Link | None = None, pin_factory=None,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 evidence_thread: bool = True):
         self.config = config
+        self._evidence_thread = evidence_thread  # False: evidence is hashed inline in the tick (virtual time)
         self.clock = clock
         # Jitter for re-sends, receipts and heartbeats, shared by every collaborator: nodes that act
         # at the same moment must not keep transmitting at the same moment, or they collide every
@@ -189,6 +191,9 @@ class Node:
         self.chores = Chores(self.config, self.store, self.desk)
         self.evidence = EvidenceDesk(self.id, self.roster.block, self.store, self.key, self.config.evidence_dir,
                                      keep=self.config["evidence.keep"], max_item=self.config["evidence.max_item"])
+        if self._evidence_thread:  # large items are hashed off the node's lock (not in the simulation)
+            self.evidence.start()
+            self._on_stop(self.evidence.stop)
         self._tick_chores = (
             ("captains' requests", self.chores.process_requests),
             ("flooding", self.troubles.calm),

@@ -9,6 +9,11 @@ Pure: dictionaries and a key in, canonical bytes, hashes and signatures out; the
   metadata (content type inside), its ``seq`` (0, 1, ...) and ``prev``: the hash of the entry
   before it (for the first, ``genesis(block, incident)``). Its ``hash`` is the SHA-256 of its
   canonical JSON; its signature is over the same bytes, after ``ENTRY_DOMAIN``.
+- A **pulled** entry (``kind: "pulled"``) records that an earlier item left the node: an
+  organizer pulled it (``silbato evidence pull``) and the node deleted its files after checking
+  them against its entry. It names the ``item`` and ``pulled_at``; it is chained and signed
+  like an item's, so a later bundle shows that item as pulled, not removed. Item entries have
+  no ``kind`` (the first version's entries are items).
 - The **head** says what the incident held when it was last signed: the SHA-256 of each of
   its transition frames in the order taken, how many entries the chain has and its ``tip``.
   It is what makes a truncated chain, or a removed or reordered frame, visible.
@@ -45,6 +50,18 @@ def entry(*, block: str, incident: str, seq: int, prev: str, signer: int, row: d
             "item": row["item_id"], "received_at": row["received_at"], "size": row["size"],
             "sha256": row["sha256"], "sealed_size": row["sealed_size"], "sealed_sha256": row["sealed_sha256"],
             "meta_sha256": row["meta_sha256"]}
+
+
+def pulled(*, block: str, incident: str, seq: int, prev: str, signer: int, item: str, pulled_at: float
+           ) -> dict[str, Any]:
+    """The entry recording that ``item`` was pulled off the node at ``pulled_at`` (node clock, seconds)."""
+    return {"v": VERSION, "kind": "pulled", "block": block, "incident": incident, "seq": seq, "prev": prev,
+            "signer": signer, "item": item, "pulled_at": pulled_at}
+
+
+def kind(body: dict[str, Any]) -> str:
+    """``item`` or ``pulled``."""
+    return body.get("kind", "item")
 
 
 def head(*, block: str, incident: str, frames: list[bytes], entries: int, tip: str, signer: int) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Check an incident bundle with no secret: frames against the roster, the manifest chain, every file's hash.
 
 ``verify(path)`` returns the findings, each naming one file or entry and what happened to
-it: ``edited``, ``removed``, ``reordered``, ``truncated`` or ``added``. No finding: the signed
+it: ``edited``, ``removed``, ``reordered``, ``truncated`` or ``added``. An item that a later signed
+``pulled`` entry says an organizer pulled off the node may be absent (it is in their copy). No finding: the signed
 parts are exactly as the node signed them. ``incident.json``, ``notes.json`` and ``cap/`` are
 not signed (the page writes them); ``SHA256SUMS`` proves nothing (anyone who edits a file
 can recompute it). Both are said in ``notes``.
@@ -56,6 +57,8 @@ class Report:
     frames: int = 0
     entries: int = 0
     items: int = 0
+    chain: list[dict] = field(default_factory=list)  # the signed entries, in order (trust them only if ``ok``)
+    pulled: set[str] = field(default_factory=set)    # items a signed entry says were pulled off the node
 
     @property
     def ok(self) -> bool:
@@ -255,11 +258,26 @@ class _Check:
                                 f"{expected_seq - head['entries']} entries past the signed head")
             elif entries and head.get("tip") != prev:
                 self.report.add("evidence/manifest.jsonl", "edited", "the chain's last entry is not the signed head's tip")
+        self.report.chain = [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries]
         self.items(entries)
 
     def items(self, entries: list[dict]) -> None:
         named = set()
+        seen: set[str] = set()
         for e in entries:
+            if manifest.kind(e) == "pulled":
+                if e.get("item") not in seen:
+                    self.report.add(f"evidence/manifest.jsonl: line {e['_line']}", "added",
+                                    f"entry {e['seq']} says an item was pulled that no earlier entry names")
+                self.report.pulled.add(e.get("item"))
+            else:
+                seen.add(e.get("item"))
+        for e in entries:
+            if manifest.kind(e) != "item":
+                continue
+            if e["item"] in self.report.pulled and not any(
+                    f"evidence/items/{e['item']}{suffix}" in self.files for suffix in (seal.SUFFIX, seal.META_SUFFIX)):
+                continue  # pulled off the node by an organizer, as a signed entry says: not in later bundles
             for suffix, digest in ((seal.SUFFIX, e["sealed_sha256"]), (seal.META_SUFFIX, e["meta_sha256"])):
                 name = f"evidence/items/{e['item']}{suffix}"
                 named.add(name)

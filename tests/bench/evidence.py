@@ -1,0 +1,345 @@
+"""Evidence benchmark: a large video through the real page against a plain HTTP copy, and alerts during uploads.
+
+    .venv/bin/python tests/bench/evidence.py                          # 500 MB; 5 x 100 MB during holds
+    .venv/bin/python tests/bench/evidence.py --size 50 --uploads 2 --upload-size 20 --holds 20
+
+One complete node (real SQLite, keys, roster, gpiozero mock pins, its evidence checker
+thread) in this process, and ``silbato web`` (waitress) for it as its own process on
+127.0.0.1, with the organizers' age key set and the environment its systemd unit gives it.
+Then:
+
+1. **one large upload** through the page as the page's JavaScript sends it (``POST
+   /alerts/<id>/uploads``, then 1 MiB ``PUT`` pieces), sealed as it streams, against the
+   same bytes in the same pieces ``PUT`` to a plain HTTP server (Python's ``http.server``,
+   its own process) that appends them to a file and syncs it at the end. The ratio of the
+   two throughputs is the figure (target >= 0.5), with the web process's resident memory
+   sampled every 20 ms: its peak above idle (target <= 16 MB: streamed, never buffered);
+2. **end of a panic-button hold -> siren on and the alert stored and queued** (as
+   ``local_latency.py`` measures it), first with no upload, then while ``--uploads``
+   uploads of ``--upload-size`` MB each run at once from different addresses (each phone a
+   process of its own at nice 19: phones are not on the node, so they should take only the CPU
+   it leaves); p99 beside p99.
+
+Prints the figures; ``--json`` keeps them. Only loopback traffic; files in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import closing
+from http.cookies import SimpleCookie
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pyrage
+from gpiozero.pins.mock import MockFactory
+
+from node.daemon.node import Node
+from node.protocol.alerts import Alert, Kind, State
+from node.sim import provision
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from local_latency import TimedPin, percentile  # noqa: E402
+
+MB = 1_000_000
+PIECE = 1024 * 1024  # web.uploads.CHUNK: what the page's JavaScript sends
+
+PLAIN_SERVER = r'''
+import http.server, os, sys
+target = sys.argv[2]
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as waitress: no 40 ms wait on a small answer
+    def do_PUT(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open(target, "ab") as fh:
+            fh.write(body)
+            if self.headers.get("X-Last") == "1":
+                fh.flush(); os.fsync(fh.fileno())
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+'''
+
+
+def unit_environment() -> dict[str, str]:
+    """The ``Environment=`` settings of ``systemd/silbato-web.service``."""
+    unit = HERE.parent.parent / "systemd" / "silbato-web.service"
+    pairs = [line.split("=", 1)[1].split("=", 1) for line in unit.read_text().splitlines()
+             if line.startswith("Environment=")]
+    return {k: v for k, v in pairs}
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def pieces(size: int, seed: int):
+    """``size`` bytes in 1 MiB pieces: random, and no two pieces alike (nothing to compress or deduplicate)."""
+    block = bytearray(os.urandom(PIECE))
+    for i, offset in enumerate(range(0, size, PIECE)):
+        block[:16] = seed.to_bytes(8, "big") + i.to_bytes(8, "big")
+        yield offset, bytes(block[:min(PIECE, size - offset)])
+
+
+def wait_http(port: int, path: str = "/", proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            conn.getresponse().read()
+            conn.close()
+            return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+class Phone:
+    """A phone on the building's Wi-Fi sending one file the way ``web/static/evidence.js`` does."""
+
+    def __init__(self, port: int, address: str = "127.0.0.1"):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300, source_address=(address, 0))
+        self.cookies = SimpleCookie()
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        cookie = "; ".join(f"{k}={m.value}" for k, m in self.cookies.items())
+        headers = {**(headers or {}), **({"Cookie": cookie} if cookie else {})}
+        self.conn.request(method, path, body=body, headers=headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        for header in response.headers.get_all("Set-Cookie") or []:
+            self.cookies.load(header)
+        return response.status, data
+
+    def send(self, alert_id: str, size: int, seed: int) -> None:
+        status, html = self.request("GET", f"/alerts/{alert_id}")
+        token = re.search(rb'name="csrf_token" value="([^"]+)"', html)
+        if status != 200 or token is None:
+            raise RuntimeError(f"the incident page answered {status} with no form")
+        token = token[1].decode()
+        status, body = self.request("POST", f"/alerts/{alert_id}/uploads",
+                                    urlencode({"csrf_token": token, "size": size, "type": "video/mp4"}).encode(),
+                                    {"Content-Type": "application/x-www-form-urlencoded"})
+        if status != 201:
+            raise RuntimeError(f"the upload was not started: {status} {body[:200]!r}")
+        url = json.loads(body)["url"]
+        for offset, piece in pieces(size, seed):
+            status, body = self.request("PUT", f"{url}?offset={offset}", piece,
+                                        {"X-CSRFToken": token, "Content-Type": "application/octet-stream"})
+            if status != 200:
+                raise RuntimeError(f"piece at {offset}: {status} {body[:200]!r}")
+        if not json.loads(body).get("done"):
+            raise RuntimeError("the last piece did not finish the upload")
+        self.conn.close()
+
+
+def plain_copy(port: int, size: int, seed: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    for offset, piece in pieces(size, seed):
+        last = offset + len(piece) >= size
+        conn.request("PUT", "/copy", body=piece, headers={"X-Last": "1" if last else "0"})
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"plain copy: {response.status}")
+    conn.close()
+
+
+class RssSampler:
+    """The web process's resident memory every 20 ms, on a thread: its peak."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak = pid, rss_kib(pid)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.02):
+            self.peak = max(self.peak, rss_kib(self.pid))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.thread.join(timeout=5)
+
+
+def holds(node: Node, factory: MockFactory, clock_offset: list, hold_time: float, count: int,
+          until: threading.Event | None = None) -> list[float]:
+    """End of hold -> siren on + alert stored and queued, in ms, for ``count`` holds (or until ``until``)."""
+    button, siren = factory.pin(node.config["hardware.button_pin"]), factory.pin(node.config["hardware.siren_pin"])
+    out = []
+    while len(out) < count or (until is not None and not until.is_set()):
+        clock_offset[0] += 1000.0  # every hold a new report, past the merge and cancel windows
+        node.hardware.siren.silence()
+        siren.changes = []
+        pressed = time.monotonic()
+        button.drive_low()
+        if not node.wait_for(lambda: any(a.location == 101 for a in node.store.active_alerts()), timeout=30):
+            raise RuntimeError("a hold raised nothing")
+        stored = time.monotonic()
+        button.drive_high()
+        on = next((t for t, state in siren.changes if state), None)
+        if on is None:
+            raise RuntimeError("the siren never came on")
+        out.append((max(on, stored) - (pressed + hold_time)) * 1000)
+        with node.lock:  # the ticker thread shares the node's store: read it under the node's lock
+            alert = next(a for a in node.store.active_alerts() if a.location == 101)
+        node.act("cancel", alert.id)
+        with node.lock, node.store.transaction():
+            for seq, _ in node.store.pending():
+                node.store.mark_sent(seq, node.clock())
+    return out
+
+
+def phone_main(argv: list[str]) -> None:
+    """``--phone PORT ALERT SIZE ADDRESS SEED``: one phone's upload, in a process of its own."""
+    port, alert_id, size, address, seed = argv
+    Phone(int(port), address).send(alert_id, int(size), int(seed))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=500, help="MB of the large upload")
+    parser.add_argument("--uploads", type=int, default=5, help="uploads at once during the second run of holds")
+    parser.add_argument("--upload-size", type=int, default=100, help="MB of each of those")
+    parser.add_argument("--holds", type=int, default=200, help="holds without uploads (and at least as many with)")
+    parser.add_argument("--hold-time", type=float, default=0.05, help="seconds")
+    parser.add_argument("--web-nice", type=int, default=0,
+                        help="run silbato web at this nice value (as a unit's Nice= would); default 0")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    size, each = args.size * MB, args.upload_size * MB
+    identity = pyrage.x25519.Identity.generate()
+    settings = {"evidence.recipients": str(identity.to_public()), "evidence.max_item": max(size, each) + MB,
+                "evidence.max_total": (size + args.uploads * each) * 2 + 100 * MB}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        files = provision(root / "block", 2, hold_time=args.hold_time, overrides=settings)
+        cfg = files.configs[0]
+        offset = [0.0]
+        factory = MockFactory(pin_class=TimedPin)
+        node = Node(cfg, pin_factory=factory, clock=lambda: time.time() + offset[0]).start()
+        stopping = threading.Event()
+        ticker = threading.Thread(target=lambda: [node.tick() for _ in iter(lambda: stopping.wait(1.0), True)],
+                                  daemon=True)  # once a second, as silbato run does
+        ticker.start()
+        web = plain = None
+        try:
+            now = time.time()
+            with node.lock:  # the incident neighbors send their videos to: building 2's, still open
+                node.store.save_alert(Alert("2-1", Kind.RAID, 102, 2, State.CONFIRMED, 2, now, now, now))
+            port, plain_port = free_port(), free_port()
+            toml = root / "web.toml"
+            toml.write_text(
+                f'[node]\nstate_dir = "{cfg.state_dir}"\norganizer_key = "{cfg["node.organizer_key"]}"\n'
+                f'[web]\nhost = "127.0.0.1"\nport = {port}\nstate_dir = "{root / "web"}"\n'
+                f'[evidence]\nrecipients = "{settings["evidence.recipients"]}"\n'
+                f'max_item = {settings["evidence.max_item"]}\nmax_total = {settings["evidence.max_total"]}\n'
+                '[log]\nlevel = "WARNING"\n')
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SILBATO_")}
+            env.update(unit_environment())  # the page runs as its unit runs it (MALLOC_ARENA_MAX)
+            web = subprocess.Popen(["nice", "-n", str(args.web_nice), sys.executable, "-m", "node.cli",
+                                    "--config", str(toml), "web"], env=env)
+            plain = subprocess.Popen([sys.executable, "-c", PLAIN_SERVER, str(plain_port), str(root / "plain.bin")])
+            wait_http(port, "/api/health", web)
+            wait_http(plain_port, "/", plain)
+            Phone(port).send("2-1", PIECE, seed=0)  # warm up: first requests, first seal
+            time.sleep(0.5)
+            idle = rss_kib(web.pid)
+            with RssSampler(web.pid) as rss:
+                start = time.monotonic()
+                Phone(port).send("2-1", size, seed=1)
+                page_s = time.monotonic() - start
+            start = time.monotonic()
+            plain_copy(plain_port, size, seed=1)
+            plain_s = time.monotonic() - start
+            chained = node.wait_for(lambda: not node.store.pending_evidence(), timeout=300)
+
+            quiet = holds(node, factory, offset, args.hold_time, args.holds)
+            now = time.time()
+            with node.lock:  # a new incident: the page lists 200 alerts, and the holds made as many
+                node.store.save_alert(Alert("2-2", Kind.RAID, 102, 2, State.CONFIRMED, 3, now, now, now))
+            done, errors = threading.Event(), []
+
+            def send(i: int) -> None:  # each phone its own process: the node's process only runs the node
+                # at nice 19: the phones are not on the node, so they take only the CPU it leaves
+                done_ = subprocess.run(["nice", "-n", "19", sys.executable, __file__, "--phone", str(port), "2-2",
+                                        str(each), f"127.3.0.{i + 1}", str(10 + i)],
+                                       capture_output=True, text=True, env=env)
+                if done_.returncode != 0:
+                    errors.append((done_.stderr.strip().splitlines() or ["failed"])[-1])
+
+            senders = [threading.Thread(target=send, args=(i,)) for i in range(args.uploads)]
+            for t in senders:
+                t.start()
+            watcher = threading.Thread(target=lambda: ([t.join() for t in senders], done.set()))
+            watcher.start()
+            busy = holds(node, factory, offset, args.hold_time, args.holds, until=done)
+            watcher.join()
+        finally:
+            for proc in (web, plain):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(timeout=10)
+            stopping.set()
+            ticker.join(timeout=10)
+            node.stop()
+    figures = {
+        "size_mb": args.size, "page_s": page_s, "plain_s": plain_s,
+        "page_mb_s": args.size / page_s, "plain_mb_s": args.size / plain_s, "ratio": plain_s / page_s,
+        "rss_idle_mb": idle / 1024, "rss_peak_mb": rss.peak / 1024, "rss_growth_mb": (rss.peak - idle) / 1024,
+        "chained": chained, "web_nice": args.web_nice, "uploads": args.uploads, "upload_size_mb": args.upload_size,
+        "upload_errors": errors,
+        "holds_quiet": len(quiet), "holds_busy": len(busy),
+        "hold_p50_ms": percentile(quiet, 0.5), "hold_p99_ms": percentile(quiet, 0.99),
+        "hold_p50_ms_uploading": percentile(busy, 0.5), "hold_p99_ms_uploading": percentile(busy, 0.99),
+    }
+    print(f"evidence: one {args.size} MB upload through the page (waitress, sealed as it streams) "
+          f"against a plain HTTP copy of the same bytes")
+    print(f"  page {figures['page_mb_s']:6.1f} MB/s   plain {figures['plain_mb_s']:6.1f} MB/s   "
+          f"ratio {figures['ratio']:.2f} (target >= 0.5)")
+    print(f"  web process RSS  idle {figures['rss_idle_mb']:.1f} MB   peak {figures['rss_peak_mb']:.1f} MB   "
+          f"growth {figures['rss_growth_mb']:.1f} MB (target <= 16 MB)")
+    print(f"  end of hold -> siren   p50 {figures['hold_p50_ms']:.1f} ms  p99 {figures['hold_p99_ms']:.1f} ms "
+          f"({len(quiet)} holds, no upload)")
+    print(f"                         p50 {figures['hold_p50_ms_uploading']:.1f} ms  "
+          f"p99 {figures['hold_p99_ms_uploading']:.1f} ms ({len(busy)} holds, {args.uploads} uploads of "
+          f"{args.upload_size} MB at once){'; upload errors: ' + '; '.join(errors) if errors else ''}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    return figures
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--phone"]:
+        phone_main(sys.argv[2:])
+    else:
+        main()
