@@ -34,7 +34,8 @@ REPLAY_WINDOW = 63
 WEB_TABLES = frozenset({"captains", "requests", "notes", "sessions", "evidence", "sms_replies"})
 # The only tables the SMS gateway (``silbato gateway``) may write: its lists, queue, tips and
 # state, and captains' requests (a responder's texted REPORT or CONFIRM). Never alerts or troubles.
-GATEWAY_TABLES = frozenset({"requests", "sms_subscribers", "sms_queue", "sms_tips", "sms_state", "sms_replies"})
+GATEWAY_TABLES = frozenset({"requests", "sms_subscribers", "sms_queue", "sms_tips", "sms_state", "sms_replies",
+                            "sms_handled"})
 # The only tables the neighborhood bridge (``silbato bridge``) may write: what it took from the
 # broker, its own state, and the ``sent_at`` mark of what it published (node/bridgequeue.py).
 BRIDGE_TABLES = frozenset({"bridge_in", "bridge_out", "bridge_state"})
@@ -202,6 +203,18 @@ def m010_bridge(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE bridge_in (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
                "payload BLOB NOT NULL, received_at REAL NOT NULL)")
     db["bridge_state"].create({"key": str, "value": str}, pk="key")
+
+
+@migrations()
+def m012_sms_handled(db: sqlite_utils.Database) -> None:
+    """Received texts the SMS gateway has acted on, so a crash before their files are deleted
+    does not act on them again (node/gateway/service.py ``answer``).
+
+    ``identity`` is a keyed HMAC of each inbox file's name and content (the name holds the
+    sender's number): recorded in the transaction that does what the text asks, purged with
+    the retention period.
+    """
+    db["sms_handled"].create({"identity": str, "handled_at": float}, pk="identity")
 
 
 def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
@@ -667,6 +680,7 @@ class Store:
                             "AND created_at < ?", [cutoff])
             self.db.execute("DELETE FROM sms_tips WHERE received_at < ?", [cutoff])
             self.db.execute("DELETE FROM sms_replies WHERE created_at < ?", [cutoff])
+            self.db.execute("DELETE FROM sms_handled WHERE handled_at < ?", [cutoff])
             # Ended logins: the page deletes idle ones as it meets them; none outlives its lifetime.
             self.end_stale_sessions(now, idle=SESSION_LIFETIME)
         try:

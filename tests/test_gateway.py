@@ -121,26 +121,29 @@ def test_a_confirm_by_text_reaches_responders_first_then_the_broad_list_and_stop
 
     # Ben confirms by text; node 1 signs it (a signer other than the reporter); everyone gets CONFIRMED.
     gammu.receive(BEN, f"CONFIRM {alert.id} 876543")
-    step_until(gateway, lambda: len(gammu.sent()) >= 6, "four CONFIRMED texts")
+    step_until(gateway, lambda: len(gammu.sent()) >= 7, "four CONFIRMED texts and Ben's acknowledgement")
     assert store.get_alert(alert.id).state is State.CONFIRMED
-    confirmed = gammu.sent()[2:]
+    confirmed = [name for name in gammu.sent()[2:] if name[3] != "C"]
     assert [name[3] for name in confirmed] == ["A", "A", "B", "B"], "responders are handed to the modem first"
+    assert f"CONFIRM {alert.id} received" in " ".join(text_to(gammu, BEN)), "the responder is told"
+    assert "876543" not in " ".join(text for _, text in gammu.texts()), "the PIN is never repeated"
     assert "REDADA CONFIRMADA" in text_to(gammu, ANA)[1]
     assert "KUMPIRMADONG RAID" in text_to(gammu, CARLA)[0]
     assert "단속 확인" in text_to(gammu, DAE)[0]
-    assert all("warrant" in t or "orden" in t or "영장" in t for _, t in gammu.texts()), "know-your-rights line"
+    assert all("warrant" in t or "orden" in t or "영장" in t for _, t in gammu.texts() if " received " not in t), \
+        "every alert text has the know-your-rights line"
 
     # Carla texts STOP: off the list at once, told so, and never texted again.
     gammu.receive(CARLA, "STOP")
     step_until(gateway, lambda: len(text_to(gammu, CARLA)) == 2, "the STOP confirmation")
     assert "hindi ka na namin padadalhan" in text_to(gammu, CARLA)[1]
     block.nodes[2].act("all_clear", alert.id)
-    step_until(gateway, lambda: len(gammu.sent()) >= 10, "three ALL CLEAR texts")
+    step_until(gateway, lambda: len(gammu.sent()) >= 11, "three ALL CLEAR texts")
     assert len(text_to(gammu, CARLA)) == 2, "no text after STOP"
     assert "ALL CLEAR" in text_to(gammu, BEN)[-1] and "상황 종료" in text_to(gammu, DAE)[-1]
-    assert len(gammu.sent()) == len(set(gammu.sent())) == 10, "no file sent twice"
+    assert len(gammu.sent()) == len(set(gammu.sent())) == 11, "no file sent twice"
     counts = gateway.book.queue_counts()
-    assert counts.get("sent") == 10 and not counts.get("queued") and not counts.get("handed"), counts
+    assert counts.get("sent") == 11 and not counts.get("queued") and not counts.get("handed"), counts
     assert not list(gammu.spool.sent.iterdir()) and not list(gammu.spool.inbox.iterdir()), \
         "each spool file is deleted once handled"
     store.close()
@@ -574,3 +577,47 @@ def test_the_help_memory_forgets_spoofed_senders(quiet):
     arrive(gw.spool, STRANGER, "HELP")
     gw.step()
     assert len(gw._helped) == 1 and len(gw._replied) == 1, "numbers not heard from for a day are forgotten"
+
+
+# -- exactly once: a text acted on but not deleted before a crash ----------------------------------------
+
+def test_a_text_acted_on_but_not_deleted_before_a_crash_is_acted_on_once(node, quiet):
+    gw, clock = quiet
+    arrive(gw.spool, ANA, f"REPORT {node.location} 432156")   # becomes a captains' request
+    arrive(gw.spool, CARLA, "Two vans on Elm Street")         # a tip
+    arrive(gw.spool, STRANGER, "JOIN es")                     # pending, and a reply asking for YES
+
+    def crash(message):
+        raise Crash()   # killed after the store committed what the text did, before its files went
+
+    gw.spool.discard = crash
+    with pytest.raises(Crash):
+        gw.step()
+    assert len(node.store.pending_requests()) == 1 and len(list(gw.spool.inbox.iterdir())) == 3
+    gw.store.close()
+
+    def restart():
+        store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+        again = Gateway(store, gw.spool, scrypt=CHEAP_KDF, clock=clock)
+        again.unlock(PASSPHRASE)
+        return again
+
+    # Restarted, and killed again: this time after every text took effect, before any file went.
+    second = restart()
+    second.spool.discard = lambda message: None
+    second.step()
+    second.store.close()
+    assert len(list(gw.spool.inbox.iterdir())) == 3
+    del second.spool.discard
+    third = restart()
+    third.step()
+    assert not list(gw.spool.inbox.iterdir()), "handled texts' files are deleted, the second time unread"
+    assert len(node.store.pending_requests()) == 1, "the REPORT became one request"
+    assert len(third.book.tips()) == 1, "the tip is on the console once"
+    assert texted(third, STRANGER) == 1 and third.book.subscriber(third.vault, STRANGER)["list"] == "pending"
+    handled = third.store.db.execute("SELECT identity FROM sms_handled").fetchall()
+    assert len(handled) == 3 and not any("555" in row[0] for row in handled), "no number in the clear"
+    # The records go with the retention period.
+    node.store.purge(clock() + 72 * 3600 + 1, 72 * 3600)
+    assert not node.store.db.execute("SELECT count(*) FROM sms_handled").fetchone()[0]
+    third.store.close()

@@ -1,4 +1,4 @@
-"""The gateway's tables: its subscribers, its queue of texts, tips and its own state (node/store.py m007_sms).
+"""The gateway's tables: its subscribers, its queue of texts, tips and its own state (node/store.py m007_sms, m012_sms_handled).
 
 Numbers go in sealed (``Vault.seal``) with their lookup code (``Vault.mac``); nothing here
 reads one in the clear. Lists: ``responder`` (with a PIN), ``broad``, ``pending`` (a JOIN
@@ -187,6 +187,15 @@ class Book:
 
     def queue_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute("SELECT status, count(*) FROM sms_queue GROUP BY status")}
+
+    def handled(self, identity: str) -> bool:
+        """Whether the received text ``identity`` (a keyed MAC of its files) was acted on already."""
+        return self.db.execute("SELECT 1 FROM sms_handled WHERE identity = ?", [identity]).fetchone() is not None
+
+    def record_handled(self, identity: str, now: float) -> None:
+        """Record that the received text ``identity`` was acted on (call in the transaction that acts)."""
+        with self.store.transaction():
+            self.db.execute("INSERT OR IGNORE INTO sms_handled (identity, handled_at) VALUES (?, ?)", [identity, now])
 
     def add_tip(self, vault: Vault, text: str, number: str, now: float) -> int:
         with self.store.transaction():

@@ -9,7 +9,9 @@ Each step (once a second, ``POLL``):
    exactly once (node/gateway/spool.py says how), responders first.
 3. ``reconcile``: texts gammu-smsd moved to sent or error are recorded, and their files deleted.
 4. ``answer`` (unlocked only): received texts become captains' requests, list changes, replies
-   or tips; each file is deleted once handled.
+   or tips; each file is deleted once handled. Exactly once: a keyed MAC of each text's file
+   names and bytes goes in ``sms_handled`` in the same transaction as what the text does, so
+   a text whose files a crash left in the inbox is only deleted on restart, never acted on again.
 5. ``reply`` (unlocked only): a captain's reply to a tip (``sms_replies``, written by the page,
    which cannot read a number) is queued to the tip's sender.
 
@@ -31,7 +33,8 @@ Troubles the gateway watches for itself (each step, in ``sms_state``'s ``trouble
 - **PIN locked**: a responder's PIN had ``PIN_TRIES`` wrong guesses in a row; their texted
   commands are refused, silently, until a captain runs ``silbato sms responders unlock-pin``.
 
-Automatic replies (HELP, JOIN's question, the welcome, STOP's confirmation) are limited, since
+Automatic replies (HELP, JOIN's question, the welcome, STOP's confirmation, the acknowledgement
+of a responder's command: "CONFIRM 3-41 received and passed to the node") are limited, since
 a sender's number can be spoofed to make the gateway text a victim: at most one HELP per number
 an hour, ``REPLIES_PER_NUMBER`` replies of any kind per number a day, ``REPLIES_PER_HOUR`` to
 everyone together. What a text does (a STOP's removal) never waits for its reply.
@@ -244,14 +247,23 @@ class Gateway:
             return
         self._forget(now)
         for message in self.spool.incoming():
+            identity = self.vault.mac("inbox:" + message.digest)
+            if self.book.handled(identity):
+                # Acted on before a crash kept its files from being deleted: not again.
+                log.info("a received text from %s was handled before a restart; its files are deleted",
+                         self.vault.pseudonym(message.sender))
+                self.spool.discard(message)
+                continue
             try:
-                if not self._flooded(message, now):
-                    self._answer(message, now)
+                # What the text does and the record that it was done commit together.
+                with self.store.transaction():
+                    self.book.record_handled(identity, now)
+                    if not self._flooded(message, now):
+                        self._answer(message, now)
             except Exception:
                 log.exception("a received text from %s could not be handled; it is dropped",
                               self.vault.pseudonym(message.sender))
-            for path in message.files:
-                path.unlink(missing_ok=True)
+            self.spool.discard(message)
 
     def reply(self, now: float) -> None:
         if self.vault is None:
@@ -308,6 +320,8 @@ class Gateway:
                 location=int(command.argument) if command.verb == "REPORT" else None)
             log.info("responder %s texted %s: request %d for the node to sign", subscriber["handle"],
                      command.verb, request)
+            self._reply(message, "ack", language, now,
+                        text=texts.ack_text(command.verb, command.argument, language))
         elif command.verb == "JOIN":
             if subscriber is not None and subscriber["list"] in (RESPONDER, BROAD):
                 self._reply(message, "welcome", subscriber["language"], now)
@@ -338,8 +352,9 @@ class Gateway:
         if self._reply(message, "help", language, now):
             self._helped[mac] = now
 
-    def _reply(self, message: Incoming, kind: str, language: str, now: float) -> bool:
-        """Queue an automatic reply unless a limit says no (logged); whether it was queued."""
+    def _reply(self, message: Incoming, kind: str, language: str, now: float, text: str = "") -> bool:
+        """Queue an automatic reply (``kind`` from ``texts.REPLIES``, or ``text``) unless a limit says no
+        (logged); whether it was queued."""
         vault = self.vault
         mac = vault.mac(message.sender)
         replied = self._replied.get(mac, ())
@@ -356,7 +371,7 @@ class Gateway:
         self._replied.setdefault(mac, deque()).append(now)
         self._replies.append(now)
         self.book.enqueue(f"reply:{vault.mac(message.files[0].name)}", number_enc=vault.seal(message.sender),
-                          number_mac=vault.mac(message.sender), priority="C", text=texts.reply_text(kind, language),
+                          number_mac=vault.mac(message.sender), priority="C", text=text or texts.reply_text(kind, language),
                           now=now)
         return True
 

@@ -21,6 +21,7 @@ its row records the outcome, so no number stays in the spool.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -39,6 +40,8 @@ class Incoming:
     files: tuple[Path, ...]  # every part, to delete once handled
     sender: str
     text: str | None         # None: a binary (8-bit) message
+    digest: str = ""         # SHA-256 of every part's name and bytes: which files these are (holds the number: keep
+                             # only a keyed MAC of it)
 
 
 class Spool:
@@ -114,12 +117,20 @@ class Spool:
         messages = []
         for (_when, _serial, sender), parts in groups.items():
             parts.sort()
+            digest = hashlib.sha256()
+            for _, path, _ in parts:
+                digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
             if any(ext != "txt" for _, _, ext in parts):
                 text = None
             else:
                 text = "".join(_read_text(path) for _, path, _ in parts)
-            messages.append(Incoming(tuple(path for _, path, _ in parts), sender, text))
+            messages.append(Incoming(tuple(path for _, path, _ in parts), sender, text, digest.hexdigest()))
         return messages
+
+    def discard(self, message: Incoming) -> None:
+        """Delete a handled text's files from the inbox (they name the sender)."""
+        for path in message.files:
+            path.unlink(missing_ok=True)
 
 
 def _read_text(path: Path) -> str:
