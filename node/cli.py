@@ -691,6 +691,51 @@ def sms_test(ctx: click.Context, number: str, passphrase: str, language: str) ->
     click.echo(f"Test text queued for {vault.pseudonym(number)}.")
 
 
+SMS_WIPE_WAIT = 5.0   # seconds the CLI gives a running gateway to wipe (and forget its key) before wiping itself
+
+
+@sms.command("wipe")
+@click.option("--yes", is_flag=True, help="Do not ask; for scripts and for when the door is being forced.")
+@click.pass_context
+def sms_wipe(ctx: click.Context, yes: bool) -> None:
+    """Destroy the SMS lists, their key, the queue, tips and every file in gammu-smsd's spool."""
+    import threading
+    import time as time_mod
+
+    from node.gateway.book import Book
+    from node.gateway.spool import Spool
+
+    cfg = load_config(ctx)
+    if not yes:
+        click.confirm("Destroy the SMS gateway's lists and their key, its queue, tips and replies, and every "
+                      "file in gammu-smsd's spool?", abort=True)
+    started = time_mod.monotonic()
+    store = open_store(ctx)
+    book = Book(store)
+    with store.transaction():   # a running gateway wipes at its next step, and forgets the key it holds
+        asked = store.db.execute("INSERT INTO sms_wipes (captain, created_at) VALUES ('silbato sms wipe', ?)",
+                                 [time_mod.time()]).lastrowid
+    waiting = threading.Event()
+    while time_mod.monotonic() - started < SMS_WIPE_WAIT and asked in book.wipes_asked():
+        waiting.wait(0.1)
+    answered = asked not in book.wipes_asked()
+    book.wipe()                 # whatever is left, gateway or not
+    try:
+        files = Spool(cfg["sms.spool"]).destroy_all()
+    except OSError as exc:
+        raise click.ClickException(f"the lists are wiped, but the spool could not be: {exc.strerror}: "
+                                   f"{exc.filename} (run as root)") from None
+    book.wipe_done([asked], time_mod.time())
+    emptied = store.truncate_wal()
+    click.echo(f"SMS lists wiped in {time_mod.monotonic() - started:.1f} s"
+               + (" by the running gateway" if answered else " (no running gateway answered)")
+               + ": lists, key, queue, tips and gammu-smsd's spool destroyed"
+               + (f" ({files} spool files here)." if files else "."))
+    if not emptied:
+        click.echo("warning: a reader kept the database's write-ahead log; the next purge empties it", err=True)
+    click.echo("The next 'silbato sms unlock' sets a new passphrase; add the responders again.")
+
+
 @sms.group("responders")
 def sms_responders() -> None:
     """The responders' list: each with a personal PIN for texted commands."""

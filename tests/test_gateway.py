@@ -621,3 +621,89 @@ def test_a_text_acted_on_but_not_deleted_before_a_crash_is_acted_on_once(node, q
     node.store.purge(clock() + 72 * 3600 + 1, 72 * 3600)
     assert not node.store.db.execute("SELECT count(*) FROM sms_handled").fetchone()[0]
     third.store.close()
+
+
+# -- wipe: the lists, the key, the queue, tips and gammu-smsd's spool -------------------------------------
+
+def test_silbato_sms_wipe_leaves_no_number_under_the_state_dir_or_the_spool(node, gammu, gateway, tmp_path):
+    import threading
+
+    from click.testing import CliRunner
+
+    import canary
+    from node.cli import cli
+
+    numbers = [ANA, BEN, CARLA, DAE, STRANGER]
+    gammu.receive(STRANGER, "Two vans parked on Elm Street")
+    step_until(gateway, lambda: gateway.book.tips(), "the tip")
+    node.report()
+    step_until(gateway, lambda: len(gammu.sent()) >= 2, "the REPORTED texts")
+    gammu.stop()   # now texts stay in the spool: in the outbox, an error, a received one not yet read
+    for number in (ANA, CARLA):
+        gateway.book.enqueue(f"test:{gateway.vault.mac(number)}", number_enc=gateway.vault.seal(number),
+                             number_mac=gateway.vault.mac(number), priority="C", text="a test", now=time.time())
+    gateway.step()
+    assert gateway.spool.waiting() == 2
+    (gammu.spool.error / f"OUTB{9:010d}_0_00_{DAE}_silbato.txt").write_bytes("x".encode("utf-16"))
+    arrive(gammu.spool, CARLA, "STOP")
+    sealed = [bytes(r[0])[12:28] for r in node.store.db.execute("SELECT number_enc FROM sms_subscribers")]
+    salt = gateway.book.state("salt")
+    roots = [node.config.state_dir, gammu.spool.root]
+    assert canary.found(roots, numbers), "numbers are in the spool before the wipe"
+
+    config = tmp_path / "silbato.toml"
+    config.write_text(f'[node]\nstate_dir = "{node.config.state_dir}"\norganizer_key = "{node.config["node.organizer_key"]}"\n'
+                      f'[sms]\nspool = "{gammu.spool.root}"\n')
+    refused = CliRunner().invoke(cli, ["--config", str(config), "sms", "wipe"], input="n\n")
+    assert refused.exit_code == 1 and gateway.book.counts(), "it asks first"
+    stopping = threading.Event()
+    running = threading.Thread(target=gateway.run, args=(stopping,))
+    running.start()   # the running gateway takes the wipe request and forgets its key
+    try:
+        wiped = CliRunner().invoke(cli, ["--config", str(config), "sms", "wipe", "--yes"])
+        assert wiped.exit_code == 0, wiped.output
+        assert "by the running gateway" in wiped.output, wiped.output
+    finally:
+        stopping.set()
+        running.join(timeout=10)
+    assert gateway.vault is None and not gateway.book.counts() and not gateway.book.tips()
+    assert gateway.book.state("salt") is None and gateway.book.state("state") == "locked"
+    assert not any(p.is_file() for p in gammu.spool.root.rglob("*")), "every spool file destroyed"
+    node.store.db.execute("SELECT 1").fetchone()
+    assert not canary.found(roots, numbers), "no number under the state directory or the spool"
+    files = [p for root in roots for p in Path(root).rglob("*") if p.is_file()]
+    assert any(p.name.endswith("-wal") for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert not any(blob in data for blob in sealed), f"{path}: a sealed number survived"
+        assert salt.encode() not in data and bytes.fromhex(salt) not in data, f"{path}: the key's salt survived"
+        assert b"Two vans parked" not in data and "Two vans parked".encode("utf-16-le") not in data, path
+    gateway.unlock("a new passphrase")   # as before the first unlock: a new passphrase sets a new key
+    assert gateway.book.state("salt") not in (None, salt)
+
+
+def test_the_console_wipes_the_text_lists_with_two_buttons(node, gateway):
+    from werkzeug.security import generate_password_hash
+
+    from web import create_app, settings
+    from websupport import CHEAP_SCRYPT, PASSWORD, csrf_token, login
+
+    node.store.add_captain("ana", generate_password_hash(PASSWORD, method=CHEAP_SCRYPT), time.time())
+    client = create_app({**settings(node.config), "TESTING": True}).test_client()
+    login(client, "ana")
+    gateway.step()
+    page = client.get("/captain/texts").get_data(as_text=True)
+    assert "Wipe the text lists…" in page
+    confirm = client.get("/captain/texts/wipe").get_data(as_text=True)   # the first button: what it destroys
+    assert "cannot be undone" in confirm and "Destroy the text lists now" in confirm
+    assert gateway.book.counts(), "nothing is wiped by the first button"
+    token = csrf_token(client, "/captain/texts/wipe")
+    assert client.post("/captain/texts/wipe", data={}).status_code == 403, "a CSRF token is needed"
+    done = client.post("/captain/texts/wipe", data={"csrf_token": token})   # the second
+    assert done.status_code == 303
+    gateway.step()
+    assert gateway.vault is None and not gateway.book.counts() and gateway.book.state("salt") is None
+    assert node.store.db.execute("SELECT count(*) FROM sms_wipes WHERE done_at IS NOT NULL").fetchone()[0] == 1
+    assert "wiping the text lists" in client.get("/captain/texts?wiped=1").get_data(as_text=True)
+    es = client.get("/captain/texts/wipe", headers={"Accept-Language": "es"}).get_data(as_text=True)
+    assert "Destruir las listas de mensajes ahora" in es

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterable
+
+from node.shred import destroy  # noqa: F401  (the daemon's wipe and the CLI's)
 
 log = logging.getLogger(__name__)
 
@@ -59,30 +60,3 @@ def ask(config) -> None:
 
 def requested(config) -> bool:
     return request_file(config).exists()
-
-
-def destroy(paths: Iterable[Path]) -> list[Path]:
-    """Overwrite, sync and remove each existing file; returns those destroyed. Never raises."""
-    done = []
-    for path in paths:
-        try:
-            size = path.stat().st_size
-            with open(path, "r+b", buffering=0) as fh:
-                remaining = size
-                while remaining > 0:
-                    chunk = os.urandom(min(remaining, 1 << 20))
-                    fh.write(chunk)
-                    remaining -= len(chunk)
-                os.fsync(fh.fileno())
-            path.unlink()
-            done.append(path)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.error("wipe: could not destroy %s: %s", path, exc)
-            try:
-                path.unlink()
-                done.append(path)
-            except OSError:
-                pass
-    return done

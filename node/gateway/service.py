@@ -15,6 +15,10 @@ Each step (once a second, ``POLL``):
 5. ``reply`` (unlocked only): a captain's reply to a tip (``sms_replies``, written by the page,
    which cannot read a number) is queued to the tip's sender.
 
+Before them, a wipe asked for (``sms_wipes``: the console's two-button confirm, ``silbato sms
+wipe``) destroys the lists, the key (in memory, and its salt and check in ``sms_state``), the
+queue, tips, replies and every file in the spool; locked or not.
+
 Locked (after a boot, until ``silbato sms unlock``), texts queue and received ones wait in
 gammu's inbox; the store shows the trouble "SMS gateway: locked". The queue is bounded
 (``QUEUE_LIMIT``): beyond it the oldest queued texts are dropped, with a log line and the
@@ -120,10 +124,46 @@ class Gateway:
 
     # -- the loop ----------------------------------------------------------------------------------
 
+    def wipe(self, why: str) -> int:
+        """Destroy the lists, the key (in memory and its salt), the queue, tips, replies and every file
+        in gammu-smsd's spool; the gateway is then as before its first unlock. Returns the files destroyed."""
+        with self.lock:
+            return self._wipe(why)
+
+    def _wipe(self, why: str) -> int:
+        started = time.monotonic()
+        self.vault = None
+        self.book.wipe()
+        files = self.spool.destroy_all()
+        if not self.store.truncate_wal():
+            log.warning("SMS wipe: a reader kept the database's write-ahead log; the next purge empties it")
+        self._planned.clear()
+        for memory in (self._heard, self._helped, self._replied):
+            memory.clear()
+        self._replies.clear()
+        self._overflow, self._flooding_until, self._outbox, self._shown = 0, float("-inf"), None, None
+        log.critical("SMS WIPE (%s) done in %.1f s: lists, key, queue, tips and %d spool files destroyed; "
+                     "the next 'silbato sms unlock' sets a new passphrase", why, time.monotonic() - started, files)
+        return files
+
+    def _wipe_if_asked(self, now: float) -> None:
+        asked = self.book.wipes_asked()
+        if asked:
+            self._wipe("a captain asked")
+            self.book.wipe_done(asked, now)
+        elif self.vault is not None and self.book.state("salt") is None:
+            # Wiped by another process (``silbato sms wipe`` with no gateway answering): forget the key.
+            self.vault = None
+            log.warning("SMS lists wiped elsewhere: the key is forgotten; the gateway is locked")
+
     def step(self) -> None:
         """One pass of plan, hand off, reconcile and answer; each part's failure is logged, not raised."""
         with self.lock:
             now = self.clock()
+            try:
+                self._wipe_if_asked(now)
+            except Exception:
+                log.exception("SMS gateway: a wipe failed")
             for name, part in (("plan", self.plan), ("bound", self.bound), ("hand-off", self.hand_off),
                                ("reconcile", self.reconcile), ("answer", self.answer), ("reply", self.reply), ("modem", self.watch_modem)):
                 try:

@@ -127,6 +127,20 @@ class Spool:
             messages.append(Incoming(tuple(path for _, path, _ in parts), sender, text, digest.hexdigest()))
         return messages
 
+    def destroy_all(self) -> int:
+        """Overwrite and delete every file in the four folders (a wipe); how many there were."""
+        from node.shred import destroy
+
+        files, links = [], []
+        for name in FOLDERS:
+            folder = self.root / name
+            for path in (folder.iterdir() if folder.is_dir() else ()):
+                # A link is removed, never followed: overwriting its target could be anything.
+                (links if path.is_symlink() else files if path.is_file() else []).append(path)
+        for link in links:
+            link.unlink(missing_ok=True)
+        return len(destroy(files)) + len(links)
+
     def discard(self, message: Incoming) -> None:
         """Delete a handled text's files from the inbox (they name the sender)."""
         for path in message.files:
