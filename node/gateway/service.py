@@ -265,21 +265,31 @@ class Gateway:
     def hand_off(self, now: float) -> None:
         if self.vault is None:
             return
+        # Files first, then one sync of the folder, then the rows in one transaction: a crash in
+        # between leaves rows queued whose files exist, which the next hand-off finds and only marks.
+        handed = []
         for row in self.book.queued(HAND_OFF_BATCH):
             number = self.vault.open(row["number_enc"])
-            fresh = self.spool.hand_off(row["id"], row["priority"], number, row["text"])
-            self.book.mark(row["id"], "handed", now)
-            if not fresh:
+            if not self.spool.hand_off(row["id"], row["priority"], number, row["text"], sync=False):
                 log.info("text %d was in gammu's spool already (a hand-off interrupted before): not written again",
                          row["id"])
+            handed.append(row["id"])
+        if handed:
+            self.spool.sync()
+            with self.store.transaction():
+                for queue_id in handed:
+                    self.book.mark(queue_id, "handed", now)
 
     def reconcile(self, now: float) -> None:
-        for queue_id, sent, path in self.spool.outcomes():
-            row = self.book.row(queue_id)
-            if row is not None and row["status"] in ("queued", "handed"):
-                self.book.mark(queue_id, "sent" if sent else "failed", now)
-                if not sent:
-                    log.warning("text %d could not be sent (gammu-smsd moved it to its error folder)", queue_id)
+        outcomes = self.spool.outcomes()
+        with self.store.transaction():   # every outcome recorded, then the files deleted
+            for queue_id, sent, path in outcomes:
+                row = self.book.row(queue_id)
+                if row is not None and row["status"] in ("queued", "handed"):
+                    self.book.mark(queue_id, "sent" if sent else "failed", now)
+                    if not sent:
+                        log.warning("text %d could not be sent (gammu-smsd moved it to its error folder)", queue_id)
+        for _, _, path in outcomes:
             path.unlink(missing_ok=True)  # recorded: no number stays in the spool
 
     def answer(self, now: float) -> None:

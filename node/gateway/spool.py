@@ -67,19 +67,29 @@ class Spool:
                 return folder
         return None
 
-    def hand_off(self, queue_id: int, priority: str, number: str, text: str) -> bool:
-        """Put a text in the outbox under its one name; False if it was there (or past it) already."""
+    def hand_off(self, queue_id: int, priority: str, number: str, text: str, *, sync: bool = True) -> bool:
+        """Put a text in the outbox under its one name; False if it was there (or past it) already.
+
+        ``sync=False``: the outbox folder is not synced; the caller calls ``sync()`` once for a batch,
+        before recording any of them as handed."""
         name = self.name(queue_id, priority, number)
         if self.where(name) is not None:
             return False
         tmp = self.outbox / f".{queue_id}.tmp"
         with open(tmp, "wb") as fh:
             fh.write(b"\xff\xfe" + text.encode("utf-16-le"))  # UTF-16 with its mark: any language
-            fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, self.outbox / name)
-        _fsync_dir(self.outbox)
+        if sync:
+            _fsync_dir(self.outbox)
         return True
+
+    def sync(self) -> None:
+        """Make a batch of ``hand_off(..., sync=False)`` durable, contents and names, before their
+        rows are marked handed: one ``sync()`` instead of two fsyncs a text (2 ms each on a disk)."""
+        os.sync()
 
     def outcomes(self) -> list[tuple[int, bool, Path]]:
         """(queue id, sent?, file) for each of our files gammu-smsd has moved to sent or error."""
