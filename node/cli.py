@@ -532,8 +532,11 @@ def hardware_test(ctx: click.Context, mock: bool, yes: bool, wait: float, step: 
 @click.option("--radio", default="air", show_default=True, type=click.Choice(["air", "serial"]),
               help="air: nodes on the simulated air directly; serial: through the real meshtastic library "
                    "to simulated radios on pseudo-terminals.")
+@click.option("--sms", is_flag=True,
+              help="Node 1 is also the SMS gateway: the real gammu-smsd on Gammu's dummy phone (needs gammu-smsd), "
+                   "with POST /sms/in and GET /sms/out on the control endpoint.")
 def sim(n: int, topology: str, port_base: int, loss: float, preset: str, seed: int, scale: float,
-        state_dir: str | None, radio: str) -> None:
+        state_dir: str | None, radio: str, sms: bool) -> None:
     """Run a simulated block of N nodes, each with its web page, on localhost."""
     from node.sim import run_demo
 
@@ -541,7 +544,7 @@ def sim(n: int, topology: str, port_base: int, loss: float, preset: str, seed: i
     root = Path(state_dir) if state_dir else None  # None: a temporary folder, removed at exit
     try:
         run_demo(root, n, topology, port_base=port_base, loss=loss, preset=preset, seed=seed, scale=scale,
-                 radio=radio, say=click.echo)
+                 radio=radio, say=click.echo, sms=sms)
     except OSError as exc:  # e.g. --dir not writable (a port in use is a ListenError, one line too)
         raise click.ClickException(str(exc)) from None
 
