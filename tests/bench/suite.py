@@ -15,9 +15,11 @@
   P8 overload      10,000 page requests at 200/s: 429/503, never 500; hold to siren meanwhile
   P9 slow clients  1,000 slowly trickled requests from one address: page loads from another, old vs new
   P10 outage       a middle node's radio gone 5 minutes during alerts: healthy buildings shown silent, catch-up
+  P11 sms          a confirmed alert to 20 responders + 500 broad-list texts through gammu-smsd's dummy phone,
+                   beside a gammu-smsd-inject loop of the same texts (needs gammu-smsd)
 
 Simulated figures (P1, P3, P4, P5, P10) are the same on every machine; wall-clock ones
-(P2, P6, P7, P8, P9) vary with it, so compare them side by side in one run.
+(P2, P6, P7, P8, P9, P11) vary with it, so compare them side by side in one run.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ BENCHES = {
     "P9": ("slow_clients", [], ["--slow", "60", "--cap", "8", "--header-timeout", "1", "--trickle", "1",
                                 "--loads", "5", "--settle", "0.5", "--live-clients", "2"]),
     "P10": ("outage", [], ["--kinds", "line", "--line-nodes", "3", "--outage", "200", "--after", "300"]),
+    "P11": ("sms_dispatch", [], ["--responders", "2", "--broad", "10"]),
 }
 
 
