@@ -314,9 +314,25 @@ def wipe(ctx: click.Context, yes: bool) -> None:
         while key.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
     destroyed = wipe_mod.destroy(wipe_mod.node_files(cfg))  # whatever is left, daemon or not
+    spool_files = _destroy_sms_spool(cfg)
     click.echo(f"wiped in {time.monotonic() - started:.1f} s"
                + (f": {', '.join(str(p) for p in destroyed)}" if destroyed else ""))
+    if spool_files:
+        click.echo(f"and {spool_files} files in gammu-smsd's spool ({cfg['sms.spool']})")
     click.echo("Ask the organizers to revoke this node's key in the roster.")
+
+
+def _destroy_sms_spool(cfg) -> int:
+    """The SMS spool's files (numbers in their names): the daemon cannot reach them, root can; a
+    running gateway also destroys them once it sees the database gone. How many were destroyed here."""
+    from node.gateway.spool import Spool
+
+    try:
+        return Spool(cfg["sms.spool"]).destroy_all()
+    except OSError as exc:
+        click.echo(f"could not reach gammu-smsd's spool ({exc.strerror}: {exc.filename}); a running "
+                   "SMS gateway destroys it when it sees the node wiped", err=True)
+        return 0
 
 
 # -- radio ------------------------------------------------------------------------------

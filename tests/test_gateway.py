@@ -707,3 +707,19 @@ def test_the_console_wipes_the_text_lists_with_two_buttons(node, gateway):
     assert "wiping the text lists" in client.get("/captain/texts?wiped=1").get_data(as_text=True)
     es = client.get("/captain/texts/wipe", headers={"Accept-Language": "es"}).get_data(as_text=True)
     assert "Destruir las listas de mensajes ahora" in es
+
+
+def test_a_node_wipe_makes_the_running_gateway_forget_the_key_and_destroy_the_spool(node, quiet):
+    gw, clock = quiet
+    arrive(gw.spool, ANA, "a text not yet read")
+    (gw.spool.sent / f"OUTB{1:010d}_0_00_{BEN}_silbato.txt").write_text("sent")
+    gw.step()
+    assert gw.vault is not None
+    arrive(gw.spool, CARLA, "waiting")
+    node.wipe("both buttons")   # the daemon destroys the database; it cannot reach the spool
+    gw.step()
+    assert gw.node_wiped and gw.vault is None
+    assert not [p for p in gw.spool.root.rglob("*") if p.is_file()], "the spool is destroyed"
+    arrive(gw.spool, DAE, "received after the wipe")
+    gw.step()
+    assert not list(gw.spool.inbox.iterdir()), "and stays empty while the gateway runs"

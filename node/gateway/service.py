@@ -111,6 +111,8 @@ class Gateway:
         self._replies: deque = deque()                # when every automatic reply of the last hour went
         self._capped_until = float("-inf")            # the hourly cap's log line: once an hour
         self._shown: tuple[str, str] | None = None
+        self._database = _identity(store.path)      # the node's database file, to notice a node wipe
+        self.node_wiped = False
 
     # -- unlocking -------------------------------------------------------------------------------
 
@@ -146,6 +148,24 @@ class Gateway:
                      "the next 'silbato sms unlock' sets a new passphrase", why, time.monotonic() - started, files)
         return files
 
+    def _node_wipe(self) -> bool:
+        """Whether the node was wiped (``silbato wipe``, both buttons): its database file is gone.
+
+        The daemon cannot reach the spool (it is not in the group gammu), so the gateway finishes
+        the wipe: it forgets the key, and destroys every file in the spool, at once and then at each
+        step (texts gammu-smsd receives meanwhile) until it is stopped."""
+        if not self.node_wiped and _identity(self.store.path) == self._database:
+            return False
+        if not self.node_wiped:
+            self.node_wiped, self.vault = True, None
+            log.critical("SMS gateway: the node's database is gone (the node was wiped): the key is forgotten "
+                         "and gammu-smsd's spool destroyed, now and at every step until the gateway is stopped")
+        try:
+            self.spool.destroy_all()
+        except OSError as exc:
+            log.error("SMS gateway: could not destroy gammu-smsd's spool: %s", exc)
+        return True
+
     def _wipe_if_asked(self, now: float) -> None:
         asked = self.book.wipes_asked()
         if asked:
@@ -160,6 +180,8 @@ class Gateway:
         """One pass of plan, hand off, reconcile and answer; each part's failure is logged, not raised."""
         with self.lock:
             now = self.clock()
+            if self._node_wipe():
+                return
             try:
                 self._wipe_if_asked(now)
             except Exception:
@@ -465,6 +487,15 @@ class Gateway:
             self.book.set_state("state", state)
             self.book.set_state("trouble", trouble)
             self._shown = (state, trouble)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, or None if it is gone."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _running(pid_file: Path) -> bool:
