@@ -298,6 +298,7 @@ def wipe(ctx: click.Context, yes: bool) -> None:
     import time
 
     from node.daemon import wipe as wipe_mod
+    from node.shred import destroy
 
     cfg = load_config(ctx)
     if not yes:
@@ -313,7 +314,7 @@ def wipe(ctx: click.Context, yes: bool) -> None:
         deadline = started + wipe_mod.WIPE_WITHIN / 2
         while key.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-    destroyed = wipe_mod.destroy(wipe_mod.node_files(cfg))  # whatever is left, daemon or not
+    destroyed = destroy(wipe_mod.node_files(cfg))  # whatever is left, daemon or not
     spool_files = _destroy_sms_spool(cfg)
     click.echo(f"wiped in {time.monotonic() - started:.1f} s"
                + (f": {', '.join(str(p) for p in destroyed)}" if destroyed else ""))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-from node.gateway.dummy import GAMMU_SMSD, GammuSmsd  # noqa: F401
+from node.gateway.dummy import GAMMU_SMSD, GammuSmsd
+
+__all__ = ["GAMMU_SMSD", "GammuSmsd", "until"]
 
 
 def until(condition, timeout: float = 20.0, what: str = "condition"):

@@ -1,6 +1,6 @@
 """Wiping a node that may be seized: destroy its key, its database and its captains' accounts.
 
-``destroy(paths)`` overwrites each file with random bytes, syncs it and unlinks it. The
+``node.shred.destroy(paths)`` overwrites each file with random bytes, syncs it and unlinks it. The
 daemon wipes itself (``Node.wipe``: it first tells the block in a last heartbeat); the CLI
 asks a running daemon to, and wipes the files itself if none answers.
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-
-from node.shred import destroy  # noqa: F401  (the daemon's wipe and the CLI's)
 
 log = logging.getLogger(__name__)
 
