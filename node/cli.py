@@ -438,6 +438,7 @@ def wipe(ctx: click.Context, yes: bool) -> None:
     import time
 
     from node.daemon import wipe as wipe_mod
+    from node.shred import destroy
 
     cfg = load_config(ctx)
     if not yes:
@@ -453,10 +454,26 @@ def wipe(ctx: click.Context, yes: bool) -> None:
         deadline = started + wipe_mod.WIPE_WITHIN / 2
         while key.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-    destroyed = wipe_mod.destroy(wipe_mod.node_files(cfg))  # whatever is left, daemon or not
+    destroyed = destroy(wipe_mod.node_files(cfg))  # whatever is left, daemon or not
+    spool_files = _destroy_sms_spool(cfg)
     click.echo(f"wiped in {time.monotonic() - started:.1f} s"
                + (f": {', '.join(str(p) for p in destroyed)}" if destroyed else ""))
+    if spool_files:
+        click.echo(f"and {spool_files} files in gammu-smsd's spool ({cfg['sms.spool']})")
     click.echo("Ask the organizers to revoke this node's key in the roster.")
+
+
+def _destroy_sms_spool(cfg) -> int:
+    """The SMS spool's files (numbers in their names): the daemon cannot reach them, root can; a
+    running gateway also destroys them once it sees the database gone. How many were destroyed here."""
+    from node.gateway.spool import Spool
+
+    try:
+        return Spool(cfg["sms.spool"]).destroy_all()
+    except OSError as exc:
+        click.echo(f"could not reach gammu-smsd's spool ({exc.strerror}: {exc.filename}); a running "
+                   "SMS gateway destroys it when it sees the node wiped", err=True)
+        return 0
 
 
 # -- radio ------------------------------------------------------------------------------
@@ -675,8 +692,11 @@ def hardware_test(ctx: click.Context, mock: bool, yes: bool, wait: float, step: 
 @click.option("--blocks", type=click.IntRange(1, 50), default=None,
               help="A neighborhood: this many blocks of N nodes, sharing alerts through a Mosquitto broker "
                    "started on a free loopback port (needs Debian's mosquitto); node 1 of each is its bridge.")
+@click.option("--sms", is_flag=True,
+              help="Node 1 is also the SMS gateway: the real gammu-smsd on Gammu's dummy phone (needs gammu-smsd), "
+                   "with POST /sms/in and GET /sms/out on the control endpoint.")
 def sim(n: int, topology: str, port_base: int, loss: float, preset: str, seed: int, scale: float,
-        state_dir: str | None, radio: str, blocks: int | None) -> None:
+        state_dir: str | None, radio: str, blocks: int | None, sms: bool) -> None:
     """Run a simulated block of N nodes (or --blocks B of them), each node with its web page, on localhost."""
     from node.sim import run_demo, run_neighborhood
 
@@ -693,7 +713,7 @@ def sim(n: int, topology: str, port_base: int, loss: float, preset: str, seed: i
         return
     try:
         run_demo(root, n, topology, port_base=port_base, loss=loss, preset=preset, seed=seed, scale=scale,
-                 radio=radio, say=click.echo)
+                 radio=radio, say=click.echo, sms=sms)
     except OSError as exc:  # e.g. --dir not writable (a port in use is a ListenError, one line too)
         raise click.ClickException(str(exc)) from None
 
@@ -992,6 +1012,51 @@ def sms_test(ctx: click.Context, number: str, passphrase: str, language: str) ->
     book.enqueue(f"test:{vault.mac(number)}:{now}", number_enc=vault.seal(number), number_mac=vault.mac(number),
                  priority="C", text=texts.reply_text("test", language), now=now)
     click.echo(f"Test text queued for {vault.pseudonym(number)}.")
+
+
+SMS_WIPE_WAIT = 5.0   # seconds the CLI gives a running gateway to wipe (and forget its key) before wiping itself
+
+
+@sms.command("wipe")
+@click.option("--yes", is_flag=True, help="Do not ask; for scripts and for when the door is being forced.")
+@click.pass_context
+def sms_wipe(ctx: click.Context, yes: bool) -> None:
+    """Destroy the SMS lists, their key, the queue, tips and every file in gammu-smsd's spool."""
+    import threading
+    import time as time_mod
+
+    from node.gateway.book import Book
+    from node.gateway.spool import Spool
+
+    cfg = load_config(ctx)
+    if not yes:
+        click.confirm("Destroy the SMS gateway's lists and their key, its queue, tips and replies, and every "
+                      "file in gammu-smsd's spool?", abort=True)
+    started = time_mod.monotonic()
+    store = open_store(ctx)
+    book = Book(store)
+    with store.transaction():   # a running gateway wipes at its next step, and forgets the key it holds
+        asked = store.db.execute("INSERT INTO sms_wipes (captain, created_at) VALUES ('silbato sms wipe', ?)",
+                                 [time_mod.time()]).lastrowid
+    waiting = threading.Event()
+    while time_mod.monotonic() - started < SMS_WIPE_WAIT and asked in book.wipes_asked():
+        waiting.wait(0.1)
+    answered = asked not in book.wipes_asked()
+    book.wipe()                 # whatever is left, gateway or not
+    try:
+        files = Spool(cfg["sms.spool"]).destroy_all()
+    except OSError as exc:
+        raise click.ClickException(f"the lists are wiped, but the spool could not be: {exc.strerror}: "
+                                   f"{exc.filename} (run as root)") from None
+    book.wipe_done([asked], time_mod.time())
+    emptied = store.truncate_wal()
+    click.echo(f"SMS lists wiped in {time_mod.monotonic() - started:.1f} s"
+               + (" by the running gateway" if answered else " (no running gateway answered)")
+               + ": lists, key, queue, tips and gammu-smsd's spool destroyed"
+               + (f" ({files} spool files here)." if files else "."))
+    if not emptied:
+        click.echo("warning: a reader kept the database's write-ahead log; the next purge empties it", err=True)
+    click.echo("The next 'silbato sms unlock' sets a new passphrase; add the responders again.")
 
 
 @sms.group("responders")

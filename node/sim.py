@@ -15,6 +15,13 @@ They talk through the simulated air (``node.radio.sim_air``). The control endpoi
 port; each block's controls are under ``/blocks/<b>``, ``GET /nodes`` lists the blocks, and
 ``POST /blocks/<b>/link/down|up`` takes block b's bridges off the broker and back.
 
+With ``--sms`` (``Block(sms=True)``), node 1 is also the block's SMS gateway: the real
+gammu-smsd on Gammu's dummy phone (node/gateway/dummy.py), the sim's responders and broad
+list (``SIM_RESPONDERS``, ``SIM_BROAD``), unlocked with a passphrase made for the run:
+
+- ``POST /sms/in`` with JSON ``{"from": number, "text": words}``: a text arrives at the dummy phone;
+- ``GET /sms/out``: the texts the dummy phone sent, newest first, ``[{"to": number, "text": words}]``.
+
 It answers JSON, errors too: ``{"error": sentence, "status": code}``.
 """
 
@@ -80,6 +87,60 @@ def provision(root: Path, n: int, *, block: str = "sim-block", hold_time: float 
     return BlockFiles(root, organizer, configs)
 
 
+# The sim's SMS lists (``--sms``): numbers from the 555-01xx range kept for fiction, PINs printed in the banner.
+SIM_RESPONDERS = (("+15550100001", "482915", "en"), ("+15550100002", "739164", "es"))
+SIM_BROAD = (("+15550100101", "en"), ("+15550100102", "es"), ("+15550100103", "ko"), ("+15550100104", "tl"))
+
+
+class SimGateway:
+    """Node 1's SMS gateway in the sim: the real gammu-smsd on the dummy phone under ``root``, the
+    sim's lists, unlocked with ``passphrase``, stepping in its own thread on the block's clock."""
+
+    def __init__(self, block: "Block", root: Path, passphrase: str):
+        from node.gateway.dummy import GammuSmsd
+
+        self.block, self.passphrase = block, passphrase
+        self.phone = GammuSmsd(root)
+        self.store = None
+        self.gateway = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "SimGateway":
+        from node.gateway.book import BROAD, RESPONDER
+        from node.gateway.service import Gateway
+        from node.store import GATEWAY_TABLES, Store
+
+        self.phone.start()
+        self.store = Store(self.block.nodes[1].config.db_file, writes=GATEWAY_TABLES)
+        self.gateway = Gateway(self.store, self.phone.spool, clock=self.block.clock, smsd_pid=self.phone.pid)
+        self.gateway.unlock(self.passphrase)
+        now = self.block.clock()
+        for number, pin, language in SIM_RESPONDERS:
+            self.gateway.book.add(self.gateway.vault, number, RESPONDER, language, now, pin=pin)
+        for number, language in SIM_BROAD:
+            self.gateway.book.add(self.gateway.vault, number, BROAD, language, now)
+        self._thread = threading.Thread(target=self.gateway.run, args=(self._stopping,), name="sim-gateway",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.phone.stop()
+        if self.store is not None:
+            self.store.close()
+
+    def text_in(self, sender: str, text: str) -> None:
+        self.phone.receive(sender, text)
+
+    def texts_out(self) -> list[dict]:
+        """What the dummy phone sent, newest first."""
+        return [{"to": number, "text": text} for number, text in reversed(self.phone.texts())]
+
+
 class Block:
     """N nodes on one simulated air. ``scale=None`` runs on virtual time (drive it with ``air.scheduler``)."""
 
@@ -88,7 +149,7 @@ class Block:
     def __init__(self, root: Path, n: int = 5, topology: str = "line", *, loss: float = 0.0,
                  preset: str = "MEDIUM_FAST", seed: int = 1, scale: float | None = None,
                  hold_time: float = 2.0, overrides: dict[str, Any] | None = None, radio: str = "air",
-                 settings: dict[str, Any] | None = None, block: str = "sim-block"):
+                 settings: dict[str, Any] | None = None, block: str = "sim-block", sms: bool = False):
         if radio not in ("air", "serial"):
             raise ValueError(f"unknown radio {radio!r}: expected air or serial")
         if radio == "serial" and scale is None:
@@ -111,6 +172,9 @@ class Block:
         self._holds: dict[int, tuple[threading.Timer, float]] = {}  # node -> (release timer, monotonic release time)
         self._holds_lock = threading.Lock()
         self.page_port: Callable[[int], int] = lambda i: i  # node i's page port, once served
+        self.sms: SimGateway | None = None
+        if sms:
+            self.sms = SimGateway(self, self.files.root / "sms", secrets.token_urlsafe(12))
 
     def start(self) -> "Block":
         try:
@@ -123,6 +187,8 @@ class Block:
                 # Each node ticks once a second at its own phase, as real nodes booted at random moments do.
                 phase = 0.001 + random.Random(self.seed * 7919 + i).random() * 0.998
                 self.scheduler.every(1.0, lambda i=i: self._tick(i), offset=phase)
+            if self.sms is not None:
+                self.sms.start()
         except BaseException:
             self.stop()
             raise
@@ -161,6 +227,8 @@ class Block:
         for server in reversed(self._servers):
             server.shutdown()
         self._servers.clear()
+        if self.sms is not None:
+            self.sms.stop()
         self.scheduler.stop()
         for node in reversed(list(self.nodes.values())):
             node.stop()
@@ -252,8 +320,10 @@ class Block:
         """Node i picks up a captain's request from its page at once (a real daemon polls for them)."""
         return lambda: self.scheduler.after(0, self.nodes[i].process_requests)
 
-    CONTROL_USAGE = ("the sim's control endpoint answers GET /nodes, POST /nodes/<i>/hold?seconds=S and "
-                     "POST /nodes/<i>/confirm|all_clear|cancel (optionally ?alert=ID)")
+    CONTROL_USAGE = ("the sim's control endpoint answers GET /nodes, POST /nodes/<i>/hold?seconds=S, "
+                     "POST /nodes/<i>/confirm|all_clear|cancel (optionally ?alert=ID), and with --sms "
+                     'POST /sms/in (JSON {"from": number, "text": words}) and GET /sms/out')
+    SMS_TEXT_MAX = 1000  # characters a simulated text may have (the gateway itself refuses over 480)
 
     def describe(self, host: str = "127.0.0.1") -> list[dict]:
         """The block's nodes, their pages and the alerts each holds (``GET /nodes``)."""
@@ -329,6 +399,35 @@ class Block:
 
         if extra is not None:
             extra(app)
+        def sms_or_404() -> SimGateway:
+            if self.sms is None:
+                abort(404, "this sim has no SMS gateway: start it with 'silbato sim --sms'")
+            return self.sms
+
+        @app.post("/sms/in")
+        def sms_in():
+            """A text arrives at the gateway's dummy phone: JSON {"from": number, "text": words}."""
+            from node.gateway.service import normalise_number
+
+            sms = sms_or_404()
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict) or not isinstance(body.get("from"), str) \
+                    or not isinstance(body.get("text"), str):
+                abort(400, 'send JSON {"from": "+15550100001", "text": "REPORT 101 482915"}')
+            try:
+                sender = normalise_number(body["from"])
+            except ValueError as exc:
+                abort(400, f"from: {exc}")
+            if not body["text"] or len(body["text"]) > self.SMS_TEXT_MAX:
+                abort(400, f"text: 1 to {self.SMS_TEXT_MAX} characters")
+            sms.text_in(sender, body["text"])
+            return jsonify({"from": sender, "text": body["text"], "arrived": True})
+
+        @app.get("/sms/out")
+        def sms_out():
+            """The texts the gateway's dummy phone sent, newest first."""
+            return jsonify(sms_or_404().texts_out())
+
         return app
 
 
@@ -573,7 +672,7 @@ DEMO_CAPTAIN = "demo"
 
 def run_demo(root: Path | None, n: int, topology: str, *, port_base: int, loss: float, preset: str, seed: int,
              scale: float, radio: str = "air", stopping: threading.Event | None = None,
-             say: Callable[[str], None] = lambda _: None) -> None:
+             say: Callable[[str], None] = lambda _: None, sms: bool = False) -> None:
     """The block demo: run until Ctrl-C, SIGTERM or SIGHUP (or ``stopping`` is set), telling ``say`` where to look.
 
     The nodes keep their files under ``root``; without one, in a new temporary folder that is
@@ -581,6 +680,12 @@ def run_demo(root: Path | None, n: int, topology: str, *, port_base: int, loss: 
     made for this run and said in the banner. The last line said is JSON,
     ``{"stopped": true, "state": <folder>, "kept": <whether the folder is still there>}``.
     """
+    if sms:
+        from node.gateway.dummy import GAMMU_SMSD, SmsdError
+
+        if GAMMU_SMSD is None:
+            raise SmsdError("--sms runs the real gammu-smsd on Gammu's dummy phone, and gammu-smsd is not "
+                            "installed (Debian: apt-get install gammu-smsd)")
     stopping = stopping or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
@@ -589,13 +694,14 @@ def run_demo(root: Path | None, n: int, topology: str, *, port_base: int, loss: 
     root = Path(root) if keep else Path(tempfile.mkdtemp(prefix="silbato-sim-"))
     block = None
     try:
-        block = Block(root, n, topology, loss=loss, preset=preset, seed=seed, scale=scale, radio=radio)
+        block = Block(root, n, topology, loss=loss, preset=preset, seed=seed, scale=scale, radio=radio, sms=sms)
         block.start()
         block.serve(port_base)
         password = secrets.token_urlsafe(12)
         block.add_captain(DEMO_CAPTAIN, password)
         for line in banner(n, topology, port_base=port_base, loss=loss, preset=preset, radio=radio,
-                           password=password, root=root, keep=keep):
+                           password=password, root=root, keep=keep,
+                           sms_passphrase=block.sms.passphrase if block.sms else None):
             say(line)
         while not stopping.wait(0.5):
             pass
@@ -613,7 +719,7 @@ def run_demo(root: Path | None, n: int, topology: str, *, port_base: int, loss: 
 
 
 def banner(n: int, topology: str, *, port_base: int, loss: float, preset: str, radio: str, password: str,
-           root: Path, keep: bool) -> list[str]:
+           root: Path, keep: bool, sms_passphrase: str | None = None) -> list[str]:
     """What the demo says at start: where the pages are, how to log in, what to try."""
     control = f"http://127.0.0.1:{port_base}"
     lines = [f"Silbato block demo: {n} node{'s' if n > 1 else ''}, {topology} topology, {preset}, "
@@ -633,5 +739,15 @@ def banner(n: int, topology: str, *, port_base: int, loss: float, preset: str, r
         steps += [("Withdraw it:", f"curl -X POST {control}/nodes/1/cancel   "
                                    "(confirming needs a second node: --nodes 2 or more)")]
     lines += [f"{label:<23}{command}" for label, command in steps]
+    if sms_passphrase is not None:
+        ana, pin, _ = SIM_RESPONDERS[0]
+        lines += [f"SMS gateway on node 1 (gammu-smsd, dummy phone), lists unlocked with passphrase {sms_passphrase}",
+                  "  responders: " + ", ".join(f"{number} PIN {p} ({lang})" for number, p, lang in SIM_RESPONDERS),
+                  "  broad list: " + ", ".join(f"{number} ({lang})" for number, lang in SIM_BROAD)]
+        text_in = f"curl -X POST {control}/sms/in -H 'Content-Type: application/json' -d"
+        sms_steps = [("Text a tip:", f"""{text_in} '{{"from": "+15550100999", "text": "Vans on Elm St"}}'"""),
+                     ("Report by text:", f"""{text_in} '{{"from": "{ana}", "text": "REPORT 101 {pin}"}}'"""),
+                     ("Texts sent:", f"curl {control}/sms/out")]
+        lines += [f"{label:<23}{command}" for label, command in sms_steps]
     lines.append("Ctrl-C stops the block.")
     return lines

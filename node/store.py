@@ -31,10 +31,11 @@ migrations = Migrations("silbato")
 REPLAY_WINDOW = 63
 
 # The only tables the web process may write (see ``Store(writes=...)``).
-WEB_TABLES = frozenset({"captains", "requests", "notes", "sessions", "evidence", "sms_replies"})
+WEB_TABLES = frozenset({"captains", "requests", "notes", "sessions", "evidence", "sms_replies", "sms_wipes"})
 # The only tables the SMS gateway (``silbato gateway``) may write: its lists, queue, tips and
 # state, and captains' requests (a responder's texted REPORT or CONFIRM). Never alerts or troubles.
-GATEWAY_TABLES = frozenset({"requests", "sms_subscribers", "sms_queue", "sms_tips", "sms_state", "sms_replies"})
+GATEWAY_TABLES = frozenset({"requests", "sms_subscribers", "sms_queue", "sms_tips", "sms_state", "sms_replies",
+                            "sms_handled", "sms_wipes"})
 # The only tables the neighborhood bridge (``silbato bridge``) may write: what it took from the
 # broker, its own state, and the ``sent_at`` mark of what it published (node/bridgequeue.py).
 BRIDGE_TABLES = frozenset({"bridge_in", "bridge_out", "bridge_state"})
@@ -229,6 +230,22 @@ def m011_neighborhood(db: sqlite_utils.Database) -> None:
     db["nearby"].create_index(["received_at"])
 
 
+@migrations()
+def m012_sms_handled(db: sqlite_utils.Database) -> None:
+    """Received texts the SMS gateway has acted on, so a crash before their files are deleted
+    does not act on them again (node/gateway/service.py ``answer``); and requests to wipe the lists.
+
+    ``identity`` is a keyed HMAC of each inbox file's name and content (the name holds the
+    sender's number): recorded in the transaction that does what the text asks, purged with
+    the retention period.
+    """
+    db["sms_handled"].create({"identity": str, "handled_at": float}, pk="identity")
+    # Captains' requests to wipe the SMS lists (the console's two-button confirm, ``silbato sms wipe``):
+    # a request as ``sms_replies`` is, since the page cannot reach the spool; the gateway wipes and
+    # sets ``done_at``.
+    db["sms_wipes"].create({"id": int, "captain": str, "created_at": float, "done_at": float}, pk="id")
+
+
 def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
     try:
         if readonly or existing:
@@ -265,7 +282,9 @@ def _writes_only_to(tables: Collection[str]):
         if action in _WRITES:
             return sqlite3.SQLITE_OK if arg1 in tables else sqlite3.SQLITE_DENY
         if action == sqlite3.SQLITE_PRAGMA:
-            return sqlite3.SQLITE_OK if arg2 is None or arg1 in _READ_PRAGMAS else sqlite3.SQLITE_DENY
+            # wal_checkpoint changes no row: the gateway's wipe truncates the WAL with it.
+            return sqlite3.SQLITE_OK if arg2 is None or arg1 in _READ_PRAGMAS or arg1 == "wal_checkpoint" \
+                else sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_DENY  # CREATE, DROP, ALTER, ATTACH, ...
     return authorize
 
@@ -778,6 +797,23 @@ class Store:
         self.db.execute("UPDATE peers SET status = ?, last_heard = ?, remote_troubles = ?, through = ? "
                         "WHERE node_id = ?", [status, last_heard, troubles, through, node_id])
 
+    def truncate_wal(self, tries: int = 20, pause: float = 0.1) -> bool:
+        """Checkpoint and empty the ``-wal`` file, so no copy of a deleted row stays in it.
+
+        A reader (the page, the daemon) may hold it for a moment: tried ``tries`` times,
+        ``pause`` seconds apart. Whether it was emptied."""
+        import threading
+
+        waiting = threading.Event()
+        for _ in range(tries):
+            try:
+                if not self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                    return True
+            except sqlite3.Error:
+                pass
+            waiting.wait(pause)
+        return False
+
     def purge(self, now: float, retention: float) -> int:
         """Delete ended alerts, their events and sent frames older than ``retention`` seconds.
 
@@ -817,6 +853,8 @@ class Store:
                             "AND created_at < ?", [cutoff])
             self.db.execute("DELETE FROM sms_tips WHERE received_at < ?", [cutoff])
             self.db.execute("DELETE FROM sms_replies WHERE created_at < ?", [cutoff])
+            self.db.execute("DELETE FROM sms_handled WHERE handled_at < ?", [cutoff])
+            self.db.execute("DELETE FROM sms_wipes WHERE created_at < ? AND done_at IS NOT NULL", [cutoff])
             # Ended logins: the page deletes idle ones as it meets them; none outlives its lifetime.
             self.end_stale_sessions(now, idle=SESSION_LIFETIME)
         try:

@@ -19,13 +19,18 @@ def test_the_whole_suite_runs_in_smoke_sizes_and_writes_its_json(tmp_path, capsy
     out = tmp_path / "bench.json"
     results = load("suite").main(["--smoke", "--json", str(out)])
     printed = capsys.readouterr().out
-    for bench_id in ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P10", "P11"):
+    for bench_id in ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P10", "P11", "P12", "P15"):
         assert f"== {bench_id}" in printed
     assert json.loads(out.read_text())["P1"]["name"] == "frames"
     assert results["P3"]["result"][0]["delivered_ratio"] == 1.0
     assert results["P1"]["result"][0]["bytes"] == 82
     assert [b["hop_limit"] for b in results["P3"]["result"][0]["baseline"]] == [3, 7]
     assert results["P10"]["result"][0]["kind"] == "line"
+    from node.gateway.dummy import GAMMU_SMSD
+    if GAMMU_SMSD is not None:   # P15 measures nothing without it, and says so
+        sms = results["P15"]["result"][0]
+        assert sms["silbato"]["texts"] == sms["floor"]["texts"] == 12 and sms["silbato"]["responders_first"]
+        assert sms["ratio"] > 0 and sms["modem"][0]["last_text_s"] == 12 * 3.0
 
 
 def test_a_plain_text_is_flooded_as_far_as_its_hop_limit_and_no_further():

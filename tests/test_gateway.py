@@ -121,26 +121,29 @@ def test_a_confirm_by_text_reaches_responders_first_then_the_broad_list_and_stop
 
     # Ben confirms by text; node 1 signs it (a signer other than the reporter); everyone gets CONFIRMED.
     gammu.receive(BEN, f"CONFIRM {alert.id} 876543")
-    step_until(gateway, lambda: len(gammu.sent()) >= 6, "four CONFIRMED texts")
+    step_until(gateway, lambda: len(gammu.sent()) >= 7, "four CONFIRMED texts and Ben's acknowledgement")
     assert store.get_alert(alert.id).state is State.CONFIRMED
-    confirmed = gammu.sent()[2:]
+    confirmed = [name for name in gammu.sent()[2:] if name[3] != "C"]
     assert [name[3] for name in confirmed] == ["A", "A", "B", "B"], "responders are handed to the modem first"
+    assert f"CONFIRM {alert.id} received" in " ".join(text_to(gammu, BEN)), "the responder is told"
+    assert "876543" not in " ".join(text for _, text in gammu.texts()), "the PIN is never repeated"
     assert "REDADA CONFIRMADA" in text_to(gammu, ANA)[1]
     assert "KUMPIRMADONG RAID" in text_to(gammu, CARLA)[0]
     assert "단속 확인" in text_to(gammu, DAE)[0]
-    assert all("warrant" in t or "orden" in t or "영장" in t for _, t in gammu.texts()), "know-your-rights line"
+    assert all("warrant" in t or "orden" in t or "영장" in t for _, t in gammu.texts() if " received " not in t), \
+        "every alert text has the know-your-rights line"
 
     # Carla texts STOP: off the list at once, told so, and never texted again.
     gammu.receive(CARLA, "STOP")
     step_until(gateway, lambda: len(text_to(gammu, CARLA)) == 2, "the STOP confirmation")
     assert "hindi ka na namin padadalhan" in text_to(gammu, CARLA)[1]
     block.nodes[2].act("all_clear", alert.id)
-    step_until(gateway, lambda: len(gammu.sent()) >= 10, "three ALL CLEAR texts")
+    step_until(gateway, lambda: len(gammu.sent()) >= 11, "three ALL CLEAR texts")
     assert len(text_to(gammu, CARLA)) == 2, "no text after STOP"
     assert "ALL CLEAR" in text_to(gammu, BEN)[-1] and "상황 종료" in text_to(gammu, DAE)[-1]
-    assert len(gammu.sent()) == len(set(gammu.sent())) == 10, "no file sent twice"
+    assert len(gammu.sent()) == len(set(gammu.sent())) == 11, "no file sent twice"
     counts = gateway.book.queue_counts()
-    assert counts.get("sent") == 10 and not counts.get("queued") and not counts.get("handed"), counts
+    assert counts.get("sent") == 11 and not counts.get("queued") and not counts.get("handed"), counts
     assert not list(gammu.spool.sent.iterdir()) and not list(gammu.spool.inbox.iterdir()), \
         "each spool file is deleted once handled"
     store.close()
@@ -574,3 +577,149 @@ def test_the_help_memory_forgets_spoofed_senders(quiet):
     arrive(gw.spool, STRANGER, "HELP")
     gw.step()
     assert len(gw._helped) == 1 and len(gw._replied) == 1, "numbers not heard from for a day are forgotten"
+
+
+# -- exactly once: a text acted on but not deleted before a crash ----------------------------------------
+
+def test_a_text_acted_on_but_not_deleted_before_a_crash_is_acted_on_once(node, quiet):
+    gw, clock = quiet
+    arrive(gw.spool, ANA, f"REPORT {node.location} 432156")   # becomes a captains' request
+    arrive(gw.spool, CARLA, "Two vans on Elm Street")         # a tip
+    arrive(gw.spool, STRANGER, "JOIN es")                     # pending, and a reply asking for YES
+
+    def crash(message):
+        raise Crash()   # killed after the store committed what the text did, before its files went
+
+    gw.spool.discard = crash
+    with pytest.raises(Crash):
+        gw.step()
+    assert len(node.store.pending_requests()) == 1 and len(list(gw.spool.inbox.iterdir())) == 3
+    gw.store.close()
+
+    def restart():
+        store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+        again = Gateway(store, gw.spool, scrypt=CHEAP_KDF, clock=clock)
+        again.unlock(PASSPHRASE)
+        return again
+
+    # Restarted, and killed again: this time after every text took effect, before any file went.
+    second = restart()
+    second.spool.discard = lambda message: None
+    second.step()
+    second.store.close()
+    assert len(list(gw.spool.inbox.iterdir())) == 3
+    del second.spool.discard
+    third = restart()
+    third.step()
+    assert not list(gw.spool.inbox.iterdir()), "handled texts' files are deleted, the second time unread"
+    assert len(node.store.pending_requests()) == 1, "the REPORT became one request"
+    assert len(third.book.tips()) == 1, "the tip is on the console once"
+    assert texted(third, STRANGER) == 1 and third.book.subscriber(third.vault, STRANGER)["list"] == "pending"
+    handled = third.store.db.execute("SELECT identity FROM sms_handled").fetchall()
+    assert len(handled) == 3 and not any("555" in row[0] for row in handled), "no number in the clear"
+    # The records go with the retention period.
+    node.store.purge(clock() + 72 * 3600 + 1, 72 * 3600)
+    assert not node.store.db.execute("SELECT count(*) FROM sms_handled").fetchone()[0]
+    third.store.close()
+
+
+# -- wipe: the lists, the key, the queue, tips and gammu-smsd's spool -------------------------------------
+
+def test_silbato_sms_wipe_leaves_no_number_under_the_state_dir_or_the_spool(node, gammu, gateway, tmp_path):
+    import threading
+
+    from click.testing import CliRunner
+
+    import canary
+    from node.cli import cli
+
+    numbers = [ANA, BEN, CARLA, DAE, STRANGER]
+    gammu.receive(STRANGER, "Two vans parked on Elm Street")
+    step_until(gateway, lambda: gateway.book.tips(), "the tip")
+    node.report()
+    step_until(gateway, lambda: len(gammu.sent()) >= 2, "the REPORTED texts")
+    gammu.stop()   # now texts stay in the spool: in the outbox, an error, a received one not yet read
+    for number in (ANA, CARLA):
+        gateway.book.enqueue(f"test:{gateway.vault.mac(number)}", number_enc=gateway.vault.seal(number),
+                             number_mac=gateway.vault.mac(number), priority="C", text="a test", now=time.time())
+    gateway.step()
+    assert gateway.spool.waiting() == 2
+    (gammu.spool.error / f"OUTB{9:010d}_0_00_{DAE}_silbato.txt").write_bytes("x".encode("utf-16"))
+    arrive(gammu.spool, CARLA, "STOP")
+    sealed = [bytes(r[0])[12:28] for r in node.store.db.execute("SELECT number_enc FROM sms_subscribers")]
+    salt = gateway.book.state("salt")
+    roots = [node.config.state_dir, gammu.spool.root]
+    assert canary.found(roots, numbers), "numbers are in the spool before the wipe"
+
+    config = tmp_path / "silbato.toml"
+    config.write_text(f'[node]\nstate_dir = "{node.config.state_dir}"\norganizer_key = "{node.config["node.organizer_key"]}"\n'
+                      f'[sms]\nspool = "{gammu.spool.root}"\n')
+    refused = CliRunner().invoke(cli, ["--config", str(config), "sms", "wipe"], input="n\n")
+    assert refused.exit_code == 1 and gateway.book.counts(), "it asks first"
+    stopping = threading.Event()
+    running = threading.Thread(target=gateway.run, args=(stopping,))
+    running.start()   # the running gateway takes the wipe request and forgets its key
+    try:
+        wiped = CliRunner().invoke(cli, ["--config", str(config), "sms", "wipe", "--yes"])
+        assert wiped.exit_code == 0, wiped.output
+        assert "by the running gateway" in wiped.output, wiped.output
+    finally:
+        stopping.set()
+        running.join(timeout=10)
+    assert gateway.vault is None and not gateway.book.counts() and not gateway.book.tips()
+    assert gateway.book.state("salt") is None and gateway.book.state("state") == "locked"
+    assert not any(p.is_file() for p in gammu.spool.root.rglob("*")), "every spool file destroyed"
+    node.store.db.execute("SELECT 1").fetchone()
+    assert not canary.found(roots, numbers), "no number under the state directory or the spool"
+    files = [p for root in roots for p in Path(root).rglob("*") if p.is_file()]
+    assert any(p.name.endswith("-wal") for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert not any(blob in data for blob in sealed), f"{path}: a sealed number survived"
+        assert salt.encode() not in data and bytes.fromhex(salt) not in data, f"{path}: the key's salt survived"
+        assert b"Two vans parked" not in data and "Two vans parked".encode("utf-16-le") not in data, path
+    gateway.unlock("a new passphrase")   # as before the first unlock: a new passphrase sets a new key
+    assert gateway.book.state("salt") not in (None, salt)
+
+
+def test_the_console_wipes_the_text_lists_with_two_buttons(node, gateway):
+    from werkzeug.security import generate_password_hash
+
+    from web import create_app, settings
+    from websupport import CHEAP_SCRYPT, PASSWORD, csrf_token, login
+
+    node.store.add_captain("ana", generate_password_hash(PASSWORD, method=CHEAP_SCRYPT), time.time())
+    client = create_app({**settings(node.config), "TESTING": True}).test_client()
+    login(client, "ana")
+    gateway.step()
+    page = client.get("/captain/texts").get_data(as_text=True)
+    assert "Wipe the text lists…" in page
+    confirm = client.get("/captain/texts/wipe").get_data(as_text=True)   # the first button: what it destroys
+    assert "cannot be undone" in confirm and "Destroy the text lists now" in confirm
+    assert gateway.book.counts(), "nothing is wiped by the first button"
+    token = csrf_token(client, "/captain/texts/wipe")
+    assert client.post("/captain/texts/wipe", data={}).status_code == 403, "a CSRF token is needed"
+    done = client.post("/captain/texts/wipe", data={"csrf_token": token})   # the second
+    assert done.status_code == 303
+    gateway.step()
+    assert gateway.vault is None and not gateway.book.counts() and gateway.book.state("salt") is None
+    assert node.store.db.execute("SELECT count(*) FROM sms_wipes WHERE done_at IS NOT NULL").fetchone()[0] == 1
+    assert "wiping the text lists" in client.get("/captain/texts?wiped=1").get_data(as_text=True)
+    es = client.get("/captain/texts/wipe", headers={"Accept-Language": "es"}).get_data(as_text=True)
+    assert "Destruir las listas de mensajes ahora" in es
+
+
+def test_a_node_wipe_makes_the_running_gateway_forget_the_key_and_destroy_the_spool(node, quiet):
+    gw, clock = quiet
+    arrive(gw.spool, ANA, "a text not yet read")
+    (gw.spool.sent / f"OUTB{1:010d}_0_00_{BEN}_silbato.txt").write_text("sent")
+    gw.step()
+    assert gw.vault is not None
+    arrive(gw.spool, CARLA, "waiting")
+    node.wipe("both buttons")   # the daemon destroys the database; it cannot reach the spool
+    gw.step()
+    assert gw.node_wiped and gw.vault is None
+    assert not [p for p in gw.spool.root.rglob("*") if p.is_file()], "the spool is destroyed"
+    arrive(gw.spool, DAE, "received after the wipe")
+    gw.step()
+    assert not list(gw.spool.inbox.iterdir()), "and stays empty while the gateway runs"

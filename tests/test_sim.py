@@ -344,3 +344,83 @@ def test_the_demo_captain_logs_in_on_every_node(tmp_path):
             assert login(client, "demo", "wrong password").status_code == 401
     finally:
         block.stop()
+
+
+# -- silbato sim --sms: node 1 is the SMS gateway, on the real gammu-smsd's dummy phone ------------------
+
+def _gammu_smsd():
+    from node.gateway.dummy import GAMMU_SMSD
+    return GAMMU_SMSD
+
+
+@pytest.mark.skipif(_gammu_smsd() is None, reason="gammu-smsd is not installed (.ci/apt-packages)")
+def test_sim_sms_a_report_by_text_reaches_the_responders_and_a_confirm_by_text_the_broad_list(tmp_path):
+    from gammu import until
+    from node.sim import SIM_BROAD, SIM_RESPONDERS
+
+    block = Block(tmp_path / "block", 2, "line", hold_time=HOLD, scale=1.0, sms=True).start()
+    try:
+        client = block.control_app(8000, "127.0.0.1").test_client()
+        (ana, ana_pin, _), (ben, ben_pin, _) = SIM_RESPONDERS
+        assert client.get("/sms/out").json == []
+        arrived = client.post("/sms/in", json={"from": ana, "text": f"REPORT 101 {ana_pin}"})
+        assert arrived.status_code == 200 and arrived.json["arrived"] is True, arrived.json
+        until(lambda: block.nodes[2].store.active_alerts(), 30, "the texted report on node 2")
+        alert = block.nodes[1].store.active_alerts()[0]
+        assert alert.state is State.REPORTED
+        out = until(lambda: [t for t in client.get("/sms/out").json if f"CONFIRM {alert.id} PIN" in t["text"]]
+                    if len(client.get("/sms/out").json) >= 3 else None, 30, "the responders' texts")
+        assert {t["to"] for t in out} == {ana, ben}, out
+        assert any(t["to"] == ana and "REPORT 101 received" in t["text"] for t in client.get("/sms/out").json)
+
+        # Node 2's report confirmed by a responder's text (the gateway, node 1, signs it: not the reporter).
+        block.nodes[2].report(location=102)
+        other = until(lambda: [a for a in block.nodes[1].store.active_alerts() if a.location == 102], 30,
+                      "node 2's report on node 1")[0]
+        client.post("/sms/in", json={"from": ben, "text": f"CONFIRM {other.id} {ben_pin}"})
+        until(lambda: block.nodes[2].store.get_alert(other.id).state is State.CONFIRMED, 30, "the texted CONFIRM")
+        broad = until(lambda: [t for t in client.get("/sms/out").json if t["to"] == SIM_BROAD[0][0]], 60,
+                      "the broad list's text")
+        assert f"Silbato {other.id}: RAID CONFIRMED at Building 2" in broad[0]["text"]
+        newest_first = client.get("/sms/out").json
+        assert newest_first[-1]["to"] in (ana, ben) and "possible raid" in newest_first[-1]["text"]
+    finally:
+        block.stop()
+
+
+@pytest.mark.skipif(_gammu_smsd() is None, reason="gammu-smsd is not installed (.ci/apt-packages)")
+@pytest.mark.parametrize("body, words", [
+    ({"from": "call me", "text": "hi"}, "from: not a phone number"),
+    ({"from": "+15550100001"}, 'send JSON {"from"'),
+    ({"from": "+15550100001", "text": ""}, "text: 1 to 1000 characters"),
+    ("REPORT", 'send JSON {"from"'),
+])
+def test_sim_sms_in_refuses_bad_input_with_a_sentence(tmp_path, body, words):
+    block = Block(tmp_path / "block", 1, "line", hold_time=HOLD, scale=1.0, sms=True).start()
+    try:
+        response = block.control_app(8000, "127.0.0.1").test_client().post("/sms/in", json=body)
+        assert response.status_code == 400 and words in response.json["error"], response.json
+    finally:
+        block.stop()
+
+
+def test_the_sms_controls_say_how_to_get_them(control):
+    _, client = control
+    for response in (client.post("/sms/in", json={"from": "+15550100001", "text": "HELP"}), client.get("/sms/out")):
+        assert response.status_code == 404 and "silbato sim --sms" in response.json["error"]
+
+
+def test_sim_sms_without_gammu_smsd_is_one_clear_line_and_exit_1(tmp_path):
+    import os
+    import sys
+
+    from test_cli import free_port_base
+
+    base = free_port_base(2)
+    sim = sim_process("--sms", "--nodes", "2", "--port-base", str(base), "--dir", str(tmp_path / "sim"),
+                      env={"PATH": os.path.dirname(sys.executable)})   # no gammu-smsd on this PATH
+    out, err = sim.communicate(timeout=120)
+    assert sim.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("Error: --sms runs the real gammu-smsd on Gammu's dummy phone, and "
+                                            "gammu-smsd is not installed (Debian: apt-get install gammu-smsd)"), err
+    assert not (tmp_path / "sim").exists(), "nothing started"

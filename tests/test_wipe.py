@@ -48,7 +48,11 @@ def test_silbato_wipe_without_a_daemon_destroys_the_files(tmp_path):
     cfg = files.configs[0]
     Store(cfg.db_file).close()
     toml = tmp_path / "silbato.toml"
-    toml.write_text(f'[node]\nstate_dir = "{cfg.state_dir}"\norganizer_key = "{cfg["node.organizer_key"]}"\n')
+    spool = tmp_path / "spool"
+    (spool / "outbox").mkdir(parents=True)
+    (spool / "outbox" / "OUTB0000000001_0_00_+15550000001_silbato.txt").write_text("a text")
+    toml.write_text(f'[node]\nstate_dir = "{cfg.state_dir}"\norganizer_key = "{cfg["node.organizer_key"]}"\n'
+                    f'[sms]\nspool = "{spool}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("SILBATO_")}
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "node.cli", "--config", str(toml), "wipe", "--yes"],
@@ -56,3 +60,4 @@ def test_silbato_wipe_without_a_daemon_destroys_the_files(tmp_path):
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started <= 30  # generous: the promise is 10 s, the interpreter starts too
     assert "wiped in" in result.stdout and not cfg.key_file.exists() and not cfg.db_file.exists()
+    assert not list((spool / "outbox").iterdir()) and "1 files in gammu-smsd's spool" in result.stdout

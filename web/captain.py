@@ -3,6 +3,8 @@
 ``/captain/texts`` (on the SMS gateway's node): the tips texted to the hotline, each with a
 reply box, and the responders by handle and masked number. The page cannot read a number:
 a reply is a row in ``sms_replies`` that the gateway, which alone holds the key, texts.
+Wiping the lists takes two buttons (``/captain/texts/wipe``, then its confirm) and is a row in
+``sms_wipes`` that the gateway acts on within a second (the page cannot reach the spool).
 
 Every action is a form post with a CSRF token that writes a *request* for the node
 daemon (``web.data.submit``, shared with the JSON API). The console then shows the
@@ -186,3 +188,30 @@ def reply(tip_id: int):
         abort(503, "the node's database is busy; try again")
     current_app.logger.info("captain %s replied to tip %d (the gateway sends it)", auth.current_captain(), tip_id)
     return redirect(url_for("captain.texts", _anchor=f"tip-{tip_id}"), code=303)
+
+
+@bp.get("/texts/wipe")
+@auth.captain_required
+def wipe_texts_confirm():
+    """The second button of the SMS wipe: what it destroys, and the button that does it."""
+    if _texts_context()["gateway"] is None:
+        abort(404, "this node is not the SMS gateway")
+    return render_template("captain/texts_wipe.html")
+
+
+@bp.post("/texts/wipe")
+@auth.captain_required
+def wipe_texts():
+    """Ask the gateway to destroy the lists, their key, the queue, tips and gammu-smsd's spool."""
+    if _texts_context()["gateway"] is None:
+        abort(404, "this node is not the SMS gateway")
+    w = data.writer()
+    try:
+        with w.transaction():
+            w.db.execute("INSERT INTO sms_wipes (captain, created_at) VALUES (?, ?)",
+                         [auth.current_captain(), data.node_time()])
+    except (StoreError, sqlite3.Error) as exc:
+        current_app.logger.error("could not write a wipe request for the SMS lists: %s", exc)
+        abort(503, "the node's database is busy; try again")
+    current_app.logger.warning("captain %s asked to wipe the SMS lists (the gateway does it)", auth.current_captain())
+    return redirect(url_for("captain.texts", wiped=1), code=303)

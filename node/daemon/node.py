@@ -52,7 +52,8 @@ from node.daemon.outbox import Outbox
 from node.daemon.relays import Receipts, Relays
 from node.daemon.signer import Signer
 from node.daemon.troubles import Troubles
-from node.daemon.wipe import clock_floor, counter_floor, destroy, node_files, requested as wipe_requested
+from node.daemon.wipe import clock_floor, counter_floor, node_files, requested as wipe_requested
+from node.shred import destroy
 from node.errors import FrameError, RosterError
 from node.hardware import speech
 from node.hardware.devices import Hardware

@@ -1,6 +1,6 @@
 """Wiping a node that may be seized: destroy its key, its database and its captains' accounts.
 
-``destroy(paths)`` overwrites each file with random bytes, syncs it and unlinks it. The
+``node.shred.destroy(paths)`` overwrites each file with random bytes, syncs it and unlinks it. The
 daemon wipes itself (``Node.wipe``: it first tells the block in a last heartbeat); the CLI
 asks a running daemon to, and wipes the files itself if none answers.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -59,30 +58,3 @@ def ask(config) -> None:
 
 def requested(config) -> bool:
     return request_file(config).exists()
-
-
-def destroy(paths: Iterable[Path]) -> list[Path]:
-    """Overwrite, sync and remove each existing file; returns those destroyed. Never raises."""
-    done = []
-    for path in paths:
-        try:
-            size = path.stat().st_size
-            with open(path, "r+b", buffering=0) as fh:
-                remaining = size
-                while remaining > 0:
-                    chunk = os.urandom(min(remaining, 1 << 20))
-                    fh.write(chunk)
-                    remaining -= len(chunk)
-                os.fsync(fh.fileno())
-            path.unlink()
-            done.append(path)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.error("wipe: could not destroy %s: %s", path, exc)
-            try:
-                path.unlink()
-                done.append(path)
-            except OSError:
-                pass
-    return done

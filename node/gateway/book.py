@@ -1,4 +1,4 @@
-"""The gateway's tables: its subscribers, its queue of texts, tips and its own state (node/store.py m007_sms).
+"""The gateway's tables: its subscribers, its queue of texts, tips and its own state (node/store.py m007_sms, m012_sms_handled).
 
 Numbers go in sealed (``Vault.seal``) with their lookup code (``Vault.mac``); nothing here
 reads one in the clear. Lists: ``responder`` (with a PIN), ``broad``, ``pending`` (a JOIN
@@ -18,6 +18,8 @@ RESPONDER, BROAD, PENDING = "responder", "broad", "pending"
 PIN_TRIES = 5            # wrong PINs in a row after which a responder's PIN is locked
 PIN_RULE = "a PIN is 6 to 8 digits"   # new PINs; older 4- and 5-digit ones still work until changed
 _NEW_PIN = re.compile(r"^\d{6,8}$")
+# What a wipe deletes: every table that holds a sealed number, the key's salt and check, or free text.
+WIPED = ("sms_subscribers", "sms_queue", "sms_tips", "sms_replies", "sms_handled")
 
 
 def check_pin(pin: str) -> None:
@@ -70,6 +72,27 @@ class Book:
         if not secrets.compare_digest(vault.check, self.state("check") or ""):
             raise VaultError("wrong passphrase for the SMS lists")
         return vault
+
+    def wipe(self) -> None:
+        """Delete the lists, the key's salt and check, the queue, tips, replies and handled texts.
+
+        Rows are overwritten as they are deleted (the store's ``secure_delete``); the caller
+        empties the WAL (``Store.truncate_wal``). The next unlock sets a new passphrase."""
+        with self.store.transaction():
+            for table in WIPED:
+                self.db.execute(f"DELETE FROM {table}")
+            # The salt and check go (no passphrase opens anything again); the gateway's state stays, locked.
+            self.db.execute("DELETE FROM sms_state WHERE key NOT IN ('state', 'trouble')")
+            self.db.execute("UPDATE sms_state SET value = 'locked' WHERE key = 'state'")
+
+    def wipes_asked(self) -> list[int]:
+        """Captains' requests to wipe (the console, ``silbato sms wipe``) not yet done."""
+        return [r[0] for r in self.db.execute("SELECT id FROM sms_wipes WHERE done_at IS NULL ORDER BY id")]
+
+    def wipe_done(self, ids: list[int], now: float) -> None:
+        with self.store.transaction():
+            for wipe_id in ids:
+                self.db.execute("UPDATE sms_wipes SET done_at = ? WHERE id = ?", [now, wipe_id])
 
     # -- subscribers ------------------------------------------------------------------------------
 
@@ -187,6 +210,15 @@ class Book:
 
     def queue_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute("SELECT status, count(*) FROM sms_queue GROUP BY status")}
+
+    def handled(self, identity: str) -> bool:
+        """Whether the received text ``identity`` (a keyed MAC of its files) was acted on already."""
+        return self.db.execute("SELECT 1 FROM sms_handled WHERE identity = ?", [identity]).fetchone() is not None
+
+    def record_handled(self, identity: str, now: float) -> None:
+        """Record that the received text ``identity`` was acted on (call in the transaction that acts)."""
+        with self.store.transaction():
+            self.db.execute("INSERT OR IGNORE INTO sms_handled (identity, handled_at) VALUES (?, ?)", [identity, now])
 
     def add_tip(self, vault: Vault, text: str, number: str, now: float) -> int:
         with self.store.transaction():

@@ -9,9 +9,15 @@ Each step (once a second, ``POLL``):
    exactly once (node/gateway/spool.py says how), responders first.
 3. ``reconcile``: texts gammu-smsd moved to sent or error are recorded, and their files deleted.
 4. ``answer`` (unlocked only): received texts become captains' requests, list changes, replies
-   or tips; each file is deleted once handled.
+   or tips; each file is deleted once handled. Exactly once: a keyed MAC of each text's file
+   names and bytes goes in ``sms_handled`` in the same transaction as what the text does, so
+   a text whose files a crash left in the inbox is only deleted on restart, never acted on again.
 5. ``reply`` (unlocked only): a captain's reply to a tip (``sms_replies``, written by the page,
    which cannot read a number) is queued to the tip's sender.
+
+Before them, a wipe asked for (``sms_wipes``: the console's two-button confirm, ``silbato sms
+wipe``) destroys the lists, the key (in memory, and its salt and check in ``sms_state``), the
+queue, tips, replies and every file in the spool; locked or not.
 
 Locked (after a boot, until ``silbato sms unlock``), texts queue and received ones wait in
 gammu's inbox; the store shows the trouble "SMS gateway: locked". The queue is bounded
@@ -31,7 +37,8 @@ Troubles the gateway watches for itself (each step, in ``sms_state``'s ``trouble
 - **PIN locked**: a responder's PIN had ``PIN_TRIES`` wrong guesses in a row; their texted
   commands are refused, silently, until a captain runs ``silbato sms responders unlock-pin``.
 
-Automatic replies (HELP, JOIN's question, the welcome, STOP's confirmation) are limited, since
+Automatic replies (HELP, JOIN's question, the welcome, STOP's confirmation, the acknowledgement
+of a responder's command: "CONFIRM 3-41 received and passed to the node") are limited, since
 a sender's number can be spoofed to make the gateway text a victim: at most one HELP per number
 an hour, ``REPLIES_PER_NUMBER`` replies of any kind per number a day, ``REPLIES_PER_HOUR`` to
 everyone together. What a text does (a STOP's removal) never waits for its reply.
@@ -104,6 +111,8 @@ class Gateway:
         self._replies: deque = deque()                # when every automatic reply of the last hour went
         self._capped_until = float("-inf")            # the hourly cap's log line: once an hour
         self._shown: tuple[str, str] | None = None
+        self._database = _identity(store.path)      # the node's database file, to notice a node wipe
+        self.node_wiped = False
 
     # -- unlocking -------------------------------------------------------------------------------
 
@@ -117,10 +126,66 @@ class Gateway:
 
     # -- the loop ----------------------------------------------------------------------------------
 
+    def wipe(self, why: str) -> int:
+        """Destroy the lists, the key (in memory and its salt), the queue, tips, replies and every file
+        in gammu-smsd's spool; the gateway is then as before its first unlock. Returns the files destroyed."""
+        with self.lock:
+            return self._wipe(why)
+
+    def _wipe(self, why: str) -> int:
+        started = time.monotonic()
+        self.vault = None
+        self.book.wipe()
+        files = self.spool.destroy_all()
+        if not self.store.truncate_wal():
+            log.warning("SMS wipe: a reader kept the database's write-ahead log; the next purge empties it")
+        self._planned.clear()
+        for memory in (self._heard, self._helped, self._replied):
+            memory.clear()
+        self._replies.clear()
+        self._overflow, self._flooding_until, self._outbox, self._shown = 0, float("-inf"), None, None
+        log.critical("SMS WIPE (%s) done in %.1f s: lists, key, queue, tips and %d spool files destroyed; "
+                     "the next 'silbato sms unlock' sets a new passphrase", why, time.monotonic() - started, files)
+        return files
+
+    def _node_wipe(self) -> bool:
+        """Whether the node was wiped (``silbato wipe``, both buttons): its database file is gone.
+
+        The daemon cannot reach the spool (it is not in the group gammu), so the gateway finishes
+        the wipe: it forgets the key, and destroys every file in the spool, at once and then at each
+        step (texts gammu-smsd receives meanwhile) until it is stopped."""
+        if not self.node_wiped and _identity(self.store.path) == self._database:
+            return False
+        if not self.node_wiped:
+            self.node_wiped, self.vault = True, None
+            log.critical("SMS gateway: the node's database is gone (the node was wiped): the key is forgotten "
+                         "and gammu-smsd's spool destroyed, now and at every step until the gateway is stopped")
+        try:
+            self.spool.destroy_all()
+        except OSError as exc:
+            log.error("SMS gateway: could not destroy gammu-smsd's spool: %s", exc)
+        return True
+
+    def _wipe_if_asked(self, now: float) -> None:
+        asked = self.book.wipes_asked()
+        if asked:
+            self._wipe("a captain asked")
+            self.book.wipe_done(asked, now)
+        elif self.vault is not None and self.book.state("salt") is None:
+            # Wiped by another process (``silbato sms wipe`` with no gateway answering): forget the key.
+            self.vault = None
+            log.warning("SMS lists wiped elsewhere: the key is forgotten; the gateway is locked")
+
     def step(self) -> None:
         """One pass of plan, hand off, reconcile and answer; each part's failure is logged, not raised."""
         with self.lock:
             now = self.clock()
+            if self._node_wipe():
+                return
+            try:
+                self._wipe_if_asked(now)
+            except Exception:
+                log.exception("SMS gateway: a wipe failed")
             for name, part in (("plan", self.plan), ("bound", self.bound), ("hand-off", self.hand_off),
                                ("reconcile", self.reconcile), ("answer", self.answer), ("reply", self.reply), ("modem", self.watch_modem)):
                 try:
@@ -222,21 +287,31 @@ class Gateway:
     def hand_off(self, now: float) -> None:
         if self.vault is None:
             return
+        # Files first, then one sync of the folder, then the rows in one transaction: a crash in
+        # between leaves rows queued whose files exist, which the next hand-off finds and only marks.
+        handed = []
         for row in self.book.queued(HAND_OFF_BATCH):
             number = self.vault.open(row["number_enc"])
-            fresh = self.spool.hand_off(row["id"], row["priority"], number, row["text"])
-            self.book.mark(row["id"], "handed", now)
-            if not fresh:
+            if not self.spool.hand_off(row["id"], row["priority"], number, row["text"], sync=False):
                 log.info("text %d was in gammu's spool already (a hand-off interrupted before): not written again",
                          row["id"])
+            handed.append(row["id"])
+        if handed:
+            self.spool.sync()
+            with self.store.transaction():
+                for queue_id in handed:
+                    self.book.mark(queue_id, "handed", now)
 
     def reconcile(self, now: float) -> None:
-        for queue_id, sent, path in self.spool.outcomes():
-            row = self.book.row(queue_id)
-            if row is not None and row["status"] in ("queued", "handed"):
-                self.book.mark(queue_id, "sent" if sent else "failed", now)
-                if not sent:
-                    log.warning("text %d could not be sent (gammu-smsd moved it to its error folder)", queue_id)
+        outcomes = self.spool.outcomes()
+        with self.store.transaction():   # every outcome recorded, then the files deleted
+            for queue_id, sent, path in outcomes:
+                row = self.book.row(queue_id)
+                if row is not None and row["status"] in ("queued", "handed"):
+                    self.book.mark(queue_id, "sent" if sent else "failed", now)
+                    if not sent:
+                        log.warning("text %d could not be sent (gammu-smsd moved it to its error folder)", queue_id)
+        for _, _, path in outcomes:
             path.unlink(missing_ok=True)  # recorded: no number stays in the spool
 
     def answer(self, now: float) -> None:
@@ -244,14 +319,23 @@ class Gateway:
             return
         self._forget(now)
         for message in self.spool.incoming():
+            identity = self.vault.mac("inbox:" + message.digest)
+            if self.book.handled(identity):
+                # Acted on before a crash kept its files from being deleted: not again.
+                log.info("a received text from %s was handled before a restart; its files are deleted",
+                         self.vault.pseudonym(message.sender))
+                self.spool.discard(message)
+                continue
             try:
-                if not self._flooded(message, now):
-                    self._answer(message, now)
+                # What the text does and the record that it was done commit together.
+                with self.store.transaction():
+                    self.book.record_handled(identity, now)
+                    if not self._flooded(message, now):
+                        self._answer(message, now)
             except Exception:
                 log.exception("a received text from %s could not be handled; it is dropped",
                               self.vault.pseudonym(message.sender))
-            for path in message.files:
-                path.unlink(missing_ok=True)
+            self.spool.discard(message)
 
     def reply(self, now: float) -> None:
         if self.vault is None:
@@ -308,6 +392,8 @@ class Gateway:
                 location=int(command.argument) if command.verb == "REPORT" else None)
             log.info("responder %s texted %s: request %d for the node to sign", subscriber["handle"],
                      command.verb, request)
+            self._reply(message, "ack", language, now,
+                        text=texts.ack_text(command.verb, command.argument, language))
         elif command.verb == "JOIN":
             if subscriber is not None and subscriber["list"] in (RESPONDER, BROAD):
                 self._reply(message, "welcome", subscriber["language"], now)
@@ -338,8 +424,9 @@ class Gateway:
         if self._reply(message, "help", language, now):
             self._helped[mac] = now
 
-    def _reply(self, message: Incoming, kind: str, language: str, now: float) -> bool:
-        """Queue an automatic reply unless a limit says no (logged); whether it was queued."""
+    def _reply(self, message: Incoming, kind: str, language: str, now: float, text: str = "") -> bool:
+        """Queue an automatic reply (``kind`` from ``texts.REPLIES``, or ``text``) unless a limit says no
+        (logged); whether it was queued."""
         vault = self.vault
         mac = vault.mac(message.sender)
         replied = self._replied.get(mac, ())
@@ -356,7 +443,7 @@ class Gateway:
         self._replied.setdefault(mac, deque()).append(now)
         self._replies.append(now)
         self.book.enqueue(f"reply:{vault.mac(message.files[0].name)}", number_enc=vault.seal(message.sender),
-                          number_mac=vault.mac(message.sender), priority="C", text=texts.reply_text(kind, language),
+                          number_mac=vault.mac(message.sender), priority="C", text=text or texts.reply_text(kind, language),
                           now=now)
         return True
 
@@ -400,6 +487,15 @@ class Gateway:
             self.book.set_state("state", state)
             self.book.set_state("trouble", trouble)
             self._shown = (state, trouble)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, or None if it is gone."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _running(pid_file: Path) -> bool:

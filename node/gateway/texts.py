@@ -32,6 +32,10 @@ REPLIES = {
     "test": N_("Silbato: a test text from your block's SMS gateway."),
 }
 
+# To a responder whose texted command became a request for the node (the PIN is never repeated).
+# "passed to the node", not "done": the daemon may still refuse it (an expired or self-confirmed request).
+ACK = N_("Silbato: %(command)s %(argument)s received and passed to the node.")
+
 
 def _gettext(language: str, words: str) -> str:
     return catalog.translations(language if language in catalog.LANGUAGES else catalog.SOURCE).gettext(words)
@@ -48,6 +52,11 @@ def reply_text(kind: str, language: str) -> str:
     return _gettext(language, REPLIES[kind])
 
 
+def ack_text(command: str, argument: str, language: str) -> str:
+    """The acknowledgement of a responder's command (``CONFIRM``, ``3-41``) in ``language``."""
+    return _gettext(language, ACK) % {"command": command, "argument": argument}
+
+
 def segment_table(place: str = "Building 12, 1400 Elm Street", alert_id: str = "3-41") -> list[tuple]:
     """(message, language, encoding, units, segments) for every text, as docs/sms.md reports them."""
     from node.gateway.segments import count
@@ -60,6 +69,8 @@ def segment_table(place: str = "Building 12, 1400 Elm Street", alert_id: str = "
         for kind in REPLIES:
             seg = count(reply_text(kind, language))
             rows.append((kind, language, seg.encoding, seg.units, seg.count))
+        seg = count(ack_text("CONFIRM", alert_id, language))
+        rows.append(("ack", language, seg.encoding, seg.units, seg.count))
     return rows
 
 

@@ -17,9 +17,11 @@
   P10 outage       a middle node's radio gone 5 minutes during alerts: healthy buildings shown silent, catch-up
   P12 broker       one Mosquitto for a neighborhood of 100 and 1,000 blocks: deliveries/s, broker CPU, latency
   P11 evidence     a 500 MB upload through the page against a plain HTTP copy, its memory; holds during 5 uploads
+  P15 sms          a confirmed alert to 20 responders + 500 broad-list texts through gammu-smsd's dummy phone,
+                   beside a gammu-smsd-inject loop of the same texts (needs gammu-smsd)
 
 Simulated figures (P1, P3, P4, P5, P10) are the same on every machine; wall-clock ones
-(P2, P6, P7, P8, P9, P11) vary with it, so compare them side by side in one run.
+(P2, P6, P7, P8, P9, P11, P12, P15) vary with it, so compare them side by side in one run.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ BENCHES = {
     "P10": ("outage", [], ["--kinds", "line", "--line-nodes", "3", "--outage", "200", "--after", "300"]),
     "P12": ("broker_load", [], ["--blocks", "10", "--seconds", "2", "--rate", "1", "--procs", "1"]),
     "P11": ("evidence", [], ["--size", "3", "--uploads", "2", "--upload-size", "2", "--holds", "3"]),
+    "P15": ("sms_dispatch", [], ["--responders", "2", "--broad", "10"]),
 }
 
 
