@@ -19,7 +19,8 @@ With ``--sms`` (``Block(sms=True)``), node 1 is also the block's SMS gateway: th
 gammu-smsd on Gammu's dummy phone (node/gateway/dummy.py), the sim's responders and broad
 list (``SIM_RESPONDERS``, ``SIM_BROAD``), unlocked with a passphrase made for the run:
 
-- ``POST /sms/in`` with JSON ``{"from": number, "text": words}``: a text arrives at the dummy phone;
+- ``POST /sms/in`` with JSON ``{"from": number, "text": words}`` (or ``?from=…&text=…``): a text
+  arrives at the dummy phone;
 - ``GET /sms/out``: the texts the dummy phone sent, newest first, ``[{"to": number, "text": words}]``.
 
 It answers JSON, errors too: ``{"error": sentence, "status": code}``.
@@ -62,10 +63,12 @@ class BlockFiles:
 
 
 def provision(root: Path, n: int, *, block: str = "sim-block", hold_time: float = 2.0,
-              overrides: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> BlockFiles:
+              overrides: dict[str, Any] | None = None, settings: dict[str, Any] | None = None,
+              dispatchers: tuple[int, ...] = ()) -> BlockFiles:
     """Create keys, a signed roster and a config for nodes 1..n under ``root``.
 
-    ``settings``: block-wide settings for the roster to carry (none by default, as older rosters)."""
+    ``settings``: block-wide settings for the roster to carry (none by default, as older rosters).
+    ``dispatchers``: the nodes the roster marks as the block's SMS gateway (``"dispatcher": true``)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     organizer = SigningKey.generate()
@@ -73,7 +76,7 @@ def provision(root: Path, n: int, *, block: str = "sim-block", hold_time: float 
     keys = {i: SigningKey.create(root / f"node{i}" / "node.key", force=True) for i in range(1, n + 1)}
     body = {"block": block, "version": 1, "nodes": [
         {"id": i, "name": f"B{i}", "location": 100 + i, "place": f"Building {i}",
-         "public_key": keys[i].public_b64} for i in keys]}
+         "public_key": keys[i].public_b64} | ({"dispatcher": True} if i in dispatchers else {}) for i in keys]}
     if settings:
         body["settings"] = config_mod.block_settings(settings)  # checked, as 'silbato roster sign' does
     document = sign_roster(body, organizer)
@@ -149,7 +152,8 @@ class Block:
     def __init__(self, root: Path, n: int = 5, topology: str = "line", *, loss: float = 0.0,
                  preset: str = "MEDIUM_FAST", seed: int = 1, scale: float | None = None,
                  hold_time: float = 2.0, overrides: dict[str, Any] | None = None, radio: str = "air",
-                 settings: dict[str, Any] | None = None, block: str = "sim-block", sms: bool = False):
+                 settings: dict[str, Any] | None = None, block: str = "sim-block", sms: bool = False,
+                 dispatchers: tuple[int, ...] = ()):
         if radio not in ("air", "serial"):
             raise ValueError(f"unknown radio {radio!r}: expected air or serial")
         if radio == "serial" and scale is None:
@@ -158,7 +162,8 @@ class Block:
         self.seed = seed
         self.name = block
         self.files = provision(root, n, block=block, hold_time=hold_time,
-                               overrides={"radio.preset": preset, **(overrides or {})}, settings=settings)
+                               overrides={"radio.preset": preset, **(overrides or {})}, settings=settings,
+                               dispatchers=dispatchers or ((1,) if sms else ()))
         self.scheduler = Scheduler(scale)
         hop_limit = self.files.configs[0]["radio.hop_limit"]
         self.air = SimAir(n, topology, loss=loss, preset=preset, seed=seed, hop_limit=hop_limit,
@@ -411,6 +416,8 @@ class Block:
 
             sms = sms_or_404()
             body = request.get_json(silent=True)
+            if body is None and ("from" in request.args or "text" in request.args):
+                body = {k: request.args[k] for k in ("from", "text") if k in request.args}   # ?from=…&text=…
             if not isinstance(body, dict) or not isinstance(body.get("from"), str) \
                     or not isinstance(body.get("text"), str):
                 abort(400, 'send JSON {"from": "+15550100001", "text": "REPORT 101 482915"}')

@@ -754,6 +754,13 @@ class Store:
             """SELECT result_alert_id FROM requests WHERE captain = ? AND action IN ('raise', 'test')
                AND result_alert_id IS NOT NULL""", [captain]))
 
+    def reported_by_request(self, alert_id: str) -> bool:
+        """Whether a captain's or responder's request raised a report that became incident ``alert_id``."""
+        incident = self.resolve(alert_id)
+        return any(self.resolve(r[0]) == incident for r in self.db.execute(
+            """SELECT result_alert_id FROM requests WHERE action IN ('raise', 'test')
+               AND result_alert_id IS NOT NULL"""))
+
     def add_note(self, alert_id: str, captain: str, text: str, now: float) -> int:
         """A captain's note on an incident: kept on this node, never sent on air."""
         with self.transaction():

@@ -264,3 +264,16 @@ def test_a_late_report_after_the_alert_ended_is_old_news_not_a_refusal(ended):
     current = alert(ended, CAPTAIN)
     new, outcome = apply(current, tr(State.REPORTED, REPORTER), now=T0 + 3)
     assert outcome is Outcome.STALE and new == current
+
+
+def test_a_dispatcher_may_confirm_its_own_report_and_no_other_node_may():
+    from node.protocol.alerts import Transition, apply
+
+    report = Transition("1-1", Kind.RAID, 101, 1, State.REPORTED, 1)
+    alert, _ = apply(None, report, 0.0)
+    own = Transition("1-1", Kind.RAID, 101, 1, State.CONFIRMED, 1)
+    with pytest.raises(TransitionError, match="signer other than the reporter"):
+        apply(alert, own, 1.0)
+    with pytest.raises(TransitionError):
+        apply(alert, own, 1.0, dispatchers={2})
+    assert apply(alert, own, 1.0, dispatchers={1})[0].state is State.CONFIRMED

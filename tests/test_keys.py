@@ -388,3 +388,14 @@ def test_a_roster_larger_than_a_receipt_can_carry_is_refused_by_name(roster_setu
     full = wire.ReceiptFrame(1, 1, 1, 1, wire.State.REPORTED, 1, bytes((len(members) + 7) // 8),
                              bytes((len(members) + 7) // 8), 1)
     assert len(wire.encode(full, roster_setup.keys[1], roster.block)) <= wire.MAX_FRAME
+
+
+def test_a_roster_dispatcher_mark_must_be_true_or_false_and_revocation_drops_it(roster_setup):
+    body = copy.deepcopy(roster_setup.body)
+    body["nodes"][0]["dispatcher"] = True
+    body["nodes"][3]["dispatcher"] = True      # node 4 is revoked: no exception for it
+    roster = Roster.parse(sign_roster(body, roster_setup.organizer), roster_setup.organizer.public)
+    assert roster.dispatchers == frozenset({1})
+    body["nodes"][0]["dispatcher"] = "yes"
+    with pytest.raises(RosterError, match=r"nodes\[0\]\.dispatcher"):
+        sign_roster(body, roster_setup.organizer)

@@ -373,15 +373,16 @@ def test_sim_sms_a_report_by_text_reaches_the_responders_and_a_confirm_by_text_t
         assert {t["to"] for t in out} == {ana, ben}, out
         assert any(t["to"] == ana and "REPORT 101 received" in t["text"] for t in client.get("/sms/out").json)
 
-        # Node 2's report confirmed by a responder's text (the gateway, node 1, signs it: not the reporter).
-        block.nodes[2].report(location=102)
-        other = until(lambda: [a for a in block.nodes[1].store.active_alerts() if a.location == 102], 30,
-                      "node 2's report on node 1")[0]
-        client.post("/sms/in", json={"from": ben, "text": f"CONFIRM {other.id} {ben_pin}"})
-        until(lambda: block.nodes[2].store.get_alert(other.id).state is State.CONFIRMED, 30, "the texted CONFIRM")
+        # The reporter cannot confirm her own report; a second responder can, by text, though the
+        # gateway (node 1, the roster's dispatcher) signs both.
+        client.post("/sms/in", query_string={"from": ana, "text": f"CONFIRM {alert.id} {ana_pin}"})
+        client.post("/sms/in", json={"from": ben, "text": f"CONFIRM {alert.id} {ben_pin}"})
+        until(lambda: block.nodes[2].store.get_alert(alert.id).state is State.CONFIRMED, 30, "the texted CONFIRM")
+        refused = [r for r in block.nodes[1].store.db.query("SELECT * FROM requests WHERE action = 'confirm'")]
+        assert sorted(r["status"] for r in refused) == ["refused", "signed"], refused
         broad = until(lambda: [t for t in client.get("/sms/out").json if t["to"] == SIM_BROAD[0][0]], 60,
                       "the broad list's text")
-        assert f"Silbato {other.id}: RAID CONFIRMED at Building 2" in broad[0]["text"]
+        assert f"Silbato {alert.id}: RAID CONFIRMED at Building 1" in broad[0]["text"]
         newest_first = client.get("/sms/out").json
         assert newest_first[-1]["to"] in (ana, ben) and "possible raid" in newest_first[-1]["text"]
     finally:

@@ -66,7 +66,10 @@ class Chores:
             return self.desk.report(Kind.RAID if action == "raise" else Kind.TEST, req["location"], outcome=outcome)
         if action == "confirm" and self.store.captain_reported(req["captain"], req["alert_id"] or ""):
             raise TransitionError("the captain who reported this alert cannot also confirm it")
-        return self.desk.act(action, req["alert_id"] or "", outcome=outcome)
+        # A dispatcher node (the SMS gateway) confirms its own report only for a second person:
+        # the report came from another captain's or responder's request, never from the button.
+        second = action == "confirm" and self.store.reported_by_request(req["alert_id"] or "")
+        return self.desk.act(action, req["alert_id"] or "", outcome=outcome, second_person=second)
 
     def selftest(self, now: float) -> None:
         """The weekly self-test: a TEST that proves every building receives (and sounds, monthly).

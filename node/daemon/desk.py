@@ -138,13 +138,23 @@ class Desk:
             return self._act(lambda counter: Transition(alerts.alert_id(self.me, counter), kind, location,
                                                         self.me, State.REPORTED, self.me), now, request)
 
-    def act(self, action: str, alert_id: str, *, outcome: RequestOutcome | None = None) -> Alert:
-        """A captain's ``confirm``, ``all_clear`` or ``cancel`` on ``alert_id`` (``outcome``: as in ``report``)."""
+    def act(self, action: str, alert_id: str, *, outcome: RequestOutcome | None = None,
+            second_person: bool = False) -> Alert:
+        """A captain's ``confirm``, ``all_clear`` or ``cancel`` on ``alert_id`` (``outcome``: as in ``report``).
+
+        ``second_person``: a confirmation by a captain or responder other than the one whose
+        request raised the report (checked by the caller, ``Chores``). Only with it may a
+        dispatcher node confirm its own report; never from its buttons."""
         with self._lock:
             now = self.clock()
             current = self.store.get_alert(alert_id)
             try:
                 t = alerts.request(current, action, self.me, alert_id)
+                if t.state is State.CONFIRMED and current is not None and current.reporter == self.me \
+                        and not second_person:
+                    raise TransitionError(f"alert {current.id}: confirming needs a signer other than the reporter"
+                                          + (" (this dispatcher node confirms its own report only for a second "
+                                             "captain or responder)" if self.me in self.roster.dispatchers else ""))
             except TransitionError as exc:
                 self.reject(alert_id, alerts.ACTION_STATE.get(action, State.REPORTED), str(exc), self.me,
                             "local", None, now, request=outcome)
@@ -156,7 +166,7 @@ class Desk:
         t = make(counter)
         current = self.store.get_alert(t.alert_id)
         try:
-            alert, outcome = alerts.apply(current, t, now)
+            alert, outcome = alerts.apply(current, t, now, self.roster.dispatchers)
         except TransitionError as exc:
             self.reject(t.alert_id, t.state, str(exc), self.me, "local", counter, now, request=request)
             raise
@@ -213,7 +223,7 @@ class Desk:
         if current is not None and current.id != t.alert_id:
             t = replace(t, alert_id=current.id, reporter=current.reporter)  # speak of the merged incident
         try:
-            alert, outcome = alerts.apply(current, t, now)
+            alert, outcome = alerts.apply(current, t, now, self.roster.dispatchers)
         except TransitionError as exc:
             self.reject(t.alert_id, t.state, str(exc), frame.origin, "air", frame.counter, now)
             return None

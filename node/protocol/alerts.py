@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Collection, Iterable
 
 from node.errors import TransitionError
 
@@ -125,15 +125,19 @@ def parse_alert_id(text: str) -> tuple[int, int]:
     return pair
 
 
-def apply(current: Alert | None, t: Transition, now: float) -> tuple[Alert, Outcome]:
-    """Apply transition ``t`` to ``current`` (``None`` if unknown). Raises ``TransitionError``."""
+def apply(current: Alert | None, t: Transition, now: float,
+          dispatchers: Collection[int] = frozenset()) -> tuple[Alert, Outcome]:
+    """Apply transition ``t`` to ``current`` (``None`` if unknown). Raises ``TransitionError``.
+
+    ``dispatchers``: the roster's dispatcher nodes (``Roster.dispatchers``), the only ones whose
+    confirmation of a report they signed themselves is taken (see ``_check_signer``)."""
     if t.state not in ON_AIR:
         raise TransitionError(f"{t.state.word} cannot be requested")
     if current is None:
         if t.state is State.REPORTED:
             return _open(t, now), Outcome.NEW
         if t.state is State.CONFIRMED:
-            _check_signer(t.reporter, t)
+            _check_signer(t.reporter, t, dispatchers)
             return replace(_open(t, now), state=State.CONFIRMED), Outcome.NEW
         raise TransitionError(f"cannot mark unknown alert {t.alert_id} {t.state.word}")
     if (t.kind, t.location, t.reporter) != (current.kind, current.location, current.reporter):
@@ -150,7 +154,7 @@ def apply(current: Alert | None, t: Transition, now: float) -> tuple[Alert, Outc
     if t.state is State.REPORTED:
         return current, Outcome.STALE  # a late re-send of the report
     if t.state is State.CONFIRMED:
-        _check_signer(current.reporter, t)
+        _check_signer(current.reporter, t, dispatchers)
     # REPORTED -> ALL_CLEAR is taken from the air: the signer's node saw CONFIRMED
     # even though this node missed it. A node's own all clear needs CONFIRMED (see request()).
     return replace(current, state=t.state, signer=t.signer, updated_at=now), Outcome.CHANGED
@@ -161,8 +165,11 @@ def _open(t: Transition, now: float) -> Alert:
                  signer=t.signer, opened_at=now, updated_at=now, last_report_at=now)
 
 
-def _check_signer(reporter: int, t: Transition) -> None:
-    if t.signer == reporter:
+def _check_signer(reporter: int, t: Transition, dispatchers: Collection[int] = frozenset()) -> None:
+    """Two signers: a node cannot confirm its own report, except a dispatcher (the block's SMS
+    gateway, marked on the signed roster), which signs for two different responders: the
+    gateway's daemon checks that the confirming responder is not the reporting one."""
+    if t.signer == reporter and t.signer not in dispatchers:
         raise TransitionError(f"alert {t.alert_id}: confirming needs a signer other than the reporter")
 
 

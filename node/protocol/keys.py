@@ -169,6 +169,7 @@ class Member:
     place: str        # human-readable place name; never sent on air
     public_key: Ed25519PublicKey
     revoked: bool = False
+    dispatcher: bool = False   # the block's SMS gateway node: it may confirm its own (texted) report
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         try:
@@ -209,6 +210,9 @@ class Roster:
         self.settings = dict(settings or {})  # block-wide settings, as signed (node.config.with_roster applies them)
         self.members = {m.id: m for m in members}
         self.by_location = {m.location: m for m in self.members.values()}
+        # Nodes the organizers trust to confirm a report they signed themselves: the SMS gateway,
+        # which signs every responder's texted REPORT and CONFIRM (two people, one node).
+        self.dispatchers = frozenset(m.id for m in self.members.values() if m.dispatcher and not m.revoked)
         self.document = document  # the signed JSON document, for re-installing elsewhere
 
     def __contains__(self, node_id: int) -> bool:
@@ -321,8 +325,10 @@ def _parse_body(body: dict, public: bool = False) -> tuple[str, int, list[Member
         seen_ids.add(entry["id"])
         seen_locations.add(entry["location"])
         key = Ed25519PublicKey.from_public_bytes(unb64(entry["public_key"], f"{where}.public_key", 32))
+        if not isinstance(entry.get("dispatcher", False), bool):
+            raise RosterError(f"{where}.dispatcher: expected true or false")
         members.append(Member(entry["id"], entry["name"], entry["location"], entry.get("place", ""), key,
-                              bool(entry.get("revoked", False))))
+                              bool(entry.get("revoked", False)), entry.get("dispatcher", False)))
     return block, version, members, settings
 
 
