@@ -8,7 +8,8 @@ characters) with a 30-character place; ``docs/sms.md`` has each language's count
 
 A raid on a nearby block (``NEARBY_TEXTS``, to subscribers who texted ``NEARBY ON``) is named
 by the block's name and public area from the neighborhood roster, never a place name, and
-carries the same line; kept to one segment with a 25-character block and area.
+carries the same line; one segment while block and area together are at most 31 characters
+(Korean; 55 in English).
 """
 
 from __future__ import annotations
