@@ -246,6 +246,16 @@ def m012_sms_handled(db: sqlite_utils.Database) -> None:
     db["sms_wipes"].create({"id": int, "captain": str, "created_at": float, "done_at": float}, pk="id")
 
 
+@migrations()
+def m013_sms_nearby(db: sqlite_utils.Database) -> None:
+    """Whether each SMS subscriber asked for texts about raids on nearby blocks (``NEARBY ON``).
+
+    Off by default: a subscriber joined for this block's alerts; neighboring blocks' raids
+    (the ``nearby`` table, m011) are texted only to those who opted in (node/gateway/service.py).
+    """
+    db["sms_subscribers"].add_column("nearby", int, not_null_default=0)
+
+
 def _connect(path: Path, readonly: bool, existing: bool = False) -> sqlite3.Connection:
     try:
         if readonly or existing:
@@ -467,6 +477,14 @@ class Store:
             "AND m.counter = n.counter AND m.state > n.state) ORDER BY n.received_at DESC",
             [now - window, int(State.REPORTED), int(State.CONFIRMED)])
         return list(rows)
+
+    def nearby_news(self, since: float) -> list[dict]:
+        """Each nearby alert's latest state, if it was taken at ``since`` or later; oldest first
+        (the SMS gateway texts these to subscribers who asked for them)."""
+        return list(self.db.query(
+            "SELECT n.* FROM nearby n WHERE n.received_at >= ? AND NOT EXISTS ("
+            "SELECT 1 FROM nearby m WHERE m.block_code = n.block_code AND m.reporter = n.reporter "
+            "AND m.counter = n.counter AND m.state > n.state) ORDER BY n.received_at, n.state", [since]))
 
     # -- alerts -------------------------------------------------------------------
 

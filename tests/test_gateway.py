@@ -723,3 +723,103 @@ def test_a_node_wipe_makes_the_running_gateway_forget_the_key_and_destroy_the_sp
     arrive(gw.spool, DAE, "received after the wipe")
     gw.step()
     assert not list(gw.spool.inbox.iterdir()), "and stays empty while the gateway runs"
+
+
+# -- NEARBY: raids on neighboring blocks, to subscribers who opted in ----------------------------------------
+
+EVA = "+15550000103"   # joins the broad list with JOIN es NEARBY
+
+
+def nearby(store: Store, state: State, *, counter: int = 7, received_at: float | None = None,
+           block: str = "oak-st", area: str = "Oak St 1-99") -> None:
+    """A nearby alert state as the daemon keeps it (node/daemon/neighborhood.py): block and area, no place."""
+    store.add_nearby({"block_code": 0x1A2B3C4D, "reporter": 3, "counter": counter, "state": int(state),
+                      "block": block, "area": area, "place": area, "location": 12, "signer": 9,
+                      "received_at": time.time() if received_at is None else received_at})
+
+
+def test_nearby_raids_are_texted_once_to_those_who_opted_in_in_their_language(node, gammu, gateway):
+    # Ben (en) and Carla (tl) text NEARBY ON, Dae (ko) JOIN ko NEARBY (already on the list), Eva joins
+    # with JOIN es NEARBY then YES; Ana (es, a responder) does not opt in; a stranger cannot.
+    gammu.receive(BEN, "NEARBY ON")
+    gammu.receive(CARLA, "nearby on")
+    gammu.receive(DAE, "JOIN ko NEARBY")
+    gammu.receive(EVA, "JOIN es NEARBY")
+    gammu.receive(STRANGER, "NEARBY ON")
+    step_until(gateway, lambda: len(gammu.sent()) >= 5, "four confirmations and a HELP")
+    assert "you will also get texts about raids on nearby blocks" in text_to(gammu, BEN)[0]
+    assert "makakatanggap ka rin" in text_to(gammu, CARLA)[0]
+    assert "근처 블록의 단속 알림도" in text_to(gammu, DAE)[0]
+    assert "YES" in text_to(gammu, EVA)[0]
+    assert "NEARBY ON" in text_to(gammu, STRANGER)[0], "a stranger gets HELP, which names the command"
+    assert gateway.book.subscriber(gateway.vault, STRANGER) is None
+    # (Waits go by gammu-smsd's ledger, written after the copy of the text is complete.)
+    before = len(gammu.sent())
+    gammu.receive(EVA, "YES")
+    step_until(gateway, lambda: len(gammu.sent()) > before, "Eva's welcome")
+    assert "de esta cuadra y de las cercanas" in text_to(gammu, EVA)[1]
+
+    # A raid confirmed on oak-st, and one on this block at the same moment: this block's texts go first.
+    before = len(gammu.sent())
+    nearby(node.store, State.CONFIRMED)
+    nearby(node.store, State.CONFIRMED, counter=1, received_at=time.time() - 901)   # older than sms.max_age
+    node.report()
+    step_until(gateway, lambda: len(gammu.sent()) >= before + 6, "two REPORTED and four nearby texts")
+    assert [name[3] for name in gammu.sent()[before:]] == ["A", "A", "D", "D", "D", "D"], \
+        "this block's own alert texts are handed to the modem before nearby ones"
+    assert text_to(gammu, BEN)[-1] == ("Silbato: raid confirmed nearby: oak-st, Oak St 1-99. Don't open the door "
+                                       "without a judge's warrant. NEARBY OFF to end these.")
+    assert text_to(gammu, CARLA)[-1].startswith("Silbato: kumpirmadong raid sa malapit: oak-st, Oak St 1-99.")
+    assert text_to(gammu, DAE)[-1].startswith("Silbato: 근처 단속 확인: oak-st, Oak St 1-99.")
+    assert text_to(gammu, EVA)[-1].startswith("Silbato: redada confirmada cerca: oak-st, Oak St 1-99.")
+    assert not any("nearby" in t or "cerca" in t for t in text_to(gammu, ANA)), "Ana did not opt in"
+    until(lambda: gateway.book.queue_counts().get("sent") == len(gammu.sent()), 30, "every outcome recorded")
+
+    # The gateway restarted: nothing is queued again.
+    gateway.store.close()
+    store = Store(node.config.db_file, writes=GATEWAY_TABLES)
+    again = Gateway(store, gammu.spool, scrypt=CHEAP_KDF)
+    again.unlock(PASSPHRASE)
+    rows = sum(again.book.queue_counts().values())
+    for _ in range(3):
+        again.step()
+    assert sum(again.book.queue_counts().values()) == rows and not list(gammu.spool.outbox.glob("OUT*")), \
+        "each nearby text once, across a restart"
+    assert not store.db.execute("SELECT count(*) FROM sms_queue WHERE alert_id LIKE 'nearby:%:3-1'").fetchone()[0], \
+        "a nearby alert older than sms.max_age is not texted"
+
+    # Ben texts NEARBY OFF: the ALL CLEAR goes to Carla, Dae and Eva, who got the CONFIRMED, and not to him.
+    before = len(gammu.sent())
+    gammu.receive(BEN, "NEARBY OFF")
+    step_until(again, lambda: len(gammu.sent()) > before, "Ben's NEARBY OFF confirmation")
+    assert len(text_to(gammu, BEN)) == 4
+    assert "no more texts about nearby blocks" in text_to(gammu, BEN)[-1]
+    before = len(gammu.sent())
+    nearby(node.store, State.ALL_CLEAR)
+    step_until(again, lambda: len(gammu.sent()) >= before + 3, "three nearby ALL CLEAR texts")
+    for _ in range(3):
+        again.step()
+    assert len(text_to(gammu, BEN)) == 4, "nothing after NEARBY OFF"
+    assert text_to(gammu, CARLA)[-1].startswith("Silbato: ligtas na sa malapit: oak-st, Oak St 1-99.")
+    assert text_to(gammu, DAE)[-1].startswith("Silbato: 근처 상황 종료: oak-st")
+    assert text_to(gammu, EVA)[-1].startswith("Silbato: todo despejado cerca: oak-st")
+    nearby_texts = [t for _, t in gammu.texts() if "oak-st" in t]
+    assert len(nearby_texts) == 7, nearby_texts
+    assert all("warrant" in t or "orden" in t or "영장" in t for t in nearby_texts), "the know-your-rights line"
+    assert len(gammu.sent()) == len(set(gammu.sent())), "no file sent twice"
+    store.close()
+
+
+def test_nearby_is_off_by_default_and_a_new_pin_keeps_the_choice(quiet):
+    gw, clock = quiet
+    assert not gw.book.subscriber(gw.vault, ANA)["nearby"], "off by default"
+    arrive(gw.spool, ANA, "NEARBY ON")
+    gw.step()
+    assert gw.book.subscriber(gw.vault, ANA)["nearby"]
+    gw.book.add(gw.vault, ANA, RESPONDER, "es", clock(), pin="998877")   # a captain gives a new PIN
+    assert gw.book.subscriber(gw.vault, ANA)["nearby"], "a new PIN does not undo NEARBY ON"
+    arrive(gw.spool, ANA, "NEARBY OFF")
+    gw.step()
+    assert not gw.book.subscriber(gw.vault, ANA)["nearby"]
+    texts = [r["text"] for r in gw.store.db.query("SELECT text FROM sms_queue ORDER BY id")]
+    assert "NEARBY OFF" in texts[0] and "cuadras cercanas" in texts[1], texts

@@ -1,4 +1,5 @@
-"""The gateway's tables: its subscribers, its queue of texts, tips and its own state (node/store.py m007_sms, m012_sms_handled).
+"""The gateway's tables: its subscribers, its queue of texts, tips and its own state (node/store.py m007_sms,
+m012_sms_handled, m013_sms_nearby: ``nearby``, whether a subscriber texted ``NEARBY ON``).
 
 Numbers go in sealed (``Vault.seal``) with their lookup code (``Vault.mac``); nothing here
 reads one in the clear. Lists: ``responder`` (with a PIN), ``broad``, ``pending`` (a JOIN
@@ -100,23 +101,33 @@ class Book:
         rows = list(self.db.query("SELECT * FROM sms_subscribers WHERE number_mac = ?", [vault.mac(number)]))
         return rows[0] if rows else None
 
-    def add(self, vault: Vault, number: str, list_name: str, language: str, now: float, pin: str = "") -> dict:
+    def add(self, vault: Vault, number: str, list_name: str, language: str, now: float, pin: str = "",
+            nearby: bool | None = None) -> dict:
         """Put ``number`` on ``list_name`` (replacing its entry on any list); returns the row.
 
         A responder needs a PIN by ``check_pin``'s rule (``ValueError`` otherwise); a new entry
-        starts with no wrong PINs."""
+        starts with no wrong PINs. ``nearby`` (texts about nearby blocks' raids): None keeps the
+        entry's choice (a new PIN does not undo a ``NEARBY ON``), off for a new number."""
         if list_name == RESPONDER:
             check_pin(pin)
         mac = vault.mac(number)
         handle = "r" + secrets.token_hex(4)
         with self.store.transaction():
+            if nearby is None:
+                row = self.db.execute("SELECT nearby FROM sms_subscribers WHERE number_mac = ?", [mac]).fetchone()
+                nearby = bool(row and row[0])
             self.db.execute("DELETE FROM sms_subscribers WHERE number_mac = ?", [mac])
             self.db.execute(
                 """INSERT INTO sms_subscribers (list, number_enc, number_mac, pin_mac, language, handle,
-                   created_at, joined_at, masked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   created_at, joined_at, masked, nearby) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 [list_name, vault.seal(number), mac, vault.mac(f"pin:{mac}:{pin}") if pin else "", language,
-                 handle, now, None if list_name == PENDING else now, masked(number)])
+                 handle, now, None if list_name == PENDING else now, masked(number), int(nearby)])
         return self.subscriber(vault, number)
+
+    def set_nearby(self, subscriber_id: int, nearby: bool) -> None:
+        """``NEARBY ON`` or ``NEARBY OFF``: whether ``subscriber_id`` gets texts about nearby blocks' raids."""
+        with self.store.transaction():
+            self.db.execute("UPDATE sms_subscribers SET nearby = ? WHERE id = ?", [int(nearby), subscriber_id])
 
     def set_list(self, subscriber_id: int, list_name: str, now: float) -> None:
         with self.store.transaction():
@@ -161,9 +172,11 @@ class Book:
                             [mac])
             return list(self.db.query("SELECT * FROM sms_queue WHERE number_mac = ? AND status = 'handed'", [mac]))
 
-    def subscribers(self, list_names: tuple[str, ...]) -> list[dict]:
+    def subscribers(self, list_names: tuple[str, ...], *, nearby: bool = False) -> list[dict]:
+        """Who is on ``list_names``; with ``nearby``, only those who texted ``NEARBY ON``."""
         marks = ",".join("?" * len(list_names))
-        return list(self.db.query(f"SELECT * FROM sms_subscribers WHERE list IN ({marks}) ORDER BY id",
+        only = " AND nearby != 0" if nearby else ""
+        return list(self.db.query(f"SELECT * FROM sms_subscribers WHERE list IN ({marks}){only} ORDER BY id",
                                   list(list_names)))
 
     def counts(self) -> dict[str, int]:

@@ -5,6 +5,9 @@ A text whose first word merely starts with a responder's verb ("Report12 1234", 
 3-7 1234") is BAD, not a tip: a mistyped command holds a PIN, and a tip is kept in plain text.
 The price: a tip worded "Clearly ..." or "False alarm ..." gets the HELP text instead.
 Case and extra spaces do not matter; ``FALSE`` is a cancel (a false alarm).
+``NEARBY ON`` and ``NEARBY OFF`` (exactly those two words) ask for, or stop, texts about raids
+on nearby blocks; ``JOIN`` may take ``NEARBY`` after or instead of its language (``JOIN es
+NEARBY``). Any other text starting with "nearby" is a tip.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ _PIN = re.compile(r"^\d{4,8}$")
 
 @dataclass(frozen=True)
 class Command:
-    verb: str            # REPORT, CONFIRM, CLEAR, FALSE, JOIN, YES, STOP, HELP, TIP or BAD
-    argument: str = ""   # REPORT: the location code; CONFIRM/CLEAR/FALSE: the alert id; JOIN: the language
+    verb: str            # REPORT, CONFIRM, CLEAR, FALSE, JOIN, NEARBY, YES, STOP, HELP, TIP or BAD
+    argument: str = ""   # REPORT: the location code; CONFIRM/CLEAR/FALSE: the alert id; JOIN: the language;
+                         # NEARBY: ON or OFF
     pin: str = ""
+    nearby: bool = False  # JOIN: texts about nearby blocks' raids too (JOIN ... NEARBY)
 
 
 def parse(text: str) -> Command:
@@ -46,9 +51,16 @@ def parse(text: str) -> Command:
         return Command(verb, words[1], words[2])
     if verb.startswith(tuple(ACTIONS)):
         return Command("BAD")  # a mistyped responder command: it may hold a PIN
-    if verb == "JOIN" and len(words) <= 2:
-        language = words[1].lower() if len(words) == 2 else "en"
-        return Command("JOIN", language if language in LANGUAGES else "en")
+    if verb == "JOIN" and len(words) <= 3:
+        rest = [w.lower() for w in words[1:]]
+        nearby = "nearby" in rest
+        if nearby:
+            rest.remove("nearby")
+        if len(rest) <= 1:
+            language = rest[0] if rest else "en"
+            return Command("JOIN", language if language in LANGUAGES else "en", nearby=nearby)
+    if verb == "NEARBY" and len(words) == 2 and words[1].upper() in ("ON", "OFF"):
+        return Command("NEARBY", words[1].upper())
     if verb in ("YES", "STOP", "HELP") and len(words) == 1:
         return Command(verb)
     if verb in ("UNSUBSCRIBE", "CANCEL", "END", "QUIT", "STOPALL") and len(words) == 1:

@@ -5,6 +5,8 @@ Each step (once a second, ``POLL``):
 1. ``plan``: each recent raid alert's state becomes one queue row per subscriber who should
    get it (REPORTED: responders; CONFIRMED: responders and the broad list; ALL CLEAR and
    CANCELLED: whoever got an earlier text). Needs no key: the numbers are copied sealed.
+   ``plan_nearby`` does the same for raids on nearby blocks (the ``nearby`` table), to
+   subscribers who texted ``NEARBY ON`` only, at priority ``D``: after this block's texts.
 2. ``hand_off`` (unlocked only): each queued text becomes a file in gammu-smsd's outbox,
    exactly once (node/gateway/spool.py says how), responders first.
 3. ``reconcile``: texts gammu-smsd moved to sent or error are recorded, and their files deleted.
@@ -37,7 +39,7 @@ Troubles the gateway watches for itself (each step, in ``sms_state``'s ``trouble
 - **PIN locked**: a responder's PIN had ``PIN_TRIES`` wrong guesses in a row; their texted
   commands are refused, silently, until a captain runs ``silbato sms responders unlock-pin``.
 
-Automatic replies (HELP, JOIN's question, the welcome, STOP's confirmation, the acknowledgement
+Automatic replies (HELP, JOIN's question, the welcome, STOP's and NEARBY's confirmations, the acknowledgement
 of a responder's command: "CONFIRM 3-41 received and passed to the node") are limited, since
 a sender's number can be spoofed to make the gateway text a victim: at most one HELP per number
 an hour, ``REPLIES_PER_NUMBER`` replies of any kind per number a day, ``REPLIES_PER_HOUR`` to
@@ -67,7 +69,7 @@ log = logging.getLogger(__name__)
 
 POLL = 1.0            # seconds between steps
 HELP_EVERY = 3600.0   # seconds: at most one HELP reply per number in this time
-REPLIES_PER_NUMBER = 4  # automatic replies (help, join, welcome, stopped) to one number within REPLY_WINDOW
+REPLIES_PER_NUMBER = 4  # automatic replies (help, join, welcome, stopped, nearby) to one number within REPLY_WINDOW
 REPLY_WINDOW = 86400.0  # seconds
 REPLIES_PER_HOUR = 100  # automatic replies to all numbers together within an hour
 BACKLOG = 1000        # queued texts beyond which the trouble says the queue is backing up
@@ -76,6 +78,9 @@ QUEUE_LIMIT = 2000    # queued texts kept at most (locked for long): beyond, the
 STALL = 25.0          # seconds with texts in the outbox and none sent: the modem is gone (TROUBLE < 30 s)
 FLOOD_TEXTS = 10      # texts from one number within FLOOD_WINDOW beyond which the rest are dropped
 FLOOD_WINDOW = 60.0   # seconds
+# gammu-smsd sends in file-name order: responders (A), the broad list (B), replies (C), then
+# texts about raids on nearby blocks (D), which are news from elsewhere, never this block's own.
+NEARBY_PRIORITY = "D"
 NUMBER = re.compile(r"^\+?[0-9]{6,15}$")
 
 
@@ -186,7 +191,7 @@ class Gateway:
                 self._wipe_if_asked(now)
             except Exception:
                 log.exception("SMS gateway: a wipe failed")
-            for name, part in (("plan", self.plan), ("bound", self.bound), ("hand-off", self.hand_off),
+            for name, part in (("plan", self.plan), ("nearby", self.plan_nearby), ("bound", self.bound), ("hand-off", self.hand_off),
                                ("reconcile", self.reconcile), ("answer", self.answer), ("reply", self.reply), ("modem", self.watch_modem)):
                 try:
                     part(now)
@@ -239,6 +244,38 @@ class Gateway:
             self._planned.add((alert.id, int(alert.state)))
             if queued:
                 log.info("alert %s %s: %d texts queued", alert.id, alert.state.word, queued)
+
+    def plan_nearby(self, now: float) -> None:
+        """Each nearby alert's latest state taken within ``max_age`` becomes one text per subscriber
+        (responders and the broad list) who texted ``NEARBY ON``: CONFIRMED to each of them, ALL CLEAR
+        and CANCELLED to those of them who got an earlier text about it. Once per (block, alert, state,
+        subscriber), across restarts (``sms_queue.key``); REPORTED (if the policy lets it cross) is not texted."""
+        for row in self.store.nearby_news(now - self.max_age):
+            state = State(row["state"])
+            planned = ("nearby", row["block_code"], row["reporter"], row["counter"], int(state))
+            if planned in self._planned:
+                continue
+            alert_id = f"nearby:{row['block_code']:08x}:{row['reporter']}-{row['counter']}"
+            opted = self.book.subscribers((RESPONDER, BROAD), nearby=True)
+            if state is State.CONFIRMED:
+                targets = opted
+            elif state in (State.ALL_CLEAR, State.CANCELLED):
+                earlier = {r["number_mac"] for r in self.book.got_alert(alert_id)}
+                targets = [s for s in opted if s["number_mac"] in earlier]
+            else:
+                targets = []
+            queued = 0
+            with self.store.transaction():
+                for sub in targets:
+                    text = texts.nearby_text(state, row["block"], row["area"], sub["language"])
+                    queued += self.book.enqueue(
+                        f"{alert_id}:{int(state)}:{sub['number_mac']}", number_enc=sub["number_enc"],
+                        number_mac=sub["number_mac"], priority=NEARBY_PRIORITY, text=text, now=now,
+                        alert_id=alert_id, state=int(state))
+            self._planned.add(planned)
+            if queued:
+                log.info("nearby alert %s-%s on %s %s: %d texts queued", row["reporter"], row["counter"],
+                         row["block"], state.word, queued)
 
     def bound(self, now: float) -> None:
         """Drop the oldest queued texts beyond ``queue_limit`` (a gateway locked for long), with a log line."""
@@ -396,15 +433,31 @@ class Gateway:
                         text=texts.ack_text(command.verb, command.argument, language))
         elif command.verb == "JOIN":
             if subscriber is not None and subscriber["list"] in (RESPONDER, BROAD):
-                self._reply(message, "welcome", subscriber["language"], now)
+                if command.nearby:
+                    self.book.set_nearby(subscriber["id"], True)
+                    log.info("%s texted JOIN NEARBY: texts about nearby blocks' raids on", who)
+                    self._reply(message, "nearby_on", subscriber["language"], now)
+                else:
+                    self._reply(message, "welcome", subscriber["language"], now)
                 return
-            self.book.add(vault, message.sender, PENDING, command.argument, now)
-            log.info("%s asked to join (%s); waiting for YES", who, command.argument)
+            self.book.add(vault, message.sender, PENDING, command.argument, now, nearby=command.nearby)
+            log.info("%s asked to join (%s%s); waiting for YES", who, command.argument,
+                     ", nearby blocks too" if command.nearby else "")
             self._reply(message, "join", command.argument, now)
         elif command.verb == "YES" and subscriber is not None and subscriber["list"] == PENDING:
             self.book.set_list(subscriber["id"], BROAD, now)
             log.info("%s joined the broad list", who)
-            self._reply(message, "welcome", language, now)
+            self._reply(message, "welcome_nearby" if subscriber["nearby"] else "welcome", language, now)
+        elif command.verb == "NEARBY":
+            if subscriber is None or subscriber["list"] not in (RESPONDER, BROAD):
+                log.info("a NEARBY %s from %s was refused: not on a list (JOIN first)", command.argument, who)
+                self._help(message, language, now)
+                return
+            on = command.argument == "ON"
+            self.book.set_nearby(subscriber["id"], on)
+            log.info("%s texted NEARBY %s: texts about nearby blocks' raids %s", who, command.argument,
+                     "on" if on else "off")
+            self._reply(message, "nearby_on" if on else "nearby_off", language, now)
         elif command.verb == "STOP":
             for row in self.book.remove(vault, message.sender):
                 if self.spool.withdraw(row["id"], row["priority"], vault.open(row["number_enc"])):

@@ -60,11 +60,13 @@ ALLOWED_COLUMNS: dict[str, dict[str, str]] = {
                  "created_at": TIME, "status": MACHINE, "reason": FREE_TEXT, "result_alert_id": CODE,
                  "frame_seq": CODE, "done_at": TIME},
     # The SMS gateway (node/gateway): numbers only sealed (AES-GCM under the gateway's in-memory key) or
-    # as a keyed HMAC; texts name places from the roster; tips are free text. Queue and tips are purged
+    # as a keyed HMAC; texts name places from the roster (a nearby raid: the other block's public name and
+    # area from the neighborhood roster, never a place); tips are free text. Queue and tips are purged
     # with the retention period; a subscriber stays until STOP or 'silbato sms responders remove'.
     "sms_subscribers": {"id": CODE, "list": MACHINE, "number_enc": SEALED, "number_mac": SEALED,
                         "pin_mac": SEALED, "language": MACHINE, "handle": CODE, "created_at": TIME,
-                        "joined_at": TIME, "masked": MASKED, "pin_failures": CODE},
+                        "joined_at": TIME, "masked": MASKED, "pin_failures": CODE,
+                        "nearby": CODE},
     "sms_queue": {"id": CODE, "key": SEALED, "number_enc": SEALED, "number_mac": SEALED, "priority": MACHINE,
                   "alert_id": CODE, "state": CODE, "text": ROSTER, "status": MACHINE, "created_at": TIME,
                   "handed_at": TIME, "done_at": TIME},
