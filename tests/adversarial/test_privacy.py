@@ -29,6 +29,8 @@ FREE_TEXT = "free text typed or caused by people: purged with the retention peri
 ACCOUNT = "a captain's account: kept until removed (silbato captain remove)"
 SESSION = "a captain's login (a SHA-256 of its token): deleted at logout, captain remove, idle or 12 h"
 HASH = "a SHA-256 or a size of a sealed item: no plaintext, no file name, no content type, no address"
+PUBLIC = ("a block's public roster or the neighborhood roster (keys, short names, location codes, block "
+          "names and areas: never a place name), or a signed frame (codes only)")
 MASKED = "a phone number's last two digits (••• ••12), for the captains' console: never the number"
 SIGNED = "the daemon's signed evidence manifest: item ids, incident ids, times, sizes and hashes only"
 SEALED = ("a phone number or PIN, only sealed (AES-GCM) or as a keyed HMAC: unreadable without the SMS "
@@ -75,6 +77,22 @@ ALLOWED_COLUMNS: dict[str, dict[str, str]] = {
     # A captain's reply to a tip: the page writes it without the number; the gateway texts it.
     "sms_replies": {"id": CODE, "tip_id": CODE, "text": FREE_TEXT, "captain": PERSON, "created_at": TIME,
                     "status": MACHINE, "done_at": TIME},
+    # The neighborhood (node/bridgequeue.py, node/daemon/neighborhood.py): what crosses is public rosters
+    # (no place names) and signed frames. bridge_out rows go after the retention period once sent,
+    # bridge_in rows as soon as the daemon took them; nearby and neighborhood_shared with retention.
+    "bridge_in": {"id": CODE, "topic": MACHINE, "payload": PUBLIC, "received_at": TIME},
+    "bridge_out": {"id": CODE, "topic": MACHINE, "payload": PUBLIC, "retain": CODE, "created_at": TIME,
+                   "sent_at": TIME},
+    "bridge_state": {"key": MACHINE, "value": MACHINE},
+    "nearby": {"block_code": CODE, "reporter": CODE, "counter": CODE, "state": CODE, "block": PUBLIC,
+               "area": PUBLIC, "place": PUBLIC, "location": CODE, "signer": CODE, "received_at": TIME},
+    "neighborhood_blocks": {"block": PUBLIC, "version": CODE, "document": PUBLIC, "updated_at": TIME},
+    "neighborhood_counters": {"block": PUBLIC, "origin": CODE, "highest": CODE, "bitmap": CODE},
+    "neighborhood_drops": {"reason": MACHINE, "count": CODE, "last_at": TIME},
+    "neighborhood_shared": {"alert_id": CODE, "state": CODE, "queued_at": TIME},
+    # A received text's keyed identity (no number), purged with retention; a wipe request names its captain.
+    "sms_handled": {"identity": SEALED, "handled_at": TIME},
+    "sms_wipes": {"id": CODE, "captain": PERSON, "created_at": TIME, "done_at": TIME},
     "sessions": {"token_hash": SESSION, "captain": SESSION, "created_at": TIME, "last_seen": TIME},
     "troubles": {"subsystem": MACHINE, "message": MACHINE, "since": TIME},
 }
@@ -87,8 +105,11 @@ ALLOWED_FRAME_FIELDS: dict[str, tuple[str, ...]] = {
     "HeartbeatFrame": ("origin", "counter", "troubles", "roster_version", "latest_reporter", "latest_counter",
                        "latest_state", "vector", "clock"),
     "SilentFrame": ("origin", "counter", "subject", "silent_for", "clock"),
+    # A raid on another block: its block's code (4 bytes of SHA-256 of its public name) and codes.
+    "NearbyFrame": ("origin", "counter", "block_code", "alert_reporter", "alert_counter", "state", "location",
+                    "clock"),
 }
-ALLOWED_WIRE_LAYOUT = {"header": ">BBHI", 1: ">HIBBH", 2: ">HIBHI", 3: ">HHHIBI", 4: ">HHI"}
+ALLOWED_WIRE_LAYOUT = {"header": ">BBHI", 1: ">HIBBH", 2: ">HIBHI", 3: ">HHHIBI", 4: ">HHI", 5: ">IHIBHI"}
 
 
 def schema(path: Path) -> dict[str, dict[str, str]]:
