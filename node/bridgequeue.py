@@ -22,6 +22,11 @@ from node.store import Store
 
 PREFIX = "silbato"
 MAX_PAYLOAD = 16 * 1024   # bytes: a larger message is no Silbato message (a roster of 136 nodes is ~14 KiB)
+MAX_FRAME_PAYLOAD = 240   # bytes under <block>/frames: a signed frame fits one Meshtastic packet (233)
+# Seconds a frame stays news: a sharing bridge publishes it with this MQTT expiry (less its age)
+# and never publishes one older; the receiving daemon shows a nearby alert this long at most.
+FRAME_MAX_AGE = 2 * 3600.0
+MAX_PENDING_PER_BLOCK = 500   # received rows of one block not yet taken by the daemon, at most
 
 
 def topic(neighborhood: str, block: str | None = None, leaf: str = "roster") -> str:
@@ -65,6 +70,11 @@ class BridgeQueue:
         with self.store.transaction():
             return self.db.execute("INSERT INTO bridge_in (topic, payload, received_at) VALUES (?, ?, ?)",
                                    [topic, bytes(payload), now]).lastrowid
+
+    def pending_from(self, prefix: str) -> int:
+        """Received rows whose topic starts with ``prefix`` (one block's), not yet taken by the daemon."""
+        return self.db.execute("SELECT COUNT(*) FROM bridge_in WHERE substr(topic, 1, ?) = ?",
+                               [len(prefix), prefix]).fetchone()[0]
 
     def incoming(self, limit: int = 100) -> list[dict]:
         return list(self.db.query("SELECT id, topic, payload, received_at FROM bridge_in ORDER BY id LIMIT ?",

@@ -448,6 +448,17 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO neighborhood_blocks (block, version, document, updated_at) "
                         "VALUES (?, ?, ?, ?)", [block, version, document, now])
 
+    def forget_foreign(self, block: str) -> None:
+        """Forget another block's kept roster and its replay window (its organizers' key changed)."""
+        self.db.execute("DELETE FROM neighborhood_blocks WHERE block = ?", [block])
+        self.db.execute("DELETE FROM neighborhood_counters WHERE block = ?", [block])
+
+    def has_nearby_from_other(self, block_code: int, reporter: int, counter: int, state: State, me: int) -> bool:
+        """Whether another node's NEARBY told this (block, alert) at ``state`` or later."""
+        return self.db.execute("SELECT 1 FROM nearby WHERE block_code = ? AND reporter = ? AND counter = ? "
+                               "AND state >= ? AND signer != ?",
+                               [block_code, reporter, counter, int(state), me]).fetchone() is not None
+
     def count_drop(self, reason: str, now: float) -> None:
         self.db.execute("INSERT INTO neighborhood_drops (reason, count, last_at) VALUES (?, 1, ?) "
                         "ON CONFLICT(reason) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
@@ -474,8 +485,13 @@ class Store:
         rows = self.db.query(
             "SELECT n.* FROM nearby n WHERE n.received_at >= ? AND n.state IN (?, ?) AND NOT EXISTS ("
             "SELECT 1 FROM nearby m WHERE m.block_code = n.block_code AND m.reporter = n.reporter "
-            "AND m.counter = n.counter AND m.state > n.state) ORDER BY n.received_at DESC",
-            [now - window, int(State.REPORTED), int(State.CONFIRMED)])
+            "AND m.counter = n.counter AND m.state > n.state) "
+            # Merged reports: the other block's nodes may share one incident's states under two ids
+            # (CONFIRMED under one reporter's, ALL CLEAR under the other's): an end at the same place,
+            # taken after, ends it too.
+            "AND NOT EXISTS (SELECT 1 FROM nearby e WHERE e.block_code = n.block_code AND e.location = n.location "
+            "AND e.state IN (?, ?) AND e.received_at >= n.received_at) ORDER BY n.received_at DESC",
+            [now - window, int(State.REPORTED), int(State.CONFIRMED), int(State.ALL_CLEAR), int(State.CANCELLED)])
         return list(rows)
 
     def nearby_news(self, since: float) -> list[dict]:
@@ -485,6 +501,13 @@ class Store:
             "SELECT n.* FROM nearby n WHERE n.received_at >= ? AND NOT EXISTS ("
             "SELECT 1 FROM nearby m WHERE m.block_code = n.block_code AND m.reporter = n.reporter "
             "AND m.counter = n.counter AND m.state > n.state) ORDER BY n.received_at, n.state", [since]))
+
+    def nearby_same_place(self, block_code: int, location: int, since: float, until: float) -> list[tuple[int, int]]:
+        """The nearby alerts (reporter, counter) of one place of another block taken between ``since``
+        and ``until``: an incident the other block merged may reach us under more than one id."""
+        return [(r[0], r[1]) for r in self.db.execute(
+            "SELECT DISTINCT reporter, counter FROM nearby WHERE block_code = ? AND location = ? "
+            "AND received_at BETWEEN ? AND ?", [block_code, location, since, until])]
 
     # -- alerts -------------------------------------------------------------------
 

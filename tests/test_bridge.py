@@ -21,7 +21,7 @@ from node import config as config_mod
 from node.bridge.broker import LocalBroker, mosquitto_path
 from node.bridge.service import TROUBLE_AFTER, Bridge
 from node.bridge.settings import LinkSettings, link_settings
-from node.bridgequeue import MAX_PAYLOAD, BridgeQueue, topic
+from node.bridgequeue import FRAME_MAX_AGE, MAX_FRAME_PAYLOAD, MAX_PAYLOAD, BridgeQueue, topic
 from node.errors import ConfigError
 from node.store import BRIDGE_TABLES, Store
 
@@ -177,15 +177,36 @@ def test_a_bridge_that_never_connected_shows_the_trouble(tmp_path, broker):
 
 
 def test_an_oversized_message_is_dropped_and_counted(blocks):
+    """16 KiB at most on a roster topic; a frame fits one Meshtastic packet, so 240 bytes under frames."""
     a, b = blocks
     a.start(), b.start()
     connected(a, b)
-    a.queue.publish(topic(HOOD, "A", "frames"), b"x" * (MAX_PAYLOAD + 1), a.clock())
+    a.queue.publish(topic(HOOD, "A"), b"x" * (MAX_PAYLOAD + 1), a.clock())
+    a.queue.publish(topic(HOOD, "A", "frames"), b"f" * (MAX_FRAME_PAYLOAD + 1), a.clock())
     a.queue.publish(topic(HOOD, "A", "frames"), b"after", a.clock())
     until(lambda: b.payloads() == [b"after"], what="the next message through")
-    assert b.state("dropped_oversized") == "1"
-    a.queue.publish(topic(HOOD, "A", "frames"), b"y" * MAX_PAYLOAD, a.clock())  # the limit itself passes
-    until(lambda: len(b.payloads()) == 2, what="a message of exactly MAX_PAYLOAD bytes")
+    assert b.state("dropped_oversized") == "2"
+    a.queue.publish(topic(HOOD, "A"), b"y" * MAX_PAYLOAD, a.clock())                   # the limits pass
+    a.queue.publish(topic(HOOD, "A", "frames"), b"z" * MAX_FRAME_PAYLOAD, a.clock())
+    until(lambda: len(b.payloads()) == 3, what="messages of exactly the limits")
+
+
+def test_one_blocks_backlog_is_bounded_and_old_frames_are_never_published(blocks, monkeypatch):
+    """A member block flooding its topic fills only its own share of bridge_in; a frame row older
+    than FRAME_MAX_AGE (a long outage) is marked done unpublished, not shown next door as news."""
+    from node.bridge import service
+
+    monkeypatch.setattr(service, "MAX_PENDING_PER_BLOCK", 5)
+    a, b = blocks
+    a.queue.publish(topic(HOOD, "A", "frames"), b"old news", a.clock() - FRAME_MAX_AGE - 1)
+    for i in range(8):
+        a.queue.publish(topic(HOOD, "A", "frames"), f"flood {i}".encode(), a.clock())
+    a.start(), b.start()
+    connected(a, b)
+    until(lambda: a.unsent() == 0, what="A's rows done")
+    until(lambda: b.state("dropped_backlog") == "3", what="three dropped past A's share")
+    assert b.payloads() == [f"flood {i}".encode() for i in range(5)]
+    assert a.state("expired") == "1"
 
 
 def test_a_bridge_restarted_mid_queue_loses_nothing(blocks):

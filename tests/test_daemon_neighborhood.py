@@ -329,4 +329,66 @@ def test_a_nearby_lost_on_air_reaches_the_block_by_the_bridge_nodes_repeats(make
     air.set_loss(1, 2, 0.0)
     hood.run(120)
     assert all(len(hood.nearby(i)) == 1 for i in (1, 2, 3))
-    assert hood.node(1).counts["relay"] >= 1
+    assert hood.node(1).counts["nearby-repeat"] >= 1
+
+
+def test_a_busy_neighborhood_never_gets_the_bridge_nodes_own_raid_dropped_on_its_block(make_hood):
+    """Review finding: 60 crossing states from two blocks made the bridge node sign 60 NEARBY
+    at once; every node counted them against the bridge node's flood limit, dropped its frames
+    and missed its own raid for minutes. NEARBY frames now have a budget of their own, well under
+    the flood limit: the rest wait (newest state of each alert), and every one still arrives."""
+    from node.daemon.neighborhood import NEARBY_BURST
+
+    hood = make_hood(bridges=(1,), policy={"states": ["confirmed", "all_clear", "cancelled"], "to": "all"})
+    hood.give_roster(1, hood.oak)
+    hood.give_roster(1, hood.far)
+    for k in range(1, 31):
+        hood.give_frame(1, hood.oak, hood.oak.frame(State.CONFIRMED, alert=(1, 100 + k)))
+        hood.give_frame(1, hood.far, hood.far.frame(State.CONFIRMED, alert=(1, 100 + k)))
+    hood.run(5)
+    bridge, node2 = hood.node(1), hood.node(2)
+    assert bridge.counts["nearby-sent"] <= NEARBY_BURST + 1 and bridge.counts["nearby-waiting"] >= 50
+    alert = bridge.report()
+    hood.run(30)
+    assert node2.store.get_alert(alert.id) is not None, "the bridge node's own raid reached its block"
+    assert node2.counts["rate-limited"] == 0 and "flooding" not in node2.store.troubles()
+    hood.run(2400)   # the waiting NEARBY, then their repeats, go out at the budget's pace: all 60 reach every node
+    assert len(hood.nearby(3)) == 60 and node2.counts["rate-limited"] == 0
+
+
+def test_a_block_whose_organizer_key_is_replaced_is_heard_only_under_its_new_key(make_hood):
+    """Review finding: after the neighborhood roster replaced a block's (leaked) organizer key,
+    the roster kept under the old key went on verifying that key's frames."""
+    import copy
+
+    from node.protocol.keys import SigningKey
+    from node.protocol.neighborhood import block_entry, sign_neighborhood
+
+    hood = make_hood(bridges=(1,))
+    hood.give_roster(1, hood.oak)
+    hood.run(5)
+    new_oak = Foreign("oak-st")
+    body = copy.deepcopy(hood.body)
+    body["version"] = 2
+    body["blocks"][1] = block_entry("oak-st", new_oak.organizer.public, "Oak St 1-99")
+    hood.give(1, topic(HOOD), json.dumps(sign_neighborhood(body, hood.organizer)).encode())
+    hood.run(5)
+    hood.give_frame(1, hood.oak, hood.oak.frame(State.CONFIRMED, alert=(1, 77)))   # the old, leaked keys
+    hood.run(30)
+    assert hood.nearby(2) == [] and hood.drops(1).get("unknown-roster") == 1
+    hood.give_roster(1, new_oak)                                                     # the block, re-keyed
+    hood.give_frame(1, new_oak, new_oak.frame(State.CONFIRMED, alert=(1, 78)))
+    hood.run(30)
+    assert [(r["counter"], r["state"]) for r in hood.nearby(2)] == [(78, int(State.CONFIRMED))]
+    assert SigningKey  # noqa: B018 - imported for the reader: keys are made by Foreign
+
+
+def test_garbage_from_a_member_block_is_counted_not_logged_each_time(make_hood, caplog):
+    """Review finding: deeply nested JSON on a block's roster topic raised RecursionError and
+    logged a traceback per message."""
+    hood = make_hood(bridges=(1,))
+    for _ in range(5):
+        hood.give(1, topic(HOOD, "oak-st"), b"[" * 16000)
+    hood.run(5)
+    assert hood.drops(1) == {"not-silbato": 5}
+    assert "Traceback" not in caplog.text and hood.node(1).counts["error"] == 0

@@ -795,7 +795,9 @@ def test_nearby_raids_are_texted_once_to_those_who_opted_in_in_their_language(no
     assert len(text_to(gammu, BEN)) == 4
     assert "no more texts about nearby blocks" in text_to(gammu, BEN)[-1]
     before = len(gammu.sent())
-    nearby(node.store, State.ALL_CLEAR)
+    # The ALL CLEAR comes under the other id of the same place (oak-st merged two reports, and its
+    # nodes shared CONFIRMED under one id and ALL CLEAR under the other): those texted still get it.
+    nearby(node.store, State.ALL_CLEAR, counter=8)
     step_until(again, lambda: len(gammu.sent()) >= before + 3, "three nearby ALL CLEAR texts")
     for _ in range(3):
         again.step()

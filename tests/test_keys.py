@@ -136,6 +136,12 @@ def test_the_public_roster_carries_no_place_and_verifies_on_its_own(roster_setup
     roster = Roster.parse(roster_setup.document, roster_setup.organizer.public)
     public = json.loads(json.dumps(roster.public_document()))
     assert "Building" not in json.dumps(public) and all("place" not in n for n in public["roster"]["nodes"])
+    marked = copy.deepcopy(roster_setup.body)
+    marked["nodes"][0]["dispatcher"] = True
+    marked["settings"] = {"supervision.period": 180}
+    leaked = Roster.parse(sign_roster(marked, roster_setup.organizer), roster_setup.organizer.public).public_document()
+    assert "dispatcher" not in json.dumps(leaked) and "settings" not in leaked["roster"]
+    assert Roster.parse_public(leaked, roster_setup.organizer.public).dispatchers == frozenset()
     seen = Roster.parse_public(public, roster_setup.organizer.public)
     assert sorted(seen.members) == [1, 2, 3, 4] and seen.member(4).revoked and seen.place(102) == ""
     assert seen.member(2).verify(roster_setup.keys[2].sign(b"x"), b"x")

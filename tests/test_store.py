@@ -405,3 +405,22 @@ def test_a_transaction_that_reads_first_is_not_refused_when_the_page_writes_mean
     assert daemon.db.execute("SELECT count(*) FROM evidence").fetchone()[0] == 1
     page.close()
     daemon.close()
+
+
+def test_a_nearby_raid_ends_with_an_end_at_its_place_under_another_id(tmp_path):
+    """Review finding: a block that merged two reports may share CONFIRMED under one id and ALL
+    CLEAR under the other; the page showed the raid as live for 2 h. An end at the same place,
+    taken later, ends it; a new raid there after the end shows."""
+    store = Store(tmp_path / "db")
+
+    def add(counter, state, at, location=12):
+        store.add_nearby({"block_code": 7, "reporter": 3, "counter": counter, "state": int(state), "block": "oak",
+                          "area": "Oak", "place": "Oak", "location": location, "signer": 1, "received_at": at})
+
+    add(1, State.CONFIRMED, 100.0)
+    add(5, State.CONFIRMED, 101.0, location=13)          # another place of that block: untouched
+    assert len(store.nearby(200.0, 7200)) == 2
+    add(2, State.ALL_CLEAR, 150.0)                        # the same incident, its other id
+    assert [r["counter"] for r in store.nearby(200.0, 7200)] == [5]
+    add(3, State.CONFIRMED, 160.0)                        # a new raid at that place, after the end
+    assert sorted(r["counter"] for r in store.nearby(200.0, 7200)) == [3, 5]

@@ -39,7 +39,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from node.bridge.settings import LinkSettings
-from node.bridgequeue import MAX_PAYLOAD, PREFIX, BridgeQueue
+from node.bridgequeue import FRAME_MAX_AGE, MAX_FRAME_PAYLOAD, MAX_PAYLOAD, MAX_PENDING_PER_BLOCK, PREFIX, BridgeQueue
 from node.store import Store
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ class Bridge:
         self._shown: tuple | None = None
         self.dropped = int(self.queue.state("dropped_oversized") or 0)  # messages over MAX_PAYLOAD
         self.refused = int(self.queue.state("refused") or 0)            # rows the broker refused (ACL)
+        self.expired = int(self.queue.state("expired") or 0)            # frame rows too old to publish
+        self.backlogged = int(self.queue.state("dropped_backlog") or 0)  # one block's backlog was full
 
     def _client(self) -> mqtt.Client:
         link = self.link
@@ -105,7 +107,7 @@ class Bridge:
             while not stopping.is_set():
                 self.step()
                 if self.connected:
-                    self.client.loop(timeout=POLL)
+                    self._loop(POLL)
                 else:
                     stopping.wait(POLL)
         finally:
@@ -168,7 +170,21 @@ class Bridge:
     def network(self, now: float) -> None:
         """Let paho read and write without waiting (keep-alive, acknowledgements, messages)."""
         if self.connected:
-            self.client.loop(timeout=0)
+            self._loop(0)
+
+    def _loop(self, timeout: float) -> None:
+        """paho's loop; a failure inside a callback (the store full or locked while a message is
+        written) drops the link: the message was not acknowledged, so the broker hands it again
+        after the reconnect, and nothing is lost."""
+        try:
+            self.client.loop(timeout=timeout)
+        except Exception as exc:
+            log.exception("bridge: a message could not be stored; reconnecting so the broker sends it again")
+            try:
+                self.client.disconnect()
+            except Exception:
+                pass
+            self._went_down(self.clock(), f"storage failed: {exc}")
 
     def publish(self, now: float) -> None:
         """Hand paho the unsent rows not yet in flight, in id order, at QoS 1."""
@@ -179,7 +195,21 @@ class Bridge:
                 continue
             if len(self._in_flight) >= IN_FLIGHT:
                 break
-            info = self.client.publish(row["topic"], bytes(row["payload"]), qos=1, retain=bool(row["retain"]))
+            props = None
+            if row["topic"].endswith("/frames"):
+                age = max(0.0, now - row["created_at"])
+                if age >= FRAME_MAX_AGE:
+                    # Old news after a long outage: never published (a neighbor would show it as new).
+                    self.queue.mark_sent([row["id"]], now)
+                    self.expired += 1
+                    self.queue.set_state("expired", str(self.expired))
+                    log.info("bridge: row %d (%s) not published: %.0f s old, no longer news", row["id"],
+                             row["topic"], age)
+                    continue
+                props = Properties(PacketTypes.PUBLISH)
+                props.MessageExpiryInterval = max(1, int(FRAME_MAX_AGE - age))   # nor kept for later by the broker
+            info = self.client.publish(row["topic"], bytes(row["payload"]), qos=1, retain=bool(row["retain"]),
+                                       properties=props)
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 log.warning("bridge: row %d (%s) not published: %s", row["id"], row["topic"], mqtt.error_string(info.rc))
                 break
@@ -267,12 +297,24 @@ class Bridge:
 
     def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
         # Written before paho acknowledges it (after this returns): acknowledged means stored.
-        if len(message.payload) > MAX_PAYLOAD:
+        limit = MAX_FRAME_PAYLOAD if message.topic.endswith("/frames") else MAX_PAYLOAD
+        if len(message.payload) > limit:
             self.dropped += 1
             self.queue.set_state("dropped_oversized", str(self.dropped))
-            log.warning("bridge: a message of %d bytes on %s dropped (over %d bytes); %d dropped so far",
-                        len(message.payload), message.topic, MAX_PAYLOAD, self.dropped)
+            if self.dropped & (self.dropped - 1) == 0:   # 1, 2, 4, 8...: a flood cannot fill the log
+                log.warning("bridge: a message of %d bytes on %s dropped (over %d bytes); %d dropped so far",
+                            len(message.payload), message.topic[:120], limit, self.dropped)
             return
+        parts = message.topic.split("/")
+        if len(parts) >= 4:   # silbato/<hood>/<block>/...: one block's backlog is bounded
+            prefix = "/".join(parts[:3]) + "/"
+            if self.queue.pending_from(prefix) >= MAX_PENDING_PER_BLOCK:
+                self.backlogged += 1
+                self.queue.set_state("dropped_backlog", str(self.backlogged))
+                if self.backlogged & (self.backlogged - 1) == 0:
+                    log.warning("bridge: %s has %d messages waiting for the daemon; more are dropped (%d so far)",
+                                prefix[:120], MAX_PENDING_PER_BLOCK, self.backlogged)
+                return
         self.queue.received(message.topic, message.payload, self.clock())
 
     def _on_publish(self, _client, _userdata, mid: int, reason_code, _properties) -> None:

@@ -44,12 +44,22 @@ from node.store import Store
 
 log = logging.getLogger(__name__)
 
-INCOMING_BATCH = 200      # messages taken from the bridge per tick
+INCOMING_BATCH = 100      # messages taken from the bridge per tick, in one transaction
 # Seconds after its first copy at which a bridge node sends its NEARBY again (random within each
 # window). A NEARBY has no receipts, and one copy can be lost on air (a collision, a node
 # transmitting at that moment): the repeats reach a node that missed it; a node that has it
 # drops them as replays. Three copies of 89 bytes per nearby state change.
 NEARBY_REPEATS = ((15.0, 25.0), (60.0, 90.0))
+# The NEARBY frames a bridge node signs, all blocks and repeats together: at most this many at
+# once, then this many a second. Every node counts a bridge node's frames against its flood
+# limit (node/protocol/ratelimit.py: 30 at once, then 20 a minute), so a busy neighborhood
+# (or one rogue member block, or a broker's backlog) must never get the bridge node's own
+# alerts dropped on its own block. Over it, first copies wait (newest state of each alert
+# only) and repeats are skipped.
+NEARBY_BURST = 6
+NEARBY_RATE = 6 / 60.0
+NEARBY_WAITING = 200      # first copies waiting for the budget at most (the oldest go first)
+REPEAT_LATE = 1800.0      # seconds: a repeat that could not go out this long after it was due is skipped
 DROP_LOG_GAP = 300.0      # seconds: a reason is logged again only after this long without it
 # A block sends a few crossing states an hour; a block past this is flooding (per block, verified frames only).
 BLOCK_BURST = 30
@@ -70,6 +80,23 @@ class Drop(Exception):
         self.reason, self.detail = reason, detail
 
 
+class _Budget:
+    """A token bucket that, unlike the flood limit, spends nothing when it says no (we wait, not punish)."""
+
+    def __init__(self, burst: int, rate: float):
+        self.burst, self.rate = float(burst), rate
+        self.left, self.when = float(burst), None
+
+    def take(self, now: float) -> bool:
+        if self.when is not None:
+            self.left = min(self.burst, self.left + max(0.0, now - self.when) * self.rate)
+        self.when = now
+        if self.left >= 1:
+            self.left -= 1
+            return True
+        return False
+
+
 class Neighborhood:
     """The neighborhood desk of one node. Callers hold the node's lock."""
 
@@ -88,8 +115,15 @@ class Neighborhood:
         self._cursor = 0                 # the last event looked at for sharing
         self._published: str | None = None
         self._last_logged: dict[str, float] = {}
+        self._budget = _Budget(NEARBY_BURST, NEARBY_RATE)
+        # (block code, reporter, counter) -> (state, location, since): first copies over the budget
+        self._waiting: collections.OrderedDict[tuple[int, int, int], tuple[State, int, float]] = \
+            collections.OrderedDict()
+        self._repeats: list[tuple[float, bytes]] = []   # (due, frame): the repeats of NEARBY sent
         if self.name:
             self._load_hood()
+            if self.bridge and self.hood is not None:
+                self._prune_foreign()
 
     def _load_hood(self) -> None:
         path = roster_path(self.config)
@@ -113,6 +147,7 @@ class Neighborhood:
         self.publish_rosters(now)
         self.share(now)
         self.take(now)
+        self.send_nearby(now)
 
     def publish_rosters(self, now: float) -> None:
         """This block's public roster, retained (at start and when it changes)."""
@@ -158,30 +193,48 @@ class Neighborhood:
         return shared
 
     def take(self, now: float) -> int:
-        """Check each message the bridge took, in order; returns how many were taken."""
+        """Check the messages the bridge took, in order, in one transaction (a savepoint each);
+        returns how many were taken. A message that fails is dropped and counted, never retried."""
         rows = self.queue.incoming(INCOMING_BATCH)
-        for row in rows:
-            chime = None
-            try:
-                with self.store.transaction():
+        chimes = []
+        try:
+            with self.store.transaction():
+                for row in rows:
                     try:
-                        chime = self._take(row["topic"], bytes(row["payload"]), now)
-                    except Drop as drop:
-                        self._drop(drop, now)
-                    self.queue.consume(row["id"])
-            except StoreError as exc:
-                log.error("neighborhood %s: storage failed; message %d kept for the next tick: %s",
-                          self.name, row["id"], exc)
-                return 0
-            except Exception:
-                self.counts["error"] += 1
-                log.exception("neighborhood %s: message %d on %s failed; dropped", self.name, row["id"], row["topic"])
-                with self.store.transaction():
-                    self.queue.consume(row["id"])
-                continue
-            if chime is not None:
-                self.chime(chime)
+                        with self.store.transaction():   # a savepoint: this message's effects, or none
+                            try:
+                                chime = self._take(row["topic"], bytes(row["payload"]), now)
+                            except Drop as drop:
+                                self._drop(drop, now)
+                                chime = None
+                            self.queue.consume(row["id"])
+                    except StoreError:
+                        raise
+                    except Exception:
+                        self.counts["error"] += 1
+                        self._log_burst("error", now, "neighborhood %s: message %d on %s failed; dropped",
+                                        self.name, row["id"], row["topic"][:120], exc_info=True)
+                        self.queue.consume(row["id"])
+                        continue
+                    if chime is not None:
+                        chimes.append(chime)
+        except StoreError as exc:
+            log.error("neighborhood %s: storage failed; %d messages kept for the next tick: %s",
+                      self.name, len(rows), exc)
+            return 0
+        for chime in chimes:
+            self.chime(chime)
         return len(rows)
+
+    def _log_burst(self, key: str, now: float, message: str, *args, exc_info: bool = False) -> None:
+        """Log at WARNING the first of a burst, then at DEBUG for ``DROP_LOG_GAP`` (a block cannot fill the log)."""
+        last = self._last_logged.get(key)
+        if last is None or now - last >= DROP_LOG_GAP:
+            log.warning(message + "; more of these are counted, not logged, for %.0f s", *args, DROP_LOG_GAP,
+                        exc_info=exc_info)
+        else:
+            log.debug(message, *args)
+        self._last_logged[key] = now
 
     # -- in ----------------------------------------------------------------------------------
 
@@ -215,7 +268,7 @@ class Neighborhood:
             raise Drop("unknown-roster", "no neighborhood.organizer_key to check the neighborhood roster against")
         try:
             document = json.loads(payload.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise Drop("not-silbato", "neighborhood roster: not JSON") from None
         try:
             roster = NeighborhoodRoster.parse(document, self._organizer)
@@ -235,15 +288,32 @@ class Neighborhood:
         self.hood = roster
         log.info("neighborhood %s: neighborhood roster v%d taken (%d blocks)", self.name, roster.version,
                  len(roster.blocks))
+        self._prune_foreign()
+
+    def _prune_foreign(self) -> None:
+        """Forget every kept block roster (and its replay window) that the neighborhood roster no
+        longer vouches for: its block gone or revoked, or its organizers' key replaced. Else a
+        leaked old key's roster, kept, would go on verifying frames, or block the new one as stale."""
+        for block, document in self.store.foreign_rosters().items():
+            entry = self.hood.block(block) if self.hood else None
+            try:
+                if entry is None or entry.revoked:
+                    raise RosterError("not a member any more")
+                Roster.parse_public(json.loads(document), entry.organizer_key)
+            except (RosterError, ValueError, TypeError, RecursionError) as exc:
+                self.store.forget_foreign(block)
+                self._foreign.pop(block, None)
+                log.warning("neighborhood %s: block %s's kept roster is forgotten (%s); its next roster is "
+                            "taken afresh", self.name, block, exc)
 
     def _take_block_roster(self, block: str, entry, payload: bytes, now: float) -> None:
         try:
             document = json.loads(payload.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise Drop("not-silbato", f"{block} roster: not JSON") from None
         try:
             roster = Roster.parse_public(document, entry.organizer_key)
-        except (RosterError, ValueError) as exc:
+        except (RosterError, ValueError, TypeError, RecursionError) as exc:
             raise Drop("bad-signature" if "signature" in str(exc) else "not-silbato", f"{block}: {exc}") from None
         if roster.block != block:
             raise Drop("unknown-block", f"roster of block {roster.block!r} under {block}")
@@ -268,7 +338,7 @@ class Neighborhood:
                 return None
             try:
                 self._foreign[block] = Roster.parse_public(json.loads(row["document"]), entry.organizer_key)
-            except (RosterError, ValueError):
+            except (RosterError, ValueError, TypeError, RecursionError):
                 return None   # its block's organizer key changed in the neighborhood roster
         return self._foreign[block]
 
@@ -295,16 +365,72 @@ class Neighborhood:
         if self.store.has_nearby(code, frame.alert_reporter, frame.alert_counter, frame.state):
             self.counts["nearby-heard-first"] += 1   # the block's other bridge node told it already
             return None
-        signed = self.signer.sign(wire.NearbyFrame, code, frame.alert_reporter, frame.alert_counter, frame.state,
-                                  frame.location, self.signer.stamp(now))
-        self.store.enqueue(signed.data, now)
-        for k, delay in enumerate(NEARBY_REPEATS):
-            self.relays.relay_verdict(("nearby-repeat", bytes(signed.data), k), signed.data, now, delay=delay,
-                                      hop_limit=None)
-        log.info("neighborhood %s: %s %s at %s: NEARBY sent to the block", self.name, block,
-                 frame.state.word, f"location {frame.location}")
+        key = (code, frame.alert_reporter, frame.alert_counter)
+        if self._waiting or not self._budget.take(now):
+            self._wait(key, frame.state, frame.location, now)
+            log.info("neighborhood %s: %s %s: NEARBY waits for the air budget (%d waiting)", self.name, block,
+                     frame.state.word, len(self._waiting))
+        else:
+            self._sign_nearby(key, frame.state, frame.location, now)
+            log.info("neighborhood %s: %s %s at location %d: NEARBY sent to the block", self.name, block,
+                     frame.state.word, frame.location)
         return self._record(code, frame.alert_reporter, frame.alert_counter, frame.state, frame.location, self.me,
                             now)
+
+    def _sign_nearby(self, key: tuple[int, int, int], state: State, location: int, now: float) -> None:
+        """Sign a NEARBY and queue it in the outbox (durable, in the caller's transaction); plan its repeats."""
+        signed = self.signer.sign(wire.NearbyFrame, *key, state, location, self.signer.stamp(now))
+        self.store.enqueue(signed.data, now)
+        self.counts["nearby-sent"] += 1
+        for low, high in NEARBY_REPEATS:
+            self._repeats.append((now + self.relays.rng.uniform(low, high), bytes(signed.data)))
+
+    def _wait(self, key: tuple[int, int, int], state: State, location: int, now: float) -> None:
+        waiting = self._waiting.get(key)
+        if waiting is not None and waiting[0] >= state:
+            return
+        self._waiting[key] = (state, location, now)   # the newest state of that alert only
+        self.counts["nearby-waiting"] += 1
+        while len(self._waiting) > NEARBY_WAITING:
+            self._waiting.popitem(last=False)
+            self.counts["nearby-waiting-dropped"] += 1
+
+    def send_nearby(self, now: float) -> None:
+        """First copies that waited for the budget, oldest first; then, once none waits, the repeats
+        due, as the budget allows (one more than ``REPEAT_LATE`` late is skipped)."""
+        while self._waiting:
+            key, (state, location, since) = next(iter(self._waiting.items()))
+            if now - since > NEARBY_FOR:
+                self._waiting.popitem(last=False)
+                continue
+            if self.store.has_nearby_from_other(*key, state, self.me):
+                self._waiting.popitem(last=False)   # the block's other bridge node told it meanwhile
+                self.counts["nearby-heard-first"] += 1
+                continue
+            if not self._budget.take(now):
+                break
+            try:
+                with self.store.transaction():
+                    self._sign_nearby(key, state, location, now)
+            except StoreError as exc:
+                log.error("neighborhood %s: a NEARBY could not be queued (kept for the next tick): %s",
+                          self.name, exc)
+                return
+            self._waiting.popitem(last=False)
+        if self._waiting:
+            return   # news first: repeats wait until every first copy is out
+        kept = []
+        for due, data in sorted(self._repeats):
+            if due > now:
+                kept.append((due, data))
+            elif now - due > REPEAT_LATE:
+                self.counts["nearby-repeat-skipped"] += 1   # too late to be worth the air
+            elif self._budget.take(now):
+                self.counts["nearby-repeat"] += 1
+                self.outbox.send_ephemeral(data, hop_limit=None)
+            else:
+                kept.append((due, data))
+        self._repeats = kept
 
     def _drop(self, drop: Drop, now: float) -> None:
         self.counts[f"neighborhood-{drop.reason}"] += 1
@@ -323,6 +449,9 @@ class Neighborhood:
     def accept(self, frame: wire.NearbyFrame, now: float, data: bytes) -> dict | None:
         """A verified NEARBY from a roster member, inside the inbox's transaction: keep it, relay it
         once; returns the row to chime for, or None if this state was known already."""
+        waiting = self._waiting.get((frame.block_code, frame.alert_reporter, frame.alert_counter))
+        if waiting is not None and waiting[0] <= frame.state:
+            del self._waiting[(frame.block_code, frame.alert_reporter, frame.alert_counter)]   # told already
         row = self._record(frame.block_code, frame.alert_reporter, frame.alert_counter, frame.state, frame.location,
                            frame.origin, now)
         if row is not None:

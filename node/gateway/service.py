@@ -63,6 +63,7 @@ from node.gateway.book import BROAD, PENDING, PIN_TRIES, RESPONDER, Book
 from node.gateway.spool import Incoming, Spool
 from node.gateway.vault import Vault, VaultError
 from node.protocol.alerts import Kind, State
+from node.protocol.neighborhood import NEARBY_FOR
 from node.store import Store
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,12 @@ class Gateway:
             if state is State.CONFIRMED:
                 targets = opted
             elif state in (State.ALL_CLEAR, State.CANCELLED):
-                earlier = {r["number_mac"] for r in self.book.got_alert(alert_id)}
+                # Those texted about this alert, or about another id of the same place just before
+                # (the other block merged two reports: its states may cross under either id).
+                ids = {(row["reporter"], row["counter"])} | set(self.store.nearby_same_place(
+                    row["block_code"], row["location"], row["received_at"] - NEARBY_FOR, row["received_at"]))
+                earlier = {r["number_mac"] for rep, cnt in ids
+                           for r in self.book.got_alert(f"nearby:{row['block_code']:08x}:{rep}-{cnt}")}
                 targets = [s for s in opted if s["number_mac"] in earlier]
             else:
                 targets = []

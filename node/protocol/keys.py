@@ -187,13 +187,20 @@ def _canonical(body: Any) -> bytes:
 PUBLIC_DOMAIN = b"silbato-public-roster/1\0"
 
 
+# What another block never needs to know: place names, which building is the SMS gateway, the
+# block's own settings.
+_PRIVATE_NODE_FIELDS = ("place", "dispatcher")
+
+
 def public_body(body: dict) -> dict:
-    """A roster body without its place names: what may leave the block (keys, ids, location codes)."""
+    """A roster body as it may leave the block: block, version, and each node's id, name,
+    location code, key and revocation; no place names, dispatcher mark or settings."""
     nodes = body.get("nodes")
     if not isinstance(nodes, list):
         return body
-    return {**body, "nodes": [{k: v for k, v in n.items() if k != "place"} if isinstance(n, dict) else n
-                              for n in nodes]}
+    return {**{k: v for k, v in body.items() if k != "settings"},
+            "nodes": [{k: v for k, v in n.items() if k not in _PRIVATE_NODE_FIELDS} if isinstance(n, dict) else n
+                      for n in nodes]}
 
 
 def _public_message(body: dict) -> bytes:
@@ -264,8 +271,9 @@ class Roster:
             organizer.verify(signature, PUBLIC_DOMAIN + _canonical(body))
         except InvalidSignature:
             raise RosterError("public roster: bad signature (not signed by the organizers' key, or altered)") from None
-        if any(isinstance(n, dict) and "place" in n for n in body.get("nodes") or []):
-            raise RosterError("public roster: carries place names")
+        if any(isinstance(n, dict) and any(f in n for f in _PRIVATE_NODE_FIELDS) for n in body.get("nodes") or []) \
+                or "settings" in body:
+            raise RosterError("public roster: carries what stays in the block (places, dispatcher, settings)")
         block, version, members, settings = _parse_body(body, public=True)
         return cls(block, version, members, document=document, settings=settings)
 
