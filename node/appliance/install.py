@@ -46,7 +46,7 @@ SPOOL_FOLDERS = ("inbox", "outbox", "sent", "error")
 # Settings whose value is a path on the node: under a root other than /, the settings file
 # that install writes points them into that root, so the node there is self-contained.
 PATH_SETTINGS = ("node.state_dir", "web.state_dir", "node.organizer_key", "radio.channel_key_file", "speaker.recordings_dir",
-                 "sms.spool", "sms.socket", "sms.smsd_pid")
+                 "sms.spool", "sms.socket", "sms.smsd_pid", "neighborhood.organizer_key")
 
 
 def _toml_value(value) -> str:
