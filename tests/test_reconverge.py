@@ -150,3 +150,61 @@ def test_a_node_back_after_five_minutes_gets_every_alert_raised_meanwhile(make_b
                                           for a in raised), limit=600)
     assert done is not None and done - back <= 120, \
         f"seed {seed}: every node held both alerts and saw everyone had them {done and done - back} s after the return"
+
+
+def _missed_report(block):
+    """Node 3 of a line of 3 misses a report; node 1 is then switched off (no re-sends), node 3 replugged,
+    and node 2's receipt of the report built: (alert, node 2, node 3, the receipt's bytes)."""
+    run = block.scheduler
+    run.run_for(120)
+    block.air.radios[3].plugged = False
+    run.run_for(30)
+    alert = block.nodes[1].report()
+    assert run.run_until_true(lambda: has(block, 2, alert.id, State.REPORTED), limit=30) is not None
+    run.run_for(5)
+    block.air.radios[1].plugged = False
+    block.nodes.pop(1).stop()
+    block.air.radios[3].plugged = True
+    two, three = block.nodes[2], block.nodes[3]
+    with two.store.transaction():
+        counter = two.store.next_counter()
+    receipt = wire.ReceiptFrame(2, counter, *parse_alert_id(alert.id), State.REPORTED, two.roster.version,
+                                coverage.to_bitmap({1, 2}, two.members), coverage.to_bitmap({1, 2}, two.members),
+                                two.signer.stamp(block.clock()))
+    return alert, two, three, wire.encode(receipt, two.key, two.roster.block)
+
+
+def test_a_node_that_learns_it_lacks_an_alert_asks_at_once_even_right_after_answering(make_block):
+    """The pull waits a few heartbeats' airtimes, not a poll's window, and a heartbeat just brought
+    forward to answer a neighbour does not hold it up (before: held up to 15 s, then 1-10 s more)."""
+    from node.daemon.liveness import PULL_WINDOW
+
+    block = make_block(3, seed=4)
+    alert, two, three, receipt = _missed_report(block)
+    three.liveness.answer_early(block.clock(), "answer")   # it has just answered a neighbour
+    heard = block.scheduler.now()
+    three.on_frame(receipt)
+    assert three.counts["pull"] == 1, dict(three.counts)
+    assert three.liveness.next_heartbeat - block.clock() <= 0.3 + PULL_WINDOW * three.liveness.heartbeat_airtime
+    took = block.scheduler.run_until_true(lambda: has(block, 3, alert.id, State.REPORTED), limit=30, step=0.05)
+    # the pull (<= 1.8 s on MEDIUM_FAST), node 2's repair (<= 4 s) and two frames' airtime
+    assert took is not None and took - heard <= 7.0, took and took - heard
+
+
+def test_a_node_that_took_a_state_after_hearing_receipts_of_it_sends_its_receipt_within_seconds(make_block):
+    """Its neighbours sent theirs long ago; its receipt is the news every node's coverage waits for,
+    so it goes within LATE_RECEIPT_DELAY, not the first-receipt spread of 2-20 s."""
+    from node.daemon.relays import LATE_RECEIPT_DELAY
+
+    block = make_block(3, seed=4)
+    alert, two, three, receipt = _missed_report(block)
+    three.on_frame(receipt)
+    took = block.scheduler.run_until_true(lambda: has(block, 3, alert.id, State.REPORTED), limit=30, step=0.05)
+    assert took is not None
+    sent = three.counts["receipt"]
+    said = block.scheduler.run_until_true(lambda: three.counts["receipt"] > sent, limit=30, step=0.05)
+    assert said is not None and said - took <= LATE_RECEIPT_DELAY[1] + 1.0, said and said - took
+    assert three.counts["late-receipt"] == 1
+    # node 2 hears it: its coverage shows all three at once
+    assert block.scheduler.run_until_true(lambda: 3 in two.coverage_view(alert.id)["received"],
+                                          limit=5, step=0.05) is not None
