@@ -47,13 +47,6 @@ ENDED_SHOWN = 900.0
 SUMMARY_BITS = 0x03
 WIPED_BIT = supervision.trouble_mask(["wiped"]) & ~SUMMARY_BITS
 ACTIVE_CODES = frozenset(int(state) for state in alerts.ACTIVE)
-# Heartbeats' airtimes: a heartbeat that asks for an alert state this node lacks (a "pull") waits a
-# random 0.3 s to this many, not the poll's long window (``supervision.early_delay``). A cue that
-# shows a node behind seldom reaches two nodes that both lack the state, so pulls rarely collide,
-# and every second spent here is a second this building goes without the alert.
-PULL_WINDOW = 4
-# Seconds between two repairs of one alert state drawn by heartbeats that show a neighbour lacks it.
-HEARTBEAT_REPAIR_GAP = REPAIR_GAP
 
 
 def jitter(rng: random.Random, seconds: float) -> float:
@@ -109,7 +102,6 @@ class Liveness:
         # The first heartbeat at a random moment of the first interval, as nodes boot at random moments.
         self.next_heartbeat = supervisor.started + rng.uniform(0, self.heartbeat_interval)
         self.early_heartbeat = NEVER   # when the heartbeat was last brought forward by ``answer_early``
-        self.early_pull = NEVER        # when it was last brought forward to pull a missed alert state
         self._last_poll = NEVER
         self._verdicts_due: dict[int, float] = {}  # node -> when this node will call it silent
         self._peer_rows: dict[int, tuple] = {}      # node -> ((status, troubles), last heard) as stored
@@ -192,9 +184,8 @@ class Liveness:
         if theirs and ((known is None and frame.latest_state in ACTIVE_CODES)
                        or (known is not None and int(known.state) < frame.latest_state)):
             self.answer_early(now, "pull")   # (an ended alert it never had is not worth the air)
-        # A heartbeat showing it behind is evidence, as a receipt is: the gap is a receipt's, not a minute.
         if known is not None and int(known.state) > frame.latest_state and known.state in alerts.ON_AIR:
-            self.relays.repair(known, frame.origin, now, gap=HEARTBEAT_REPAIR_GAP)   # it missed a later state
+            self.relays.repair(known, frame.origin, now)   # it missed a later state, say the withdrawal
         # Our latest alert, to a neighbour that has none, or whose latest has ended here or is clearly
         # older. (Which of two active alerts is "latest" can differ between nodes by moments: those
         # it has both, and would otherwise pass to each other for as long as both are active.)
@@ -202,7 +193,7 @@ class Liveness:
         if latest is not None and latest.id != theirs and (
                 theirs is None or (known is not None and (known.state not in alerts.ACTIVE
                                                           or latest.opened_at - known.opened_at > REPAIR_GAP))):
-            self.relays.repair(latest, frame.origin, now, gap=HEARTBEAT_REPAIR_GAP)
+            self.relays.repair(latest, frame.origin, now)
 
     def apply_silent(self, frame: wire.SilentFrame, now: float, data: bytes) -> None:
         """A neighbour of ``frame.subject`` says it has gone silent: show it, and pass the word on.
@@ -239,26 +230,15 @@ class Liveness:
     def answer_early(self, now: float, why: str) -> None:
         """Bring the heartbeat forward, at most once each POLLS-th of the period (or half an interval):
         to ``answer`` a neighbour that missed ours, or to ``pull`` an alert state this node lacks,
-        since the heartbeat shows the neighbours that it is behind. Pulls and answers are limited
-        apart, so a recent answer never holds up a pull; a pull waits only ``PULL_WINDOW`` airtimes."""
-        pull = why == "pull"
-        last = self.early_pull if pull else self.early_heartbeat
-        if now - last > min(self.heartbeat_interval / 2, self.supervisor.period / supervision.POLLS):
-            if pull:
-                self.early_pull = now
-            else:
-                self.early_heartbeat = now
+        since the heartbeat shows the neighbours that it is behind."""
+        if now - self.early_heartbeat > min(self.heartbeat_interval / 2, self.supervisor.period / supervision.POLLS):
+            self.early_heartbeat = now
             self.counts[why] += 1
-            self._heartbeat_early(now, pull=pull)
+            self._heartbeat_early(now)
 
-    def _heartbeat_early(self, now: float, *, pull: bool = False) -> None:
-        """Bring the next heartbeat forward: to answer a neighbour that missed ours, to poll one,
-        or (``pull``) to show the neighbours at once that this node lacks an alert state."""
-        if pull and PULL_WINDOW is not None:
-            delay = self.rng.uniform(0.3, 0.3 + PULL_WINDOW * self.heartbeat_airtime)
-        else:
-            delay = supervision.early_delay(self.heartbeat_airtime, self.rng)
-        self.next_heartbeat = min(self.next_heartbeat, now + delay)
+    def _heartbeat_early(self, now: float) -> None:
+        """Bring the next heartbeat forward: to answer a neighbour that missed ours, or to poll one."""
+        self.next_heartbeat = min(self.next_heartbeat, now + supervision.early_delay(self.heartbeat_airtime, self.rng))
 
     # -- chores, once a tick ---------------------------------------------------------------
 

@@ -39,11 +39,6 @@ REPAIR_GAP = 60.0         # seconds between passing one alert state to neighbour
 REPAIR_WINDOW = 12        # transitions' airtimes: the random wait before a repair, so neighbours do not collide
 RECEIPT_DELAY = (2.0, 20.0)   # seconds: the random wait before a receipt, so 30 nodes do not send at once
 RECEIPT_AGAIN = (1.0, 6.0)    # seconds: the random wait before a further receipt (news to pass on)
-# Seconds: the random wait before the first receipt of a state taken late, after receipts of it were
-# already heard. Its neighbours sent theirs long ago, so there is no crowd to spread out from, and it
-# is the news the whole block's coverage is waiting for.
-LATE_RECEIPT_DELAY = (0.5, 3.0)
-HEARD_FIRST_KEPT = 64     # alert states remembered as heard of (in a receipt) before this node took them
 RECEIPT_GAP = 10.0        # seconds between two receipts of one alert state from this node
 MAX_RECEIPTS = 8          # receipts of one alert state from this node (each only when a neighbour needs it)
 # A neighbour still missing from this node's coverage of a state it has held this long (seconds: past
@@ -211,29 +206,14 @@ class Receipts:
         self.store, self.signer, self.outbox, self.rng, self.counts = store, signer, outbox, rng, counts
         self.relays, self.neighbours = relays, neighbours   # neighbours(now): live ones heard first-hand
         self._receipts: dict[tuple[str, State], PendingReceipt] = {}
-        # Alert states whose receipts came before this node took them (for ``LATE_RECEIPT_DELAY``).
-        self._heard_first: collections.OrderedDict[tuple[str, State], None] = collections.OrderedDict()
 
     def schedule(self, alert_id: str, state: State, now: float) -> None:
         """Send this node's view of who has ``alert_id`` in ``state`` soon, at a random moment."""
         receipt = self._receipts.get((alert_id, state))
         if receipt is None:
-            delay = RECEIPT_DELAY
-            if LATE_RECEIPT_DELAY is not None and self._late(alert_id, state):
-                delay = LATE_RECEIPT_DELAY
-                self.counts["late-receipt"] += 1
-            self._receipts[(alert_id, state)] = PendingReceipt(now + self.rng.uniform(*delay), took=now)
+            self._receipts[(alert_id, state)] = PendingReceipt(now + self.rng.uniform(*RECEIPT_DELAY), took=now)
         elif receipt.due is None and receipt.sent < MAX_RECEIPTS:  # sent before, and a neighbour needs more
             receipt.due = max(now + self.rng.uniform(*RECEIPT_AGAIN), receipt.last + RECEIPT_GAP)
-
-    def _late(self, alert_id: str, state: State) -> bool:
-        """Whether a receipt of ``state`` reached this node before it took it."""
-        return (alert_id, state) in self._heard_first
-
-    def _heard_before_taking(self, alert_id: str, state: State) -> None:
-        self._heard_first[(alert_id, state)] = None
-        while len(self._heard_first) > HEARD_FIRST_KEPT:
-            self._heard_first.popitem(last=False)
 
     def sounded(self, alert: Alert, played: bool) -> None:
         """Record that this node's siren sounded ``alert``'s state, for its receipts."""
@@ -257,7 +237,6 @@ class Receipts:
             return True
         alert = self.store.get_alert(frame.alert_id)
         if alert is None:
-            self._heard_before_taking(frame.alert_id, frame.state)
             return False
         if frame.roster_version == self.roster.version:
             received = coverage.from_bitmap(frame.received, self.members)
@@ -267,7 +246,6 @@ class Receipts:
         received |= {frame.origin}
         learned = self.store.add_coverage(alert.id, frame.state, received, sounded)
         if alerts.newer(frame.state, alert.state):
-            self._heard_before_taking(alert.id, frame.state)
             return False
         if alerts.newer(alert.state, frame.state) and self.relays is not None:
             self.counts["receipt-repair"] += 1
