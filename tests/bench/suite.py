@@ -16,6 +16,10 @@
   P9 slow clients  1,000 slowly trickled requests from one address: page loads from another, old vs new
   P10 outage       a middle node's radio gone 5 minutes during alerts: healthy buildings shown silent, catch-up
   P12 broker       one Mosquitto for a neighborhood of 100 and 1,000 blocks: deliveries/s, broker CPU, latency
+  P13 neighborhood 10 blocks x 30 nodes on a real Mosquitto: CONFIRMED at the origin to NEARBY on every node
+                   of the neighbor blocks, p50/p95, beside the in-block time
+  P14 hood outage  a block's link, then the broker, down 10 minutes during alerts: lost, duplicated, catch-up,
+                   the TROUBLE shown and cleared
 
 Simulated figures (P1, P3, P4, P5, P10) are the same on every machine; wall-clock ones
 (P2, P6, P7, P8, P9) vary with it, so compare them side by side in one run.
@@ -45,6 +49,10 @@ BENCHES = {
                                 "--loads", "5", "--settle", "0.5", "--live-clients", "2"]),
     "P10": ("outage", [], ["--kinds", "line", "--line-nodes", "3", "--outage", "200", "--after", "300"]),
     "P12": ("broker_load", [], ["--blocks", "10", "--seconds", "2", "--rate", "1", "--procs", "1"]),
+    "P13": ("neighborhood", [], ["--blocks", "3", "--nodes", "3", "--raids", "1"]),
+    # 60 simulated seconds (past the TROUBLE's 30) in 20 wall seconds
+    "P14": ("neighborhood_outage", [], ["--kinds", "link", "--outage", "60", "--scale", "3", "--blocks", "3",
+                                        "--nodes", "3"]),
 }
 
 
