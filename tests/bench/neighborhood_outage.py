@@ -177,13 +177,14 @@ def duplicates(hood: Neighborhood) -> dict:
             "duplicated_nearby_signed": signed, "duplicated_bridge_out": queued, "redelivered_dropped_as_replay": replays}
 
 
-def run(kind: str, blocks: int, nodes: int, outage: float, *, seed: int, scale: float, root: Path) -> dict:
+def run(kind: str, blocks: int, nodes: int, outage: float, *, seed: int, scale: float, root: Path,
+        settle: float = 100.0) -> dict:
     hood = Neighborhood(root, blocks, nodes, topology="random", preset="MEDIUM_FAST", seed=seed, scale=scale)
     try:
         hood.start()
         if not hoodbench.bridges_up(hood):
             raise hoodbench.RaidError(f"bridges not up: {[hood.link_state(b) for b in hood.blocks]}")
-        return scenario(hood, kind, outage, seed=seed)
+        return scenario(hood, kind, outage, seed=seed, settle=settle)
     finally:
         hood.stop()
 
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--nodes", type=int, default=5, help="nodes per block")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scale", type=float, default=1.0, help="simulated seconds per wall second (1: honest)")
+    parser.add_argument("--settle", type=float, default=100.0,
+                        help="simulated seconds to wait after the last NEARBY before counting (repeats, redelivery)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for kind in kinds:
         with tempfile.TemporaryDirectory(prefix="bench-hood-outage-") as tmp:
             rows.append(run(kind, args.blocks, args.nodes, args.outage, seed=args.seed, scale=args.scale,
-                            root=Path(tmp)))
+                            root=Path(tmp), settle=args.settle))
         print(table(rows[-1:]), flush=True)
     print(table(rows))
     if args.json:
