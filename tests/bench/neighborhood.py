@@ -185,8 +185,13 @@ def spread(hood: Neighborhood, clocks: Clocks, raid: dict, state: State, since: 
     blocks = {}
     for (b, i), t in far.items():
         blocks[b] = max(blocks.get(b, 0.0), t)
+    bridge = hood.bridge_nodes[0]
     return {"complete": complete, "in_block_s": max(own.values()) if len(own) == len(hood.blocks[origin].nodes)
-            else float("inf"), "nodes": len(far), "per_block_s": blocks, "missing": sorted(
+            else float("inf"), "nodes": len(far), "per_block_s": blocks,
+            # where the time goes: the origin's bridge node took the state; each neighbor's bridge node kept its NEARBY
+            "origin_bridge_s": own.get(bridge, float("inf")),
+            "neighbor_bridges_s": [t for (b, i), t in far.items() if i == bridge],
+            "missing": sorted(
                 (b, i) for b, bl in hood.blocks.items() if b != origin for i in bl.nodes if (b, i) not in far)}
 
 
@@ -239,6 +244,8 @@ def summarize(blocks, nodes, scale, topology, measured, lag, start_s, total_s) -
             "missing": [m["confirmed"]["missing"] for m in measured if m["confirmed"]["missing"]],
             **stats(every("confirmed", "in_block_s"), "in_block"),
             **stats(neighbor, "neighbor_block"), **stats(cleared, "all_clear_neighbor_block"),
+            **stats([m["confirmed"]["origin_bridge_s"] for m in measured], "origin_bridge"),
+            **stats([t for m in measured for t in m["confirmed"]["neighbor_bridges_s"]], "neighbor_bridge"),
             "sim_lag_p95_s": round(lag.p95(), 3), "start_s": round(start_s, 1), "run_s": round(total_s, 1)}
 
 
@@ -251,6 +258,10 @@ def table(row: dict) -> str:
         f"{row['in_block_max_s']:>6.1f}s",
         f"{'NEARBY on every node of a neighbor block':<52} {row['neighbor_block_p50_s']:>6.1f}s "
         f"{row['neighbor_block_p95_s']:>6.1f}s {row['neighbor_block_max_s']:>6.1f}s",
+        f"{'  of which: the bridge node of the origin has it':<52} {row['origin_bridge_p50_s']:>6.1f}s "
+        f"{row['origin_bridge_p95_s']:>6.1f}s {row['origin_bridge_max_s']:>6.1f}s",
+        f"{'  the bridge node of a neighbor has the NEARBY':<52} {row['neighbor_bridge_p50_s']:>6.1f}s "
+        f"{row['neighbor_bridge_p95_s']:>6.1f}s {row['neighbor_bridge_max_s']:>6.1f}s",
         f"{'(ALL CLEAR: from it to every node of a neighbor)':<52} {row['all_clear_neighbor_block_p50_s']:>6.1f}s "
         f"{row['all_clear_neighbor_block_p95_s']:>6.1f}s {row['all_clear_neighbor_block_max_s']:>6.1f}s",
         f"neighbor nodes with the NEARBY: {row['neighbor_nodes_nearby']}/{row['neighbor_nodes_expected']} "
