@@ -22,7 +22,7 @@
                    the TROUBLE shown and cleared
 
 Simulated figures (P1, P3, P4, P5, P10) are the same on every machine; wall-clock ones
-(P2, P6, P7, P8, P9) vary with it, so compare them side by side in one run.
+(P2, P6, P7, P8, P9, P12, P13, P14) vary with it, so compare them side by side in one run.
 """
 
 from __future__ import annotations
