@@ -190,6 +190,8 @@ def spread(hood: Neighborhood, clocks: Clocks, raid: dict, state: State, since: 
             # where the time goes: the origin's bridge node took the state; each neighbor's bridge node kept its NEARBY
             "origin_bridge_s": own.get(bridge, float("inf")),
             "neighbor_bridges_s": [t for (b, i), t in far.items() if i == bridge],
+            # the broker path alone: the origin's bridge node took it -> a neighbor's bridge node kept its NEARBY
+            "bridge_to_bridge_s": [t - own[bridge] for (b, i), t in far.items() if i == bridge and bridge in own],
             "missing": sorted(
                 (b, i) for b, bl in hood.blocks.items() if b != origin for i in bl.nodes if (b, i) not in far)}
 
@@ -245,6 +247,7 @@ def summarize(blocks, nodes, scale, topology, measured, lag, start_s, total_s) -
             **stats(neighbor, "neighbor_block"), **stats(cleared, "all_clear_neighbor_block"),
             **stats([m["confirmed"]["origin_bridge_s"] for m in measured], "origin_bridge"),
             **stats([t for m in measured for t in m["confirmed"]["neighbor_bridges_s"]], "neighbor_bridge"),
+            **stats([t for m in measured for t in m["confirmed"]["bridge_to_bridge_s"]], "bridge_to_bridge"),
             "sim_lag_p95_s": round(lag.p95(), 3), "start_s": round(start_s, 1), "run_s": round(total_s, 1)}
 
 
@@ -261,6 +264,8 @@ def table(row: dict) -> str:
         f"{row['origin_bridge_p95_s']:>6.1f}s {row['origin_bridge_max_s']:>6.1f}s",
         f"{'  the bridge node of a neighbor has the NEARBY':<52} {row['neighbor_bridge_p50_s']:>6.1f}s "
         f"{row['neighbor_bridge_p95_s']:>6.1f}s {row['neighbor_bridge_max_s']:>6.1f}s",
+        f"{'  bridge node to bridge node (the broker path)':<52} {row['bridge_to_bridge_p50_s']:>6.1f}s "
+        f"{row['bridge_to_bridge_p95_s']:>6.1f}s {row['bridge_to_bridge_max_s']:>6.1f}s",
         f"{'(ALL CLEAR: from it to every node of a neighbor)':<52} {row['all_clear_neighbor_block_p50_s']:>6.1f}s "
         f"{row['all_clear_neighbor_block_p95_s']:>6.1f}s {row['all_clear_neighbor_block_max_s']:>6.1f}s",
         f"neighbor nodes with the NEARBY: {row['neighbor_nodes_nearby']}/{row['neighbor_nodes_expected']} "
