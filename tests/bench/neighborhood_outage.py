@@ -4,12 +4,16 @@
     .venv/bin/python tests/bench/neighborhood_outage.py --kinds link --outage 60 --scale 3   # the smoke (20 s)
 
 ``node.sim.Neighborhood`` (``--blocks`` of ``--nodes``, MEDIUM_FAST, seeded, a real Mosquitto on
-loopback). Two kinds of outage, ``--outage`` seconds of the blocks' clocks each:
+loopback). Three kinds of outage, ``--outage`` seconds of the blocks' clocks each:
 
 - ``link``: block 1's bridge off the broker (``Neighborhood.link_down``: the bridge's network
   down; it disconnects and does not come back until ``link_up``);
 - ``broker``: the Mosquitto process stopped (SIGTERM: it saves its sessions, as a broker with
-  ``persistence true`` does) and started again on the same port and state.
+  ``persistence true`` does) and started again on the same port and state;
+- ``freeze``: the Mosquitto process frozen (SIGSTOP, then SIGCONT): connections stay open and
+  nothing answers, as when the network between the bridges and the broker goes dead without a
+  word; each bridge finds out by its MQTT keep-alive (30 s, wall clock), so only meaningful at
+  ``--scale 1`` and with an outage of minutes.
 
 Meanwhile raids are raised, confirmed and cleared on several blocks: on block 1 (its alerts
 wait in its ``bridge_out``), and on blocks 2 and 3 (theirs wait in the broker's session for
@@ -38,7 +42,9 @@ import argparse
 import collections
 import importlib.util
 import json
+import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -88,8 +94,10 @@ def scenario(hood: Neighborhood, kind: str, outage: float, *, seed: int, catch_u
     down_at = time.monotonic()
     if kind == "link":
         hood.link_down(1)
-    else:
+    elif kind == "broker":
         hood.broker.stop()
+    else:
+        os.kill(hood.broker.pid, signal.SIGSTOP)
     trouble_after = None
     for fraction, b, action in plan:
         while time.monotonic() < down_at + fraction * wall_outage:
@@ -112,8 +120,10 @@ def scenario(hood: Neighborhood, kind: str, outage: float, *, seed: int, catch_u
     up_at = time.monotonic()
     if kind == "link":
         hood.link_up(1)
-    else:
+    elif kind == "broker":
         hood.broker.start()
+    else:
+        os.kill(hood.broker.pid, signal.SIGCONT)
     cleared = until(lambda: clear(hood, cut), catch_up, step=0.2)
     trouble_cleared_after = time.monotonic() - up_at if cleared else None
 
@@ -209,7 +219,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kinds", default="link,broker", help="comma-separated: link, broker")
+    parser.add_argument("--kinds", default="link,broker", help="comma-separated: link, broker, freeze")
     parser.add_argument("--outage", type=float, default=600.0, help="seconds of the blocks' clocks")
     parser.add_argument("--blocks", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=5, help="nodes per block")
@@ -220,8 +230,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    if any(k not in ("link", "broker") for k in kinds):
-        parser.error(f"--kinds: link or broker, not {args.kinds!r}")
+    if any(k not in ("link", "broker", "freeze") for k in kinds):
+        parser.error(f"--kinds: link, broker or freeze, not {args.kinds!r}")
     if args.blocks < 2 or args.nodes < 2:
         parser.error("at least 2 blocks of 2 nodes")
     rows = []
