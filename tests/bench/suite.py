@@ -15,13 +15,17 @@
   P8 overload      10,000 page requests at 200/s: 429/503, never 500; hold to siren meanwhile
   P9 slow clients  1,000 slowly trickled requests from one address: page loads from another, old vs new
   P10 outage       a middle node's radio gone 5 minutes during alerts: healthy buildings shown silent, catch-up
-  P12 broker       one Mosquitto for a neighborhood of 100 and 1,000 blocks: deliveries/s, broker CPU, latency
   P11 evidence     a 500 MB upload through the page against a plain HTTP copy, its memory; holds during 5 uploads
+  P12 broker       one Mosquitto for a neighborhood of 100 and 1,000 blocks: deliveries/s, broker CPU, latency
+  P13 neighborhood 10 blocks x 30 nodes on a real Mosquitto: CONFIRMED at the origin to NEARBY on every node
+                   of the neighbor blocks, p50/p95, beside the in-block time
+  P14 hood outage  a block's link, then the broker, down 10 minutes during alerts: lost, duplicated, catch-up,
+                   the TROUBLE shown and cleared
   P15 sms          a confirmed alert to 20 responders + 500 broad-list texts through gammu-smsd's dummy phone,
                    beside a gammu-smsd-inject loop of the same texts (needs gammu-smsd)
 
 Simulated figures (P1, P3, P4, P5, P10) are the same on every machine; wall-clock ones
-(P2, P6, P7, P8, P9, P11, P12, P15) vary with it, so compare them side by side in one run.
+(P2, P6, P7, P8, P9, P11, P12, P13, P14, P15) vary with it, so compare them side by side in one run.
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ BENCHES = {
     "P12": ("broker_load", [], ["--blocks", "10", "--seconds", "2", "--rate", "1", "--procs", "1"]),
     "P11": ("evidence", [], ["--size", "3", "--uploads", "2", "--upload-size", "2", "--holds", "3"]),
     "P15": ("sms_dispatch", [], ["--responders", "2", "--broad", "10"]),
+    "P13": ("neighborhood", [], ["--blocks", "3", "--nodes", "3", "--raids", "1"]),
+    # 60 simulated seconds (past the TROUBLE's 30) in 20 wall seconds
+    "P14": ("neighborhood_outage", [], ["--kinds", "link", "--outage", "60", "--scale", "3", "--blocks", "3",
+                                        "--nodes", "3"]),
 }
 
 
