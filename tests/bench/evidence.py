@@ -18,7 +18,16 @@ Then:
    ``local_latency.py`` measures it), first with no upload, then while ``--uploads``
    uploads of ``--upload-size`` MB each run at once from different addresses (each phone a
    process of its own at nice 19: phones are not on the node, so they should take only the CPU
-   it leaves); p99 beside p99.
+   it leaves); p99 beside p99;
+3. throughout both, ``--clients`` **live page clients** hold the page's server-sent events
+   open (``GET /api/events``, as ``web/static/silbato.js`` does), in a process of their own at
+   nice 0 (they stand for phones, which have CPUs of their own). For every alert state change
+   the holds make (raised, cancelled): the time from its commit until every client had a
+   document showing it or a later state, p50/p95/max, without and with uploads (target 1 s).
+
+The node (this process) and the page run at the ``Nice=`` of their systemd units
+(``--node-nice``, ``--web-nice`` to try others; a negative one needs CAP_SYS_NICE). The
+units' ``CPUWeight=`` needs systemd's cgroups and is not applied here.
 
 Prints the figures; ``--json`` keeps them. Only loopback traffic; files in a temporary folder.
 """
@@ -206,9 +215,11 @@ class RssSampler:
 
 
 def holds(node: Node, factory: MockFactory, clock_offset: list, hold_time: float, count: int,
-          until: threading.Event | None = None, changes: list | None = None) -> list[float]:
+          until: threading.Event | None = None, changes: list | None = None,
+          started: list | None = None) -> list[float]:
     """End of hold -> siren on + alert stored and queued, in ms, for ``count`` holds (or until ``until``).
 
+    Each hold's start (``time.monotonic()``) is appended to ``started``.
     Each alert state change (raised, cancelled) is appended to ``changes`` as
     ``(alert id, 0 raised / 1 cancelled, time.monotonic() once committed)``.
     """
@@ -219,6 +230,8 @@ def holds(node: Node, factory: MockFactory, clock_offset: list, hold_time: float
         node.hardware.siren.silence()
         siren.changes = []
         pressed = time.monotonic()
+        if started is not None:
+            started.append(pressed)
         button.drive_low()
         if not node.wait_for(lambda: any(a.location == 101 for a in node.store.active_alerts()), timeout=30):
             raise RuntimeError("a hold raised nothing")
@@ -321,6 +334,10 @@ class Clients:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+def pct(values: list[float], q: float) -> float:
+    return percentile(values, q) if values else float("nan")
 
 
 def position(alert_id: str, cancelled: bool) -> tuple[int, int]:
@@ -461,10 +478,15 @@ def run(args, web_nice: int, node_nice: int) -> dict:
             senders = [threading.Thread(target=send, args=(i,)) for i in range(args.uploads)]
             for t in senders:
                 t.start()
-            watcher = threading.Thread(target=lambda: ([t.join() for t in senders], done.set()))
+            ended = []  # when the last upload ended: only what happened before it counts as "during"
+            watcher = threading.Thread(target=lambda: ([t.join() for t in senders], ended.append(time.monotonic()),
+                                                       done.set()))
             watcher.start()
-            busy = holds(node, factory, offset, args.hold_time, args.holds, until=done, changes=busy_changes)
+            started = []
+            after = holds(node, factory, offset, args.hold_time, args.holds, until=done, changes=busy_changes,
+                          started=started)
             watcher.join()
+            busy = [ms for ms, t in zip(after, started) if t < ended[0]]
             last = busy_changes[-1]
             origin = last[0].split("-")[0]
             clients.wait(lambda got: all(any(pos >= position(last[0], last[1]) for _, pos in seen(g, origin))
@@ -487,13 +509,14 @@ def run(args, web_nice: int, node_nice: int) -> dict:
         "upload_errors": errors,
         "holds_quiet": len(quiet), "holds_busy": len(busy),
         "hold_p50_ms": percentile(quiet, 0.5), "hold_p99_ms": percentile(quiet, 0.99),
-        "hold_p50_ms_uploading": percentile(busy, 0.5), "hold_p99_ms_uploading": percentile(busy, 0.99),
+        "hold_p50_ms_uploading": pct(busy, 0.5), "hold_p99_ms_uploading": pct(busy, 0.99),
     }
     for name, changes in (("quiet", quiet_changes), ("uploading", busy_changes)):
+        if name == "uploading":
+            changes = [c for c in changes if c[2] < ended[0]]
         delays, missed = live_delays(changes, clients.got)
         figures.update({f"live_changes_{name}": len(changes), f"live_missed_{name}": missed,
-                        f"live_p50_ms_{name}": percentile(delays, 0.5) if delays else float("nan"),
-                        f"live_p95_ms_{name}": percentile(delays, 0.95) if delays else float("nan"),
+                        f"live_p50_ms_{name}": pct(delays, 0.5), f"live_p95_ms_{name}": pct(delays, 0.95),
                         f"live_max_ms_{name}": max(delays, default=float("nan"))})
     print(f"evidence: one {args.size} MB upload through the page (waitress, sealed as it streams) "
           f"against a plain HTTP copy of the same bytes")
@@ -505,7 +528,7 @@ def run(args, web_nice: int, node_nice: int) -> dict:
           f"({len(quiet)} holds, no upload)")
     print(f"                         p50 {figures['hold_p50_ms_uploading']:.1f} ms  "
           f"p99 {figures['hold_p99_ms_uploading']:.1f} ms ({len(busy)} holds, {args.uploads} uploads of "
-          f"{args.upload_size} MB at once){'; upload errors: ' + '; '.join(errors) if errors else ''}")
+          f"{args.upload_size} MB at once: the holds begun before the last ended){'; upload errors: ' + '; '.join(errors) if errors else ''}")
     print(f"  node at nice {node_nice}, page at nice {web_nice}; {args.clients} live page clients (server-sent events)")
     for name, label in (("quiet", "no upload"), ("uploading", f"{args.uploads} uploads")):
         print(f"  alert change -> every live client  p50 {figures[f'live_p50_ms_{name}']:.0f} ms  "

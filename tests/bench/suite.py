@@ -16,7 +16,8 @@
   P9 slow clients  1,000 slowly trickled requests from one address: page loads from another, old vs new
   P10 outage       a middle node's radio gone 5 minutes during alerts: healthy buildings shown silent, catch-up
   P12 broker       one Mosquitto for a neighborhood of 100 and 1,000 blocks: deliveries/s, broker CPU, latency
-  P11 evidence     a 500 MB upload through the page against a plain HTTP copy, its memory; holds during 5 uploads
+  P11 evidence     a 500 MB upload through the page against a plain HTTP copy, its memory; holds and live
+                   page clients during 5 uploads
   P15 sms          a confirmed alert to 20 responders + 500 broad-list texts through gammu-smsd's dummy phone,
                    beside a gammu-smsd-inject loop of the same texts (needs gammu-smsd)
 
@@ -48,7 +49,8 @@ BENCHES = {
                                 "--loads", "5", "--settle", "0.5", "--live-clients", "2"]),
     "P10": ("outage", [], ["--kinds", "line", "--line-nodes", "3", "--outage", "200", "--after", "300"]),
     "P12": ("broker_load", [], ["--blocks", "10", "--seconds", "2", "--rate", "1", "--procs", "1"]),
-    "P11": ("evidence", [], ["--size", "3", "--uploads", "2", "--upload-size", "2", "--holds", "3"]),
+    "P11": ("evidence", [], ["--size", "3", "--uploads", "2", "--upload-size", "2", "--holds", "3",
+                             "--clients", "2"]),
     "P15": ("sms_dispatch", [], ["--responders", "2", "--broad", "10"]),
 }
 
