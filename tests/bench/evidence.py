@@ -11,7 +11,7 @@ Then:
 1. **one large upload** through the page as the page's JavaScript sends it (``POST
    /alerts/<id>/uploads``, then 1 MiB ``PUT`` pieces), sealed as it streams, against the
    same bytes in the same pieces ``PUT`` to a plain HTTP server (Python's ``http.server``,
-   its own process) that appends them to a file and syncs it at the end. The ratio of the
+   its own process, at the page's nice value) that appends them to a file and syncs it at the end. The ratio of the
    two throughputs is the figure (target >= 0.5), with the web process's resident memory
    sampled every 20 ms: its peak above idle (target <= 16 MB: streamed, never buffered);
 2. **end of a panic-button hold -> siren on and the alert stored and queued** (as
@@ -277,7 +277,7 @@ def listen_main(argv: list[str]) -> None:
     def client(i: int) -> None:
         last = ""
         while True:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600, source_address=(f"127.4.0.{i + 1}", 0))
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600, source_address=(f"127.4.{i // 250}.{i % 250 + 1}", 0))
             conn.request("GET", "/api/events?lang=en", headers={"Accept": "text/event-stream",
                                                                **({"Last-Event-ID": last} if last else {})})
             response = conn.getresponse()
@@ -441,7 +441,8 @@ def run(args, web_nice: int, node_nice: int) -> dict:
             env.update(unit_environment())  # the page runs as its unit runs it (MALLOC_ARENA_MAX)
             web = subprocess.Popen([sys.executable, "-m", "node.cli", "--config", str(toml), "web"], env=env,
                                    preexec_fn=at_nice(web_nice))  # as the unit's Nice= would
-            plain = subprocess.Popen([sys.executable, "-c", PLAIN_SERVER, str(plain_port), str(root / "plain.bin")])
+            plain = subprocess.Popen([sys.executable, "-c", PLAIN_SERVER, str(plain_port), str(root / "plain.bin")],
+                                     preexec_fn=at_nice(web_nice))  # like for like: at the page's priority
             wait_http(port, "/api/health", web)
             wait_http(plain_port, "/", plain)
             Phone(port).send("2-1", PIECE, seed=0)  # warm up: first requests, first seal
