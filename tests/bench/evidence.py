@@ -277,7 +277,8 @@ def listen_main(argv: list[str]) -> None:
     def client(i: int) -> None:
         last = ""
         while True:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600, source_address=(f"127.4.{i // 250}.{i % 250 + 1}", 0))
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600,
+                                              source_address=(f"127.4.{i // 250}.{i % 250 + 1}", 0))
             conn.request("GET", "/api/events?lang=en", headers={"Accept": "text/event-stream",
                                                                **({"Last-Event-ID": last} if last else {})})
             response = conn.getresponse()
