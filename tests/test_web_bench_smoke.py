@@ -35,10 +35,15 @@ def test_evidence_benchmark_smoke(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("evidence_bench", Path(__file__).parent / "bench" / "evidence.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    figures = bench.main(["--size", "3", "--uploads", "2", "--upload-size", "2", "--holds", "3",
+    figures = bench.main(["--size", "3", "--uploads", "2", "--upload-size", "2", "--holds", "3", "--clients", "2",
                           "--json", str(tmp_path / "out.json")])
     assert figures["upload_errors"] == [] and figures["chained"], figures
-    assert figures["holds_quiet"] == 3 and figures["holds_busy"] >= 3
+    assert figures["holds_quiet"] == 3 and figures["holds_busy"] >= 1
     assert figures["page_s"] > 0 and figures["plain_s"] > 0 and figures["rss_peak_mb"] >= figures["rss_idle_mb"]
-    assert "against a plain HTTP copy" in capsys.readouterr().out
+    # every alert change (3 holds: raised and cancelled) reached both live page clients
+    assert figures["live_changes_quiet"] == 6 and figures["live_missed_quiet"] == 0, figures
+    assert figures["live_changes_uploading"] >= 2 and figures["live_missed_uploading"] == 0, figures
+    assert figures["live_max_ms_uploading"] >= figures["live_p50_ms_uploading"] >= 0
+    out = capsys.readouterr().out
+    assert "against a plain HTTP copy" in out and "alert change -> every live client" in out
     assert json.loads((tmp_path / "out.json").read_text())["uploads"] == 2
