@@ -15,18 +15,13 @@
   P8 overload      10,000 page requests at 200/s: 429/503, never 500; hold to siren meanwhile
   P9 slow clients  1,000 slowly trickled requests from one address: page loads from another, old vs new
   P10 outage       a middle node's radio gone 5 minutes during alerts: healthy buildings shown silent, catch-up
-<<<<<<< HEAD
-  P11 evidence     a 500 MB upload through the page against a plain HTTP copy, its memory; holds during 5 uploads
+  P11 evidence     a 500 MB upload through the page against a plain HTTP copy, its memory; holds and live
+                   page clients during 5 uploads
   P12 broker       one Mosquitto for a neighborhood of 100 and 1,000 blocks: deliveries/s, broker CPU, latency
   P13 neighborhood 10 blocks x 30 nodes on a real Mosquitto: CONFIRMED at the origin to NEARBY on every node
                    of the neighbor blocks, p50/p95, beside the in-block time
   P14 hood outage  a block's link, then the broker, down 10 minutes during alerts: lost, duplicated, catch-up,
                    the TROUBLE shown and cleared
-=======
-  P12 broker       one Mosquitto for a neighborhood of 100 and 1,000 blocks: deliveries/s, broker CPU, latency
-  P11 evidence     a 500 MB upload through the page against a plain HTTP copy, its memory; holds and live
-                   page clients during 5 uploads
->>>>>>> e15d
   P15 sms          a confirmed alert to 20 responders + 500 broad-list texts through gammu-smsd's dummy phone,
                    beside a gammu-smsd-inject loop of the same texts (needs gammu-smsd)
 
