@@ -279,28 +279,28 @@ def _enable(cfg: config_mod.Config, host: Host, say: Say) -> None:
             "'systemctl start silbato-node silbato-web'")
 
 
+def _enable_optional(cfg: config_mod.Config, host: Host, say: Say, what: str, service: str, setting: str,
+                     after: str) -> None:
+    """``service`` enabled when ``setting`` is true (``say`` adds ``after``), disabled and stopped when false."""
+    recorded = "" if host.real else " (recorded)"
+    if cfg[setting]:
+        host.systemctl("enable", service)
+        say(f"{what}: {service} enabled ({setting}); {after}{recorded}")
+    else:
+        host.systemctl("disable", "--now", service, check=False)
+        say(f"{what}: {service} disabled ({setting} is false){recorded}")
+
+
 def enable_gateway(cfg: config_mod.Config, host: Host, say: Say) -> None:
     """``silbato-gateway`` enabled when ``sms.enabled`` is true, disabled (and stopped) when false."""
-    recorded = "" if host.real else " (recorded)"
-    if cfg["sms.enabled"]:
-        host.systemctl("enable", GATEWAY_SERVICE)
-        say(f"sms: {GATEWAY_SERVICE} enabled (sms.enabled); after each boot a captain runs "
-            f"'silbato sms unlock'{recorded}")
-    else:
-        host.systemctl("disable", "--now", GATEWAY_SERVICE, check=False)
-        say(f"sms: {GATEWAY_SERVICE} disabled (sms.enabled is false){recorded}")
+    _enable_optional(cfg, host, say, "sms", GATEWAY_SERVICE, "sms.enabled",
+                     "after each boot a captain runs 'silbato sms unlock'")
 
 
 def enable_bridge(cfg: config_mod.Config, host: Host, say: Say) -> None:
     """``silbato-bridge`` enabled when ``bridge.enabled`` is true, disabled (and stopped) when false."""
-    recorded = "" if host.real else " (recorded)"
-    if cfg["bridge.enabled"]:
-        host.systemctl("enable", BRIDGE_SERVICE)
-        say(f"bridge: {BRIDGE_SERVICE} enabled (bridge.enabled); it connects to bridge.broker "
-            f"({cfg['bridge.broker'] or 'not set yet'}){recorded}")
-    else:
-        host.systemctl("disable", "--now", BRIDGE_SERVICE, check=False)
-        say(f"bridge: {BRIDGE_SERVICE} disabled (bridge.enabled is false){recorded}")
+    _enable_optional(cfg, host, say, "bridge", BRIDGE_SERVICE, "bridge.enabled",
+                     f"it connects to bridge.broker ({cfg['bridge.broker'] or 'not set yet'})")
 
 
 def uninstall(layout: Layout, host: Host, *, purge: bool, say: Say) -> None:
