@@ -207,6 +207,21 @@ def _public_message(body: dict) -> bytes:
     return PUBLIC_DOMAIN + _canonical(public_body(body))
 
 
+def signed_body(document: Any, field: str, organizer: Ed25519PublicKey, *, what: str, prefix: bytes = b"",
+                signature_field: str = "signature") -> dict:
+    """The body under ``field`` of a signed document, once its signature (over ``prefix`` and the
+    body's canonical JSON) checks against ``organizer``; raise ``RosterError`` naming ``what``."""
+    if not isinstance(document, dict) or not isinstance(document.get(field), dict):
+        raise RosterError(f"{what}: expected an object with '{field}' and '{signature_field}'")
+    body = document[field]
+    signature = unb64(str(document.get(signature_field, "")), f"{what} {signature_field}", 64)
+    try:
+        organizer.verify(signature, prefix + _canonical(body))
+    except InvalidSignature:
+        raise RosterError(f"{what}: bad signature (not signed by the organizers' key, or altered)") from None
+    return body
+
+
 class Roster:
     """The verified list of the block's nodes. Build it with :meth:`parse` or :meth:`load`."""
 
@@ -241,14 +256,7 @@ class Roster:
     @classmethod
     def parse(cls, document: Any, organizer: Ed25519PublicKey) -> "Roster":
         """Check the signature and shape of a roster document; raise ``RosterError``."""
-        if not isinstance(document, dict) or not isinstance(document.get("roster"), dict):
-            raise RosterError("roster: expected an object with 'roster' and 'signature'")
-        body = document["roster"]
-        signature = unb64(str(document.get("signature", "")), "roster signature", 64)
-        try:
-            organizer.verify(signature, _canonical(body))
-        except InvalidSignature:
-            raise RosterError("roster: bad signature (not signed by the organizers' key, or altered)") from None
+        body = signed_body(document, "roster", organizer, what="roster")
         if "public_signature" in document:
             public = unb64(str(document["public_signature"]), "roster public_signature", 64)
             try:
@@ -263,14 +271,8 @@ class Roster:
         """Check a public roster (``public_document``: no place names); raise ``RosterError``.
 
         Its members' ``place`` is empty: another block knows a building by its location code only."""
-        if not isinstance(document, dict) or not isinstance(document.get("roster"), dict):
-            raise RosterError("public roster: expected an object with 'roster' and 'public_signature'")
-        body = document["roster"]
-        signature = unb64(str(document.get("public_signature", "")), "roster public_signature", 64)
-        try:
-            organizer.verify(signature, PUBLIC_DOMAIN + _canonical(body))
-        except InvalidSignature:
-            raise RosterError("public roster: bad signature (not signed by the organizers' key, or altered)") from None
+        body = signed_body(document, "roster", organizer, what="public roster", prefix=PUBLIC_DOMAIN,
+                           signature_field="public_signature")
         if any(isinstance(n, dict) and any(f in n for f in _PRIVATE_NODE_FIELDS) for n in body.get("nodes") or []) \
                 or "settings" in body:
             raise RosterError("public roster: carries what stays in the block (places, dispatcher, settings)")

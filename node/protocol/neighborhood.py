@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from node.errors import ConfigError, RosterError
 from node.protocol.alerts import State
-from node.protocol.keys import SigningKey, _canonical, b64, public_bytes, unb64
+from node.protocol.keys import SigningKey, _canonical, b64, public_bytes, signed_body, unb64
 
 DOMAIN = b"silbato-neighborhood/1\0"
 MAX_BLOCKS = 1000
@@ -148,15 +148,7 @@ class NeighborhoodRoster:
     @classmethod
     def parse(cls, document: Any, organizer: Ed25519PublicKey) -> "NeighborhoodRoster":
         """Check the signature and shape of a neighborhood roster document; raise ``RosterError``."""
-        if not isinstance(document, dict) or not isinstance(document.get("neighborhood"), dict):
-            raise RosterError("neighborhood roster: expected an object with 'neighborhood' and 'signature'")
-        body = document["neighborhood"]
-        signature = unb64(str(document.get("signature", "")), "neighborhood roster signature", 64)
-        try:
-            organizer.verify(signature, DOMAIN + _canonical(body))
-        except InvalidSignature:
-            raise RosterError("neighborhood roster: bad signature (not signed by the neighborhood "
-                              "organizers' key, or altered)") from None
+        body = signed_body(document, "neighborhood", organizer, what="neighborhood roster", prefix=DOMAIN)
         name, version, blocks, policy = _parse_body(body)
         return cls(name, version, blocks, document, policy)
 
