@@ -388,14 +388,20 @@ def install_roster(document: Any, organizer: Ed25519PublicKey, path: Path, *,
                     _canonical(document["roster"]) != _canonical(current.document["roster"]):
                 raise RosterError(f"roster: version {roster.version} is installed already with other contents: "
                                   "the organizers must raise 'version' when they change the roster")
+    write_document(path, document, "roster")
+    return roster
+
+
+def write_document(path: Path, document: dict, what: str) -> None:
+    """Replace ``path`` with ``document`` (JSON), atomically; raise ``RosterError`` naming ``what``."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
-        raise RosterError(f"{path}: cannot write roster: {exc.strerror or exc}") from None
-    return roster
+        raise RosterError(f"{path}: cannot write {what}: {exc.strerror or exc}") from None
 
 
 # -- this node's identity, from its settings ------------------------------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from node.errors import ConfigError, RosterError
 from node.protocol.alerts import State
+from node.protocol import keys
 from node.protocol.keys import SigningKey, _canonical, b64, public_bytes, signed_body, unb64
 
 DOMAIN = b"silbato-neighborhood/1\0"
@@ -261,14 +261,7 @@ def install_neighborhood(document: Any, organizer: Ed25519PublicKey, path: Path,
 
 def write_document(path: Path, document: dict) -> None:
     """Replace ``path`` with ``document`` (JSON), atomically. Raises RosterError."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise RosterError(f"{path}: cannot write neighborhood roster: {exc.strerror or exc}") from None
+    keys.write_document(path, document, "neighborhood roster")
 
 
 def roster_path(cfg) -> Path:
