@@ -478,6 +478,13 @@ def _gateway_state(doctor: Doctor, cfg: config_mod.Config) -> dict[str, str] | N
         return None
 
 
+def _not_this_nodes_job(name: str, service: str, setting: str, unit: str) -> Result:
+    """An optional service on a node whose ``setting`` is false: fine, unless it runs anyway."""
+    if unit in ("active", "activating"):
+        return Result(WARN, name, f"{service} is {unit} but {setting} is false: 'silbato install' disables it")
+    return Result(PASS, name, f"not this node's job ({setting} is false)")
+
+
 @check("gateway")
 def check_gateway(doctor: Doctor) -> Iterator[Result]:
     cfg = doctor.cfg
@@ -486,11 +493,7 @@ def check_gateway(doctor: Doctor) -> Iterator[Result]:
         return
     unit = doctor.host.service_state(GATEWAY_SERVICE)
     if not cfg["sms.enabled"]:
-        if unit in ("active", "activating"):
-            yield Result(WARN, "gateway", f"{GATEWAY_SERVICE} is {unit} but sms.enabled is false: "
-                                          "'silbato install' disables it")
-        else:
-            yield Result(PASS, "gateway", "not this node's job (sms.enabled is false)")
+        yield _not_this_nodes_job("gateway", GATEWAY_SERVICE, "sms.enabled", unit)
         return
     if unit == "not running":
         yield Result(WARN, "gateway", f"{GATEWAY_SERVICE}: not checked under {doctor.host.layout.root} "
@@ -534,11 +537,7 @@ def check_bridge(doctor: Doctor) -> Iterator[Result]:
         return
     unit = doctor.host.service_state(BRIDGE_SERVICE)
     if not cfg["bridge.enabled"]:
-        if unit in ("active", "activating"):
-            yield Result(WARN, "bridge", f"{BRIDGE_SERVICE} is {unit} but bridge.enabled is false: "
-                                         "'silbato install' disables it")
-        else:
-            yield Result(PASS, "bridge", "not this node's job (bridge.enabled is false)")
+        yield _not_this_nodes_job("bridge", BRIDGE_SERVICE, "bridge.enabled", unit)
         return
     # The settings' own words (no network here: whether the broker answers is the link's state below).
     for name in ("neighborhood.name", "bridge.broker"):
