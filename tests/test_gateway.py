@@ -92,9 +92,12 @@ def test_a_responders_report_by_text_is_a_request_the_daemon_signs(node, gammu, 
     alert = node.store.get_alert(row["result_alert_id"])
     assert alert.state is State.REPORTED and alert.signer == node.id
     # REPORTED: responders only, each in their language.
-    step_until(gateway, lambda: len(gammu.sent()) >= 2, "two REPORTED texts")
-    assert text_to(gammu, ANA)[0].startswith(f"Silbato {alert.id}: posible redada en Building 1")
-    assert f"CONFIRM {alert.id} PIN" in text_to(gammu, BEN)[0]
+    # Ana also gets the acknowledgement of her REPORT, in either order: wait for all three texts,
+    # and look at the alert texts (an acknowledgement starts "Silbato:", an alert "Silbato <id>:").
+    step_until(gateway, lambda: len(gammu.sent()) >= 3, "the acknowledgement and two REPORTED texts")
+    alert_texts = lambda number: [t for t in text_to(gammu, number) if t.startswith(f"Silbato {alert.id}:")]  # noqa: E731
+    assert alert_texts(ANA)[0].startswith(f"Silbato {alert.id}: posible redada en Building 1")
+    assert f"CONFIRM {alert.id} PIN" in alert_texts(BEN)[0]
     assert not text_to(gammu, CARLA) and not text_to(gammu, DAE)
 
 
