@@ -162,30 +162,36 @@ class Desk:
             return self._act(lambda counter: t, now, outcome)
 
     def _act(self, make: Callable[[int], Transition], now: float, request: RequestOutcome | None = None) -> Alert:
-        counter = self.signer.reserve()  # persisted before anything is sent
-        t = make(counter)
-        current = self.store.get_alert(t.alert_id)
-        try:
-            alert, outcome = alerts.apply(current, t, now, self.roster.dispatchers)
-        except TransitionError as exc:
-            self.reject(t.alert_id, t.state, str(exc), self.me, "local", counter, now, request=request)
-            raise
-        frame = self.signer.encode(wire.TransitionFrame(self.me, counter, *alerts.parse_alert_id(alert.id),
-                                                        alert.kind, t.state, alert.location))
+        # One commit (one sync to disk: the wait a busy SD card makes longest) for the counter and
+        # the effect. The counter is persisted before anything is sent all the same: the frame
+        # goes to the radio only after the commit.
+        refused: TransitionError | None = None
         with self.store.transaction():
-            self.store.save_alert(alert)
-            if outcome is not Outcome.STALE:
-                self.store.set_repeat(alert.id, now + jitter(self.rng, REPEAT_BASE), 0)
-            self.store.record_event(alert.id, t.state, outcome.value, signer=self.me, source="local",
-                                    counter=counter, received_at=now, frame=frame)
-            seq = self.store.enqueue(frame, now)
-            if request is not None:  # a captain's request: its outcome commits with its effect
-                request.signed(alert, seq)
-            if outcome.sounds:
-                self.store.set_alert_frame(alert.id, frame)
-                self.store.add_coverage(alert.id, alert.state, {self.me}, set())  # sounded: below
-                self.receipts.schedule(alert.id, alert.state, now)
-                self.relays.sent_own(alert, counter, frame, now)
+            counter = self.signer.reserve()
+            t = make(counter)
+            try:
+                alert, outcome = alerts.apply(self.store.get_alert(t.alert_id), t, now, self.roster.dispatchers)
+            except TransitionError as exc:
+                refused = exc   # the counter stays spent; the refusal is recorded below, in its own transaction
+            else:
+                frame = self.signer.encode(wire.TransitionFrame(self.me, counter, *alerts.parse_alert_id(alert.id),
+                                                                alert.kind, t.state, alert.location))
+                self.store.save_alert(alert)
+                if outcome is not Outcome.STALE:
+                    self.store.set_repeat(alert.id, now + jitter(self.rng, REPEAT_BASE), 0)
+                self.store.record_event(alert.id, t.state, outcome.value, signer=self.me, source="local",
+                                        counter=counter, received_at=now, frame=frame)
+                seq = self.store.enqueue(frame, now)
+                if request is not None:  # a captain's request: its outcome commits with its effect
+                    request.signed(alert, seq)
+                if outcome.sounds:
+                    self.store.set_alert_frame(alert.id, frame)
+                    self.store.add_coverage(alert.id, alert.state, {self.me}, set())  # sounded: below
+                    self.receipts.schedule(alert.id, alert.state, now)
+                    self.relays.sent_own(alert, counter, frame, now)
+        if refused is not None:
+            self.reject(t.alert_id, t.state, str(refused), self.me, "local", counter, now, request=request)
+            raise refused
         log.info("alert %s %s by this node (%s)", alert.id, t.state.word, outcome.value)
         if outcome.sounds and alert.kind is Kind.RAID and self.config["radio.text_alerts"]:
             place = self.roster.place(alert.location) if self.config["radio.text_alert_places"] else None
