@@ -180,6 +180,10 @@ class MeshtasticLink(Link):
         self._troubles: dict[str, str] = {"radio": f"radio not connected yet at {self.where}"}
         self._rx: queue.Queue[bytes | None] = queue.Queue(maxsize=1000)
         self._pending: dict[int, tuple[float, bytes]] = {}  # packet id -> (time, frame), for NAKs
+        # NAKs that came before their frame was entered in _pending (the radio answers at once, while
+        # the sender still waits for its queueStatus): packet id -> reason. Bounded.
+        self._early_naks: dict[int, str] = {}
+        self._nak_lock = threading.Lock()
         self._on_receive: Receive | None = None
         self._on_refused: Refused | None = None
         self._send_lock = threading.Lock()
@@ -249,11 +253,16 @@ class MeshtasticLink(Link):
             self._await_taken(iface, packet.id)
         self.counts["sent"] += 1
         now = time.monotonic()
-        self._pending[packet.id] = (now, bytes(frame))
-        for pid, (at, _) in list(self._pending.items()):
-            if now - at > 120:  # no NAK within two minutes: the radio took it
-                del self._pending[pid]
-                iface.responseHandlers.pop(pid, None)
+        with self._nak_lock:
+            early = self._early_naks.pop(packet.id, None)
+            if early is None:
+                self._pending[packet.id] = (now, bytes(frame))
+            for pid, (at, _) in list(self._pending.items()):
+                if now - at > 120:  # no NAK within two minutes: the radio took it
+                    del self._pending[pid]
+                    iface.responseHandlers.pop(pid, None)
+        if early is not None:
+            self._refused(bytes(frame), early)
 
     def send_text(self, text: str) -> None:
         """A text message with the bell character, for plain Meshtastic radios; one per 2 s at most."""
@@ -377,12 +386,24 @@ class MeshtasticLink(Link):
         """A routing NAK for one of our packets: the radio took the frame but will not send it."""
         decoded = packet.get("decoded", {})
         reason = decoded.get("routing", {}).get("errorReason", "NONE")
-        entry = self._pending.pop(decoded.get("requestId"), None)
+        request = decoded.get("requestId")
+        with self._nak_lock:
+            entry = self._pending.pop(request, None)
+            if entry is None and request is not None:
+                # Its frame is not entered yet (the sender still waits for the queueStatus): it is
+                # handled as the sender enters it. Before, such a frame was neither sent nor queued again.
+                self._early_naks[request] = reason
+                while len(self._early_naks) > 64:
+                    self._early_naks.pop(next(iter(self._early_naks)))
         self.counts[f"nak-{reason}"] += 1
         log.warning("radio refused a frame: %s", reason)
-        if entry is not None and self._on_refused is not None:
+        if entry is not None:
+            self._refused(entry[1], reason)
+
+    def _refused(self, frame: bytes, reason: str) -> None:
+        if self._on_refused is not None:
             try:
-                self._on_refused(entry[1], reason)
+                self._on_refused(frame, reason)
             except Exception:
                 log.exception("handling a refused frame failed")
 
