@@ -194,3 +194,19 @@ def test_room_is_reserved_for_the_expected_size_and_given_back_whatever_the_end(
         seal.seal(io.BytesIO(b"s" * 20_000), folder, recipients, max_item=10_000, max_total=1_000_000)
     assert seal.LEDGER.outstanding(folder) == 0
     assert seal.room(folder, 1_000_000) == 1_000_000 - item.sealed_size
+
+
+def test_a_large_item_is_handed_to_the_disk_as_it_streams_not_all_at_its_end(folder, identity, monkeypatch):
+    """Every WRITEBACK_EVERY bytes of sealed file the kernel is asked to write it back and drop it
+    from the page cache, so five uploads do not pile hundreds of megabytes of dirty pages in front
+    of the database's sync at a captain's hold (benchmark P11)."""
+    hints = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: (hints.append((offset, length, advice)),
+                                                                                real(fd, offset, length, advice))[1])
+    data = os.urandom(3 * seal.WRITEBACK_EVERY + 12345)
+    sealed = seal.seal(io.BytesIO(data), folder, [identity.to_public()], max_item=len(data), max_total=10 * len(data))
+    assert len(hints) >= 3 and all(advice == os.POSIX_FADV_DONTNEED for _, _, advice in hints)
+    assert [offset for offset, _, _ in hints] == sorted(offset for offset, _, _ in hints)   # each range once, in order
+    assert all(a[0] + a[1] == b[0] for a, b in zip(hints, hints[1:]))                      # no gap between them
+    assert pyrage.decrypt(sealed.path.read_bytes(), [identity]) == data                     # and nothing lost

@@ -179,6 +179,9 @@ def room(folder: Path, max_total: int) -> int:
     return max_total - used_bytes(Path(folder)) - LEDGER.outstanding(folder)
 
 
+WRITEBACK_EVERY = 4 << 20   # bytes of a sealed file between two hints to write it back (see _Sink)
+
+
 class _Source:
     """The plaintext on its way in: hashed and counted, refused past ``limit`` bytes."""
 
@@ -208,12 +211,19 @@ class _Source:
 
 
 class _Sink:
-    """The sealed bytes on their way out: hashed, counted, refused past the room reserved."""
+    """The sealed bytes on their way out: hashed, counted, refused past the room reserved.
+
+    Every ``WRITEBACK_EVERY`` bytes it asks the kernel to write what came so far to the disk
+    now, and to drop it from the page cache (``POSIX_FADV_DONTNEED``, which does not wait).
+    Left to itself the kernel holds hundreds of megabytes of five uploads in memory and writes
+    them in bursts, and the database's sync at a captain's hold waits behind a burst: hold to
+    siren p99 during 5 uploads of 100 MB 78-93 ms, 31 ms with this (benchmark P11)."""
 
     def __init__(self, fd: int, reservation: Reservation):
         self.fd, self.reservation = fd, reservation
         self.hash = hashlib.sha256()
         self.size = 0
+        self.written_back = 0   # bytes before this offset were handed to the kernel's writeback
         self.error: BaseException | None = None
 
     def writable(self) -> bool:
@@ -234,6 +244,12 @@ class _Sink:
         self.hash.update(data)
         self.size += len(data)
         self.reservation.written = self.size  # after the write: a look in between counts it twice, never none
+        if self.size - self.written_back >= WRITEBACK_EVERY and hasattr(os, "posix_fadvise"):
+            try:
+                os.posix_fadvise(self.fd, self.written_back, self.size - self.written_back, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass   # only a hint: the final fsync writes it all the same
+            self.written_back = self.size
         return len(data)
 
     def flush(self) -> None:
