@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from node import config as config_mod
-from node.daemon.node import Node
+from node.daemon.node import AIR_EVERY, Node
 from node.errors import ListenError, SilbatoError
 from node.hardware.devices import mock_factory
 from node.protocol.keys import SigningKey, install_roster, sign_roster
@@ -192,6 +192,8 @@ class Block:
                 # Each node ticks once a second at its own phase, as real nodes booted at random moments do.
                 phase = 0.001 + random.Random(self.seed * 7919 + i).random() * 0.998
                 self.scheduler.every(1.0, lambda i=i: self._tick(i), offset=phase)
+                # and its relays, receipts and heartbeats at their random moments between ticks
+                self.scheduler.every(AIR_EVERY, lambda i=i: self._air_tick(i), offset=phase / 5 + 0.0005)
             if self.sms is not None:
                 self.sms.start()
         except BaseException:
@@ -203,6 +205,11 @@ class Block:
         node = self.nodes.get(i)
         if node is not None:
             node.tick()
+
+    def _air_tick(self, i: int) -> None:
+        node = self.nodes.get(i)
+        if node is not None:
+            node.air_tick()
 
     def restart(self, i: int) -> Node:
         """Stop node i and start it again on the same files, radio and pins (a reboot)."""

@@ -150,3 +150,57 @@ def test_a_node_back_after_five_minutes_gets_every_alert_raised_meanwhile(make_b
                                           for a in raised), limit=600)
     assert done is not None and done - back <= 120, \
         f"seed {seed}: every node held both alerts and saw everyone had them {done and done - back} s after the return"
+
+
+def test_a_neighbour_that_needed_a_repair_has_every_later_state_relayed_whatever_copies_are_heard(make_block):
+    """A building joined to the block by one node in its dense middle hears only that node, and
+    that node hears enough copies from its other neighbours to stand down: once the building had to
+    be repaired (P3 seed 1: node 15, off node 7), its neighbour relays every new state."""
+    block = make_block(3, seed=1)
+    run = block.scheduler
+    run.run_for(300)
+    two = block.nodes[2]
+    block.air.set_loss(2, 3, 1.0)
+    alert = block.nodes[1].report()
+    assert run.run_until_true(lambda: has(block, 2, alert.id, State.REPORTED), limit=30) is not None
+    assert two.relays.needy(block.clock()) == set()
+    run.run_for(15)                                  # node 2's relay and copies are long past
+    block.air.set_loss(2, 3, 0.0)
+    assert run.run_until_true(lambda: has(block, 3, alert.id, State.REPORTED), limit=300) is not None
+    assert two.counts["repair"] >= 1 and two.relays.needy(block.clock()) == {3}
+    relayed = two.counts["relay"]
+    block.nodes[1].act("cancel", alert.id)
+    assert run.run_until_true(lambda: two.counts["relay-for-needy"] >= 1, limit=30, step=0.05) is not None
+    for _ in range(3):   # copies heard from other neighbours, as in a dense middle
+        two.relays.count_copy((alert.id, State.CANCELLED))
+    assert run.run_until_true(lambda: two.counts["relay"] > relayed, limit=5, step=0.05) is not None
+    assert two.counts["relay-suppressed"] == 0
+
+
+def test_a_reporter_with_a_needy_neighbour_sends_its_second_copy_whatever_copy_comes_back(make_block):
+    """Node 2 reports in the middle of a line; node 3, which needed a repair before, loses the
+    first copy, and node 1 (a dead end) passes it back. A copy does not say who sent it: the
+    reporter's second copy still goes, so node 3 has the report within seconds, not at a repair
+    much later (P3 seed 1: a reporter whose one weak link into the block lost the first copy kept
+    the whole block waiting 10-50 s, because a neighbour at the edge passed it back)."""
+    block = make_block(3, seed=1)
+    run = block.scheduler
+    run.run_for(300)
+    reporter, edge = block.nodes[2], block.nodes[1]
+    block.air.set_loss(2, 3, 1.0)                    # node 3 misses an alert, and is repaired
+    earlier = block.nodes[1].report()
+    run.run_for(20)
+    block.air.set_loss(2, 3, 0.0)
+    assert run.run_until_true(lambda: has(block, 3, earlier.id, State.REPORTED), limit=300) is not None
+    assert reporter.relays.needy(block.clock()) == {3}
+    run.run_for(30)
+    block.air.set_loss(2, 3, 1.0)
+    relayed, heard = reporter.counts["relay"], edge.counts["relay"]
+    alert = reporter.report(location=102)
+    assert run.run_until_true(lambda: edge.counts["relay"] > heard, limit=10, step=0.05) is not None
+    run.run_for(0.5)   # node 1's relay is on air and heard back
+    assert reporter.counts["relay"] == relayed, "the second copy was due before node 1's relay: nothing tested"
+    block.air.set_loss(2, 3, 0.0)
+    got = run.run_until_true(lambda: has(block, 3, alert.id, State.REPORTED), limit=6, step=0.05)
+    assert got is not None, reporter.counts
+    assert reporter.counts["relay"] >= relayed + 1

@@ -35,12 +35,25 @@ NEVER_SUPPRESSED = 1 << 30
 # neighbour's relay of it is heard first: the one copy a first hop lost to a collision is not left
 # to wait for a receipt or a heartbeat (a neighbour relays 0.3-2.5 s after it takes a state).
 OWN_AGAIN = (3.0, 4.5)
+# ... and a third the same span after the second, unless enough copies were heard by then: a
+# reporter joined to the block by one weak link into a busy node loses copy after copy to the
+# collisions there (P3 seed 1: 4 in a row), and the whole block waits on that one link.
+OWN_MORE = 1
+# A neighbour that still lacked a state this node had held for NEEDY_AFTER seconds, so that it had
+# to be repaired, is *needy*: for NEEDY_FOR seconds after, this node relays every new state whatever
+# copies it hears. Copies heard prove that other neighbours passed the state on, not that the
+# needy one heard them: a building at the edge of the block, joined by one weak link to a node
+# in the dense middle, hears only that node, and that node hears enough copies to stand down.
+NEEDY_AFTER = 8.0
+NEEDY_FOR = 6 * 3600.0
+NEEDY_KEPT = 64
 REPAIR_GAP = 60.0         # seconds between passing one alert state to neighbours that lack it
 REPAIR_WINDOW = 12        # transitions' airtimes: the random wait before a repair, so neighbours do not collide
 RECEIPT_DELAY = (2.0, 20.0)   # seconds: the random wait before a receipt, so 30 nodes do not send at once
 RECEIPT_AGAIN = (1.0, 6.0)    # seconds: the random wait before a further receipt (news to pass on)
 RECEIPT_GAP = 10.0        # seconds between two receipts of one alert state from this node
 MAX_RECEIPTS = 8          # receipts of one alert state from this node (each only when a neighbour needs it)
+NEWS_RECEIPTS = 2         # ... and this many more each time it learns of more buildings that have it
 # A neighbour still missing from this node's coverage of a state it has held this long (seconds: past
 # the longest wait before a first receipt) is sent the frame, up to GAP_REPAIRS times, REPAIR_GAP apart.
 REPAIR_AFTER = RECEIPT_DELAY[1] + 5.0
@@ -63,6 +76,7 @@ class PendingRelay:
     enough: int
     hop_limit: int | None = 0   # 0: to neighbours only; None: flooded with the link's hop limit
     copies: int = 0             # copies heard from neighbours meanwhile
+    more: int = 0               # further copies after this one, OWN_AGAIN apart, unless enough are heard
 
 
 @dataclass
@@ -87,8 +101,10 @@ class Relays:
     """Relays of new alert states and verdicts, and repairs for neighbours behind. Callers hold the node's lock."""
 
     def __init__(self, store: Store, outbox: Outbox, *, preset: str, rng: random.Random,
-                 counts: collections.Counter[str]):
+                 counts: collections.Counter[str], neighbours: Callable[[float], set[int]] = lambda now: set()):
         self.store, self.outbox, self.rng, self.counts = store, outbox, rng, counts
+        self.neighbours = neighbours   # neighbours(now): the live ones heard first-hand
+        self._needy: dict[int, float] = {}   # neighbour -> when it last needed a repair (see NEEDY_AFTER)
         # seconds on air of one transition, the unit of the random wait before a repair
         self.frame_airtime = time_on_air(wire.frame_size(wire.FrameType.TRANSITION) + MESH_OVERHEAD, preset)
         self._relays: dict[Hashable, PendingRelay] = {}   # (alert, state) or a verdict's key -> relay
@@ -101,8 +117,16 @@ class Relays:
         """Relay a new state heard from ``origin`` to the neighbours, unless enough of them do first."""
         key = (alert.id, alert.state)
         self._drop_older(alert)
-        self._relays[key] = PendingRelay(now + self.rng.uniform(*RELAY_DELAY), data, RELAY_ENOUGH)
+        needy = self.needy(now)
+        if needy:
+            self.counts["relay-for-needy"] += 1
+        self._relays[key] = PendingRelay(now + self.rng.uniform(*RELAY_DELAY), data,
+                                         NEVER_SUPPRESSED if needy else RELAY_ENOUGH)
         self._relay_frames[(origin, counter)] = key
+
+    def needy(self, now: float) -> set[int]:
+        """The live neighbours that needed a repair in the last NEEDY_FOR seconds."""
+        return {n for n, when in self._needy.items() if now - when < NEEDY_FOR} & self.neighbours(now)
 
     def _drop_older(self, alert: Alert) -> None:
         """Forget relays and repairs of ``alert``'s earlier states: old news, and each copy sent
@@ -119,7 +143,12 @@ class Relays:
         self._drop_older(alert)
         # Not due until the first copy is on air: the outbox may hold it while the radio is away,
         # and a second copy timed from the signing would go first, or into the same dead radio.
-        self._relays[key] = PendingRelay(UNTIL_ON_AIR, data, 1, hop_limit=None)
+        # It stands down when a neighbour's relay is heard first, unless a neighbour was needy of
+        # late: a copy does not say who sent it, and one from a neighbour at the edge of the block
+        # says nothing of a reporter's one weak link into the rest of it. Then a third copy follows.
+        needy = bool(self.needy(now))
+        self._relays[key] = PendingRelay(UNTIL_ON_AIR, data, NEVER_SUPPRESSED if needy else 1, hop_limit=None,
+                                         more=OWN_MORE if needy else 0)
         self._relay_frames[(wire.peek_origin(data) or (0, counter))[0], counter] = key
         self._own_waiting[data] = key
         while len(self._own_waiting) > OWN_WAITING_KEPT:   # frames the radio refused for good
@@ -155,6 +184,9 @@ class Relays:
             if relay.copies < relay.enough:
                 self.counts["relay"] += 1
                 self.outbox.send_ephemeral(relay.frame, hop_limit=relay.hop_limit)
+                if relay.more > 0:
+                    relay.due, relay.more = now + self.rng.uniform(*OWN_AGAIN), relay.more - 1
+                    self._relays[key] = relay
             else:
                 self.counts["relay-suppressed"] += 1
         if len(self._relay_frames) > RELAYED_FRAMES_KEPT:
@@ -177,6 +209,10 @@ class Relays:
         if len(self._repaired) > REPAIRS_KEPT:
             self._repaired = {a: t for a, t in self._repaired.items() if now - t < REPAIR_GAP}
         self._repaired[key] = now
+        if now - alert.updated_at >= NEEDY_AFTER:   # its relays and the flood had their chance: it is needy
+            self._needy[neighbour] = now
+            if len(self._needy) > NEEDY_KEPT:
+                del self._needy[min(self._needy, key=self._needy.__getitem__)]
         self._drop_older(alert)
         self.counts["repair"] += 1
         log.info("node %s lacks alert %s %s; passing it on", neighbour, alert.id, alert.state.word)
@@ -207,9 +243,17 @@ class Receipts:
         self.relays, self.neighbours = relays, neighbours   # neighbours(now): live ones heard first-hand
         self._receipts: dict[tuple[str, State], PendingReceipt] = {}
 
-    def schedule(self, alert_id: str, state: State, now: float) -> None:
-        """Send this node's view of who has ``alert_id`` in ``state`` soon, at a random moment."""
+    def schedule(self, alert_id: str, state: State, now: float, *, news: bool = False) -> None:
+        """Send this node's view of who has ``alert_id`` in ``state`` soon, at a random moment.
+
+        ``news``: this node just learned of buildings that have it. That is worth telling even when
+        its receipts of the state are spent: the budget refills by NEWS_RECEIPTS (news is bounded,
+        one bit per building), or a line whose middle was away stalls with an end node's coverage
+        short of what its neighbour knows, for good."""
         receipt = self._receipts.get((alert_id, state))
+        if receipt is not None and news and receipt.sent > MAX_RECEIPTS - NEWS_RECEIPTS:
+            receipt.sent = MAX_RECEIPTS - NEWS_RECEIPTS
+            self.counts["receipt-refill"] += 1
         if receipt is None:
             self._receipts[(alert_id, state)] = PendingReceipt(now + self.rng.uniform(*RECEIPT_DELAY), took=now)
         elif receipt.due is None and receipt.sent < MAX_RECEIPTS:  # sent before, and a neighbour needs more
@@ -254,7 +298,7 @@ class Receipts:
         if frame.state is alert.state:
             ours = self.store.coverage(alert.id, alert.state)
             if learned or not (ours[0] <= received and ours[1] <= sounded):
-                self.schedule(alert.id, alert.state, now)   # news for the others, or news for it
+                self.schedule(alert.id, alert.state, now, news=bool(learned))   # news for the others, or for it
             receipt = self._receipts.get((alert.id, alert.state))
             if receipt is not None:
                 receipt.theirs[frame.origin] = (frozenset(received), frozenset(sounded))

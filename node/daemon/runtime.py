@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Captains' requests (written by the web process) are polled every REQUEST_POLL seconds
 # by ``run``, and refused when older than store.REQUEST_TTL.
-REQUEST_POLL = 0.2
+REQUEST_POLL = 0.2   # and the air chores (Node.air_tick, every node.daemon.node.AIR_EVERY) with them
 TICK_EVERY = 1.0   # seconds between two ``Node.tick``s
 WIPED_EXIT = 3     # the exit code after a wipe: without its key the node cannot start again
 
@@ -99,6 +99,7 @@ def run(config: Config, *, stopping: threading.Event | None = None, link: Link |
                 node.tick()
             else:
                 node.process_requests()  # a captain's click is acted on within REQUEST_POLL seconds
+                node.air_tick()          # relays, receipts, heartbeats at their random moments, not the tick's
             if node.wiped:
                 log.critical("node wiped; the daemon exits and cannot start again without a new key")
                 return WIPED_EXIT
