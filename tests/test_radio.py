@@ -6,12 +6,13 @@ import time
 
 import pytest
 
+from node.protocol import wire
 from node.protocol.alerts import Kind, State
 from node.errors import RadioError
 from node.radio.interface import check_radio
 from node.radio.link import FrameRefused, MeshtasticLink
 from node.sim import Block
-from node.radio.sim_air import SimAir
+from node.radio.sim_air import PRIVATE_APP, SimAir
 from node.radio.sim_radio import SimMeshtasticRadio, StreamParser, frame
 
 CONNECT = 20  # seconds: generous bounds for waits, never speed asserts
@@ -150,6 +151,42 @@ def test_a_duty_cycle_nak_requeues_the_frame(serial_block, caplog):
     assert node2.wait_for(lambda: has(node2, alert.id), timeout=CONNECT), "the re-queued frame never arrived"
     assert block.nodes[1].link.counts["nak-DUTY_CYCLE_LIMIT"] == 1
     assert "DUTY_CYCLE_LIMIT" in caplog.text
+
+
+
+def test_a_lasting_duty_cycle_limit_queues_only_the_node_s_own_alert_states_and_backs_off(serial_block, monkeypatch):
+    """Every frame node 1 hands its radio is refused (a duty-cycle limit lasts minutes): its alert
+    state goes back into the outbox, after a backoff; a heartbeat or receipt is dropped, never
+    queued (it would go out stale, flooded to the whole mesh, and straight back into the radio)."""
+    refusing = {"on": False}
+    monkeypatch.setattr(SimMeshtasticRadio, "nak_next",
+                        property(lambda radio: "DUTY_CYCLE_LIMIT" if refusing["on"] and radio.number == 1 else "",
+                                 lambda radio, value: None), raising=False)
+    block = serial_block(n=2)
+    one, two = block.nodes[1], block.nodes[2]
+    first = one.store.db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0]
+    handed = len(block.radios[1].sent)
+    refusing["on"] = True
+    alert = one.report()
+    with one.lock:
+        one.liveness.next_heartbeat = 0.0   # a heartbeat falls due while the radio refuses everything
+    assert one.wait_for(lambda: one.link.counts["nak-DUTY_CYCLE_LIMIT"] >= 3 and one.counts["refused-ephemeral"] >= 1,
+                        timeout=CONNECT), (one.link.counts, one.counts)
+    refusing["on"] = False
+    rows = [bytes(f) for (f,) in one.store.db.execute("SELECT frame FROM outbox WHERE seq > ?", [first])]
+    kinds = {type(wire.decode(f, one.roster)).__name__ for f in rows}
+    assert kinds == {"TransitionFrame"}, kinds
+    assert all(wire.decode(f, one.roster).origin == 1 for f in rows)
+    # hop limit 0 frames went once each, with their hop limit
+    for packet in block.radios[1].sent[handed:]:
+        if packet.decoded.portnum != PRIVATE_APP:
+            continue   # the bell text for plain Meshtastic apps
+        decoded = wire.decode(bytes(packet.decoded.payload), one.roster)
+        if not isinstance(decoded, wire.TransitionFrame):
+            assert packet.hop_limit == 0, (type(decoded).__name__, packet.hop_limit)
+    # backing off: the first retry waits 5 s, the next 10 s, so a few refusals, not one per radio round trip
+    assert one.link.counts["nak-DUTY_CYCLE_LIMIT"] <= 8, one.link.counts
+    assert two.wait_for(lambda: has(two, alert.id), timeout=3 * CONNECT), "the report never went once the limit cleared"
 
 
 def test_garbage_and_console_lines_on_the_serial_stream_leave_the_node_running(serial_block, caplog):

@@ -185,7 +185,7 @@ class Liveness:
                        or (known is not None and int(known.state) < frame.latest_state)):
             self.answer_early(now, "pull")   # (an ended alert it never had is not worth the air)
         if known is not None and int(known.state) > frame.latest_state and known.state in alerts.ON_AIR:
-            self.relays.repair(known, frame.origin, now)   # it missed a later state, say the withdrawal
+            self.relays.repair(known, frame.origin, now, shown=True)   # it missed a later state, say the withdrawal
         # Our latest alert, to a neighbour that has none, or whose latest has ended here or is clearly
         # older. (Which of two active alerts is "latest" can differ between nodes by moments: those
         # it has both, and would otherwise pass to each other for as long as both are active.)
@@ -193,7 +193,7 @@ class Liveness:
         if latest is not None and latest.id != theirs and (
                 theirs is None or (known is not None and (known.state not in alerts.ACTIVE
                                                           or latest.opened_at - known.opened_at > REPAIR_GAP))):
-            self.relays.repair(latest, frame.origin, now)
+            self.relays.repair(latest, frame.origin, now, shown=True)
 
     def apply_silent(self, frame: wire.SilentFrame, now: float, data: bytes) -> None:
         """A neighbour of ``frame.subject`` says it has gone silent: show it, and pass the word on.

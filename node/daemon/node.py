@@ -326,6 +326,8 @@ class Node:
         with self.lock:
             now = self.clock()
             for name, chore in self._air_chores:
+                if self.wiped or self._wiping:   # a wipe began while this waited for the lock
+                    return
                 try:
                     chore(now)
                 except Exception:

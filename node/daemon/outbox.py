@@ -20,6 +20,7 @@ from typing import Callable
 
 from node.daemon.troubles import Troubles
 from node.errors import RadioError, StoreError
+from node.protocol import wire
 from node.radio.link import TRANSIENT_NAKS, FrameRefused, Link
 from node.store import Store
 
@@ -30,6 +31,10 @@ SENDER_JOIN = 10.0   # seconds: how long ``stop`` waits for a send in progress
 # Seconds an ephemeral frame may wait for the radio: a heartbeat read later makes its news look
 # that much fresher (ages count from its arrival), and one age unit is 4 s.
 EPHEMERAL_TTL = 4.0
+# Seconds the sender leaves the outbox alone after the radio refused one of its frames for a
+# passing reason (a duty-cycle limit lasts minutes): doubled at each refusal in a row, to at most
+# REFUSED_BACKOFF_MAX; a refusal REFUSED_FORGET seconds after the last starts again from the first.
+REFUSED_BACKOFF, REFUSED_BACKOFF_MAX, REFUSED_FORGET = 5.0, 60.0, 120.0
 
 
 class Outbox:
@@ -54,6 +59,9 @@ class Outbox:
         # Frames sent since the sender began waiting for the radio, or None while it is not
         # waiting: the wait is logged when it begins and when it ends, not at every wake.
         self._waited: int | None = None
+        self._refusals = 0                 # refusals in a row (REFUSED_FORGET apart at most)
+        self._last_refused = -1e12         # time.monotonic() of the last
+        self._retry_at = -1e12             # time.monotonic() before which the outbox is left alone
 
     # -- queueing -----------------------------------------------------------------------------
 
@@ -144,10 +152,25 @@ class Outbox:
                 log.info("radio trouble cleared: %s", subsystem)
 
     def on_refused(self, frame: bytes, reason: str) -> None:
-        """The radio took a frame but refused to transmit it: queue it again if that may pass."""
+        """The radio took a frame but refused to transmit it: queue it again if that may pass.
+
+        Only an alert state this node signed goes back into the outbox (which sends it flooded,
+        after a backoff). A heartbeat, receipt, verdict or a relay of another node's frame is
+        ephemeral: queued, it would go out stale, to the whole mesh instead of the neighbours
+        (making a node two hops away take this one for a neighbour), and straight back into the
+        radio that refused it."""
         if reason not in TRANSIENT_NAKS:
             log.error("radio refused a frame for good (%s); it is dropped", reason)
             return
+        if not (len(frame) > 1 and frame[1] == wire.FrameType.TRANSITION and self._own(frame)):
+            self.counts["refused-ephemeral"] += 1
+            log.debug("radio refused an ephemeral frame (%s); dropped", reason)
+            return
+        now = time.monotonic()
+        self._refusals = self._refusals + 1 if now - self._last_refused < REFUSED_FORGET else 1
+        self._last_refused = now
+        backoff = min(REFUSED_BACKOFF * 2 ** (self._refusals - 1), REFUSED_BACKOFF_MAX)
+        self._retry_at = now + backoff
         with self._lock:
             try:
                 with self.store.transaction():
@@ -155,8 +178,7 @@ class Outbox:
             except StoreError as exc:
                 log.error("could not re-queue a refused frame: %s", exc)
                 return
-        log.warning("radio refused a frame (%s); queued again", reason)
-        self._kick.set()
+        log.warning("radio refused a frame (%s); queued again, sent in %.0f s", reason, backoff)
 
     # -- the sender thread, for a link whose send may block --------------------------------------
 
@@ -184,7 +206,8 @@ class Outbox:
 
     def _send_pending(self) -> None:
         with self._lock:
-            pending = self.store.pending()
+            # none while the radio refused a frame of ours a moment ago (on_refused)
+            pending = self.store.pending() if time.monotonic() >= self._retry_at else []
         for seq, frame in pending:
             if self._stopping.is_set():
                 return

@@ -35,7 +35,7 @@ NEVER_SUPPRESSED = 1 << 30
 # neighbour's relay of it is heard first: the one copy a first hop lost to a collision is not left
 # to wait for a receipt or a heartbeat (a neighbour relays 0.3-2.5 s after it takes a state).
 OWN_AGAIN = (3.0, 4.5)
-# ... and a third the same span after the second, unless enough copies were heard by then: a
+# ... and, while a neighbour is needy (below), a third the same span after the second, whatever is heard: a
 # reporter joined to the block by one weak link into a busy node loses copy after copy to the
 # collisions there (P3 seed 1: 4 in a row), and the whole block waits on that one link.
 OWN_MORE = 1
@@ -193,12 +193,16 @@ class Relays:
             for frame_key in list(self._relay_frames)[:RELAYED_FRAMES_FORGOTTEN]:
                 del self._relay_frames[frame_key]
 
-    def repair(self, alert: Alert, neighbour: int, now: float, *, gap: float = REPAIR_GAP) -> None:
+    def repair(self, alert: Alert, neighbour: int, now: float, *, gap: float = REPAIR_GAP, shown: bool = False) -> None:
         """Pass ``alert``'s signed frame to the neighbours, after a random wait, unless another neighbour does first.
 
         Every neighbour of a node that is behind hears the same heartbeat; those hidden from each
         other would collide at it if they all answered at once, so each waits a random span of
         several frames' airtime and stands down on hearing another's copy.
+
+        ``shown``: the neighbour's own frame (its heartbeat or receipt) showed it lacks the state,
+        so, 8 s or more after this node took it, the neighbour is needy (NEEDY_AFTER). A gap in the
+        coverage is no such evidence: a receipt lost or late makes one as well.
         """
         key = (alert.id, alert.state)
         if now - self._repaired.get(key, NEVER) < gap or key in self._relays:
@@ -209,7 +213,7 @@ class Relays:
         if len(self._repaired) > REPAIRS_KEPT:
             self._repaired = {a: t for a, t in self._repaired.items() if now - t < REPAIR_GAP}
         self._repaired[key] = now
-        if now - alert.updated_at >= NEEDY_AFTER:   # its relays and the flood had their chance: it is needy
+        if shown and now - alert.updated_at >= NEEDY_AFTER:   # the relays and the flood had their chance
             self._needy[neighbour] = now
             if len(self._needy) > NEEDY_KEPT:
                 del self._needy[min(self._needy, key=self._needy.__getitem__)]
@@ -294,7 +298,7 @@ class Receipts:
         if alerts.newer(alert.state, frame.state) and self.relays is not None:
             self.counts["receipt-repair"] += 1
             # its receipt shows it lacks our later state: each such receipt is evidence, so the gap is short
-            self.relays.repair(alert, frame.origin, now, gap=RECEIPT_GAP)
+            self.relays.repair(alert, frame.origin, now, gap=RECEIPT_GAP, shown=True)
         if frame.state is alert.state:
             ours = self.store.coverage(alert.id, alert.state)
             if learned or not (ours[0] <= received and ours[1] <= sounded):
