@@ -19,6 +19,7 @@ from node.evidence import seal
 from node.protocol.alerts import State
 from web import uploads as web_uploads
 from web.server import MAX_BODY, Server
+from gammu import until as wall_until
 from websupport import app_for, everywhere, make_block, until
 
 MARKER = b"CANARY-5c1e-the-agents-at-the-door-"
@@ -231,8 +232,10 @@ def test_an_idle_upload_is_abandoned_and_leaves_no_file(block, identity):
     assert client.put(f"{url}?offset=0", data=b"v" * 1_000_000).json["offset"] == 1_000_000
     registry = app.extensions["silbato.uploads"]
     upload = registry.get(answer.json["id"])
-    until_written = upload.pipe  # the sealer has begun its hidden file
-    assert until_written is not None and any(p.name.startswith(".part-") for p in evidence_folder(block).iterdir())
+    assert upload.pipe is not None
+    # the sealer (its own thread) begins its hidden file; under load, a moment after the piece was taken
+    wall_until(lambda: any(p.name.startswith(".part-") for p in evidence_folder(block).iterdir()),
+               timeout=WAIT, what="the sealer's hidden file")
 
     now[0] += web_uploads.IDLE - 1
     assert registry.sweep() == 0

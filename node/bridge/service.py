@@ -65,6 +65,7 @@ class Bridge:
         self.filter = f"{PREFIX}/{link.neighborhood}/#"
         self.client = self._client()
         self.connected = False
+        self.subscribed = False   # the broker confirmed the subscription (SUBACK) on this connection
         self.held = threading.Event()  # set: the link is held down (the sim's control endpoint)
         self._started = clock()
         self._down_since = self._started
@@ -95,6 +96,7 @@ class Bridge:
             client.tls_set(ca_certs=link.ca_file or None, cert_reqs=ssl.CERT_REQUIRED)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         return client
@@ -256,7 +258,7 @@ class Bridge:
 
     def close(self) -> None:
         """Disconnect, and record the link down (nobody keeps it up now)."""
-        self.connected = False
+        self.connected = self.subscribed = False
         try:
             self.client.disconnect()
             self.client.loop(timeout=0)
@@ -274,7 +276,7 @@ class Bridge:
         if reason_code.is_failure:
             self._refused = f"refused: {reason_code}"
             return
-        self.connected = True
+        self.connected, self.subscribed = True, False
         self._backoff = BACKOFF_MIN
         self._up_since = self.clock()
         # retain_handling 1: the retained rosters come again only when the broker lost the session.
@@ -283,13 +285,20 @@ class Bridge:
         log.info("bridge: connected to %s:%d as %s (session %s); subscribed to %s", self.link.host, self.link.port,
                  self.link.client_id, "resumed" if flags.session_present else "new", self.filter)
 
+    def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties) -> None:
+        failed = [code for code in reason_codes if code.is_failure]
+        if failed:
+            log.error("bridge: the broker refused the subscription to %s: %s", self.filter, failed[0])
+            return
+        self.subscribed = True
+
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         if self.connected:
             self._went_down(self.clock(), "connection lost" if reason_code.value in (0, 128)
                             else f"disconnected: {reason_code}")
 
     def _went_down(self, now: float, reason: str) -> None:
-        self.connected = False
+        self.connected = self.subscribed = False
         self._reason = reason
         self._down_since = now
         self._next_try = now + self._backoff
@@ -324,8 +333,10 @@ class Bridge:
 
     def show_state(self, now: float) -> None:
         """``link``, ``link_since`` and ``trouble`` in ``bridge_state``, written when they change."""
-        if self.connected:
+        if self.connected and self.subscribed:
             state = ("up", self._up_since, "")
+        elif self.connected:
+            return   # connected, its subscription not yet confirmed: "up" would promise what it may miss
         else:
             trouble = ""
             if now - self._down_since > TROUBLE_AFTER:
