@@ -58,6 +58,11 @@ NEWS_RECEIPTS = 2         # ... and this many more each time it learns of more b
 # the longest wait before a first receipt) is sent the frame, up to GAP_REPAIRS times, REPAIR_GAP apart.
 REPAIR_AFTER = RECEIPT_DELAY[1] + 5.0
 GAP_REPAIRS = 3
+# After a neighbour came back from an outage, its neighbours' three tries go BACK_REPAIR_GAP apart
+# (plus a random up to BACK_REPAIR_JITTER), not REPAIR_GAP: every one of them tries at once when it
+# hears it again, and a node in the busy middle of the block, answered by nine, loses the first
+# round to the collisions of their answers (P10: the alerts raised meanwhile came 62 and 123 s on).
+BACK_REPAIR_GAP, BACK_REPAIR_JITTER = 15.0, 10.0
 # Bounds on what is remembered for a busy block: beyond the first, the oldest (or finished) are forgotten.
 RELAYED_FRAMES_KEPT, RELAYED_FRAMES_FORGOTTEN = 500, 250
 REPAIRS_KEPT = 200
@@ -94,6 +99,7 @@ class PendingReceipt:
     theirs: dict[int, tuple[frozenset[int], frozenset[int]]] = field(default_factory=dict)
     repairs: int = 0            # neighbours missing from the coverage, passed the frame
     next_repair: float = NEVER
+    back: bool = False          # the tries are for a neighbour back from an outage (BACK_REPAIR_GAP apart)
     recheck: float = NEVER      # when to ask again whether every live neighbour has shown it knows what this one does
 
 
@@ -327,7 +333,7 @@ class Receipts:
                 continue
             if neighbour in self.store.coverage(alert_id, state)[0]:
                 continue
-            receipt.repairs, receipt.next_repair = 0, now
+            receipt.repairs, receipt.next_repair, receipt.back = 0, now, True
             receipt.took = min(receipt.took, now - REPAIR_AFTER)
             self.counts["back-repair"] += 1
 
@@ -405,6 +411,7 @@ class Receipts:
         if self.relays is None or alert.state is not state or state not in alerts.ON_AIR or not missing:
             receipt.repairs = GAP_REPAIRS   # nothing to do for this state now or later: stop looking
             return
-        receipt.repairs, receipt.next_repair = receipt.repairs + 1, now + REPAIR_GAP
+        gap = BACK_REPAIR_GAP + self.rng.uniform(0.0, BACK_REPAIR_JITTER) if receipt.back else REPAIR_GAP
+        receipt.repairs, receipt.next_repair = receipt.repairs + 1, now + gap
         self.counts["gap-repair"] += 1
         self.relays.repair(alert, min(missing), now, gap=RECEIPT_GAP)
