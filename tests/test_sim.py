@@ -365,8 +365,10 @@ def test_sim_sms_a_report_by_text_reaches_the_responders_and_a_confirm_by_text_t
         assert client.get("/sms/out").json == []
         arrived = client.post("/sms/in", json={"from": ana, "text": f"REPORT 101 {ana_pin}"})
         assert arrived.status_code == 200 and arrived.json["arrived"] is True, arrived.json
-        until(lambda: block.nodes[2].store.active_alerts(), 30, "the texted report on node 2")
-        alert = block.nodes[1].store.active_alerts()[0]
+        # A running node's store is its daemon's connection: read it under the node's lock, as the
+        # control endpoint does (unlocked, a read can land inside the daemon's savepoint).
+        until(lambda: locked(block.nodes[2], lambda store: store.active_alerts()), 30, "the texted report on node 2")
+        alert = locked(block.nodes[1], lambda store: store.active_alerts())[0]
         assert alert.state is State.REPORTED
         out = until(lambda: [t for t in client.get("/sms/out").json if f"CONFIRM {alert.id} PIN" in t["text"]]
                     if len(client.get("/sms/out").json) >= 3 else None, 30, "the responders' texts")
@@ -377,8 +379,10 @@ def test_sim_sms_a_report_by_text_reaches_the_responders_and_a_confirm_by_text_t
         # gateway (node 1, the roster's dispatcher) signs both.
         client.post("/sms/in", query_string={"from": ana, "text": f"CONFIRM {alert.id} {ana_pin}"})
         client.post("/sms/in", json={"from": ben, "text": f"CONFIRM {alert.id} {ben_pin}"})
-        until(lambda: block.nodes[2].store.get_alert(alert.id).state is State.CONFIRMED, 30, "the texted CONFIRM")
-        refused = [r for r in block.nodes[1].store.db.query("SELECT * FROM requests WHERE action = 'confirm'")]
+        until(lambda: locked(block.nodes[2], lambda store: store.get_alert(alert.id).state) is State.CONFIRMED, 30,
+              "the texted CONFIRM")
+        refused = locked(block.nodes[1],
+                         lambda store: list(store.db.query("SELECT * FROM requests WHERE action = 'confirm'")))
         assert sorted(r["status"] for r in refused) == ["refused", "signed"], refused
         broad = until(lambda: [t for t in client.get("/sms/out").json if t["to"] == SIM_BROAD[0][0]], 60,
                       "the broad list's text")
@@ -388,6 +392,12 @@ def test_sim_sms_a_report_by_text_reaches_the_responders_and_a_confirm_by_text_t
     finally:
         block.stop()
 
+
+
+def locked(node, read):
+    """``read(node.store)`` under the node's lock (a running node's daemon threads share its connection)."""
+    with node.lock:
+        return read(node.store)
 
 @pytest.mark.skipif(_gammu_smsd() is None, reason="gammu-smsd is not installed (.ci/apt-packages)")
 @pytest.mark.parametrize("body, words", [
