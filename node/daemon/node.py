@@ -298,19 +298,7 @@ class Node:
         One chore failing (say, a full disk during expiry) is logged and counted, and the
         others still run: re-sends, heartbeats and the outbox do not wait for it.
         """
-        if self.wiped or self._wiping:
-            return
-        with self.lock:
-            now = self.clock()
-            for name, chore in self._tick_chores:
-                if self.wiped or self._wiping:  # a wipe (a captains' request, the buttons): nothing is left to look after
-                    return
-                try:
-                    chore(now)
-                except Exception:
-                    self.counts["error"] += 1
-                    log.exception("housekeeping (%s) failed; the node goes on", name)
-            self._changed.notify_all()
+        self._run_chores(self._tick_chores, notify=True)
 
     def air_tick(self) -> None:
         """Between ticks (every ``AIR_EVERY`` seconds): send the relays, receipts and heartbeats due
@@ -321,18 +309,26 @@ class Node:
         whose ticks fall within one airtime of each other collided at the node between them
         each time both had something to send in the same second (P3, seed 1: a reporter's one
         link into the block lost 8 copies in a row to a neighbour's receipts there)."""
+        self._run_chores(self._air_chores)
+
+    def _run_chores(self, chores: tuple[tuple[str, Callable[[float], None]], ...], *, notify: bool = False) -> None:
+        """Run ``chores`` in turn under the node's lock, each in its own ``try``, and with ``notify``
+        wake those waiting for a change; none once a wipe began (a captains' request, the
+        buttons: nothing is left to look after)."""
         if self.wiped or self._wiping:
             return
         with self.lock:
             now = self.clock()
-            for name, chore in self._air_chores:
-                if self.wiped or self._wiping:   # a wipe began while this waited for the lock
+            for name, chore in chores:
+                if self.wiped or self._wiping:   # a wipe began, perhaps while this waited for the lock
                     return
                 try:
                     chore(now)
                 except Exception:
                     self.counts["error"] += 1
                     log.exception("housekeeping (%s) failed; the node goes on", name)
+            if notify:
+                self._changed.notify_all()
 
     def process_requests(self) -> None:
         """Apply the captains' pending requests now. Never raises."""
