@@ -81,7 +81,7 @@ class PendingRelay:
     enough: int
     hop_limit: int | None = 0   # 0: to neighbours only; None: flooded with the link's hop limit
     copies: int = 0             # copies heard from neighbours meanwhile
-    more: int = 0               # further copies after this one, OWN_AGAIN apart, unless enough are heard
+    more: int = 0               # further copies after this one, OWN_AGAIN apart (own states, needy neighbours)
 
 
 @dataclass
