@@ -210,3 +210,26 @@ def test_a_large_item_is_handed_to_the_disk_as_it_streams_not_all_at_its_end(fol
     assert [offset for offset, _, _ in hints] == sorted(offset for offset, _, _ in hints)   # each range once, in order
     assert all(a[0] + a[1] == b[0] for a, b in zip(hints, hints[1:]))                      # no gap between them
     assert pyrage.decrypt(sealed.path.read_bytes(), [identity]) == data                     # and nothing lost
+
+
+class _Counted(io.BytesIO):
+    """A source that keeps the size of every read asked of it."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.asked = []
+
+    def read(self, n=-1):
+        self.asked.append(n)
+        return super().read(n)
+
+
+def test_the_plaintext_is_read_and_hashed_in_large_pieces_not_in_pyrages_8_kib(folder, identity):
+    """pyrage asks for 8 KiB at a time; the source (the page's pipe of 1 MiB pieces) is read
+    READ_AHEAD bytes at a time: one look at the pipe per piece, not 128 (benchmark P11)."""
+    data = os.urandom(3 * seal.READ_AHEAD + 777)
+    source = _Counted(data)
+    sealed = seal.seal(source, folder, [identity.to_public()], max_item=len(data), max_total=10 * len(data))
+    assert len(source.asked) <= 5 and max(source.asked) <= seal.READ_AHEAD
+    assert sealed.size == len(data) and sealed.sha256 == hashlib.sha256(data).hexdigest()
+    assert pyrage.decrypt(sealed.path.read_bytes(), [identity]) == data

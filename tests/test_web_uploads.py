@@ -314,3 +314,18 @@ def test_uploads_started_together_cannot_share_the_same_free_space(block, identi
     assert again.status_code == 201
     app.extensions["silbato.uploads"].close()
     assert seal.LEDGER.outstanding(folder) == 0
+
+
+def test_the_pipe_gives_back_the_pieces_in_order_whole_or_in_parts():
+    """The sealer reads whole pieces (not copied) or parts of one; nothing is lost or doubled."""
+    pipe = web_uploads.Pipe(1 << 20)
+    pieces = [bytes([i]) * (1000 + i) for i in range(3)]
+    for piece in pieces:
+        pipe.write(piece, timeout=1)
+    pipe.close()
+    first = pipe.read(10_000)
+    assert first is pieces[0]                      # a whole piece, as written
+    got = [first, pipe.read(300), pipe.read(-1)]   # a part, then the rest of that piece
+    while chunk := pipe.read(512):
+        got.append(chunk)
+    assert b"".join(got) == b"".join(pieces) and got[1] == pieces[1][:300]

@@ -27,8 +27,8 @@ the page, into a buffer that moves to an (unlinked) temporary file once it holds
   ``Content-Length`` of ``MAX_BODY`` or more with 413 as soon as the headers end, before
   reading any of it (parser.py, ``received``); a chunked body is counted as it comes and
   refused the moment it reaches ``MAX_BODY`` raw bytes, so its buffer holds less than
-  ``MAX_BODY + recv_bytes`` decoded bytes;
-- ``inbuf_overflow`` is ``MAX_BODY + 64 KiB`` (past anything an accepted body can buffer),
+  ``MAX_BODY + RECV_BYTES`` decoded bytes (waitress reads ``RECV_BYTES`` at a time);
+- ``inbuf_overflow`` is ``MAX_BODY + RECV_BYTES + 64 KiB`` (past anything a body can buffer),
   so a body's buffer never becomes a temporary file (buffers.py, ``OverflowableBuffer.append``);
 - every connection holds at most two bodies (the one served and one read ahead,
   ``channel_request_lookahead=1``), and all of them together stay near ``BODY_BUDGET``:
@@ -79,9 +79,12 @@ LOG_EVERY = 60.0  # seconds: at most one line per refused address, and one for t
 # this, larger ones go in pieces. Memory, worst case: a Pi Zero 2 W has 512 MB (about 400 free
 # beside the daemon). Without a budget one address could hold PER_ADDRESS (32) connections x 2
 # bodies x 8 MiB = 512 MiB, and the whole server (live_clients 200 + 136 connections) 5.25 GiB;
-# so bodies are held to BODY_BUDGET (64 MiB) in all, plus at most SMALL_BODY + recv_bytes per
-# connection read before the budget is noticed: 336 x 72 KiB = 24 MiB. 88 MiB at worst.
+# so bodies are held to BODY_BUDGET (64 MiB) in all, plus at most SMALL_BODY + RECV_BYTES per
+# connection read before the budget is noticed: 336 x 192 KiB = 63 MiB. 127 MiB at worst.
 MAX_BODY = 8 * 1024 * 1024
+# Bytes waitress takes from a socket at once (its default is 8 KiB). A video's 1 MiB pieces came
+# in 128 reads each, and the page sealed 130-140 MB/s; with 128 KiB, 215-245 MB/s (benchmark P11).
+RECV_BYTES = 128 * 1024
 BODY_BUDGET = 64 * 1024 * 1024
 SMALL_BODY = 64 * 1024  # bytes of body a request may always buffer, budget or not (forms, the API)
 TOO_LARGE_PATH = "/too-large"  # the page's own 413, asked for with the refused request's headers
@@ -363,7 +366,7 @@ class Server:
                 cleanup_interval=MAINTENANCE, asyncore_use_poll=True, ident="silbato",
                 clear_untrusted_proxy_headers=True,
                 # every accepted body stays in memory (see the module docstring)
-                max_request_body_size=MAX_BODY, inbuf_overflow=MAX_BODY + 64 * 1024,
+                max_request_body_size=MAX_BODY, inbuf_overflow=MAX_BODY + RECV_BYTES + 64 * 1024, recv_bytes=RECV_BYTES,
                 # keep reading while a request runs, so a live stream learns at once that its reader left
                 channel_request_lookahead=1)
             dispatcher = ThreadedTaskDispatcher()  # its threads start once every socket is bound

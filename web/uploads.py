@@ -70,7 +70,7 @@ class Pipe:
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._pieces: collections.deque[memoryview] = collections.deque()
+        self._pieces: collections.deque = collections.deque()
         self._held = 0
         self._closed = False
         self._error: BaseException | None = None
@@ -85,7 +85,7 @@ class Pipe:
                 raise EvidenceError("the sealer did not keep up")
             if self._error is not None:
                 raise self._error
-            self._pieces.append(memoryview(data))
+            self._pieces.append(data if isinstance(data, bytes) else bytes(data))
             self._held += len(data)
             self._cond.notify_all()
 
@@ -110,12 +110,13 @@ class Pipe:
             if not self._pieces:
                 return b""
             piece = self._pieces[0]
-            n = len(piece) if n is None or n < 0 else n
-            out = bytes(piece[:n])  # a memoryview slice: the rest of the piece is not copied
-            if len(piece) > n:
-                self._pieces[0] = piece[n:]
+            if n is None or n < 0 or n >= len(piece):  # the whole piece, as written: not copied
+                out = self._pieces.popleft()
+                out = out if isinstance(out, bytes) else bytes(out)
             else:
-                self._pieces.popleft()
+                view = memoryview(piece)
+                out = bytes(view[:n])  # a memoryview slice: the rest of the piece is not copied
+                self._pieces[0] = view[n:]
             self._held -= len(out)
             self._cond.notify_all()
             return out

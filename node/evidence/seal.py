@@ -179,35 +179,44 @@ def room(folder: Path, max_total: int) -> int:
     return max_total - used_bytes(Path(folder)) - LEDGER.outstanding(folder)
 
 
+READ_AHEAD = 1 << 20
 WRITEBACK_EVERY = 4 << 20   # bytes of a sealed file between two hints to write it back (see _Sink)
 
 
 class _Source:
-    """The plaintext on its way in: hashed and counted, refused past ``limit`` bytes."""
+    """The plaintext on its way in: hashed and counted, refused past ``limit`` bytes.
+
+    pyrage asks for 8 KiB at a time; the source is read ``READ_AHEAD`` bytes at a time and
+    hashed in one call per read (hashlib lets go of the GIL for it), and pyrage is served from
+    that buffer: one look at the page's pipe per piece, not 128 (benchmark P11)."""
 
     def __init__(self, source: BinaryIO, limit: int):
         self.source, self.limit = source, limit
         self.hash = hashlib.sha256()
         self.size = 0
         self.error: BaseException | None = None
-        self.largest_read = 0
+        self._held = memoryview(b"")
 
     def readable(self) -> bool:
         return True
 
     def read(self, n: int = -1) -> bytes:
-        try:
-            chunk = self.source.read(n if n is not None and n > 0 else 65536)
-        except BaseException as exc:  # a dropped connection: kept, re-raised by ``seal``
-            self.error = exc
-            raise
-        self.largest_read = max(self.largest_read, len(chunk))
-        self.size += len(chunk)
-        if self.size > self.limit:
-            self.error = TooLarge(f"over the limit of {self.limit} bytes")
-            raise self.error
-        self.hash.update(chunk)
-        return chunk
+        n = n if n is not None and n > 0 else 65536
+        if not self._held:
+            try:
+                # ahead, but never more than one byte past the limit
+                chunk = self.source.read(max(n, min(READ_AHEAD, self.limit - self.size + 1)))
+            except BaseException as exc:  # a dropped connection: kept, re-raised by ``seal``
+                self.error = exc
+                raise
+            self.size += len(chunk)
+            if self.size > self.limit:
+                self.error = TooLarge(f"over the limit of {self.limit} bytes")
+                raise self.error
+            self.hash.update(chunk)
+            self._held = memoryview(chunk)
+        out, self._held = self._held[:n], self._held[n:]
+        return bytes(out)
 
 
 class _Sink:
