@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("evidence", __name__, template_folder="templates")
 
-READ_SIZE = 64 * 1024           # bytes read from the socket at a time: the most of a file held in memory
+READ_SIZE = 64 * 1024           # bytes read from the request at a time (the sealer holds up to 1 MiB: seal.READ_AHEAD)
 UPLOAD_LIMIT = (20, 600.0)      # uploads per address per 10 minutes (each may hold several files)
 STATEMENT_MAX = 20_000          # characters of a written statement
 RECENT = 24 * 3600.0            # seconds after an incident ended that its page still takes evidence
@@ -358,13 +358,16 @@ class _PartReader:
 
     def read(self, n: int = -1) -> bytes:
         n = READ_SIZE if n is None or n < 0 else n
-        while len(self.buffer) < n and not self.done:
+        pieces, held = [self.buffer], len(self.buffer)
+        while held < n and not self.done:   # joined once: the sealer asks for up to 1 MiB at a time
             event = self.parts._next()
             if not isinstance(event, Data):
                 raise _Malformed("a file part ended early")
-            self.buffer += event.data
+            pieces.append(event.data)
+            held += len(event.data)
             self.done = not event.more_data
-        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        buffer = b"".join(pieces) if len(pieces) > 1 else self.buffer
+        out, self.buffer = buffer[:n], buffer[n:]
         return out
 
     def drain(self) -> None:
