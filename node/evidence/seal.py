@@ -179,7 +179,7 @@ def room(folder: Path, max_total: int) -> int:
     return max_total - used_bytes(Path(folder)) - LEDGER.outstanding(folder)
 
 
-READ_AHEAD = 1 << 20
+READ_AHEAD = 1 << 20        # bytes of plaintext taken from the source at once (see _Source)
 WRITEBACK_EVERY = 4 << 20   # bytes of a sealed file between two hints to write it back (see _Sink)
 
 
