@@ -204,3 +204,28 @@ def test_a_reporter_with_a_needy_neighbour_sends_its_second_copy_whatever_copy_c
     got = run.run_until_true(lambda: has(block, 3, alert.id, State.REPORTED), limit=6, step=0.05)
     assert got is not None, reporter.counts
     assert reporter.counts["relay"] >= relayed + 1
+
+
+def test_a_node_that_learned_it_was_behind_relays_the_state_when_it_comes_whatever_copies_are_heard(make_block):
+    """A neighbour's receipt or heartbeat showed node 3 a state it lacked: the flood missed this
+    part of the block, so whoever is beyond node 3 probably lacks it too. When the repair brings
+    it, node 3 relays it whatever copies it hears, and once more after (P3 seed 2: a confirm
+    crossed a chain of six buildings one late repair at a time, 17-37 s)."""
+    block = make_block(3, seed=1)
+    run = block.scheduler
+    run.run_for(300)
+    three = block.nodes[3]
+    block.air.set_loss(2, 3, 1.0)
+    alert = block.nodes[1].report()
+    assert run.run_until_true(lambda: has(block, 2, alert.id, State.REPORTED), limit=30) is not None
+    run.run_for(5)                                   # node 2's relay is long gone; node 3 heard nothing
+    block.air.set_loss(2, 3, 0.0)
+    assert run.run_until_true(lambda: three.relays._behind or has(block, 3, alert.id, State.REPORTED),
+                              limit=300, step=0.05) is not None
+    assert not has(block, 3, alert.id, State.REPORTED), "repaired before it knew it was behind: nothing tested"
+    relayed = three.counts["relay"]
+    assert run.run_until_true(lambda: has(block, 3, alert.id, State.REPORTED), limit=120, step=0.05) is not None
+    for _ in range(3):   # copies heard from other neighbours, as in a dense middle
+        three.relays.count_copy((alert.id, State.REPORTED))
+    assert run.run_until_true(lambda: three.counts["relay"] >= relayed + 2, limit=10, step=0.05) is not None
+    assert three.counts["relay-behind"] == 1 and three.counts["relay-suppressed"] == 0

@@ -137,6 +137,7 @@ class Inbox:
                 # A receipt for an alert this node never heard: its heartbeat, sent early, shows the
                 # neighbours that it is behind, and they repair it.
                 self.liveness.answer_early(now, "pull")
+                self.relays.behind(frame.alert_id, now)
         elif isinstance(frame, wire.NearbyFrame):
             if self.neighborhood is not None:
                 self._nearby = self.neighborhood.accept(frame, now, data)

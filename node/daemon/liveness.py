@@ -184,6 +184,7 @@ class Liveness:
         if theirs and ((known is None and frame.latest_state in ACTIVE_CODES)
                        or (known is not None and int(known.state) < frame.latest_state)):
             self.answer_early(now, "pull")   # (an ended alert it never had is not worth the air)
+            self.relays.behind(theirs, now)
         if known is not None and int(known.state) > frame.latest_state and known.state in alerts.ON_AIR:
             self.relays.repair(known, frame.origin, now, shown=True)   # it missed a later state, say the withdrawal
         # Our latest alert, to a neighbour that has none, or whose latest has ended here or is clearly

@@ -47,6 +47,13 @@ OWN_MORE = 1
 NEEDY_AFTER = 8.0
 NEEDY_FOR = 6 * 3600.0
 NEEDY_KEPT = 64
+# A node that a neighbour's receipt or heartbeat showed lacking a state of an alert is *behind* on
+# it: the flood missed this part of the block, and the buildings beyond it likely lack the state
+# too. For BEHIND_FOR seconds, when a new state of that alert comes (the neighbour's repair), it is
+# relayed whatever copies are heard, and BEHIND_MORE more times, OWN_AGAIN apart (P3 seed 2: a
+# confirm crossed a chain of six buildings one late repair at a time, 17-37 s after it was signed).
+BEHIND_FOR = 120.0
+BEHIND_MORE = 1
 REPAIR_GAP = 60.0         # seconds between passing one alert state to neighbours that lack it
 REPAIR_WINDOW = 12        # transitions' airtimes: the random wait before a repair, so neighbours do not collide
 RECEIPT_DELAY = (2.0, 20.0)   # seconds: the random wait before a receipt, so 30 nodes do not send at once
@@ -81,7 +88,7 @@ class PendingRelay:
     enough: int
     hop_limit: int | None = 0   # 0: to neighbours only; None: flooded with the link's hop limit
     copies: int = 0             # copies heard from neighbours meanwhile
-    more: int = 0               # further copies after this one, OWN_AGAIN apart (own states, needy neighbours)
+    more: int = 0               # further copies after this one, OWN_AGAIN apart (own states, needy neighbours, behind)
 
 
 @dataclass
@@ -118,17 +125,30 @@ class Relays:
         self._relay_frames: dict[tuple[int, int], tuple[str, State]] = {}
         self._repaired: dict[tuple[str, State], float] = {}  # (alert, state) -> when this node last passed it on
         self._own_waiting: dict[bytes, tuple[str, State]] = {}  # own frame in the outbox -> its relay's key
+        self._behind: dict[str, float] = {}   # alert -> when a neighbour's frame showed this node lacks a state of it
 
     def relay(self, alert: Alert, origin: int, counter: int, data: bytes, now: float) -> None:
         """Relay a new state heard from ``origin`` to the neighbours, unless enough of them do first."""
         key = (alert.id, alert.state)
         self._drop_older(alert)
         needy = self.needy(now)
+        behind = now - self._behind.pop(alert.id, NEVER) < BEHIND_FOR
         if needy:
             self.counts["relay-for-needy"] += 1
+        if behind:
+            self.counts["relay-behind"] += 1
         self._relays[key] = PendingRelay(now + self.rng.uniform(*RELAY_DELAY), data,
-                                         NEVER_SUPPRESSED if needy else RELAY_ENOUGH)
+                                         NEVER_SUPPRESSED if needy or behind else RELAY_ENOUGH,
+                                         more=BEHIND_MORE if behind else 0)
         self._relay_frames[(origin, counter)] = key
+
+    def behind(self, alert_id: str, now: float) -> None:
+        """A neighbour's receipt or heartbeat showed a state of ``alert_id`` this node lacks: the flood
+        missed this part of the block, so when the state comes, it is relayed whatever copies are heard,
+        and once more after."""
+        self._behind[alert_id] = now
+        if len(self._behind) > NEEDY_KEPT:
+            del self._behind[min(self._behind, key=self._behind.__getitem__)]
 
     def needy(self, now: float) -> set[int]:
         """The live neighbours that needed a repair in the last NEEDY_FOR seconds."""
