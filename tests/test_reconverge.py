@@ -209,7 +209,7 @@ def test_a_reporter_with_a_needy_neighbour_sends_its_second_copy_whatever_copy_c
 def test_a_node_that_learned_it_was_behind_relays_the_state_when_it_comes_whatever_copies_are_heard(make_block):
     """A neighbour's receipt or heartbeat showed node 3 a state it lacked: the flood missed this
     part of the block, so whoever is beyond node 3 probably lacks it too. When the repair brings
-    it, node 3 relays it whatever copies it hears, and once more after (P3 seed 2: a confirm
+    it, node 3 relays it whatever copies it hears (P3 seed 2: a confirm
     crossed a chain of six buildings one late repair at a time, 17-37 s)."""
     block = make_block(3, seed=1)
     run = block.scheduler
@@ -227,5 +227,5 @@ def test_a_node_that_learned_it_was_behind_relays_the_state_when_it_comes_whatev
     assert run.run_until_true(lambda: has(block, 3, alert.id, State.REPORTED), limit=120, step=0.05) is not None
     for _ in range(3):   # copies heard from other neighbours, as in a dense middle
         three.relays.count_copy((alert.id, State.REPORTED))
-    assert run.run_until_true(lambda: three.counts["relay"] >= relayed + 2, limit=10, step=0.05) is not None
+    assert run.run_until_true(lambda: three.counts["relay"] > relayed, limit=10, step=0.05) is not None
     assert three.counts["relay-behind"] == 1 and three.counts["relay-suppressed"] == 0
