@@ -39,11 +39,18 @@ def test_evidence_benchmark_smoke(tmp_path, capsys):
                           "--json", str(tmp_path / "out.json")])
     assert figures["upload_errors"] == [] and figures["chained"], figures
     assert figures["holds_quiet"] == 3 and figures["holds_busy"] >= 1
+    # the control: as many holds again, beside one idle-priority CPU burner a core
+    assert figures["holds_control"] == figures["holds_busy"] and figures["burners"] >= 1, figures
+    assert figures["hold_p99_ms_control"] >= figures["hold_p50_ms_control"] > 0
+    # the large upload both ways, the order alternating, three times: the ratio is the median of the pairs
+    assert len(figures["page_runs_s"]) == len(figures["plain_runs_s"]) == len(figures["ratios"]) == 3
+    assert min(figures["ratios"]) <= figures["ratio"] <= max(figures["ratios"])
     assert figures["page_s"] > 0 and figures["plain_s"] > 0 and figures["rss_peak_mb"] >= figures["rss_idle_mb"]
     # every alert change (3 holds: raised and cancelled) reached both live page clients
     assert figures["live_changes_quiet"] == 6 and figures["live_missed_quiet"] == 0, figures
     assert figures["live_changes_uploading"] >= 2 and figures["live_missed_uploading"] == 0, figures
     assert figures["live_max_ms_uploading"] >= figures["live_p50_ms_uploading"] >= 0
     out = capsys.readouterr().out
+    assert "the control" in out and "median of 3 pairs" in out
     assert "against a plain HTTP copy" in out and "alert change -> every live client" in out
     assert json.loads((tmp_path / "out.json").read_text())["uploads"] == 2
