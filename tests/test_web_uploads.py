@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import re
 import socket
 import tempfile
@@ -245,6 +246,23 @@ def test_an_idle_upload_is_abandoned_and_leaves_no_file(block, identity):
     assert sorted(evidence_folder(block).iterdir()) == before
     gone = client.get(url)
     assert gone.status_code == 404 and gone.json["restart"]
+
+
+def test_the_sealer_takes_only_the_cpu_nothing_else_wants(block, identity):
+    """The sealer thread runs at the idle scheduling policy: a captain's hold on the node never
+    waits for a video being encrypted (benchmark P11), and the page's other threads keep theirs."""
+    app = app_for(block, 2, EVIDENCE_RECIPIENTS=str(identity.to_public()), WTF_CSRF_ENABLED=False)
+    client = app.test_client()
+    answer = client.post(f"/alerts/{block.raid}/uploads", data={"size": 3_000_000, "type": "video/mp4"})
+    assert client.put(f"{answer.json['url']}?offset=0", data=b"v" * 1_000_000).status_code == 200
+    upload = app.extensions["silbato.uploads"].get(answer.json["id"])
+    # it lowers itself first thing, before the hidden file it begins
+    wall_until(lambda: any(p.name.startswith(".part-") for p in evidence_folder(block).iterdir()),
+               timeout=WAIT, what="the sealer's hidden file")
+    assert os.sched_getscheduler(upload.thread.native_id) == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE   # this thread (a request's) is untouched
+    app.extensions["silbato.uploads"].abort(upload, "the test is over")
+    assert upload.finished.wait(WAIT)
 
 
 def test_a_piece_past_the_announced_size_ends_the_upload(block, identity):

@@ -1,7 +1,7 @@
 """Seal a plaintext stream to the organizers' age recipients, on its way to the evidence folder.
 
-The plaintext is read in small pieces (pyrage asks for 8 KiB at a time), hashed and counted
-as it passes, and encrypted in memory; only sealed bytes are written, to a hidden temporary
+The plaintext is read a piece at a time (``READ_AHEAD``), hashed and counted as it passes,
+and encrypted in memory (``node.evidence.age``); only sealed bytes are written, to a hidden temporary
 name in the folder that becomes ``<item>.age`` once it is complete and synced. Anything that
 stops it (too large, the folder's cap, a full disk, a dropped connection) removes the
 temporary file: no partial item is ever left.
@@ -31,6 +31,7 @@ from typing import BinaryIO
 import pyrage
 
 from node.errors import EvidenceError
+from node.evidence import age
 
 log = logging.getLogger(__name__)
 
@@ -186,37 +187,22 @@ WRITEBACK_EVERY = 4 << 20   # bytes of a sealed file between two hints to write 
 class _Source:
     """The plaintext on its way in: hashed and counted, refused past ``limit`` bytes.
 
-    pyrage asks for 8 KiB at a time; the source is read ``READ_AHEAD`` bytes at a time and
-    hashed in one call per read (hashlib lets go of the GIL for it), and pyrage is served from
-    that buffer: one look at the page's pipe per piece, not 128 (benchmark P11)."""
+    Read ``READ_AHEAD`` bytes at a time and hashed in one call per read (hashlib lets go of
+    the GIL for it): one look at the page's pipe per piece (benchmark P11)."""
 
     def __init__(self, source: BinaryIO, limit: int):
         self.source, self.limit = source, limit
         self.hash = hashlib.sha256()
         self.size = 0
-        self.error: BaseException | None = None
-        self._held = memoryview(b"")
 
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        n = n if n is not None and n > 0 else 65536
-        if not self._held:
-            try:
-                # ahead, but never more than one byte past the limit
-                chunk = self.source.read(max(n, min(READ_AHEAD, self.limit - self.size + 1)))
-            except BaseException as exc:  # a dropped connection: kept, re-raised by ``seal``
-                self.error = exc
-                raise
-            self.size += len(chunk)
-            if self.size > self.limit:
-                self.error = TooLarge(f"over the limit of {self.limit} bytes")
-                raise self.error
-            self.hash.update(chunk)
-            self._held = memoryview(chunk)
-        out, self._held = self._held[:n], self._held[n:]
-        return bytes(out)
+    def read(self) -> bytes:
+        """The next piece (``b""`` at the end); ``TooLarge`` past the limit, never more than one byte past it."""
+        chunk = self.source.read(min(READ_AHEAD, self.limit - self.size + 1))
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise TooLarge(f"over the limit of {self.limit} bytes")
+        self.hash.update(chunk)
+        return chunk
 
 
 class _Sink:
@@ -233,23 +219,16 @@ class _Sink:
         self.hash = hashlib.sha256()
         self.size = 0
         self.written_back = 0   # bytes before this offset were handed to the kernel's writeback
-        self.error: BaseException | None = None
 
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        data = bytes(data)
+    def write(self, data) -> int:   # bytes or a view (the encryptor's buffer, written before its next use)
         if self.size + len(data) > self.reservation.size:
-            self.error = StorageFull("the evidence folder is full")
-            raise self.error
+            raise StorageFull("the evidence folder is full")
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(self.fd, view):]
         except OSError as exc:
-            self.error = DiskFull("the disk is full") if exc.errno == errno.ENOSPC else exc
-            raise self.error from None
+            raise (DiskFull("the disk is full") if exc.errno == errno.ENOSPC else exc) from None
         self.hash.update(data)
         self.size += len(data)
         self.reservation.written = self.size  # after the write: a look in between counts it twice, never none
@@ -260,9 +239,6 @@ class _Sink:
                 pass   # only a hint: the final fsync writes it all the same
             self.written_back = self.size
         return len(data)
-
-    def flush(self) -> None:
-        pass
 
 
 def seal(source: BinaryIO, folder: Path, recipients: list, *, max_item: int, max_total: int,
@@ -298,17 +274,18 @@ def _seal(source: BinaryIO, folder: Path, recipients: list, max_item: int, item_
         if exc.errno == errno.ENOSPC:
             raise DiskFull("the disk is full") from None
         raise EvidenceError(f"{folder}: cannot write evidence: {exc.strerror}") from None
-    reader, writer = _Source(source, max_item), None
+    reader = _Source(source, max_item)
     try:
         os.fchmod(fd, FILE_MODE)  # whatever the umask: the daemon (group) must read it
         writer = _Sink(fd, reservation)
         try:
-            pyrage.encrypt_io(reader, writer, recipients)
-        except pyrage.EncryptError as exc:
-            # pyrage wraps what our reader or writer raised: give back the original
-            raise (reader.error or writer.error or EvidenceError(f"sealing failed: {exc}")) from None
-        if reader.error or writer.error:  # pyrage does not report an error of its last write
-            raise reader.error or writer.error
+            encryptor = age.Encryptor(recipients)
+        except ValueError as exc:
+            raise EvidenceError(f"sealing failed: {exc}") from None
+        writer.write(encryptor.header)
+        while chunk := reader.read():
+            writer.write(encryptor.update(chunk))
+        writer.write(encryptor.finish())
         try:
             os.fsync(fd)
         except OSError as exc:
