@@ -20,7 +20,7 @@ def identities():
 def sealed(recipients, pieces) -> bytes:
     encryptor = age.Encryptor(recipients)
     # each view is good until the next call: copied out as it comes, as a writer would write it
-    return encryptor.header + b"".join(bytes(encryptor.update(p)) for p in pieces) + bytes(encryptor.finish())
+    return encryptor.header + b"".join(bytes(c) for p in pieces for c in encryptor.update(p)) + bytes(encryptor.finish())
 
 
 # empty, one byte, around one and two chunks (a last chunk that is full must still be flagged last), a MiB and more
@@ -88,10 +88,17 @@ def test_a_recipient_s_key_comes_out_of_its_bech32_text(identities):
         age.recipient_key(flipped)
 
 
+def test_without_encrypt_into_it_writes_the_same_format(identities, monkeypatch):
+    """cryptography before ``encrypt_into`` (the project asks for >= 42): each chunk copied in instead."""
+    monkeypatch.setattr(age, "_ENCRYPT_INTO", False)
+    data = os.urandom(2 * CHUNK + 3)
+    assert pyrage.decrypt(sealed([identities[0].to_public()], [data[:5], data[5:]]), [identities[0]]) == data
+
+
 def test_nothing_more_goes_in_once_it_is_finished(identities):
     encryptor = age.Encryptor([identities[0].to_public()])
     encryptor.finish()
     with pytest.raises(ValueError):
-        encryptor.update(b"late")
+        list(encryptor.update(b"late"))
     with pytest.raises(ValueError):
         encryptor.finish()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from typing import Iterator
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -39,8 +40,12 @@ CHUNK = 64 * 1024      # plaintext bytes per payload chunk
 TAG = 16               # Poly1305 tag per chunk
 NONCE = 16             # bytes of the payload's nonce, after the header
 COLUMNS = 64           # a stanza body's base64 line length
+BATCH = 4              # sealed chunks per write: 256 KiB of buffer (a whole 1 MiB piece's cost 2 MB of the page's memory)
 _LAST = b"\x01"
 _MORE = b"\x00"
+
+# Sealing straight into a buffer of our own (newer cryptography); else each chunk is copied in.
+_ENCRYPT_INTO = hasattr(ChaCha20Poly1305, "encrypt_into")
 
 _BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _BECH32_GEN = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
@@ -107,11 +112,12 @@ def _stanza(file_key: bytes, recipient: bytes) -> bytes:
 
 
 class Encryptor:
-    """One age file being written: ``header`` first, then ``update`` for each piece of plaintext,
-    then ``finish``; each returns the sealed bytes to write, in order.
+    """One age file being written: ``header`` first, then what ``update`` yields for each piece of
+    plaintext, then what ``finish`` returns; written in that order.
 
-    ``update`` and ``finish`` encrypt into one buffer of the Encryptor's own, reused: what they
-    return is a view of it, good until the next call (write it, then go on)."""
+    Sealed chunks are encrypted into one buffer of the Encryptor's own, ``BATCH`` at a time, reused:
+    what ``update`` yields is a view of it, good until the next one is asked for (write it, then go
+    on), so a large piece costs that buffer, not a sealed copy of the piece."""
 
     def __init__(self, recipients: list):
         keys = [recipient_key(r) for r in recipients]
@@ -126,25 +132,26 @@ class Encryptor:
         self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
         self._counter = 0
         self._held = b""   # the last chunk so far (1..CHUNK bytes): it may turn out to be the last
-        self._out = bytearray()
+        self._out = memoryview(bytearray(BATCH * (CHUNK + TAG)))
         self._finished = False
 
     def _seal(self, chunks: list, last: bool) -> memoryview:
-        """``chunks`` sealed one after another into the buffer (the final one flagged if ``last``)."""
-        size = sum(len(c) + TAG for c in chunks)
-        if len(self._out) < size:
-            self._out = bytearray(size)
-        out, at = memoryview(self._out), 0
+        """``chunks`` (at most BATCH) sealed one after another into the buffer, the final one flagged if ``last``."""
+        at = 0
         for i, chunk in enumerate(chunks):
-            flag = _LAST if last and i == len(chunks) - 1 else _MORE
-            end = at + len(chunk) + TAG
-            self._aead.encrypt_into(self._counter.to_bytes(11, "big") + flag, chunk, None, out[at:end])
+            nonce = self._counter.to_bytes(11, "big") + (_LAST if last and i == len(chunks) - 1 else _MORE)
             self._counter += 1
-            at = end
-        return out[:at]
+            out = self._out[at:at + len(chunk) + TAG]
+            if _ENCRYPT_INTO:
+                self._aead.encrypt_into(nonce, chunk, None, out)
+            else:   # cryptography before encrypt_into: one copy more
+                out[:] = self._aead.encrypt(nonce, chunk, None)
+            at += len(out)
+        return self._out[:at]
 
-    def update(self, data) -> memoryview:
-        """Sealed chunks for ``data``; the last (partial or full) chunk is held until more comes or ``finish``."""
+    def update(self, data) -> Iterator[memoryview]:
+        """The sealed chunks for ``data``, one by one; the last (partial or full) chunk is held
+        until more comes or ``finish``."""
         if self._finished:
             raise ValueError("the age file is finished")
         view = memoryview(data)
@@ -158,7 +165,8 @@ class Encryptor:
             end = (len(view) - 1) // CHUNK * CHUNK   # every full chunk but the last piece, which is held
             chunks += [view[start:start + CHUNK] for start in range(0, end, CHUNK)]
             self._held = bytes(view[end:])
-        return self._seal(chunks, False)
+        for first in range(0, len(chunks), BATCH):
+            yield self._seal(chunks[first:first + BATCH], False)
 
     def finish(self) -> memoryview:
         """The last chunk, flagged last (empty only if no plaintext came at all)."""

@@ -284,7 +284,8 @@ def _seal(source: BinaryIO, folder: Path, recipients: list, max_item: int, item_
             raise EvidenceError(f"sealing failed: {exc}") from None
         writer.write(encryptor.header)
         while chunk := reader.read():
-            writer.write(encryptor.update(chunk))
+            for sealed in encryptor.update(chunk):
+                writer.write(sealed)
         writer.write(encryptor.finish())
         try:
             os.fsync(fd)
