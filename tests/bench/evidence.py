@@ -20,8 +20,7 @@ Then:
    ``local_latency.py`` measures it), first with no upload, then while ``--uploads``
    uploads of ``--upload-size`` MB each run at once from different addresses (each phone a
    process of its own at the idle scheduling policy: phones are not on the node, so they should
-   take only the CPU it leaves; at nice 19 they still took enough to double the hold's p99,
-   which says nothing of the node); p99 beside p99; and then, as a control, as many holds again while one CPU
+   take only the CPU it leaves; ``--phones-nice 19`` runs them as before round 4); p99 beside p99; and then, as a control, as many holds again while one CPU
    burner per core runs at the idle scheduling policy (``SCHED_IDLE``: it gets only the CPU
    no other task wants). On a machine whose cores share hardware (a VM's virtual cores, SMT
    siblings) even that slows the hold, and no scheduling can do better for the uploads;
