@@ -40,7 +40,7 @@ CHUNK = 64 * 1024      # plaintext bytes per payload chunk
 TAG = 16               # Poly1305 tag per chunk
 NONCE = 16             # bytes of the payload's nonce, after the header
 COLUMNS = 64           # a stanza body's base64 line length
-BATCH = 4              # sealed chunks per write: 256 KiB of buffer (a whole 1 MiB piece's cost 2 MB of the page's memory)
+BATCH = 4              # sealed chunks per write: a 256 KiB buffer (a whole 1 MiB piece at once cost the page 2 MB more)
 _LAST = b"\x01"
 _MORE = b"\x00"
 
@@ -150,8 +150,9 @@ class Encryptor:
         return self._out[:at]
 
     def update(self, data) -> Iterator[memoryview]:
-        """The sealed chunks for ``data``, one by one; the last (partial or full) chunk is held
-        until more comes or ``finish``."""
+        """The sealed chunks for ``data``, a batch at a time; the last (partial or full) chunk is
+        held until more comes or ``finish``. The chunks are taken (and a finished file refused) at
+        the call; they are sealed as the batches are asked for, and every one must be."""
         if self._finished:
             raise ValueError("the age file is finished")
         view = memoryview(data)
@@ -165,8 +166,7 @@ class Encryptor:
             end = (len(view) - 1) // CHUNK * CHUNK   # every full chunk but the last piece, which is held
             chunks += [view[start:start + CHUNK] for start in range(0, end, CHUNK)]
             self._held = bytes(view[end:])
-        for first in range(0, len(chunks), BATCH):
-            yield self._seal(chunks[first:first + BATCH], False)
+        return (self._seal(chunks[first:first + BATCH], False) for first in range(0, len(chunks), BATCH))
 
     def finish(self) -> memoryview:
         """The last chunk, flagged last (empty only if no plaintext came at all)."""

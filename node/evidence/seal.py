@@ -107,7 +107,7 @@ def sealed_bound(plaintext: int, recipients: int = 1) -> int:
     """The most bytes an age file of ``plaintext`` bytes to ``recipients`` recipients can take.
 
     age adds a 16-byte tag per 64 KiB piece, a 16-byte nonce and a header of one stanza per
-    recipient (plus a random "grease" stanza): counted generously.
+    recipient (``node.evidence.age`` writes no "grease" stanza, as pyrage did): counted generously.
     """
     return plaintext + 16 * (plaintext // 65536 + 1) + 2048 + 256 * max(recipients, 1)
 
