@@ -61,13 +61,6 @@ RECEIPT_AGAIN = (1.0, 6.0)    # seconds: the random wait before a further receip
 RECEIPT_GAP = 10.0        # seconds between two receipts of one alert state from this node
 MAX_RECEIPTS = 8          # receipts of one alert state from this node (each only when a neighbour needs it)
 NEWS_RECEIPTS = 2         # ... and this many more each time it learns of more buildings that have it
-# A receipt can be lost, so a node says it again until every live neighbour's own receipt shows it knows
-# as much: 20, 40, 80, 160 s after, then every 160 s (RECHECK_DOUBLINGS), within MAX_RECEIPTS. Doubling
-# on (320, 640 s), a node that learned the last buildings (from the flooded receipt below) after its
-# sixth receipt waited 640 s to say so again, and a leaf whose one neighbour's news was lost stayed
-# short of the truth for the rest of the run (P10's line, seed 3). Capped at 80 s, rechecks came so
-# often that they slowed the repairs in a line after an outage (test_reconverge, seed 1: 141 s).
-RECHECK_DOUBLINGS = 4
 # The node that first puts together that every building on the roster has a state (from a receipt
 # that did not say so itself) sends its next receipt flooded, after this random wait (seconds): the
 # whole block learns it at once, where a hop-by-hop receipt takes 10 s or more a hop. One hearing a
@@ -409,7 +402,7 @@ class Receipts:
             if repairing:
                 self._repair_gaps(alert, key[1], receipt, received, neighbours, now)
             if rechecking and not sending:
-                receipt.recheck = now + RECEIPT_GAP * 2 ** min(receipt.sent, RECHECK_DOUBLINGS)
+                receipt.recheck = now + RECEIPT_GAP * 2 ** receipt.sent
                 if alert.state is key[1] and not self._all_know(receipt, received, sounded, neighbours):
                     self.schedule(alert.id, key[1], now)
                 continue
@@ -434,7 +427,7 @@ class Receipts:
                                       coverage.to_bitmap(sounded, self.members), self.signer.stamp(now))
             self.outbox.send_ephemeral(signed.data, hop_limit=None if receipt.flood else 0)
             receipt.due, receipt.sent, receipt.last, receipt.flood = None, receipt.sent + 1, now, False
-            receipt.recheck = now + RECEIPT_GAP * 2 ** min(receipt.sent, RECHECK_DOUBLINGS)
+            receipt.recheck = now + RECEIPT_GAP * 2 ** receipt.sent
             self.counts["receipt"] += 1
         if len(self._receipts) > RECEIPTS_KEPT:  # forget finished receipts of old alerts
             for key in [k for k, r in self._receipts.items() if r.due is None][:RECEIPTS_FORGOTTEN]:
