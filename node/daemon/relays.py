@@ -61,12 +61,6 @@ RECEIPT_AGAIN = (1.0, 6.0)    # seconds: the random wait before a further receip
 RECEIPT_GAP = 10.0        # seconds between two receipts of one alert state from this node
 MAX_RECEIPTS = 8          # receipts of one alert state from this node (each only when a neighbour needs it)
 NEWS_RECEIPTS = 2         # ... and this many more each time it learns of more buildings that have it
-# The node that first puts together that every building on the roster has a state (from a receipt
-# that did not say so itself) sends its next receipt flooded, after this random wait (seconds): the
-# whole block learns it at once, where a hop-by-hop receipt takes 10 s or more a hop. One hearing a
-# receipt that already says so stands down. P3 (tests/bench/block.py): coverage everywhere settled
-# within 10 minutes 90-100% of the time before, 97-100% after; see docs/performance.md, issue 17 round 6.
-COMPLETE_WAIT = (0.3, 2.0)
 # A neighbour still missing from this node's coverage of a state it has held this long (seconds: past
 # the longest wait before a first receipt) is sent the frame, up to GAP_REPAIRS times, REPAIR_GAP apart.
 REPAIR_AFTER = RECEIPT_DELAY[1] + 5.0
@@ -114,7 +108,6 @@ class PendingReceipt:
     next_repair: float = NEVER
     back: bool = False          # the tries are for a neighbour back from an outage (BACK_REPAIR_GAP apart)
     recheck: float = NEVER      # when to ask again whether every live neighbour has shown it knows what this one does
-    flood: bool = False         # the next one goes flooded: this node was first to learn every building has it (COMPLETE_WAIT)
 
 
 class Relays:
@@ -265,10 +258,8 @@ class Receipts:
     more than a neighbour tells it. So a receipt goes out when this node learned more, when a
     neighbour's receipt shows it knows less, and when a copy of the state is heard again (a
     re-send or a repair: its sender's coverage lacks someone); never more than MAX_RECEIPTS a
-    state, RECEIPT_GAP apart (but for the flooded one below), and not at all when every live
-    neighbour's last receipt already showed all it would say. Receipts go to neighbours only,
-    but for one: the first node to learn that every building has the state floods it
-    (COMPLETE_WAIT). The same bitmaps drive repairs: a neighbour whose receipt shows an
+    state, RECEIPT_GAP apart, and not at all when every live neighbour's last receipt already
+    showed all it would say. The same bitmaps drive repairs: a neighbour whose receipt shows an
     older state, or that is still missing REPAIR_AFTER seconds on, is passed the frame at once.
     """
 
@@ -339,14 +330,6 @@ class Receipts:
             receipt = self._receipts.get((alert.id, alert.state))
             if receipt is not None:
                 receipt.theirs[frame.origin] = (frozenset(received), frozenset(sounded))
-                everyone = set(self.members)
-                if received >= everyone:
-                    receipt.flood = False   # someone put it together already, and says so
-                elif learned and ours[0] >= everyone and receipt.sent < MAX_RECEIPTS:
-                    receipt.flood = True
-                    due = now + self.rng.uniform(*COMPLETE_WAIT)
-                    receipt.due = due if receipt.due is None else min(receipt.due, due)
-                    self.counts["receipt-complete"] += 1
         return True
 
     def heard_again(self, alert_id: str, state: State, now: float) -> None:
@@ -413,7 +396,7 @@ class Receipts:
                 # shows its neighbours that it is behind (and they repair it at once).
                 receipt.due = None
                 continue
-            if receipt.sent and not receipt.flood and neighbours and self._all_know(receipt, received, sounded, neighbours):
+            if receipt.sent and neighbours and self._all_know(receipt, received, sounded, neighbours):
                 receipt.due = None   # every live neighbour already showed all this one would say
                 self.counts["receipt-suppressed"] += 1
                 continue
@@ -425,8 +408,8 @@ class Receipts:
             signed = self.signer.sign(wire.ReceiptFrame, *alerts.parse_alert_id(alert.id), key[1],
                                       self.roster.version, coverage.to_bitmap(received, self.members),
                                       coverage.to_bitmap(sounded, self.members), self.signer.stamp(now))
-            self.outbox.send_ephemeral(signed.data, hop_limit=None if receipt.flood else 0)
-            receipt.due, receipt.sent, receipt.last, receipt.flood = None, receipt.sent + 1, now, False
+            self.outbox.send_ephemeral(signed.data, hop_limit=0)
+            receipt.due, receipt.sent, receipt.last = None, receipt.sent + 1, now
             receipt.recheck = now + RECEIPT_GAP * 2 ** receipt.sent
             self.counts["receipt"] += 1
         if len(self._receipts) > RECEIPTS_KEPT:  # forget finished receipts of old alerts
