@@ -211,3 +211,23 @@ def test_a_stale_far_building_is_out_of_reach_through_the_silent_one_between():
     # with no building silent between, the far fallback still says silent
     s.verdicts.clear()
     assert s.status(4, 700.0) == "silent"
+
+
+def test_a_far_building_stays_out_of_reach_for_a_period_after_the_silent_one_between_is_back():
+    """P10 seed 4: the middle node's radio away 5 minutes; once it was back (no longer named silent),
+    the news of the 14 buildings beyond it was still old, and its neighbours' neighbours showed them
+    all silent (by the far fallback) for up to 135 s, until fresh news flowed through it again."""
+    s = sup(1)
+    s.heard(2, 0.0)
+    s.merge(bytes([0, 0, 0, 0]), 0.0, via=2)                      # 3 and 4 heard of through 2
+    s.verdict(3, 5.0)                                             # 3 went silent; 4 lies beyond it
+    for t in range(30, 600, 30):
+        s.heard(2, float(t))                                      # 2 is alive, but brings no news of 4
+    s.merge(bytes([0, 0, 0, AGE_MAX << 2]), 600.0, via=2)         # 3 is back: news of it, none yet of 4
+    assert s.status(3, 601.0) == "ok"
+    assert s.status(4, 620.0) == "unreachable" and s.through(4, 620.0) == 3
+    s.heard(2, 690.0)
+    s.heard(2, 750.0)
+    assert s.status(4, 600.0 + 180.0 + 1.0) == "silent", "a period on, no news of 4 is its own silence"
+    s.merge(bytes([0, 0, 0, 0]), 700.0, via=2)                    # fresh news of 4 through 3 and 2
+    assert s.status(4, 701.0) == "ok"
