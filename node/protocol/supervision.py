@@ -25,8 +25,9 @@ building whose news stopped because the buildings between are down is not silent
 but *out of reach*: each node remembers through which neighbour its freshest news
 of each building came, and a building whose news came through a building now
 silent or out of reach (or whose news is no newer than the last sign of life of a
-building judged silent) shows "out of reach (through B2)", the way a fire panel
-reports a broken loop rather than every device beyond it.
+building judged silent, or judged silent and heard of again less than a period ago)
+shows "out of reach (through B2)", the way a fire panel reports a broken loop rather
+than every device beyond it.
 A building is thus shown silent everywhere about ``period`` seconds after its
 last heartbeat (a verdict falls due ``VERDICT_LEAD`` early, for its random wait
 and its flood), while a far node's slow gossip never raises a false alarm. Far nodes still fall back on their own evidence after
