@@ -182,7 +182,7 @@ class Supervisor:
         if node not in self.index or node == self.me:
             return
         self.neighbours.add(node)
-        self._revive(node, now)
+        self._revive(node, now, now)
         if now >= self.evidence.get(node, -math.inf):
             self.evidence[node] = now
             self.via[node] = node
@@ -210,11 +210,11 @@ class Supervisor:
                 if via is not None:
                     self.via[node] = via
 
-    def _revive(self, node: int, alive: float, at: float | None = None) -> None:
-        """News that ``node`` was alive at ``alive`` came (at ``at``, default ``alive``): if a verdict had
-        named it silent, remember when it came back (``through``)."""
+    def _revive(self, node: int, alive: float, at: float) -> None:
+        """News that ``node`` was alive at ``alive`` came at ``at``: if a verdict had named it silent,
+        remember when it came back (``through``)."""
         if self._named_silent(node) and alive > self.verdicts[node] + self.unit:
-            self.revived[node] = alive if at is None else at
+            self.revived[node] = at
 
     def stale_about_me(self, vector: bytes, interval: float) -> bool:
         """Whether a neighbour's vector shows it missed this node's recent heartbeats.
