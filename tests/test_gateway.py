@@ -36,6 +36,13 @@ CARLA, DAE = "+15550000101", "+15550000102"   # broad list (tl, ko)
 STRANGER = "+15550000999"
 
 
+def shows_a_number(text: str) -> bool:
+    """Whether ``text`` holds any test phone number, typed or normalised. (Not "555" alone: random
+    handles, digests and form tokens hold those digits by chance; it failed in CI on "sms:r85553844"
+    and on a SHA-256 digest with "555" in it.)"""
+    return "000-0001" in text or any(n[-7:] in text for n in (ANA, BEN, CARLA, DAE, STRANGER))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def compiled_catalogs():
     for language in catalog.LANGUAGES:
@@ -286,16 +293,16 @@ def test_the_sms_commands_manage_responders_without_showing_a_number(node, tmp_p
 
     added = run("responders", "add", "+1 (555) 000-0001", "--pin", "432156", "--language", "es")
     assert added.exit_code == 0, added.output
-    assert "555" not in added.output and "Responder r" in added.output
+    assert not shows_a_number(added.output) and "Responder r" in added.output
     status = run("status")
-    assert "responder 1" in status.output and "555" not in status.output, status.output
+    assert "responder 1" in status.output and not shows_a_number(status.output), status.output
     assert run("responders", "add", "+15550000001", "--pin", "12").exit_code == 2   # 6 to 8 digits
     short = run("responders", "add", "+15550000002", "--pin", "1234")
     assert short.exit_code == 2 and "a PIN is 6 to 8 digits" in short.output, short.output
     # A PIN locked by wrong guesses: status names the handle, unlock-pin lets the responder text again.
     with Store(node.config.db_file) as store:
         store.db.execute("UPDATE sms_subscribers SET pin_failures = 5")
-    assert "PIN locked" in run("status").output and "555" not in run("status").output
+    assert "PIN locked" in run("status").output and not shows_a_number(run("status").output)
     unlocked = run("responders", "unlock-pin", "+15550000001")
     assert unlocked.exit_code == 0 and "PIN unlocked (5 wrong PINs" in unlocked.output, unlocked.output
     assert "PIN locked" not in run("status").output
@@ -432,7 +439,7 @@ def test_a_tip_shows_on_the_console_and_a_captains_reply_is_texted_without_showi
     login(client, "ana")
     page = client.get("/captain/texts").get_data(as_text=True)
     assert "ICE vans parked by the laundromat" in page and "Send the reply" in page
-    assert "555" not in page, "no number on the page"
+    assert not shows_a_number(page), "no number on the page"
     assert "••• ••01" in page and "••• ••02" in page, "responders by masked number"
     token = csrf_token(client, "/captain/texts")
     assert client.post(f"/captain/texts/{tip['id']}/reply", data={"text": "", "csrf_token": token}).status_code == 400
@@ -620,7 +627,7 @@ def test_a_text_acted_on_but_not_deleted_before_a_crash_is_acted_on_once(node, q
     assert len(third.book.tips()) == 1, "the tip is on the console once"
     assert texted(third, STRANGER) == 1 and third.book.subscriber(third.vault, STRANGER)["list"] == "pending"
     handled = third.store.db.execute("SELECT identity FROM sms_handled").fetchall()
-    assert len(handled) == 3 and not any("555" in row[0] for row in handled), "no number in the clear"
+    assert len(handled) == 3 and not any(shows_a_number(row[0]) for row in handled), "no number in the clear"
     # The records go with the retention period.
     node.store.purge(clock() + 72 * 3600 + 1, 72 * 3600)
     assert not node.store.db.execute("SELECT count(*) FROM sms_handled").fetchone()[0]
