@@ -635,14 +635,25 @@ class Neighborhood:
         self.broker.stop()
 
 
+def stop_on_signals(stopping: threading.Event) -> threading.Event:
+    """In the main thread, Ctrl-C, SIGTERM and SIGHUP (the terminal closed) set ``stopping``.
+
+    Ctrl-C too: as a KeyboardInterrupt it could land anywhere in the main thread, say between a
+    lock's acquire and the ``with`` that releases it, and the block's stop would then wait for that
+    lock. (CI once saw the demo still running a minute after Ctrl-C, on a loaded machine; not
+    reproduced, and this is the likeliest cause found.) Elsewhere (tests run the demo in a
+    thread) the process's own handlers stay."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda *_: stopping.set())
+    return stopping
+
+
 def run_neighborhood(root: Path | None, blocks: int, n: int, topology: str, *, port_base: int, loss: float,
                      preset: str, seed: int, scale: float, stopping: threading.Event | None = None,
                      say: Callable[[str], None] = lambda _: None) -> None:
     """The neighborhood demo (``silbato sim --blocks B``): as ``run_demo``, with B blocks and a broker."""
-    stopping = stopping or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, lambda *_: stopping.set())
+    stopping = stop_on_signals(stopping or threading.Event())
     keep = root is not None
     root = Path(root) if keep else Path(tempfile.mkdtemp(prefix="silbato-sim-"))
     hood = None
@@ -700,10 +711,7 @@ def run_demo(root: Path | None, n: int, topology: str, *, port_base: int, loss: 
         if GAMMU_SMSD is None:
             raise SmsdError("--sms runs the real gammu-smsd on Gammu's dummy phone, and gammu-smsd is not "
                             "installed (Debian: apt-get install gammu-smsd)")
-    stopping = stopping or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
-            signal.signal(signum, lambda *_: stopping.set())
+    stopping = stop_on_signals(stopping or threading.Event())
     keep = root is not None
     root = Path(root) if keep else Path(tempfile.mkdtemp(prefix="silbato-sim-"))
     block = None
