@@ -229,5 +229,5 @@ def test_a_far_building_stays_out_of_reach_for_a_period_after_the_silent_one_bet
     s.heard(2, 690.0)
     s.heard(2, 750.0)
     assert s.status(4, 600.0 + 180.0 + 1.0) == "silent", "a period on, no news of 4 is its own silence"
-    s.merge(bytes([0, 0, 0, 0]), 700.0, via=2)                    # fresh news of 4 through 3 and 2
-    assert s.status(4, 701.0) == "ok"
+    s.merge(bytes([0, 0, 0, 0]), 790.0, via=2)                    # fresh news of 4 through 3 and 2
+    assert s.status(4, 791.0) == "ok"

@@ -204,7 +204,7 @@ class Supervisor:
                 continue
             when = now - units * self.unit - TRANSIT  # the heartbeat took time to arrive: never newer
             if when > self.evidence.get(node, -math.inf):
-                self._revive(node, when, at=now)
+                self._revive(node, when, now)
                 self.evidence[node] = when
                 self.troubles[node] = byte & 0x03
                 if via is not None:
