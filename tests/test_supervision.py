@@ -4,7 +4,7 @@ import pytest
 
 import random
 
-from node.protocol.supervision import (AGE_MAX, AGE_UNIT, BEATS_PER_PERIOD, EARLY_WINDOW, MIN_INTERVAL, POLL_FROM, SILENT_MARK, Supervisor,
+from node.protocol.supervision import (AGE_MAX, AGE_UNIT, BEATS_PER_PERIOD, EARLY_WINDOW, FAR_PERIODS, MIN_INTERVAL, POLL_FROM, SILENT_MARK, Supervisor,
                               VERDICT_LEAD,
                               age_unit, early_delay, effective_period, heartbeat_airtime, heartbeat_interval, trouble_bits,
                               trouble_mask, trouble_names)
@@ -226,8 +226,36 @@ def test_a_far_building_stays_out_of_reach_for_a_period_after_the_silent_one_bet
     s.merge(bytes([0, 0, 0, AGE_MAX << 2]), 600.0, via=2)         # 3 is back: news of it, none yet of 4
     assert s.status(3, 601.0) == "ok"
     assert s.status(4, 620.0) == "unreachable" and s.through(4, 620.0) == 3
-    s.heard(2, 690.0)
-    s.heard(2, 750.0)
-    assert s.status(4, 600.0 + 180.0 + 1.0) == "silent", "a period on, no news of 4 is its own silence"
-    s.merge(bytes([0, 0, 0, 0]), 790.0, via=2)                    # fresh news of 4 through 3 and 2
-    assert s.status(4, 791.0) == "ok"
+    for t in range(630, 1200, 30):
+        s.heard(2, float(t))
+    assert s.status(4, 600.0 + 2 * 180.0) == "unreachable", "far news may take as long as it ever does"
+    assert s.status(4, 600.0 + FAR_PERIODS * 180.0 + 1.0) == "silent", "then no news of 4 is its own silence"
+    s.merge(bytes([0, 0, 0, 0]), 1150.0, via=2)                   # fresh news of 4 through 3 and 2
+    assert s.status(4, 1151.0) == "ok"
+
+
+def test_news_of_a_building_named_silent_says_it_is_back_once():
+    s = sup(1)
+    s.heard(2, 0.0)
+    s.merge(bytes([0, 0, 0, 0]), 0.0, via=2)
+    s.verdict(3, 5.0)
+    assert s.status(3, 200.0) == "silent"
+    assert s.merge(bytes([0, 0, 1 << 2, AGE_MAX << 2]), 210.0, via=2) == ({3}, set())   # alive, 4 s before
+    assert s.status(3, 211.0) == "ok"
+    assert s.merge(bytes([0, 0, 0, AGE_MAX << 2]), 240.0, via=2) == (set(), set()), "only the first news is a return"
+    s.verdict(2, 240.0)
+    assert s.heard(2, 300.0) is True and s.heard(2, 330.0) is False
+    assert s.status(4, 700.0) == "unreachable"                        # its news came only through 3, silent then
+    assert s.merge(bytes([0, 0, 0, 0]), 700.0, via=2) == (set(), {4}), "first news of it since: back in reach"
+
+
+def test_a_neighbour_still_showing_a_returned_building_silent_is_told_at_once():
+    s = sup(1)
+    s.heard(2, 0.0)
+    s.merge(bytes([0, 0, 0, 0]), 50.0, via=2)                       # news of 3 and 4, 1 s old at 50
+    marked = bytes([0, 0, SILENT_MARK << 2, AGE_MAX << 2])           # 2 still shows 3 silent
+    assert s.missed_return(marked, 60.0)
+    assert not s.missed_return(marked, 50.0 + 180.0 / 2 + 5), "older news than half a period: maybe it is silent"
+    assert not s.missed_return(bytes([0, 0, 0, AGE_MAX << 2]), 60.0)
+    s.verdict(3, 49.0 + AGE_UNIT)                                  # this node too names it silent
+    assert not s.missed_return(marked, 60.0)

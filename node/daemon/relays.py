@@ -285,7 +285,7 @@ class Receipts:
         if receipt is None:
             self._receipts[(alert_id, state)] = PendingReceipt(now + self.rng.uniform(*RECEIPT_DELAY), took=now)
         elif receipt.due is None and receipt.sent < MAX_RECEIPTS:  # sent before, and a neighbour needs more
-            receipt.due = max(now + self.rng.uniform(*RECEIPT_AGAIN), receipt.last + RECEIPT_GAP)
+            receipt.due = max(now + self.rng.uniform(*RECEIPT_AGAIN), receipt.last + RECEIPT_GAP + self.rng.uniform(0.0, 2.0))
 
     def sounded(self, alert: Alert, played: bool) -> None:
         """Record that this node's siren sounded ``alert``'s state, for its receipts."""
@@ -385,7 +385,7 @@ class Receipts:
             if repairing:
                 self._repair_gaps(alert, key[1], receipt, received, neighbours, now)
             if rechecking and not sending:
-                receipt.recheck = now + RECEIPT_GAP * 2 ** receipt.sent
+                receipt.recheck = self._recheck(receipt, now)
                 if alert.state is key[1] and not self._all_know(receipt, received, sounded, neighbours):
                     self.schedule(alert.id, key[1], now)
                 continue
@@ -410,11 +410,18 @@ class Receipts:
                                       coverage.to_bitmap(sounded, self.members), self.signer.stamp(now))
             self.outbox.send_ephemeral(signed.data, hop_limit=0)
             receipt.due, receipt.sent, receipt.last = None, receipt.sent + 1, now
-            receipt.recheck = now + RECEIPT_GAP * 2 ** receipt.sent
+            receipt.recheck = self._recheck(receipt, now)
             self.counts["receipt"] += 1
         if len(self._receipts) > RECEIPTS_KEPT:  # forget finished receipts of old alerts
             for key in [k for k, r in self._receipts.items() if r.due is None][:RECEIPTS_FORGOTTEN]:
                 del self._receipts[key]
+
+    def _recheck(self, receipt: PendingReceipt, now: float) -> float:
+        """When to ask again whether every live neighbour knows what this node does: twice as long
+        after each receipt, and a random part of a gap more. Two neighbours of one node, hidden from
+        each other, that answered the same receipt would otherwise go in step, a gap apart, and
+        collide there every time (tests/test_reconverge.py, seed 3: twice in a row, 10 s apart)."""
+        return now + RECEIPT_GAP * 2 ** receipt.sent + self.rng.uniform(0.0, 2.0)
 
     @staticmethod
     def _all_know(receipt: PendingReceipt, received: set[int], sounded: set[int], neighbours: set[int]) -> bool:

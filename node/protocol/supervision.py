@@ -25,13 +25,19 @@ building whose news stopped because the buildings between are down is not silent
 but *out of reach*: each node remembers through which neighbour its freshest news
 of each building came, and a building whose news came through a building now
 silent or out of reach (or whose news is no newer than the last sign of life of a
-building judged silent, or judged silent and heard of again less than a period ago)
+building judged silent, or judged silent and heard of again less than ``FAR_PERIODS``
+periods ago)
 shows "out of reach (through B2)", the way a fire panel reports a broken loop rather
 than every device beyond it.
 A building is thus shown silent everywhere about ``period`` seconds after its
 last heartbeat (a verdict falls due ``VERDICT_LEAD`` early, for its random wait
 and its flood), while a far node's slow gossip never raises a false alarm. Far nodes still fall back on their own evidence after
-``3 * period`` in case no verdict can reach them.
+``FAR_PERIODS`` periods in case no verdict can reach them.
+
+News that a building is back travels as fast as its verdict did: a node that learns that a
+building named silent, or out of reach, is alive sends its next heartbeat early (a node that
+sees a neighbour still marking silent a building it knows is back does the same), so the
+return crosses the block in an early heartbeat's wait a hop, not a heartbeat interval a hop.
 
 Lost heartbeats are made good by asking rather than by sending more often: a
 node whose neighbour has been quiet for 0.6 of the period *polls* (sends its next
@@ -71,6 +77,7 @@ VERDICT_LEAD = 10.0      # seconds before the period that a verdict falls due: i
 POLL_FROM = 0.6          # share of the period a neighbour may be quiet before this node asks after it
 POLLS = 12               # at most this many polls, and answers to them, per period
 EARLY_WINDOW = 25        # heartbeats' airtimes: an early heartbeat waits a random 1 s to this many after its cue
+FAR_PERIODS = 3          # periods without news before a far node calls a building silent on its own evidence
 
 # A node's own troubles, as 2 bits that travel in every heartbeat: its radio, or anything else.
 TROUBLE_BITS = {"radio": 1, "storage": 2, "roster": 2, "speaker": 2, "mesh": 2, "hardware": 2}
@@ -176,22 +183,31 @@ class Supervisor:
         # Since when this node's own radio has been up (None: down). A node boots listening.
         self.listening_since: float | None = now
 
-    def heard(self, node: int, now: float, troubles: int | None = None) -> None:
+    def heard(self, node: int, now: float, troubles: int | None = None) -> bool:
         """First-hand evidence: a fresh heartbeat signed by ``node`` at ``now`` (this node's clock; the
-        daemon converts the heartbeat's block time, ``node.protocol.clock``) was received from it."""
+        daemon converts the heartbeat's block time, ``node.protocol.clock``) was received from it.
+        True if a verdict had named it silent: it is back (``merge``)."""
         if node not in self.index or node == self.me:
-            return
+            return False
         self.neighbours.add(node)
-        self._revive(node, now, now)
+        back = self._revive(node, now, now)
         if now >= self.evidence.get(node, -math.inf):
             self.evidence[node] = now
             self.via[node] = node
             if troubles is not None:
                 self.troubles[node] = troubles
+        return back
 
-    def merge(self, vector: bytes, now: float, via: int | None = None) -> None:
+    def merge(self, vector: bytes, now: float, via: int | None = None) -> tuple[set[int], set[int]]:
         """Fold in the age vector (same roster order) of neighbour ``via``, signed at ``now`` on this
-        node's clock: its ages count from when it was signed, not from when it arrived."""
+        node's clock: its ages count from when it was signed, not from when it arrived.
+
+        Returns the buildings a verdict had named silent that this news shows alive since, and those
+        shown out of reach (``through``) of which it is the first news since: the daemon passes
+        that on at once (an early heartbeat), so a building's return crosses the block in seconds,
+        as its verdict did, not a heartbeat interval a hop.
+        """
+        back, reached = set(), set()
         for i, byte in enumerate(vector[:len(self.members)]):
             units = byte >> 2
             if units >= AGE_MAX:
@@ -203,18 +219,36 @@ class Supervisor:
                     self.verdict(node, min(self.evidence.get(node, now - self.period), now - self.period))
                 continue
             when = now - units * self.unit - TRANSIT  # the heartbeat took time to arrive: never newer
-            if when > self.evidence.get(node, -math.inf):
-                self._revive(node, when, now)
+            old = self.evidence.get(node, -math.inf)
+            if when > old:
+                if self._revive(node, when, now):
+                    back.add(node)
+                elif now - old > self.period and node not in self.neighbours and self.status(node, now) == "unreachable":
+                    reached.add(node)
                 self.evidence[node] = when
                 self.troubles[node] = byte & 0x03
                 if via is not None:
                     self.via[node] = via
+        return back, reached
 
-    def _revive(self, node: int, alive: float, at: float) -> None:
+    def _revive(self, node: int, alive: float, at: float) -> bool:
         """News that ``node`` was alive at ``alive`` came at ``at``: if a verdict had named it silent,
-        remember when it came back (``through``)."""
+        remember when it came back (``through``), and say so."""
         if self._named_silent(node) and alive > self.verdicts[node] + self.unit:
             self.revived[node] = at
+            return True
+        return False
+
+    def missed_return(self, vector: bytes, now: float) -> bool:
+        """Whether a neighbour's vector (signed at ``now``) still marks silent a building this node has
+        news of from the last half period: it missed that building's return, and an early heartbeat
+        from this node tells it (the news of a return, like a verdict, should not wait an interval)."""
+        for i, byte in enumerate(vector[:len(self.members)]):
+            node = self.members[i]
+            if byte >> 2 == SILENT_MARK and node != self.me and not self._named_silent(node) \
+                    and now - self.evidence.get(node, -math.inf) <= self.period / 2:
+                return True
+        return False
 
     def stale_about_me(self, vector: bytes, interval: float) -> bool:
         """Whether a neighbour's vector shows it missed this node's recent heartbeats.
@@ -346,13 +380,15 @@ class Supervisor:
         if carrier is not None:
             return carrier
         when = self.evidence[node]
-        if now - when <= 3 * self.period:
+        if now - when <= FAR_PERIODS * self.period:
             return None  # far news is slow (a heartbeat interval a hop): not stale yet
-        # A building named silent and heard of again less than a period ago still counts: the news of
-        # those beyond it flows again a heartbeat a hop, and until it comes they are beyond it, not silent
-        # (P10 seed 4: 14 healthy buildings shown silent for up to 135 s after the middle node came back).
+        # A building named silent and heard of again less than FAR_PERIODS ago still counts: the news of
+        # those beyond it flows again a heartbeat a hop, and until it comes they are beyond it, not silent,
+        # for as long as far news may take at any time (P10 seed 4: 14 healthy buildings shown silent for
+        # up to 135 s after the middle node came back; with one period, 6 once its return spread fast).
         breaks = [(last, s) for s, last in self.verdicts.items()
-                  if s != node and (self._named_silent(s) or now - self.revived.get(s, -math.inf) < self.period)
+                  if s != node and (self._named_silent(s)
+                                    or now - self.revived.get(s, -math.inf) < FAR_PERIODS * self.period)
                   and last >= when - self.unit]
         return min(breaks)[1] if breaks else None
 
@@ -367,7 +403,7 @@ class Supervisor:
         when = self.evidence.get(node)
         if node not in self.neighbours and self.judging(now) and self._carrier_down(node, now) is not None:
             return "unreachable"  # its news came through a building that is down: not its own silence
-        limit = self.period if node in self.neighbours else 3 * self.period
+        limit = self.period if node in self.neighbours else FAR_PERIODS * self.period
         if when is not None and now - when <= limit:
             return "trouble" if self.troubles.get(node) else "ok"
         if when is None and now - self.started <= limit:
