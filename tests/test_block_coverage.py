@@ -227,3 +227,38 @@ def test_a_receipt_for_an_alert_it_missed_makes_a_node_ask_for_it(make_block):
     assert three.liveness.next_heartbeat < regular or regular - block.clock() < 15
     # its early heartbeat shows node 2 that it lacks the alert; node 2 repairs it in seconds, not a heartbeat later
     assert block.scheduler.run_until_true(lambda: three.store.get_alert(alert.id) is not None, limit=30) is not None
+
+
+def test_a_node_that_lacks_an_older_alert_names_it_in_its_heartbeat_and_a_neighbour_repairs_it(make_block):
+    """A heartbeat shows one alert, the latest. A node back from an outage that lacks an alert older
+    than its latest could not ask for it: the repairs of it were spent while it was away (P10, the line,
+    seed 2: the middle node lacked an alert raised meanwhile for 14 minutes). Told by a receipt that the
+    alert exists, it names it in its heartbeats with state 0 ("I lack it"), and a neighbour repairs it."""
+    from node.protocol import coverage, wire
+    from node.protocol.alerts import parse_alert_id
+
+    block = make_block(3, "line", seed=4)
+    block.scheduler.run_for(120)
+    two, three = block.nodes[2], block.nodes[3]
+    block.air.radios[3].plugged = False
+    older = block.nodes[1].report()
+    assert block.scheduler.run_until_true(lambda: two.store.get_alert(older.id) is not None, limit=30) is not None
+    newer = three.report(location=103)            # raised at node 3, its radio away: its latest
+    block.scheduler.run_for(5)
+    block.air.radios[3].plugged = True
+    assert block.scheduler.run_until_true(lambda: two.store.get_alert(newer.id) is not None, limit=60) is not None
+    assert three.store.get_alert(older.id) is None
+    sent = []
+    transmit = block.air.transmit
+    block.air.transmit = lambda sender, packet: (sent.append((sender, bytes(packet.payload))), transmit(sender, packet))
+    with two.store.transaction():
+        counter = two.store.next_counter()
+    receipt = wire.ReceiptFrame(2, counter, *parse_alert_id(older.id), State.REPORTED, two.roster.version,
+                                coverage.to_bitmap({1, 2}, two.members), coverage.to_bitmap({1, 2}, two.members),
+                                two.signer.stamp(block.clock()))
+    three.on_frame(wire.encode(receipt, two.key, two.roster.block))
+    assert three.liveness.shown(block.clock()) == (older.id, 0)
+    assert block.scheduler.run_until_true(lambda: three.store.get_alert(older.id) is not None, limit=30) is not None
+    beats = [wire.decode(p, three.roster) for s, p in sent if s == 3 and p[1] == wire.FrameType.HEARTBEAT]
+    assert beats and (beats[0].latest_alert_id, beats[0].latest_state) == (older.id, 0)
+    assert three.liveness.shown(block.clock())[1] == int(State.REPORTED), "asked and had: it shows its latest again"

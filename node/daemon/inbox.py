@@ -136,8 +136,7 @@ class Inbox:
             if not self.receipts.apply(frame, now):
                 # A receipt for an alert this node never heard: its heartbeat, sent early, shows the
                 # neighbours that it is behind, and they repair it.
-                self.liveness.answer_early(now, "pull")
-                self.relays.behind(frame.alert_id, now)
+                self.liveness.pull(frame.alert_id, now, lacking=self.store.get_alert(frame.alert_id) is None)
         elif isinstance(frame, wire.NearbyFrame):
             if self.neighborhood is not None:
                 self._nearby = self.neighborhood.accept(frame, now, data)

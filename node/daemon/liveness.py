@@ -47,6 +47,12 @@ ENDED_SHOWN = 900.0
 SUMMARY_BITS = 0x03
 WIPED_BIT = supervision.trouble_mask(["wiped"]) & ~SUMMARY_BITS
 ACTIVE_CODES = frozenset(int(state) for state in alerts.ACTIVE)
+# Seconds a heartbeat goes on naming an alert this node lacks (with state 0: "I lack it") after a
+# neighbour's receipt or heartbeat showed it exists. A heartbeat shows one alert; without this, a
+# node back from an outage that missed an alert older than its latest could ask for it only by
+# chance: the repairs of it were spent while it was away, and those at its return collide (P10,
+# the line, seed 2: the middle node lacked an alert raised meanwhile for 14 minutes).
+WANTED_FOR = 180.0
 
 
 def jitter(rng: random.Random, seconds: float) -> float:
@@ -105,6 +111,7 @@ class Liveness:
         self._last_poll = NEVER
         self._verdicts_due: dict[int, float] = {}  # node -> when this node will call it silent
         self._peer_rows: dict[int, tuple] = {}      # node -> ((status, troubles), last heard) as stored
+        self._wanted: tuple[str, float] | None = None   # an alert this node lacks, and since when (WANTED_FOR)
         # Called with a neighbour heard first-hand after a silence, and the time (Receipts.neighbour_back).
         self.on_back: Callable[[int, float], None] = lambda node, now: None
 
@@ -193,15 +200,15 @@ class Liveness:
         known = self.store.get_alert(theirs) if theirs else None
         if theirs and ((known is None and frame.latest_state in ACTIVE_CODES)
                        or (known is not None and int(known.state) < frame.latest_state)):
-            self.answer_early(now, "pull")   # (an ended alert it never had is not worth the air)
-            self.relays.behind(theirs, now)
+            self.pull(theirs, now, lacking=known is None)   # (an ended alert it never had is not worth the air)
         if known is not None and int(known.state) > frame.latest_state and known.state in alerts.ON_AIR:
             self.relays.repair(known, frame.origin, now, shown=True)   # it missed a later state, say the withdrawal
         # Our latest alert, to a neighbour that has none, or whose latest has ended here or is clearly
         # older. (Which of two active alerts is "latest" can differ between nodes by moments: those
         # it has both, and would otherwise pass to each other for as long as both are active.)
         latest = latest_alert(self.store)
-        if latest is not None and latest.id != theirs and (
+        asking = theirs is not None and frame.latest_state == 0   # it names an alert it lacks, not its latest
+        if latest is not None and latest.id != theirs and not asking and (
                 theirs is None or (known is not None and (known.state not in alerts.ACTIVE
                                                           or latest.opened_at - known.opened_at > REPAIR_GAP))):
             self.relays.repair(latest, frame.origin, now, shown=True)
@@ -237,6 +244,26 @@ class Liveness:
                     frame.silent_for, frame.origin)
         # Every node relays a verdict once (they are rare, and a node that misses one waits long).
         self.relays.relay_verdict(("silent", frame.origin, frame.counter), data, now, delay=RELAY_DELAY, hop_limit=0)
+
+    def pull(self, alert_id: str, now: float, *, lacking: bool) -> None:
+        """A neighbour's frame showed this node behind on ``alert_id`` (``lacking``: it has none of it):
+        its next heartbeat goes early and shows it, so a neighbour repairs it. One it lacks is named in
+        the heartbeats, with state 0, for WANTED_FOR seconds or until it comes (``shown``)."""
+        if lacking:
+            self._wanted = (alert_id, now)
+        self.answer_early(now, "pull")
+        self.relays.behind(alert_id, now)
+
+    def shown(self, now: float) -> tuple[str, int] | None:
+        """The alert and state this node's heartbeat shows: one it lacks and asks for (state 0), else its
+        latest (``shown_alert``); None for none."""
+        if self._wanted is not None:
+            alert_id, since = self._wanted
+            if now - since <= WANTED_FOR and self.store.get_alert(alert_id) is None:
+                return alert_id, 0
+            self._wanted = None
+        latest = shown_alert(self.store, now)
+        return (latest.id, int(latest.state)) if latest else None
 
     def answer_early(self, now: float, why: str) -> None:
         """Bring the heartbeat forward, at most once each POLLS-th of the period (or half an interval):
@@ -290,13 +317,13 @@ class Liveness:
             return  # none while the radio is away: it would go out stale, if at all
         self.heartbeat_interval = self._interval()
         self.next_heartbeat = now + jitter(self.rng, self.heartbeat_interval)
-        latest = shown_alert(self.store, now)
-        reporter, acounter = alerts.parse_alert_id(latest.id) if latest else (0, 0)
+        shown = self.shown(now)
+        reporter, acounter = alerts.parse_alert_id(shown[0]) if shown else (0, 0)
         # The radio's troubles as the link has them now: the store's copy follows at the outbox's turn.
         troubles = {k: v for k, v in self.store.troubles().items() if not k.startswith("radio")} | self.link.troubles
         vector = self.supervisor.vector(now, supervision.trouble_bits(troubles))[:wire.MAX_VECTOR]
         signed = self.signer.sign(wire.HeartbeatFrame, supervision.trouble_mask(troubles), self.roster.version,
-                                  reporter, acounter, int(latest.state) if latest else 0, vector,
+                                  reporter, acounter, shown[1] if shown else 0, vector,
                                   self.signer.stamp(now))
         self.outbox.send_ephemeral(signed.data, hop_limit=0)
         self.counts["heartbeat"] += 1

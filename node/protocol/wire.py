@@ -23,6 +23,9 @@ Body, by type::
     8  2 location code                                                   node: 6 high bits its age in
                                                                          4 s units, 2 low its troubles
 
+A heartbeat that names an alert with state 0 says its sender lacks that alert and asks for
+it (a receipt showed it exists); its neighbours that hold it pass it on.
+
 A silent verdict (8 bytes): subject node id (2), seconds since it was last
 known alive (2, saturating), block time when signed (4). Sent by a neighbour of the
 subject, flooded. The block time (``node.protocol.clock``) lets a node that never saw
