@@ -262,3 +262,16 @@ def test_a_node_that_lacks_an_older_alert_names_it_in_its_heartbeat_and_a_neighb
     beats = [wire.decode(p, three.roster) for s, p in sent if s == 3 and p[1] == wire.FrameType.HEARTBEAT]
     assert beats and (beats[0].latest_alert_id, beats[0].latest_state) == (older.id, 0)
     assert three.liveness.shown(block.clock())[1] == int(State.REPORTED), "asked and had: it shows its latest again"
+
+
+def test_a_node_rechecks_its_neighbours_coverage_at_least_every_two_minutes(make_block):
+    """Rechecks double from 10 s, but not past RECHECK_MAX: uncapped, the seventh came 1280 s after
+    the sixth, and a building whose one neighbour's receipt was lost then showed another building
+    missing for 20 minutes (P10, the block, seeds 1, 2 and 5: coverage never complete)."""
+    from node.daemon.relays import RECEIPT_GAP, RECHECK_MAX, PendingReceipt
+
+    block = make_block(2, "line")
+    receipts = block.nodes[1].receipts
+    waits = [receipts._recheck(PendingReceipt(due=None, sent=sent), 1000.0) - 1000.0 for sent in range(1, 9)]
+    assert waits[0] >= 2 * RECEIPT_GAP and all(b >= a - 2.0 for a, b in zip(waits, waits[1:]))
+    assert max(waits) <= RECHECK_MAX + 2.0 and min(waits[-3:]) >= RECHECK_MAX

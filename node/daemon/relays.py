@@ -65,6 +65,10 @@ NEWS_RECEIPTS = 2         # ... and this many more each time it learns of more b
 # the longest wait before a first receipt) is sent the frame, up to GAP_REPAIRS times, REPAIR_GAP apart.
 REPAIR_AFTER = RECEIPT_DELAY[1] + 5.0
 GAP_REPAIRS = 3
+# The longest wait (seconds) between two rechecks of whether every live neighbour knows what this node
+# does (they double from RECEIPT_GAP): uncapped, the seventh came 1280 s after the sixth, and an edge
+# building whose one neighbour's receipt was lost showed a building missing for as long (P10, seeds 1, 2, 5).
+RECHECK_MAX = 120.0
 # After a neighbour came back from an outage, its neighbours' three tries go BACK_REPAIR_GAP apart
 # (plus a random up to BACK_REPAIR_JITTER), not REPAIR_GAP: every one of them tries at once when it
 # hears it again, and a node in the busy middle of the block, answered by nine, loses the first
@@ -418,10 +422,11 @@ class Receipts:
 
     def _recheck(self, receipt: PendingReceipt, now: float) -> float:
         """When to ask again whether every live neighbour knows what this node does: twice as long
-        after each receipt, and a random part of a gap more. Two neighbours of one node, hidden from
-        each other, that answered the same receipt would otherwise go in step, a gap apart, and
-        collide there every time (tests/test_reconverge.py, seed 3: twice in a row, 10 s apart)."""
-        return now + RECEIPT_GAP * 2 ** receipt.sent + self.rng.uniform(0.0, 2.0)
+        after each receipt, up to RECHECK_MAX, and up to 2 s more at random. Two neighbours of one
+        node, hidden from each other, that answered the same receipt would otherwise go in step, a
+        gap apart, and collide there every time (tests/test_reconverge.py, seed 3: twice in a row,
+        10 s apart)."""
+        return now + min(RECEIPT_GAP * 2 ** receipt.sent, RECHECK_MAX) + self.rng.uniform(0.0, 2.0)
 
     @staticmethod
     def _all_know(receipt: PendingReceipt, received: set[int], sounded: set[int], neighbours: set[int]) -> bool:
