@@ -213,10 +213,11 @@ def test_a_stale_far_building_is_out_of_reach_through_the_silent_one_between():
     assert s.status(4, 700.0) == "silent"
 
 
-def test_a_far_building_stays_out_of_reach_for_a_period_after_the_silent_one_between_is_back():
+def test_a_far_building_stays_out_of_reach_for_three_periods_after_the_silent_one_between_is_back():
     """P10 seed 4: the middle node's radio away 5 minutes; once it was back (no longer named silent),
     the news of the 14 buildings beyond it was still old, and its neighbours' neighbours showed them
-    all silent (by the far fallback) for up to 135 s, until fresh news flowed through it again."""
+    all silent (by the far fallback) for up to 135 s, until fresh news flowed through it again. With
+    one period's grace, 6 were, once the middle node's return itself spread in seconds (round 7)."""
     s = sup(1)
     s.heard(2, 0.0)
     s.merge(bytes([0, 0, 0, 0]), 0.0, via=2)                      # 3 and 4 heard of through 2
