@@ -4,7 +4,8 @@ import pytest
 
 import random
 
-from node.protocol.supervision import (AGE_MAX, AGE_UNIT, BEATS_PER_PERIOD, EARLY_WINDOW, FAR_PERIODS, MIN_INTERVAL, POLL_FROM, SILENT_MARK, Supervisor,
+from node.protocol.supervision import (AGE_MAX, AGE_UNIT, BEATS_PER_PERIOD, EARLY_WINDOW, FAR_PERIODS,
+                                       MIN_INTERVAL, POLL_FROM, SILENT_MARK, Supervisor,
                               VERDICT_LEAD,
                               age_unit, early_delay, effective_period, heartbeat_airtime, heartbeat_interval, trouble_bits,
                               trouble_mask, trouble_names)

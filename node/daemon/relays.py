@@ -289,7 +289,9 @@ class Receipts:
         if receipt is None:
             self._receipts[(alert_id, state)] = PendingReceipt(now + self.rng.uniform(*RECEIPT_DELAY), took=now)
         elif receipt.due is None and receipt.sent < MAX_RECEIPTS:  # sent before, and a neighbour needs more
-            receipt.due = max(now + self.rng.uniform(*RECEIPT_AGAIN), receipt.last + RECEIPT_GAP + self.rng.uniform(0.0, 2.0))
+            # (the gap and up to 2 s more at random: see _recheck)
+            receipt.due = max(now + self.rng.uniform(*RECEIPT_AGAIN),
+                              receipt.last + RECEIPT_GAP + self.rng.uniform(0.0, 2.0))
 
     def sounded(self, alert: Alert, played: bool) -> None:
         """Record that this node's siren sounded ``alert``'s state, for its receipts."""

@@ -223,7 +223,8 @@ class Supervisor:
             if when > old:
                 if self._revive(node, when, now):
                     back.add(node)
-                elif now - old > self.period and node not in self.neighbours and self.status(node, now) == "unreachable":
+                elif (now - old > self.period and node not in self.neighbours
+                      and self.status(node, now) == "unreachable"):
                     reached.add(node)
                 self.evidence[node] = when
                 self.troubles[node] = byte & 0x03
@@ -245,8 +246,8 @@ class Supervisor:
         from this node tells it (the news of a return, like a verdict, should not wait an interval)."""
         for i, byte in enumerate(vector[:len(self.members)]):
             node = self.members[i]
-            if byte >> 2 == SILENT_MARK and node != self.me and not self._named_silent(node) \
-                    and now - self.evidence.get(node, -math.inf) <= self.period / 2:
+            if (byte >> 2 == SILENT_MARK and node != self.me and not self._named_silent(node)
+                    and now - self.evidence.get(node, -math.inf) <= self.period / 2):
                 return True
         return False
 
