@@ -264,6 +264,31 @@ def test_a_node_that_lacks_an_older_alert_names_it_in_its_heartbeat_and_a_neighb
     assert three.liveness.shown(block.clock())[1] == int(State.REPORTED), "asked and had: it shows its latest again"
 
 
+def test_a_node_that_took_an_old_alert_late_does_not_pass_it_to_neighbours_that_have_it(make_block):
+    """Which of two active alerts is a node's latest goes by when it took each. A node back from an
+    outage takes an alert raised meanwhile last, so it is its "latest", and a neighbour whose heartbeat
+    shows the other one looked to it like one that lacked it: it passed the alert on, and called the
+    neighbour needy, on each of its heartbeats (P10, the block, seed 4: every 40 s for 13 minutes).
+    The coverage shows the neighbour has it: no repair."""
+    from node.daemon.liveness import latest_alert
+
+    block = make_block(3, "line", seed=4)
+    block.scheduler.run_for(120)
+    two, three = block.nodes[2], block.nodes[3]
+    block.air.radios[3].plugged = False
+    older = block.nodes[1].report()
+    block.scheduler.run_for(30)
+    newer = three.report(location=103)            # raised at node 3, its radio away
+    block.scheduler.run_for(90)                   # node 3 will take the older one well after its own
+    block.air.radios[3].plugged = True
+    assert block.scheduler.run_until_true(
+        lambda: all(2 in n.store.coverage(a.id, State.REPORTED)[0] for n in (two, three) for a in (older, newer)),
+        limit=300) is not None
+    assert latest_alert(three.store).id == older.id and latest_alert(two.store).id == newer.id
+    repairs = three.counts["repair"]
+    block.scheduler.run_for(600)                  # some ten of node 2's heartbeats
+    assert three.counts["repair"] == repairs
+
 def test_a_node_rechecks_its_neighbours_coverage_at_least_every_two_minutes(make_block):
     """Rechecks double from 10 s, but not past RECHECK_MAX: uncapped, the seventh came 1280 s after
     the sixth, and a building whose one neighbour's receipt was lost then showed another building

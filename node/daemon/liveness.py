@@ -205,12 +205,17 @@ class Liveness:
             self.relays.repair(known, frame.origin, now, shown=True)   # it missed a later state, say the withdrawal
         # Our latest alert, to a neighbour that has none, or whose latest has ended here or is clearly
         # older. (Which of two active alerts is "latest" can differ between nodes by moments: those
-        # it has both, and would otherwise pass to each other for as long as both are active.)
+        # it has both, and would otherwise pass to each other for as long as both are active.) Not
+        # when the coverage shows it has it: "older" is by the times each was taken here, and a node
+        # that took an old alert late, back from an outage, took it for the newest and passed it, as
+        # lacking, to neighbours that had it, on each of their heartbeats (P10, the block, seed 4:
+        # every 40 s for 13 minutes).
         latest = latest_alert(self.store)
         asking = theirs is not None and frame.latest_state == 0   # it names an alert it lacks, not its latest
         if latest is not None and latest.id != theirs and not asking and (
                 theirs is None or (known is not None and (known.state not in alerts.ACTIVE
-                                                          or latest.opened_at - known.opened_at > REPAIR_GAP))):
+                                                          or latest.opened_at - known.opened_at > REPAIR_GAP))
+        ) and frame.origin not in self.store.coverage(latest.id, latest.state)[0]:
             self.relays.repair(latest, frame.origin, now, shown=True)
 
     def apply_silent(self, frame: wire.SilentFrame, now: float, data: bytes) -> None:
