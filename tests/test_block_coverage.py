@@ -264,6 +264,7 @@ def test_a_node_that_lacks_an_older_alert_names_it_in_its_heartbeat_and_a_neighb
     assert three.liveness.shown(block.clock())[1] == int(State.REPORTED), "asked and had: it shows its latest again"
 
 
+
 def test_a_node_that_took_an_old_alert_late_does_not_pass_it_to_neighbours_that_have_it(make_block):
     """Which of two active alerts is a node's latest goes by when it took each. A node back from an
     outage takes an alert raised meanwhile last, so it is its "latest", and a neighbour whose heartbeat
@@ -297,6 +298,42 @@ def test_a_node_rechecks_its_neighbours_coverage_at_least_every_two_minutes(make
 
     block = make_block(2, "line")
     receipts = block.nodes[1].receipts
-    waits = [receipts._recheck(PendingReceipt(due=None, sent=sent), 1000.0) - 1000.0 for sent in range(1, 9)]
+    waits = [receipts._recheck(PendingReceipt(due=None, sent=sent), 1000.0, {1, 2}, {2}) - 1000.0 for sent in range(1, 9)]
     assert waits[0] >= 2 * RECEIPT_GAP and all(b >= a - 2.0 for a, b in zip(waits, waits[1:]))
     assert max(waits) <= RECHECK_MAX + 2.0 and min(waits[-3:]) >= RECHECK_MAX
+
+
+def test_a_node_tells_a_neighbour_whose_receipt_lags_again_within_a_minute(make_block, monkeypatch):
+    """A neighbour's own last receipt lacking a building this node knows has the state is evidence that
+    this node's receipt with it was lost: one that heard it would have answered within RECEIPT_GAP.
+    So once no receipt of the state has come for RECHECK_LAGGING, the next recheck comes, not
+    10 s x 2^receipts after the last: doubling left a leaf behind a weak link 120 s on each lost
+    receipt (P10, the block, seeds 4 and 5)."""
+    from node.daemon import relays
+    from node.protocol import coverage, wire
+
+    block = make_block(4, "line", seed=1)
+    block.scheduler.run_for(120)
+    one, two = block.nodes[1], block.nodes[2]
+    block.air.radios[4].plugged = False
+    alert = one.report()
+    block.scheduler.run_for(90)    # nodes 1-3 have it, and know it of each other; node 4's radio is away
+    assert one.store.coverage(alert.id, State.REPORTED)[0] == {1, 2, 3}
+    dropped = []
+    transmit = block.air.transmit
+
+    def lose_the_first_receipt_of_node_4_from_node_2(sender, packet):
+        payload = bytes(packet.payload)
+        if sender == 2 and not dropped and payload[1] == wire.FrameType.RECEIPT:
+            frame = wire.decode(payload, two.roster)
+            if 4 in coverage.from_bitmap(frame.received, two.members):
+                dropped.append(block.scheduler.now())
+                return
+        transmit(sender, packet)
+
+    block.air.transmit = lose_the_first_receipt_of_node_4_from_node_2
+    block.air.radios[4].plugged = True
+    assert block.scheduler.run_until_true(lambda: bool(dropped), limit=120) is not None
+    assert 4 not in one.store.coverage(alert.id, State.REPORTED)[0]
+    told = block.scheduler.run_until_true(lambda: 4 in one.store.coverage(alert.id, State.REPORTED)[0], limit=120)
+    assert told is not None and told - dropped[0] <= 2 * relays.RECHECK_LAGGING + relays.RECEIPT_GAP + relays.RECEIPT_AGAIN[1]
