@@ -283,8 +283,8 @@ def test_a_node_that_took_an_old_alert_late_does_not_pass_it_to_neighbours_that_
     block.scheduler.run_for(90)                   # node 3 will take the older one well after its own
     block.air.radios[3].plugged = True
     assert block.scheduler.run_until_true(
-        lambda: all(2 in n.store.coverage(a.id, State.REPORTED)[0] for n in (two, three) for a in (older, newer)),
-        limit=300) is not None
+        lambda: all(2 in n.store.coverage(a.id, State.REPORTED)[0] for n in (two, three)
+                    for a in (older, newer)), limit=300) is not None
     assert latest_alert(three.store).id == older.id and latest_alert(two.store).id == newer.id
     repairs = three.counts["repair"]
     block.scheduler.run_for(600)                  # some ten of node 2's heartbeats
@@ -298,17 +298,19 @@ def test_a_node_rechecks_its_neighbours_coverage_at_least_every_two_minutes(make
 
     block = make_block(2, "line")
     receipts = block.nodes[1].receipts
-    waits = [receipts._recheck(PendingReceipt(due=None, sent=sent), 1000.0, {1, 2}, {2}) - 1000.0 for sent in range(1, 9)]
+    waits = [receipts._recheck(PendingReceipt(due=None, sent=sent), 1000.0, {1, 2}, {2}) - 1000.0
+             for sent in range(1, 9)]
     assert waits[0] >= 2 * RECEIPT_GAP and all(b >= a - 2.0 for a, b in zip(waits, waits[1:]))
     assert max(waits) <= RECHECK_MAX + 2.0 and min(waits[-3:]) >= RECHECK_MAX
 
 
-def test_a_node_tells_a_neighbour_whose_receipt_lags_again_within_a_minute(make_block, monkeypatch):
+def test_a_node_tells_a_neighbour_whose_receipt_lags_again_within_a_minute(make_block):
     """A neighbour's own last receipt lacking a building this node knows has the state is evidence that
     this node's receipt with it was lost: one that heard it would have answered within RECEIPT_GAP.
-    So once no receipt of the state has come for RECHECK_LAGGING, the next recheck comes, not
-    10 s x 2^receipts after the last: doubling left a leaf behind a weak link 120 s on each lost
-    receipt (P10, the block, seeds 4 and 5)."""
+    So once no receipt of the state has come for RECHECK_LAGGING, the next recheck comes
+    RECHECK_LAGGING to RECHECK_LAGGING + RECEIPT_GAP after the last receipt, not 10 s x 2^receipts:
+    doubling left a leaf behind a weak link 120 s on each lost receipt (P10, the block, seeds 4
+    and 5). Here the far end is told 44 s after the loss (76 s without)."""
     from node.daemon import relays
     from node.protocol import coverage, wire
 
@@ -336,4 +338,5 @@ def test_a_node_tells_a_neighbour_whose_receipt_lags_again_within_a_minute(make_
     assert block.scheduler.run_until_true(lambda: bool(dropped), limit=120) is not None
     assert 4 not in one.store.coverage(alert.id, State.REPORTED)[0]
     told = block.scheduler.run_until_true(lambda: 4 in one.store.coverage(alert.id, State.REPORTED)[0], limit=120)
-    assert told is not None and told - dropped[0] <= 2 * relays.RECHECK_LAGGING + relays.RECEIPT_GAP + relays.RECEIPT_AGAIN[1]
+    bound = 2 * relays.RECHECK_LAGGING + relays.RECEIPT_GAP + relays.RECEIPT_AGAIN[1]
+    assert told is not None and told - dropped[0] <= bound

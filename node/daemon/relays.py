@@ -285,9 +285,10 @@ class Receipts:
     more than a neighbour tells it. So a receipt goes out when this node learned more, when a
     neighbour's receipt shows it knows less, and when a copy of the state is heard again (a
     re-send or a repair: its sender's coverage lacks someone); never more than MAX_RECEIPTS a
-    state (and LAG_RECEIPTS more, slowly, while a neighbour's own receipt shows it lags), RECEIPT_GAP
-    apart, and not at all when every live neighbour's last receipt already showed all it would say. The same bitmaps drive repairs: a neighbour whose receipt shows an
-    older state, or that is still missing REPAIR_AFTER seconds on, is passed the frame at once.
+    state (and LAG_RECEIPTS more, slowly, while a neighbour's own receipt shows it lags),
+    RECEIPT_GAP apart, and not at all when every live neighbour's last receipt already showed all
+    it would say. The same bitmaps drive repairs: a neighbour whose receipt shows an older state,
+    or that is still missing REPAIR_AFTER seconds on, is passed the frame at once.
     """
 
     def __init__(self, me: int, members: list[int], roster: Roster, store: Store, signer: Signer, outbox: Outbox,
