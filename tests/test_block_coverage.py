@@ -340,3 +340,46 @@ def test_a_node_tells_a_neighbour_whose_receipt_lags_again_within_a_minute(make_
     told = block.scheduler.run_until_true(lambda: 4 in one.store.coverage(alert.id, State.REPORTED)[0], limit=120)
     bound = 2 * relays.RECHECK_LAGGING + relays.RECEIPT_GAP + relays.RECEIPT_AGAIN[1]
     assert told is not None and told - dropped[0] <= bound
+
+
+
+def test_a_node_whose_last_receipt_showed_less_than_its_neighbour_knows_answers_it(make_block):
+    """A neighbour whose last receipt lacks buildings this node knows have the state looks as if it
+    lost this node's receipt, and is told again: 20-30 s on, then at the back-off, and past
+    MAX_RECEIPTS. When it learned them from someone else it had nothing new for anyone, so it never
+    answered, and all those receipts went for nothing. Now a node whose last receipt showed less than
+    a neighbour's shows answers it; and one told nothing new twice after its last receipt answers
+    once (its answer may have been lost). Here node 4, the end of the line, takes the alert late,
+    and node 3's first receipt after that is lost: node 4's first receipt shows less than node 3
+    knows. Node 3 sent 12 receipts of the state before (8 and 4 more), now 7."""
+    from node.daemon import relays
+    from node.protocol import coverage, wire
+
+    block = make_block(4, "line", seed=2)
+    block.scheduler.run_for(120)
+    one, three = block.nodes[1], block.nodes[3]
+    block.air.radios[4].plugged = False   # node 4 takes the alert late
+    alert = one.report()
+    block.scheduler.run_for(60)
+    block.air.radios[4].plugged = True
+    first_from_4, sent_by_3 = [], []
+    transmit = block.air.transmit
+
+    def lose_node_3_s_receipts_until_node_4_s_first(sender, packet):
+        payload = bytes(packet.payload)
+        if payload[1] == wire.FrameType.RECEIPT and sender in (3, 4):
+            frame = wire.decode(payload, three.roster)
+            if sender == 4 and not first_from_4:
+                first_from_4.append(coverage.from_bitmap(frame.received, three.members))
+            if sender == 3:
+                sent_by_3.append(block.scheduler.now())
+                if not first_from_4:
+                    return
+        transmit(sender, packet)
+
+    block.air.transmit = lose_node_3_s_receipts_until_node_4_s_first
+    block.scheduler.run_for(1800)
+    assert first_from_4 and first_from_4[0] != {1, 2, 3, 4}, "node 4's first receipt showed less"
+    assert block.nodes[4].store.coverage(alert.id, State.REPORTED)[0] == {1, 2, 3, 4}
+    assert three.counts["receipt-lagging"] == 0 and len(sent_by_3) < relays.MAX_RECEIPTS, sent_by_3
+
