@@ -26,6 +26,17 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 LIVE_TEXT = "Live: this page updates by itself."
 
 
+@pytest.fixture(autouse=True, scope="module")
+def patient_expect():
+    """``expect`` waits up to 20 s, like the pages' own default, not Playwright's 5 s: the block
+    runs in real time, and on a busy machine a page's live update can come a few seconds late
+    (its event stream dropped and reconnecting). It costs nothing when the update comes at once.
+    CI once saw a watcher's ALL CLEAR miss the 5 s, with a dropped connection in the server log."""
+    expect.set_options(timeout=20_000)
+    yield
+    expect.set_options(timeout=None)
+
+
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as playwright:

@@ -287,7 +287,8 @@ class Receipts:
 
     Receipts merge by union, so every node converges on one view as long as a node that knows
     more than a neighbour tells it. So a receipt goes out when this node learned more, when a
-    neighbour's receipt shows it knows less, and when a copy of the state is heard again (a
+    neighbour's receipt shows it knows less, or more than this node's last receipt showed (it
+    sees this node lag), and when a copy of the state is heard again (a
     re-send or a repair: its sender's coverage lacks someone); never more than MAX_RECEIPTS a
     state (and LAG_RECEIPTS more, slowly, while a neighbour's own receipt shows it lags),
     RECEIPT_GAP apart, and not at all when every live neighbour's last receipt already showed all
