@@ -376,7 +376,7 @@ class Receipts:
                 # pass one along the block. Not while receipts still come: in the storm after a report,
                 # answers then took the busiest node from 24.7% to 25.7% of the air.
                 receipt.idle[frame.origin] = receipt.idle.get(frame.origin, 0) + 1
-                if receipt.idle[frame.origin] >= 2:
+                if receipt.idle[frame.origin] >= 2 and receipt.sent < MAX_RECEIPTS:   # else none could go
                     receipt.answered.add(frame.origin)
                     receipt.answer = True
                     self.counts["receipt-answer"] += 1
