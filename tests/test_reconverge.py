@@ -85,8 +85,7 @@ def test_an_all_clear_reaches_the_far_end_as_fast_as_the_report(make_block):
         report = run.run_until_true(lambda: has(block, 5, alert.id, State.REPORTED), limit=60, step=0.05) - start
         run.run_for(10)
         block.nodes[3].act("confirm", alert.id)
-        # every node, the clearer too: it can only clear what it shows as confirmed
-        assert run.run_until_true(lambda: all_have(block, alert.id, State.CONFIRMED), limit=60, step=0.05)
+        assert run.run_until_true(lambda: has(block, 5, alert.id, State.CONFIRMED), limit=60, step=0.05)
         run.run_for(gap)
         block.nodes[1].act("all_clear", alert.id)
         start = run.now()
@@ -180,14 +179,14 @@ def test_a_neighbour_that_needed_a_repair_has_every_later_state_relayed_whatever
 
 def test_a_reporter_with_a_needy_neighbour_sends_its_second_copy_whatever_copy_comes_back(make_block):
     """Node 2 reports in the middle of a line; node 3, which needed a repair before, loses the
-    first copy, and a copy comes back from another neighbour. A copy does not say who sent it: the
+    first copy, and node 1 (a dead end) passes it back. A copy does not say who sent it: the
     reporter's second copy still goes, so node 3 has the report within seconds, not at a repair
     much later (P3 seed 1: a reporter whose one weak link into the block lost the first copy kept
     the whole block waiting 10-50 s, because a neighbour at the edge passed it back)."""
     block = make_block(3, seed=1)
     run = block.scheduler
     run.run_for(300)
-    reporter = block.nodes[2]
+    reporter, edge = block.nodes[2], block.nodes[1]
     block.air.set_loss(2, 3, 1.0)                    # node 3 misses an alert, and is repaired
     earlier = block.nodes[1].report()
     run.run_for(20)
@@ -196,52 +195,23 @@ def test_a_reporter_with_a_needy_neighbour_sends_its_second_copy_whatever_copy_c
     assert reporter.relays.needy(block.clock()) == {3}
     run.run_for(30)
     block.air.set_loss(2, 3, 1.0)
-    relayed = reporter.counts["relay"]
+    relayed, heard = reporter.counts["relay"], edge.counts["relay"]
     alert = reporter.report(location=102)
-    key = (alert.id, State.REPORTED)
-    assert run.run_until_true(lambda: key in reporter.relays._relays and reporter.relays._relays[key].due < 1e12,
-                              limit=5, step=0.05) is not None   # the first copy is on air; the second waits
-    run.run_for(0.5)     # ... and lost on the way to node 3
-    for _ in range(3):   # copies heard back, as from neighbours elsewhere in a dense block
-        reporter.relays.count_copy(key)
-    assert reporter.counts["relay"] == relayed, "the second copy went before the copies came: nothing tested"
+    assert run.run_until_true(lambda: edge.counts["relay"] > heard, limit=10, step=0.05) is not None
+    run.run_for(0.5)   # node 1's relay is on air and heard back
+    assert reporter.counts["relay"] == relayed, "the second copy was due before node 1's relay: nothing tested"
     block.air.set_loss(2, 3, 0.0)
     got = run.run_until_true(lambda: has(block, 3, alert.id, State.REPORTED), limit=6, step=0.05)
     assert got is not None, reporter.counts
     assert reporter.counts["relay"] >= relayed + 1
 
 
-def test_a_dead_end_relays_nothing_and_answers_with_its_receipt_at_once(make_block):
-    """A node with one live neighbour (the end of a line) heard the state from that neighbour, so
-    a relay from it would reach nobody who lacks it, and its copy coming back counted as a relay
-    where it landed: a reporter between a dead end and its one weak link into the block skipped
-    its second copy (P3 seed 1). It sends its receipt instead, within the relays' 0.3-2.5 s, not
-    2-20 s: the same air, and its neighbour knows at once that it has the state."""
-    block = make_block(4, seed=1)
-    run = block.scheduler
-    run.run_for(300)
-    end, middle = block.nodes[4], block.nodes[2]
-    assert end.supervisor.neighbours == {3} and middle.supervisor.neighbours == {1, 3}
-    relayed, receipts = end.counts["relay"], end.counts["receipt"]
-    alert = block.nodes[1].report()
-    took = run.run_until_true(lambda: has(block, 4, alert.id, State.REPORTED), limit=30, step=0.05)
-    assert took is not None
-    sent = run.run_until_true(lambda: end.counts["receipt"] > receipts, limit=10, step=0.05)
-    assert sent is not None and sent - took <= 2.6
-    assert run.run_until_true(lambda: 4 in block.nodes[3].store.coverage(alert.id, State.REPORTED)[0],
-                              limit=1, step=0.05) is not None   # its neighbour knows, seconds before it would have
-    run.run_for(30)
-    assert end.counts["relay"] == relayed and end.counts["relay-dead-end"] == 1
-    assert middle.counts["relay-dead-end"] == 0   # two neighbours: it relays as before (unless copies come first)
-
-
 def test_a_node_that_learned_it_was_behind_relays_the_state_when_it_comes_whatever_copies_are_heard(make_block):
     """A neighbour's receipt or heartbeat showed node 3 a state it lacked: the flood missed this
     part of the block, so whoever is beyond node 3 probably lacks it too. When the repair brings
     it, node 3 relays it whatever copies it hears (P3 seed 2: a confirm
-    crossed a chain of six buildings one late repair at a time, 17-37 s). Node 4 is beyond it
-    (node 3 with one neighbour would be a dead end, and relay nothing)."""
-    block = make_block(4, seed=1)
+    crossed a chain of six buildings one late repair at a time, 17-37 s)."""
+    block = make_block(3, seed=1)
     run = block.scheduler
     run.run_for(300)
     three = block.nodes[3]

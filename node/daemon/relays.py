@@ -39,15 +39,6 @@ OWN_AGAIN = (3.0, 4.5)
 # reporter joined to the block by one weak link into a busy node loses copy after copy to the
 # collisions there (P3 seed 1: 4 in a row), and the whole block waits on that one link.
 OWN_MORE = 1
-# A node with one live neighbour is a *dead end* (the end of a line, a building at the edge of the
-# block): it relays nothing it takes from the air. Its radio hears only that neighbour's radio, so
-# that neighbour holds the state, and a copy would reach no one who lacks it. Worse, where it lands
-# it counts as a neighbour's relay: a reporter whose neighbours were a dead end and one weak link
-# into the rest of the block skipped its second copy when the weak link had lost the first (P3
-# seed 1: node 1, between node 10 and node 6), and a node in the middle stood down from relaying
-# to its other neighbours. Unless that neighbour is needy (below): then the dead end heard the
-# state from a radio it does not count as a neighbour, and its neighbour may lack it. Being behind
-# (below) is no exception: whoever showed it the state it lacked was that one neighbour, which holds it.
 # A neighbour that still lacked a state this node had held for NEEDY_AFTER seconds, so that it had
 # to be repaired, is *needy*: for NEEDY_FOR seconds after, this node relays every new state whatever
 # copies it hears. Copies heard prove that other neighbours passed the state on, not that the
@@ -168,24 +159,18 @@ class Relays:
         self._behind: dict[str, float] = {}   # alert -> when a neighbour's frame showed this node lacks a state of it
 
     def relay(self, alert: Alert, origin: int, counter: int, data: bytes, now: float) -> None:
-        """Relay a new state heard from ``origin`` to the neighbours, unless enough of them do first
-        (or this node is a dead end: its first receipt goes soon instead, ``Receipts.schedule``)."""
+        """Relay a new state heard from ``origin`` to the neighbours, unless enough of them do first."""
         key = (alert.id, alert.state)
         self._drop_older(alert)
         needy = self.needy(now)
         behind = now - self._behind.pop(alert.id, NEVER) < BEHIND_FOR
-        self._relay_frames[(origin, counter)] = key
-        if not needy and len(self.neighbours(now)) == 1:
-            # A dead end (see the note above NEEDY_AFTER): its one neighbour sent it the state, so a
-            # copy would reach no one who lacks it, and where it landed it would count as a relay.
-            self.counts["relay-dead-end"] += 1
-            return
         if needy:
             self.counts["relay-for-needy"] += 1
         if behind:
             self.counts["relay-behind"] += 1
         self._relays[key] = PendingRelay(now + self.rng.uniform(*RELAY_DELAY), data,
                                          NEVER_SUPPRESSED if needy or behind else RELAY_ENOUGH)
+        self._relay_frames[(origin, counter)] = key
 
     def behind(self, alert_id: str, now: float) -> None:
         """A neighbour's receipt or heartbeat showed a state of ``alert_id`` this node lacks: the flood
@@ -331,10 +316,7 @@ class Receipts:
             receipt.sent = MAX_RECEIPTS - NEWS_RECEIPTS
             self.counts["receipt-refill"] += 1
         if receipt is None:
-            # A dead end sends its first in place of the relay it does not send (Relays.relay): no more
-            # air, and it tells its one neighbour at once that it has the state.
-            delay = RELAY_DELAY if len(self.neighbours(now)) == 1 else RECEIPT_DELAY
-            self._receipts[(alert_id, state)] = PendingReceipt(now + self.rng.uniform(*delay), took=now)
+            self._receipts[(alert_id, state)] = PendingReceipt(now + self.rng.uniform(*RECEIPT_DELAY), took=now)
         elif receipt.due is None and receipt.sent < MAX_RECEIPTS:  # sent before, and a neighbour needs more
             # (the gap and up to 2 s more at random: see _recheck)
             receipt.due = max(now + self.rng.uniform(*RECEIPT_AGAIN),
