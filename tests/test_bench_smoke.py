@@ -57,6 +57,9 @@ def test_block_and_line_report_the_baseline_the_floor_and_every_state_side_by_si
     for state in ("confirmed", "all_clear"):
         assert set(row[state]) >= {"delivered_all", "farthest_p95_s", "all_nodes_p95_s"}
     assert row["coverage_p95_s"] > 0
+    # every state of every alert pooled: a share, and a mean no state can beat the floor to
+    assert "pooled: on every node within 10 s" in printed
+    assert 0.0 <= row["all_nodes_within_10s"] <= 1.0 and row["all_nodes_mean_s"] >= row["floor_s"]
     for b in row["baseline"]:
         assert 0.0 <= b["delivered_all"] <= 1.0
         assert not math.isfinite(b["farthest_p50_s"]) or b["farthest_p50_s"] >= row["floor_s"]
