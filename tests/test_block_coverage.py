@@ -342,7 +342,6 @@ def test_a_node_tells_a_neighbour_whose_receipt_lags_again_within_a_minute(make_
     assert told is not None and told - dropped[0] <= bound
 
 
-
 def test_a_node_whose_last_receipt_showed_less_than_its_neighbour_knows_answers_it(make_block):
     """A neighbour whose last receipt lacks buildings this node knows have the state looks as if it
     lost this node's receipt, and is told again: 20-30 s on, then at the back-off, and past
@@ -382,4 +381,3 @@ def test_a_node_whose_last_receipt_showed_less_than_its_neighbour_knows_answers_
     assert first_from_4 and first_from_4[0] != {1, 2, 3, 4}, "node 4's first receipt showed less"
     assert block.nodes[4].store.coverage(alert.id, State.REPORTED)[0] == {1, 2, 3, 4}
     assert three.counts["receipt-lagging"] == 0 and len(sent_by_3) < relays.MAX_RECEIPTS, sent_by_3
-
