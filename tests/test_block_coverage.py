@@ -381,3 +381,42 @@ def test_a_node_whose_last_receipt_showed_less_than_its_neighbour_knows_answers_
     assert first_from_4 and first_from_4[0] != {1, 2, 3, 4}, "node 4's first receipt showed less"
     assert block.nodes[4].store.coverage(alert.id, State.REPORTED)[0] == {1, 2, 3, 4}
     assert three.counts["receipt-lagging"] == 0 and len(sent_by_3) < relays.MAX_RECEIPTS, sent_by_3
+
+
+def test_on_a_slow_preset_receipts_wait_in_airtimes_not_seconds(make_block):
+    """A receipt's random waits are seconds on MEDIUM_FAST. A receipt takes 3.3 times as long on air
+    on LONG_FAST, so there they are 3.3 times as long: in seconds, 30 nodes' first receipts crowded
+    the channel they shared (P3 on LONG_FAST, seeds 1-5: 181 receipts a state, the busiest node's
+    channel 42-63% busy; stretched, 97 and 36-60%, and every building had each state sooner)."""
+    from node.daemon import relays
+    from node.protocol import wire
+
+    assert relays.pace("MEDIUM_FAST") == relays.pace("SHORT_FAST") == 1.0
+    slow = relays.pace("LONG_FAST")
+    assert 3.0 < slow < 3.6
+    block = make_block(6, "line", preset="LONG_FAST", seed=1)
+    block.scheduler.run_for(600)
+    sent = []   # (when, sender) of each receipt put on air
+    transmit = block.air.transmit
+
+    def record(sender, packet):
+        payload = bytes(packet.payload)
+        if len(payload) > 1 and payload[1] == wire.FrameType.RECEIPT:
+            sent.append((block.scheduler.now(), sender))
+        transmit(sender, packet)
+
+    block.air.transmit = record
+    alert = block.nodes[1].report()
+    assert block.scheduler.run_until_true(
+        lambda: all(n.store.get_alert(alert.id) for n in block.nodes.values()), limit=120) is not None
+    block.scheduler.run_for(relays.RECEIPT_DELAY[1] * slow + 30)
+    offset = block.clock() - block.scheduler.now()
+    first = []   # seconds from each node taking the report to its first receipt of it
+    for i in block.nodes:
+        took = block.nodes[i].store.get_alert(alert.id).updated_at - offset
+        first += [when - took for when, sender in sent if sender == i][:1]
+    assert len(first) == 6, first
+    assert all(relays.RECEIPT_DELAY[0] * slow <= w <= relays.RECEIPT_DELAY[1] * slow for w in first), first
+    assert max(first) > relays.RECEIPT_DELAY[1], first
+    block.scheduler.run_for(600)
+    assert all(len(n.coverage_view(alert.id)["received"]) == 6 for n in block.nodes.values())

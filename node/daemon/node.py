@@ -177,7 +177,8 @@ class Node:
                              neighbours=self._live_neighbours, **shared)
         self.outbox.on_air = self.relays.on_air
         self.receipts = Receipts(self.id, self.members, self.roster, self.store, self.signer, self.outbox,
-                                 relays=self.relays, neighbours=self._live_neighbours, **shared)
+                                 relays=self.relays, neighbours=self._live_neighbours,
+                                 preset=self.config["radio.preset"], **shared)
         self.liveness = Liveness(self.id, self.members, self.roster, self.config, store=self.store,
                                  supervisor=self.supervisor, signer=self.signer, outbox=self.outbox,
                                  relays=self.relays, troubles=self.troubles, link=self.link, **shared)

@@ -58,12 +58,20 @@ REPAIR_GAP = 60.0         # seconds between passing one alert state to neighbour
 REPAIR_WINDOW = 12        # transitions' airtimes: the random wait before a repair, so neighbours do not collide
 RECEIPT_DELAY = (2.0, 20.0)   # seconds: the random wait before a receipt, so 30 nodes do not send at once
 RECEIPT_AGAIN = (1.0, 6.0)    # seconds: the random wait before a further receipt (news to pass on)
+# Those two waits, and the random 2 s added to a repeat or a recheck, are seconds on PACED_FOR. On
+# a slower preset a receipt takes longer on air, so they are stretched by the ratio of a transition's
+# airtime to PACED_FOR's (``pace``: LONG_FAST 3.3), never shortened: in seconds, LONG_FAST's thirty
+# first receipts in 2-20 s were 181 receipts a state and kept the busiest node's channel 42-63% busy
+# (P3, seeds 1-5); stretched, 97 and 36-60%, and every building had each state sooner (mean 30 s, from
+# 54 s). Stretching the relays' waits too, or the gaps and rechecks, was no faster, and coverage
+# then took minutes longer (docs/performance.md, issue 17 round 11).
+PACED_FOR = "MEDIUM_FAST"
 RECEIPT_GAP = 10.0        # seconds between two receipts of one alert state from this node
 MAX_RECEIPTS = 8          # receipts of one alert state from this node (each only when a neighbour needs it)
 NEWS_RECEIPTS = 2         # ... and this many more each time it learns of more buildings that have it
 # A neighbour still missing from this node's coverage of a state it has held this long (seconds: past
 # the longest wait before a first receipt) is sent the frame, up to GAP_REPAIRS times, REPAIR_GAP apart.
-REPAIR_AFTER = RECEIPT_DELAY[1] + 5.0
+REPAIR_AFTER = RECEIPT_DELAY[1] + 5.0   # (on a slower preset, the stretched wait + 5 s)
 GAP_REPAIRS = 3
 # The longest wait (seconds) between two rechecks of whether every live neighbour knows what this node
 # does (they double from RECEIPT_GAP): uncapped, the seventh came 1280 s after the sixth, and an edge
@@ -282,6 +290,13 @@ class Relays:
             self._relay_frames[origin] = key
 
 
+def pace(preset: str) -> float:
+    """How many times longer than on PACED_FOR a receipt's random waits are on ``preset`` (at least 1)."""
+    def airtime(name: str) -> float:
+        return time_on_air(wire.frame_size(wire.FrameType.TRANSITION) + MESH_OVERHEAD, name)
+    return max(1.0, airtime(preset) / airtime(PACED_FOR))
+
+
 class Receipts:
     """This node's receipts: who it knows has received and sounded each alert state. Callers hold the node's lock.
 
@@ -298,8 +313,11 @@ class Receipts:
 
     def __init__(self, me: int, members: list[int], roster: Roster, store: Store, signer: Signer, outbox: Outbox,
                  *, rng: random.Random, counts: collections.Counter[str], relays: Relays | None = None,
-                 neighbours: Callable[[float], set[int]] = lambda now: set()):
+                 neighbours: Callable[[float], set[int]] = lambda now: set(), preset: str = PACED_FOR):
         self.me, self.members, self.roster = me, members, roster
+        self.pace = p = pace(preset)   # the random waits, stretched for a slow preset
+        self.delay, self.again = (RECEIPT_DELAY[0] * p, RECEIPT_DELAY[1] * p), (RECEIPT_AGAIN[0] * p, RECEIPT_AGAIN[1] * p)
+        self.repair_after = REPAIR_AFTER - RECEIPT_DELAY[1] + self.delay[1]
         self.store, self.signer, self.outbox, self.rng, self.counts = store, signer, outbox, rng, counts
         self.relays, self.neighbours = relays, neighbours   # neighbours(now): live ones heard first-hand
         self._receipts: dict[tuple[str, State], PendingReceipt] = {}
@@ -316,11 +334,11 @@ class Receipts:
             receipt.sent = MAX_RECEIPTS - NEWS_RECEIPTS
             self.counts["receipt-refill"] += 1
         if receipt is None:
-            self._receipts[(alert_id, state)] = PendingReceipt(now + self.rng.uniform(*RECEIPT_DELAY), took=now)
+            self._receipts[(alert_id, state)] = PendingReceipt(now + self.rng.uniform(*self.delay), took=now)
         elif receipt.due is None and receipt.sent < MAX_RECEIPTS:  # sent before, and a neighbour needs more
             # (the gap and up to 2 s more at random: see _recheck)
-            receipt.due = max(now + self.rng.uniform(*RECEIPT_AGAIN),
-                              receipt.last + RECEIPT_GAP + self.rng.uniform(0.0, 2.0))
+            receipt.due = max(now + self.rng.uniform(*self.again),
+                              receipt.last + RECEIPT_GAP + self.rng.uniform(0.0, 2.0 * self.pace))
 
     def sounded(self, alert: Alert, played: bool) -> None:
         """Record that this node's siren sounded ``alert``'s state, for its receipts."""
@@ -406,7 +424,7 @@ class Receipts:
             if neighbour in self.store.coverage(alert_id, state)[0]:
                 continue
             receipt.repairs, receipt.next_repair, receipt.back = 0, now, True
-            receipt.took = min(receipt.took, now - REPAIR_AFTER)
+            receipt.took = min(receipt.took, now - self.repair_after)
             self.counts["back-repair"] += 1
 
     def copy_heard(self, data: bytes, now: float) -> None:
@@ -424,7 +442,7 @@ class Receipts:
         for key, receipt in list(self._receipts.items()):
             sending = receipt.due is not None and now >= receipt.due
             repairing = (self.relays is not None and receipt.repairs < GAP_REPAIRS and now >= receipt.next_repair
-                         and now - receipt.took >= REPAIR_AFTER)
+                         and now - receipt.took >= self.repair_after)
             # A receipt can be lost, and nothing else would make up for it: until every live neighbour's
             # own receipt shows it knows as much, say it again, waiting twice as long each time (but
             # soon, and past MAX_RECEIPTS, for a neighbour whose last receipt shows it lags: _recheck).
@@ -503,7 +521,7 @@ class Receipts:
         neighbours of one node, hidden from each other, that answered the same receipt would otherwise
         go in step, a gap apart, and collide there every time (tests/test_reconverge.py, seed 3:
         twice in a row, 10 s apart)."""
-        return now + min(RECEIPT_GAP * 2 ** receipt.sent, RECHECK_MAX) + self.rng.uniform(0.0, 2.0)
+        return now + min(RECEIPT_GAP * 2 ** receipt.sent, RECHECK_MAX) + self.rng.uniform(0.0, 2.0 * self.pace)
 
     @staticmethod
     def _lagging(receipt: PendingReceipt, received: set[int], neighbours: set[int]) -> tuple[tuple[int, int], ...]:
