@@ -109,6 +109,11 @@ UNTIL_ON_AIR = float("inf")   # a relay's due time while it waits for the outbox
 OWN_WAITING_KEPT = 64     # own frames waiting for the radio, remembered for their second copy
 
 
+def transition_airtime(preset: str) -> float:
+    """Seconds on air of one transition frame, with Meshtastic's own bytes, on ``preset``."""
+    return time_on_air(wire.frame_size(wire.FrameType.TRANSITION) + MESH_OVERHEAD, preset)
+
+
 @dataclass
 class PendingRelay:
     """A frame to pass on at ``due``, unless ``enough`` copies of it are heard first."""
@@ -158,7 +163,7 @@ class Relays:
         self.neighbours = neighbours   # neighbours(now): the live ones heard first-hand
         self._needy: dict[int, float] = {}   # neighbour -> when it last needed a repair (see NEEDY_AFTER)
         # seconds on air of one transition, the unit of the random wait before a repair
-        self.frame_airtime = time_on_air(wire.frame_size(wire.FrameType.TRANSITION) + MESH_OVERHEAD, preset)
+        self.frame_airtime = transition_airtime(preset)
         self._relays: dict[Hashable, PendingRelay] = {}   # (alert, state) or a verdict's key -> relay
         # The (origin, counter) of each relayed frame, so hearing it again counts as a copy.
         self._relay_frames: dict[tuple[int, int], tuple[str, State]] = {}
@@ -292,9 +297,7 @@ class Relays:
 
 def pace(preset: str) -> float:
     """How many times longer than on PACED_FOR a receipt's random waits are on ``preset`` (at least 1)."""
-    def airtime(name: str) -> float:
-        return time_on_air(wire.frame_size(wire.FrameType.TRANSITION) + MESH_OVERHEAD, name)
-    return max(1.0, airtime(preset) / airtime(PACED_FOR))
+    return max(1.0, transition_airtime(preset) / transition_airtime(PACED_FOR))
 
 
 class Receipts:
