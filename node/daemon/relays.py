@@ -60,10 +60,10 @@ RECEIPT_DELAY = (2.0, 20.0)   # seconds: the random wait before a receipt, so 30
 RECEIPT_AGAIN = (1.0, 6.0)    # seconds: the random wait before a further receipt (news to pass on)
 # Those two waits, and the random 2 s added to a repeat or a recheck, are seconds on PACED_FOR. On
 # a slower preset a receipt takes longer on air, so they are stretched by the ratio of a transition's
-# airtime to PACED_FOR's (``pace``: LONG_FAST 3.3), never shortened: in seconds, LONG_FAST's thirty
-# first receipts in 2-20 s were 181 receipts a state and kept the busiest node's channel 42-63% busy
-# (P3, seeds 1-5); stretched, 97 and 36-60%, and every building had each state sooner (mean 30 s, from
-# 54 s). Stretching the relays' waits too, or the gaps and rechecks, was no faster, and coverage
+# airtime to PACED_FOR's (``pace``: LONG_FAST 3.3), never shortened: in seconds, with thirty first
+# receipts crowded into 2-20 s, a LONG_FAST state cost 181 receipts and kept the busiest node's channel
+# 42-63% busy (P3, seeds 1-5); stretched, 97 and 36-60%, and every building had each state sooner (mean
+# 30 s, from 54 s). Stretching the relays' waits too, or the gaps and rechecks, was no faster, and coverage
 # then took minutes longer (docs/performance.md, issue 17 round 11).
 PACED_FOR = "MEDIUM_FAST"
 RECEIPT_GAP = 10.0        # seconds between two receipts of one alert state from this node
@@ -112,6 +112,11 @@ OWN_WAITING_KEPT = 64     # own frames waiting for the radio, remembered for the
 def transition_airtime(preset: str) -> float:
     """Seconds on air of one transition frame, with Meshtastic's own bytes, on ``preset``."""
     return time_on_air(wire.frame_size(wire.FrameType.TRANSITION) + MESH_OVERHEAD, preset)
+
+
+def pace(preset: str) -> float:
+    """How many times longer than on PACED_FOR a receipt's random waits are on ``preset`` (at least 1)."""
+    return max(1.0, transition_airtime(preset) / transition_airtime(PACED_FOR))
 
 
 @dataclass
@@ -293,11 +298,6 @@ class Relays:
         origin = wire.peek_origin(stored)
         if origin is not None:
             self._relay_frames[origin] = key
-
-
-def pace(preset: str) -> float:
-    """How many times longer than on PACED_FOR a receipt's random waits are on ``preset`` (at least 1)."""
-    return max(1.0, transition_airtime(preset) / transition_airtime(PACED_FOR))
 
 
 class Receipts:
