@@ -140,6 +140,46 @@ def test_a_building_beyond_a_silent_one_is_out_of_reach_through_it(tmp_path, cap
         block.stop()
 
 
+def test_a_building_whose_heartbeats_are_lost_to_a_busy_channel_is_alive_while_its_receipts_come(tmp_path, caplog):
+    """LONG_FAST with alerts a minute apart: receipts outnumber heartbeats 5 to 1, and a building whose
+    heartbeats were all lost to them was judged silent while its receipts were heard (P3's loop, seed 3:
+    11 false verdicts in 10 alerts). A fresh receipt is first-hand news signed by its sender, as a
+    heartbeat is; a building that sends nothing at all is still judged silent on time."""
+    caplog.set_level(logging.INFO)
+    block = Block(tmp_path / "b", 3, "line", scale=None, seed=4).start()
+    try:
+        block.scheduler.run_for(200)   # every building heard
+        transmit = block.air.transmit
+
+        def lose_heartbeats_of_3(sender, packet):
+            if not (sender == 3 and packet.port == 256 and packet.payload[1:2] == bytes([wire.FrameType.HEARTBEAT])):
+                transmit(sender, packet)
+        block.air.transmit = lose_heartbeats_of_3
+        watch = Watch(block)
+        receipts = block.nodes[3].counts["receipt"]
+        start = block.scheduler.now()
+        period = block.nodes[2].supervisor.period
+        while block.scheduler.now() - start < 2 * period:   # an alert state every 40 s
+            alert = block.nodes[1].report()
+            block.scheduler.run_for(40)
+            block.nodes[2].act("confirm", alert.id)
+            block.scheduler.run_for(40)
+            block.nodes[1].act("all_clear", alert.id)
+            block.scheduler.run_for(40)
+        assert block.nodes[3].counts["receipt"] - receipts >= 6, "node 3 sent receipts all along"
+        assert watch.silent(3) == [], "a building whose receipts were heard shown silent"
+        assert block.nodes[2].counts["silent-verdict"] == 0
+
+        block.air.radios[3].plugged = False   # now it sends nothing at all
+        gone = block.scheduler.now()
+        judged = block.scheduler.run_until_true(
+            lambda: block.nodes[2].supervisor.status(3, block.clock()) == "silent", limit=2 * period)
+        assert judged is not None and judged - gone <= period, "a building that sends nothing is judged on time"
+        assert silence_lines(caplog) == {"B3"}
+    finally:
+        block.stop()
+
+
 # A short period, for a real-time run through the real library: a verdict falls due after 10 s of silence.
 FAST_SUPERVISION = {"supervision.period": 20.0, "supervision.airtime_budget": 0.2,
                     "supervision.heartbeat_interval": 2.0}

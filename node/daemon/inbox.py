@@ -133,6 +133,7 @@ class Inbox:
         if isinstance(frame, wire.TransitionFrame):
             return self.desk.apply_remote(frame, now, data)
         if isinstance(frame, wire.ReceiptFrame):
+            self.liveness.apply_receipt(frame, now)
             if not self.receipts.apply(frame, now):
                 # A receipt for an alert this node never heard: its heartbeat, sent early, shows the
                 # neighbours that it is behind, and they repair it.

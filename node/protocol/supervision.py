@@ -184,8 +184,8 @@ class Supervisor:
         self.listening_since: float | None = now
 
     def heard(self, node: int, now: float, troubles: int | None = None) -> bool:
-        """First-hand evidence: a fresh heartbeat signed by ``node`` at ``now`` (this node's clock; the
-        daemon converts the heartbeat's block time, ``node.protocol.clock``) was received from it.
+        """First-hand evidence: a fresh heartbeat or receipt signed by ``node`` at ``now`` (this node's
+        clock; the daemon converts the frame's block time, ``node.protocol.clock``) was received from it.
         True if a verdict had named it silent: it is back (``merge``)."""
         if node not in self.index or node == self.me:
             return False
