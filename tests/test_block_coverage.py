@@ -420,3 +420,40 @@ def test_on_a_slow_preset_receipts_wait_in_airtimes_not_seconds(make_block):
     assert max(first) > relays.RECEIPT_DELAY[1], first
     block.scheduler.run_for(600)
     assert all(len(n.coverage_view(alert.id)["received"]) == 6 for n in block.nodes.values())
+
+
+def test_a_neighbour_past_the_state_a_node_holds_counts_as_having_it(make_block):
+    """LONG_FAST, P3's loop, seed 1: the reporter, on one weak link, gave the all clear before it sent a
+    receipt of CONFIRMED. Its neighbour never heard the all clear, and its coverage of CONFIRMED lacked
+    the reporter for good: 225 receipts and 8 floods of CONFIRMED followed, and they buried every copy
+    of the all clear at that neighbour for 10 minutes. A receipt of a later state says its sender (and
+    the buildings it names) are past the earlier one: they count as having it, and the re-sends stop."""
+    from node.protocol import wire
+
+    block = make_block(3, "line", seed=6, scale=None)
+    block.scheduler.run_for(200)
+    one, two = block.nodes[1], block.nodes[2]
+    alert = one.report()
+    assert block.scheduler.run_until_true(
+        lambda: all(n.store.get_alert(alert.id) is not None for n in block.nodes.values()), limit=60) is not None
+    two.act("confirm", alert.id)
+    assert block.scheduler.run_until_true(
+        lambda: one.store.get_alert(alert.id).state is State.CONFIRMED, limit=30) is not None
+    # Node 1's all clear never reaches node 2 (lost at it, each copy); its receipts and heartbeats do.
+    transmit = block.air.transmit
+
+    def lose_the_all_clear(sender, packet):
+        frame = bytes(packet.payload)
+        if not (packet.origin == 1 and len(frame) > 1 and frame[1] == wire.FrameType.TRANSITION):
+            transmit(sender, packet)
+    block.air.transmit = lose_the_all_clear
+    one.act("all_clear", alert.id)   # before node 1's receipt of CONFIRMED: its first waits 2-20 s
+    assert 1 not in two.store.coverage(alert.id, State.CONFIRMED)[0]
+    repeats = two.counts["repeat"]
+    assert block.scheduler.run_until_true(lambda: 1 in two.store.coverage(alert.id, State.ALL_CLEAR)[0],
+                                          limit=120) is not None, "node 1's receipt of the all clear came"
+    assert two.store.get_alert(alert.id).state is State.CONFIRMED
+    assert 1 in two.store.coverage(alert.id, State.CONFIRMED)[0], "past CONFIRMED: counts as having it"
+    block.scheduler.run_for(600)
+    assert two.counts["repeat"] - repeats <= 1, "node 2 re-sent CONFIRMED to a node past it"
+    assert 1 in block.nodes[3].store.coverage(alert.id, State.CONFIRMED)[0], "node 2's receipt said so"

@@ -194,6 +194,8 @@ class Liveness:
         if theirs and ((known is None and frame.latest_state in ACTIVE_CODES)
                        or (known is not None and int(known.state) < frame.latest_state)):
             self.pull(theirs, now, lacking=known is None)   # (an ended alert it never had is not worth the air)
+            if known is not None:   # past the state this node holds: it has it, as far as that one's coverage goes
+                self.store.add_coverage(theirs, known.state, {frame.origin}, set())
         if known is not None and int(known.state) > frame.latest_state and known.state in alerts.ON_AIR:
             self.relays.repair(known, frame.origin, now, shown=True)   # it missed a later state, say the withdrawal
         # Our latest alert, to a neighbour that has none, or whose latest has ended here or is clearly
