@@ -60,6 +60,7 @@ def test_block_and_line_report_the_baseline_the_floor_and_every_state_side_by_si
     # every state of every alert pooled: a share, and a mean no state can beat the floor to
     assert "pooled: on every node within 10 s" in printed
     assert 0.0 <= row["all_nodes_within_10s"] <= 1.0 and row["all_nodes_mean_s"] >= row["floor_s"]
+    assert "false SILENT verdicts" in printed and row["false_silent_verdicts"] == 0, "every building is up"
     for b in row["baseline"]:
         assert 0.0 <= b["delivered_all"] <= 1.0
         assert not math.isfinite(b["farthest_p50_s"]) or b["farthest_p50_s"] >= row["floor_s"]
