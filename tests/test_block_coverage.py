@@ -425,7 +425,7 @@ def test_on_a_slow_preset_receipts_wait_in_airtimes_not_seconds(make_block):
 def test_a_neighbour_past_the_state_a_node_holds_counts_as_having_it(make_block):
     """LONG_FAST, P3's loop, seed 1: the reporter, on one weak link, gave the all clear before it sent a
     receipt of CONFIRMED. Its neighbour never heard the all clear, and its coverage of CONFIRMED lacked
-    the reporter for good: 225 receipts and 8 floods of CONFIRMED followed, and they buried every copy
+    the reporter for good: 225 receipts and 4 re-sends of CONFIRMED followed, and they buried every copy
     of the all clear at that neighbour for 10 minutes. A receipt of a later state says its sender (and
     the buildings it names) are past the earlier one: they count as having it, and the re-sends stop."""
     from node.protocol import wire

@@ -378,7 +378,7 @@ class Receipts:
             # none of them will ever say they have it, and none needs it. Without this, a state that
             # followed quickly left the earlier one's coverage short for good, and its receipts, gap
             # repairs and re-sends filled the air of the node that lacked the later one (LONG_FAST,
-            # P3's loop, seed 1: a reporter on one weak link; 225 receipts and 8 floods of CONFIRMED
+            # P3's loop, seed 1: a reporter on one weak link; 225 receipts and 4 re-sends of CONFIRMED
             # buried every copy of its ALL CLEAR, and 28 buildings lacked it for 10 minutes).
             if self.store.add_coverage(alert.id, alert.state, received, set()):
                 self.counts["receipt-past"] += 1
