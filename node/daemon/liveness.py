@@ -3,8 +3,9 @@
 Each node sends a heartbeat on a jittered schedule sized to the airtime budget
 (``supervision.heartbeat_interval``), brings it forward to answer or poll a neighbour, and
 calls a neighbour silent (a signed verdict, flooded) when nothing first-hand (a heartbeat or
-a receipt it signed) has come from it for the supervision period. A node without its radio judges nobody and sends nothing:
-it cannot tell its neighbours' silence from its own deafness (``Supervisor.judging``).
+a receipt it signed) has come from it for the supervision period. Only heartbeats carry the
+gossip of far buildings' ages, and only they make a building alive again after a verdict.
+A node without its radio judges nobody and sends nothing: it cannot tell its neighbours' silence from its own deafness (``Supervisor.judging``).
 Heartbeats also carry this node's latest alert, so a neighbour that is behind is repaired
 (``Relays.repair``). Times are seconds on the node's clock.
 """
@@ -165,7 +166,14 @@ class Liveness:
             log.debug("heartbeat from node %s signed %.0f s ago: old news", frame.origin, now - signed)
             return
         self.store.peer_heard(frame.origin, signed, frame.troubles)
-        returned = self._first_hand(frame.origin, signed, now, supervision.trouble_bits_from_mask(frame.troubles))
+        # Back from a real outage: shown silent or out of reach here. (Not a mere gap in first-hand
+        # news: on LONG_FAST those are common, and repairing on each doubled every-node p95 in P3.)
+        back = self.supervisor.status(frame.origin, now) in ("silent", "unreachable")
+        returned = self.supervisor.heard(frame.origin, signed, supervision.trouble_bits_from_mask(frame.troubles))
+        if back:
+            # Heard first-hand after a silence: it may have missed any number of alerts meanwhile,
+            # not just the latest its heartbeat shows.
+            self.on_back(frame.origin, now)
         if frame.troubles & WIPED_BIT:
             name = self.roster.members[frame.origin].name
             self.troubles.record(f"wiped-{frame.origin}", f"{name} was wiped: ask the organizers to revoke its key",
@@ -214,29 +222,17 @@ class Liveness:
             self.relays.repair(latest, frame.origin, now, shown=True)
 
     def apply_receipt(self, frame: wire.ReceiptFrame, now: float) -> None:
-        """A neighbour's fresh receipt (the caller dropped stale ones): first-hand news that it is alive.
+        """A neighbour's fresh receipt (the caller dropped stale ones): proof that it is alive, against
+        a verdict (``Supervisor.receipt``).
 
         A receipt goes to direct neighbours only and carries its signer's block time, as a heartbeat
         does, so one signed ``FRESH`` seconds ago or less proves its sender was alive when it was
         signed, and a recording converts to an old time. On a busy channel receipts outnumber
-        heartbeats (LONG_FAST, alerts a minute apart: 5 to 1), and a building whose heartbeats were
-        lost to them was judged silent while it was sending receipts (P3's loop, seed 3: 11 false
-        verdicts in 10 alerts).
+        heartbeats (LONG_FAST, alerts a minute apart: 5 to 1), and buildings whose heartbeats were
+        lost among them were judged silent while their receipts were heard (P3's loop, seeds 1-3:
+        28 false verdicts in 30 alerts).
         """
-        if self._first_hand(frame.origin, self.signed_at(frame.clock, now), now):
-            self.answer_early(now, "revive")
-
-    def _first_hand(self, origin: int, signed: float, now: float, troubles: int | None = None) -> bool:
-        """``origin`` was heard first-hand, signed at ``signed``; True if a verdict had named it silent."""
-        # Back from a real outage: shown silent or out of reach here. (Not a mere gap in first-hand
-        # news: on LONG_FAST those are common, and repairing on each doubled every-node p95 in P3.)
-        back = self.supervisor.status(origin, now) in ("silent", "unreachable")
-        returned = self.supervisor.heard(origin, signed, troubles)
-        if back:
-            # Heard first-hand after a silence: it may have missed any number of alerts meanwhile,
-            # not just the latest its heartbeat shows.
-            self.on_back(origin, now)
-        return returned
+        self.supervisor.receipt(frame.origin, self.signed_at(frame.clock, now))
 
     def apply_silent(self, frame: wire.SilentFrame, now: float, data: bytes) -> None:
         """A neighbour of ``frame.subject`` says it has gone silent: show it, and pass the word on.

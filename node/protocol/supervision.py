@@ -180,12 +180,13 @@ class Supervisor:
         self.verdicts: dict[int, float] = {}   # node -> last time alive, per a SILENT verdict
         self.via: dict[int, int] = {}          # node -> the neighbour its freshest news came through (itself: heard)
         self.revived: dict[int, float] = {}    # node -> when it was first heard of again after a SILENT verdict
+        self.receipts: dict[int, float] = {}   # neighbour -> when its newest fresh receipt was signed (``receipt``)
         # Since when this node's own radio has been up (None: down). A node boots listening.
         self.listening_since: float | None = now
 
     def heard(self, node: int, now: float, troubles: int | None = None) -> bool:
-        """First-hand evidence: a fresh heartbeat or receipt signed by ``node`` at ``now`` (this node's
-        clock; the daemon converts the frame's block time, ``node.protocol.clock``) was received from it.
+        """First-hand evidence: a fresh heartbeat signed by ``node`` at ``now`` (this node's clock; the
+        daemon converts the heartbeat's block time, ``node.protocol.clock``) was received from it.
         True if a verdict had named it silent: it is back (``merge``)."""
         if node not in self.index or node == self.me:
             return False
@@ -197,6 +198,23 @@ class Supervisor:
             if troubles is not None:
                 self.troubles[node] = troubles
         return back
+
+    def receipt(self, node: int, signed: float) -> None:
+        """A fresh receipt signed by neighbour ``node`` at ``signed`` (this node's clock) was received
+        from it: it was alive then, and is not to be judged silent for a period from then.
+
+        Only that: the receipt is not news for the age vectors, the polls or a return after a
+        verdict, which heartbeats carry. Counted as news everywhere, receipts stood in for the
+        heartbeats lost among them, so the polls those losses drew stopped, with the early
+        heartbeats that carried far buildings' ages; P10 (the block, seed 1) then showed a healthy
+        far building silent for about a minute after the return, its news ten minutes old at a far leaf.
+        """
+        if node in self.neighbours and signed > self.receipts.get(node, -math.inf):
+            self.receipts[node] = signed
+
+    def _last_heard(self, node: int) -> float:
+        """The newest first-hand or gossiped sign that ``node`` was alive, receipts included (-inf: none)."""
+        return max(self.evidence.get(node, -math.inf), self.receipts.get(node, -math.inf))
 
     def merge(self, vector: bytes, now: float, via: int | None = None) -> tuple[set[int], set[int]]:
         """Fold in the age vector (same roster order) of neighbour ``via``, signed at ``now`` on this
@@ -340,7 +358,7 @@ class Supervisor:
             return []
         out = []
         for node in sorted(self.neighbours):
-            when = self.evidence.get(node, -math.inf)
+            when = self._last_heard(node)
             if (node != self.me and now - max(when, self.listening_since) > self.period - VERDICT_LEAD
                     and self.verdicts.get(node, -math.inf) < when):
                 out.append((node, when))
@@ -404,7 +422,10 @@ class Supervisor:
         when = self.evidence.get(node)
         if node not in self.neighbours and self.judging(now) and self._carrier_down(node, now) is not None:
             return "unreachable"  # its news came through a building that is down: not its own silence
-        limit = self.period if node in self.neighbours else FAR_PERIODS * self.period
+        if node in self.neighbours:
+            limit, when = self.period, self._last_heard(node)   # a fresh receipt is first-hand too
+        else:
+            limit = FAR_PERIODS * self.period
         if when is not None and now - when <= limit:
             return "trouble" if self.troubles.get(node) else "ok"
         if when is None and now - self.started <= limit:
