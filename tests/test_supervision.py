@@ -201,6 +201,25 @@ def test_a_building_whose_news_came_through_a_silent_one_is_out_of_reach_through
     assert s.status(3, 301.0) == "ok" and s.via[3] == 4
 
 
+def test_a_neighbour_whose_receipts_come_is_not_judged_silent_though_its_heartbeats_are_lost():
+    s = sup(1)
+    s.heard(2, 100.0)
+    s.merge(bytes([0, 0, 1 << 2, AGE_MAX << 2]), 100.0, via=2)   # news of 3 through 2
+    s.receipt(4, 250.0)                                            # never heard first-hand: not a neighbour
+    assert 4 not in s.receipts
+    s.receipt(2, 250.0)                                            # 2's heartbeats lost, its receipt heard
+    assert s.status(2, 300.0) == "ok" and s.due_verdicts(300.0) == []
+    assert s.status(3, 300.0) == "ok" and s.through(3, 300.0) is None, "2 is alive: 3 is not beyond a silent one"
+    assert s.age(2, 300.0) == 200.0, "ages in the heartbeats still go by heartbeats"
+    assert s.wants_poll(260.0), "and 2 is still asked after: its answer carries the gossip"
+    assert s.due_verdicts(500.0) == [(2, 250.0)], "a period after its last receipt, it is due a verdict"
+    s.verdict(2, 250.0)
+    s.receipt(2, 520.0)
+    assert s.status(2, 530.0) == "silent", "only a heartbeat brings it back"
+    s.heard(2, 540.0)
+    assert s.status(2, 541.0) == "ok"
+
+
 def test_a_stale_far_building_is_out_of_reach_through_the_silent_one_between():
     s = sup(1)
     s.heard(2, 0.0)

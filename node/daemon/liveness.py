@@ -5,7 +5,8 @@ Each node sends a heartbeat on a jittered schedule sized to the airtime budget
 calls a neighbour silent (a signed verdict, flooded) when nothing first-hand (a heartbeat or
 a receipt it signed) has come from it for the supervision period. Only heartbeats carry the
 gossip of far buildings' ages, and only they make a building alive again after a verdict.
-A node without its radio judges nobody and sends nothing: it cannot tell its neighbours' silence from its own deafness (``Supervisor.judging``).
+A node without its radio judges nobody and sends nothing: it cannot tell its neighbours'
+silence from its own deafness (``Supervisor.judging``).
 Heartbeats also carry this node's latest alert, so a neighbour that is behind is repaired
 (``Relays.repair``). Times are seconds on the node's clock.
 """

@@ -378,7 +378,7 @@ class Supervisor:
             return None
         if self._named_silent(carrier):
             return carrier if when <= self.verdicts[carrier] + self.unit else None
-        last = self.evidence.get(carrier, -math.inf)
+        last = self._last_heard(carrier)
         # stale, and not named yet: this node calls it silent within seconds (its verdict's random wait)
         return carrier if now - last > self.period and when <= last + self.unit else None
 
