@@ -114,6 +114,9 @@ def test_a_busy_channel_shows_mesh_degraded(make_block):
     block.scheduler.after(0, jam)
     block.scheduler.run_for(90)
     assert "MESH DEGRADED" in block.nodes[2].store.troubles().get("mesh", "")
+    # and a neighbour's silence is weak evidence there: it must last two periods (BUSY_PERIODS)
+    supervisor = block.nodes[2].supervisor
+    assert supervisor.silence_limit(block.clock()) == 2 * supervisor.period
 
 
 def test_the_weekly_self_test_runs_silently_and_logs_who_received_it(tmp_path, request, caplog):

@@ -4,7 +4,7 @@ import pytest
 
 import random
 
-from node.protocol.supervision import (AGE_MAX, AGE_UNIT, BEATS_PER_PERIOD, EARLY_WINDOW, FAR_PERIODS,
+from node.protocol.supervision import (AGE_MAX, AGE_UNIT, BEATS_PER_PERIOD, BUSY_PERIODS, EARLY_WINDOW, FAR_PERIODS,
                                        MIN_INTERVAL, POLL_FROM, SILENT_MARK, Supervisor,
                               VERDICT_LEAD,
                               age_unit, early_delay, effective_period, heartbeat_airtime, heartbeat_interval, trouble_bits,
@@ -55,6 +55,26 @@ def test_a_neighbour_silent_for_the_period_is_due_a_verdict_once():
     assert s.due_verdicts(200.0) == [] and s.status(2, 200.0) == "silent"
     s.heard(2, 210.0)  # it came back
     assert s.status(2, 211.0) == "ok"
+
+
+def test_on_a_degraded_channel_a_neighbour_is_silent_only_after_two_periods():
+    """LONG_FAST alerts a minute apart kept the busiest node's channel 95% busy, and healthy buildings
+    were named silent 13 times in 30 alert states: a period without news is no evidence on a channel
+    that busy. While the radio reports it degraded (and for a period after), a silence must last
+    BUSY_PERIODS periods; a clear channel goes back to one."""
+    assert BUSY_PERIODS == 2
+    s = sup(1)
+    s.heard(2, 0.0)
+    s.channel_busy(100.0)
+    assert s.silence_limit(150.0) == 360.0
+    assert s.due_verdicts(181.0) == [] and s.status(2, 181.0) == "ok"
+    assert s.wants_poll(200.0), "it is still asked after"
+    s.channel_busy(250.0)
+    assert s.due_verdicts(349.0) == [] and s.status(2, 359.0) == "ok"
+    assert s.due_verdicts(351.0) == [(2, 0.0)] and s.status(2, 361.0) == "silent"
+    s.heard(2, 400.0)
+    assert s.silence_limit(429.0) == 360.0 and s.silence_limit(431.0) == 180.0, "a period after the last report"
+    assert s.due_verdicts(581.0) == [(2, 400.0)], "on a clear channel, one period again"
 
 
 def test_a_verdict_from_a_neighbour_of_it_shows_a_far_node_silent_until_news_of_it():

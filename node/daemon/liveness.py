@@ -374,6 +374,7 @@ class Liveness:
         """TROUBLE (mesh) while the radio reports the channel busier than MESH_DEGRADED."""
         utilisation = getattr(self.link, "channel_utilisation", None)
         if utilisation is not None and utilisation > MESH_DEGRADED:
+            self.supervisor.channel_busy(now)   # a neighbour's silence is weak evidence now: BUSY_PERIODS
             self.troubles.record("mesh", f"MESH DEGRADED: the channel is busy {utilisation:.0%} of the time", now)
         elif "mesh" in self.store.troubles():
             self.store.clear_trouble("mesh")

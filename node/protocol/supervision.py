@@ -78,6 +78,13 @@ POLL_FROM = 0.6          # share of the period a neighbour may be quiet before t
 POLLS = 12               # at most this many polls, and answers to them, per period
 EARLY_WINDOW = 25        # heartbeats' airtimes: an early heartbeat waits a random 1 s to this many after its cue
 FAR_PERIODS = 3          # periods without news before a far node calls a building silent on its own evidence
+# How many periods of silence make a neighbour silent while this node's own radio has reported the
+# channel degraded (``channel_busy``) within the last period. On a channel that busy, frames are lost
+# to collisions and queues, and a silence of one period is no evidence: with LONG_FAST alerts a
+# minute apart (P3's loop, seed 4: the busiest node's channel 95% busy over the alerts) healthy
+# buildings, heard by their other neighbours, were named silent 13 times in 30 alert states.
+# The degraded channel is itself a TROUBLE (MESH DEGRADED), as a fire panel reports a faulty loop.
+BUSY_PERIODS = 2
 
 # A node's own troubles, as 2 bits that travel in every heartbeat: its radio, or anything else.
 TROUBLE_BITS = {"radio": 1, "storage": 2, "roster": 2, "speaker": 2, "mesh": 2, "hardware": 2}
@@ -181,6 +188,7 @@ class Supervisor:
         self.via: dict[int, int] = {}          # node -> the neighbour its freshest news came through (itself: heard)
         self.revived: dict[int, float] = {}    # node -> when it was first heard of again after a SILENT verdict
         self.receipts: dict[int, float] = {}   # neighbour -> when its newest fresh receipt was signed (``receipt``)
+        self.busy_until = -math.inf            # until when a silence must last BUSY_PERIODS (``channel_busy``)
         # Since when this node's own radio has been up (None: down). A node boots listening.
         self.listening_since: float | None = now
 
@@ -211,6 +219,16 @@ class Supervisor:
         """
         if node in self.neighbours and signed > self.receipts.get(node, -math.inf):
             self.receipts[node] = signed
+
+    def channel_busy(self, now: float) -> None:
+        """This node's radio reports the channel degraded: for a period from ``now``, a neighbour is
+        silent only after BUSY_PERIODS periods without news of it."""
+        self.busy_until = now + self.period
+
+    def silence_limit(self, now: float) -> float:
+        """Seconds without news after which a neighbour is silent: the period, or BUSY_PERIODS of them
+        while the channel is (or was, within a period) degraded."""
+        return self.period * (BUSY_PERIODS if now < self.busy_until else 1)
 
     def _last_heard(self, node: int) -> float:
         """The newest first-hand or gossiped sign that ``node`` was alive, receipts included (-inf: none)."""
@@ -316,7 +334,7 @@ class Supervisor:
         for node in self.neighbours:
             if node == self.me or self.verdicts.get(node, -math.inf) >= self.evidence.get(node, -math.inf):
                 continue
-            if POLL_FROM * self.period < now - self.evidence.get(node, -math.inf) <= self.period:
+            if POLL_FROM * self.period < now - self.evidence.get(node, -math.inf) <= self.silence_limit(now):
                 return True
         return False
 
@@ -356,10 +374,10 @@ class Supervisor:
         """
         if self.listening_since is None:
             return []
-        out = []
+        out, limit = [], self.silence_limit(now)
         for node in sorted(self.neighbours):
             when = self._last_heard(node)
-            if (node != self.me and now - max(when, self.listening_since) > self.period - VERDICT_LEAD
+            if (node != self.me and now - max(when, self.listening_since) > limit - VERDICT_LEAD
                     and self.verdicts.get(node, -math.inf) < when):
                 out.append((node, when))
         return out
@@ -380,7 +398,7 @@ class Supervisor:
             return carrier if when <= self.verdicts[carrier] + self.unit else None
         last = self._last_heard(carrier)
         # stale, and not named yet: this node calls it silent within seconds (its verdict's random wait)
-        return carrier if now - last > self.period and when <= last + self.unit else None
+        return carrier if now - last > self.silence_limit(now) and when <= last + self.unit else None
 
     def through(self, node: int, now: float) -> int | None:
         """The building through which news of ``node`` stopped, or None while its news can flow.
@@ -423,7 +441,7 @@ class Supervisor:
         if node not in self.neighbours and self.judging(now) and self._carrier_down(node, now) is not None:
             return "unreachable"  # its news came through a building that is down: not its own silence
         if node in self.neighbours:
-            limit, when = self.period, self._last_heard(node)   # a fresh receipt is first-hand too
+            limit, when = self.silence_limit(now), self._last_heard(node)   # a fresh receipt is first-hand too
         else:
             limit = FAR_PERIODS * self.period
         if when is not None and now - when <= limit:
