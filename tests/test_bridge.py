@@ -157,7 +157,10 @@ def test_a_broker_outage_loses_nothing_duplicates_nothing_and_shows_the_trouble(
     until(lambda: a.up() and a.unsent() == 0, what="A back, its queued rows acknowledged")
     assert not b.up() and len(b.payloads()) == 20
     b.bridge.release()
-    until(lambda: b.up() and len(b.payloads()) >= 50, what="B back, the rows kept for it delivered")
+    # Wait for every row, not for a count: redelivered duplicates (below) can make up a count of 50
+    # while the last rows are still on their way (CI once read 50 with 'during 23'-'29' yet to come).
+    wanted = set(before + during)
+    until(lambda: b.up() and wanted <= set(b.payloads()), what="B back, every row kept for it delivered")
     # Nothing lost, and in order. QoS 1 is at least once: a message whose acknowledgement the
     # broker's restart lost may come twice (rarely: seen under load in CI); the daemon drops such
     # a replay (tests/test_bench_neighborhood.py checks no NEARBY is shown twice).
@@ -165,7 +168,7 @@ def test_a_broker_outage_loses_nothing_duplicates_nothing_and_shows_the_trouble(
     # acknowledgements left: the broker sends them again, up to a few dozen. At least once is
     # the bridge's promise; exactly once is the daemon's (its replay window, P14's test).
     got = b.payloads()
-    assert set(got) == set(before + during), "nothing lost"
+    assert set(got) == wanted, "nothing lost, nothing foreign"
     firsts = list(dict.fromkeys(got))
     assert firsts[20:] == during, "in order"
     until(lambda: a.daemon.troubles() == {} and b.daemon.troubles() == {}, what="the trouble cleared by itself")
